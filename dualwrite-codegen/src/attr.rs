@@ -1,0 +1,262 @@
+//! The options of `#[dual_write(...)]`, on the trait and on its methods.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser as _;
+use syn::spanned::Spanned as _;
+use syn::{Attribute, Expr, Ident, Member, Path};
+
+use crate::ctxt::Ctxt;
+
+/// The name of the macro and of its helper attribute.
+pub const ATTR: &str = "dual_write";
+
+/// A key named by `key = arg` or `key = arg.field.field`.
+#[derive(Debug, Clone)]
+pub struct KeyPath {
+    /// The argument the key is taken from.
+    pub arg: Ident,
+    /// Field accesses applied to the argument, in order.
+    pub fields: Vec<Member>,
+    /// The expression as written, for spans and display.
+    pub expr: Expr,
+}
+
+impl KeyPath {
+    fn parse(expr: Expr) -> syn::Result<Self> {
+        let mut fields = Vec::new();
+        let mut cur = &expr;
+        loop {
+            match cur {
+                Expr::Field(field) => {
+                    fields.push(field.member.clone());
+                    cur = &field.base;
+                }
+                Expr::Path(path) if path.qself.is_none() => {
+                    let Some(arg) = path.path.get_ident() else {
+                        break;
+                    };
+                    fields.reverse();
+                    return Ok(KeyPath {
+                        arg: arg.clone(),
+                        fields,
+                        expr: expr.clone(),
+                    });
+                }
+                _ => break,
+            }
+        }
+        Err(syn::Error::new_spanned(
+            &expr,
+            "`key` takes an argument name or a field path such as `key = user.id`",
+        ))
+    }
+
+    /// `user.id` as text.
+    pub fn display(&self) -> String {
+        let mut s = self.arg.to_string();
+        for field in &self.fields {
+            s.push('.');
+            match field {
+                Member::Named(ident) => s.push_str(&ident.to_string()),
+                Member::Unnamed(index) => s.push_str(&index.index.to_string()),
+            }
+        }
+        s
+    }
+}
+
+/// Options given to the macro itself: `#[dual_write(adapter = X, command = Y, serde, key = id)]`.
+#[derive(Debug, Default, Clone)]
+pub struct TraitArgs {
+    /// `adapter = Name`: the adapter struct's name.
+    pub adapter: Option<Ident>,
+    /// `command = Name`: the write-command enum's name.
+    pub command: Option<Ident>,
+    /// `serde`: derive serde's traits on the command enum.
+    pub serde: bool,
+    /// `key = arg`: the default key of every method with an argument of that name.
+    pub key: Option<KeyPath>,
+    /// `crate = path`: where the runtime is, when it is re-exported elsewhere.
+    pub krate: Option<Path>,
+}
+
+/// Parses the macro's arguments, recording every problem in `cx`.
+pub fn parse_trait_args(cx: &mut Ctxt, args: TokenStream) -> TraitArgs {
+    let mut out = TraitArgs::default();
+    let parser = syn::meta::parser(|meta| {
+        let path = &meta.path;
+        if path.is_ident("adapter") {
+            let ident: Ident = meta.value()?.parse()?;
+            if out.adapter.replace(ident).is_some() {
+                return Err(meta.error("duplicate `adapter` in #[dual_write]"));
+            }
+        } else if path.is_ident("command") {
+            let ident: Ident = meta.value()?.parse()?;
+            if out.command.replace(ident).is_some() {
+                return Err(meta.error("duplicate `command` in #[dual_write]"));
+            }
+        } else if path.is_ident("serde") {
+            if out.serde {
+                return Err(meta.error("duplicate `serde` in #[dual_write]"));
+            }
+            out.serde = true;
+        } else if path.is_ident("key") {
+            let key = KeyPath::parse(meta.value()?.parse()?)?;
+            if out.key.replace(key).is_some() {
+                return Err(meta.error("duplicate `key` in #[dual_write]"));
+            }
+        } else if path.is_ident("crate") {
+            let krate: Path = meta.value()?.parse()?;
+            if out.krate.replace(krate).is_some() {
+                return Err(meta.error("duplicate `crate` in #[dual_write]"));
+            }
+        } else if let Some(name) = METHOD_OPTIONS.iter().find(|name| path.is_ident(name)) {
+            return Err(meta.error(format_args!(
+                "`{name}` belongs on a method: write #[dual_write({name})] above the method, not on the trait"
+            )));
+        } else {
+            return Err(meta.error(format_args!(
+                "unknown #[dual_write] option `{}`; expected `adapter = Name`, `command = Name`, `serde`, `key = arg` or `crate = path`",
+                path_text(path)
+            )));
+        }
+        Ok(())
+    });
+    if let Err(err) = parser.parse2(args) {
+        cx.syn_error(err);
+    }
+    out
+}
+
+const METHOD_OPTIONS: &[&str] = &["write", "read", "passthrough", "compare", "no_compare"];
+
+/// What an explicit attribute says a method is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExplicitKind {
+    /// `#[dual_write(write)]`
+    Write,
+    /// `#[dual_write(read)]`
+    Read,
+    /// `#[dual_write(passthrough)]`
+    Passthrough,
+}
+
+impl ExplicitKind {
+    fn name(self) -> &'static str {
+        match self {
+            ExplicitKind::Write => "write",
+            ExplicitKind::Read => "read",
+            ExplicitKind::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// The `#[dual_write(...)]` options on one method.
+#[derive(Debug, Default, Clone)]
+pub struct MethodAttrs {
+    /// `write`, `read` or `passthrough`, with the span of the word.
+    pub kind: Option<(ExplicitKind, Span)>,
+    /// `key = arg.field`.
+    pub key: Option<KeyPath>,
+    /// `compare = path::to::fn`.
+    pub compare: Option<Path>,
+    /// `no_compare`, with its span.
+    pub no_compare: Option<Span>,
+}
+
+/// Whether an attribute is one of ours.
+pub fn is_dual_write_attr(attr: &Attribute) -> bool {
+    attr.path().is_ident(ATTR)
+}
+
+/// Parses the `#[dual_write(...)]` attributes of a method.
+pub fn parse_method_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> MethodAttrs {
+    let mut out = MethodAttrs::default();
+    for attr in attrs.iter().filter(|attr| is_dual_write_attr(attr)) {
+        let result = attr.parse_nested_meta(|meta| {
+            let path = &meta.path;
+            let kind = if path.is_ident("write") {
+                Some(ExplicitKind::Write)
+            } else if path.is_ident("read") {
+                Some(ExplicitKind::Read)
+            } else if path.is_ident("passthrough") {
+                Some(ExplicitKind::Passthrough)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                if let Some((previous, _)) = out.kind {
+                    return Err(meta.error(if previous == kind {
+                        format!("duplicate `{}` in #[dual_write]", kind.name())
+                    } else {
+                        format!(
+                            "a method is either `{}` or `{}`, not both: keep one of them",
+                            previous.name(),
+                            kind.name()
+                        )
+                    }));
+                }
+                out.kind = Some((kind, path.span()));
+            } else if path.is_ident("key") {
+                let key = KeyPath::parse(meta.value()?.parse()?)?;
+                if out.key.replace(key).is_some() {
+                    return Err(meta.error("duplicate `key` in #[dual_write]"));
+                }
+            } else if path.is_ident("compare") {
+                let compare: Path = meta.value()?.parse()?;
+                if out.compare.replace(compare).is_some() {
+                    return Err(meta.error("duplicate `compare` in #[dual_write]"));
+                }
+            } else if path.is_ident("no_compare") {
+                if out.no_compare.replace(path.span()).is_some() {
+                    return Err(meta.error("duplicate `no_compare` in #[dual_write]"));
+                }
+            } else if ["adapter", "command", "serde", "crate"]
+                .iter()
+                .any(|name| path.is_ident(name))
+            {
+                return Err(meta.error(format_args!(
+                    "`{}` belongs on the trait: write #[dual_write({} ...)] above the trait",
+                    path_text(path),
+                    path_text(path)
+                )));
+            } else {
+                return Err(meta.error(format_args!(
+                    "unknown #[dual_write] option `{}`; expected `write`, `read`, `passthrough`, `key = arg`, `compare = path` or `no_compare`",
+                    path_text(path)
+                )));
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            cx.syn_error(err);
+        }
+    }
+    out
+}
+
+/// Reports `#[dual_write(...)]` where it has no meaning (associated types,
+/// constants, arguments).
+pub fn reject_misplaced(cx: &mut Ctxt, attrs: &[Attribute], what: &str) {
+    for attr in attrs.iter().filter(|attr| is_dual_write_attr(attr)) {
+        cx.error_spanned_by(
+            attr,
+            format_args!(
+                "#[dual_write] has no meaning on {what}; put it on the trait or on a method"
+            ),
+        );
+    }
+}
+
+/// Removes our helper attributes, keeping every other attribute (docs, cfg).
+pub fn strip(attrs: &mut Vec<Attribute>) {
+    attrs.retain(|attr| !is_dual_write_attr(attr));
+}
+
+fn path_text(path: &Path) -> String {
+    path.segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}

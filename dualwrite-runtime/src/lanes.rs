@@ -1,0 +1,588 @@
+//! Secondary lanes: the async-secondary write strategy.
+//!
+//! The secondary write runs off the caller's path, on one of a fixed set of
+//! OS threads ("lanes"). A key always maps to the same lane and each lane
+//! applies its jobs strictly in FIFO order, retrying a failing job before any
+//! later one, so writes to one key reach the secondary in the order the
+//! primary saw them (architecture invariant 3). A job that keeps failing
+//! becomes a [`DeadLetter`] and the lane moves on, so every submitted job ends
+//! applied or dead-lettered (invariant 2).
+
+use std::cell::{Cell, OnceCell};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
+use tokio::sync::Notify;
+
+use crate::core::DeadLetter;
+use crate::phase::Store;
+use crate::stats::{Role, Stats};
+
+/// How the secondary lanes run and retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneConfig {
+    /// Number of lane threads; default 4, min 1 (0 is treated as 1).
+    pub lanes: usize,
+    /// Attempts per write, including the first; default 5 (0 is treated as 1).
+    pub max_attempts: u32,
+    /// Delay before the first retry; default 10 ms. Doubles on each retry.
+    pub initial_backoff: Duration,
+    /// Upper bound of the retry delay; default 1 s.
+    pub max_backoff: Duration,
+    /// Time limit of one attempt run through [`LaneContext::block_on`];
+    /// default none.
+    pub attempt_timeout: Option<Duration>,
+}
+
+impl Default for LaneConfig {
+    fn default() -> Self {
+        LaneConfig {
+            lanes: 4,
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            attempt_timeout: None,
+        }
+    }
+}
+
+impl LaneConfig {
+    /// The default configuration.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`LaneConfig::lanes`].
+    #[must_use]
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes;
+        self
+    }
+
+    /// Sets [`LaneConfig::max_attempts`].
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets [`LaneConfig::initial_backoff`].
+    #[must_use]
+    pub fn with_initial_backoff(mut self, initial_backoff: Duration) -> Self {
+        self.initial_backoff = initial_backoff;
+        self
+    }
+
+    /// Sets [`LaneConfig::max_backoff`].
+    #[must_use]
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`LaneConfig::attempt_timeout`].
+    #[must_use]
+    pub fn with_attempt_timeout(mut self, attempt_timeout: Option<Duration>) -> Self {
+        self.attempt_timeout = attempt_timeout;
+        self
+    }
+
+    /// The number of lanes actually run.
+    pub(crate) fn lane_count(&self) -> usize {
+        self.lanes.max(1)
+    }
+
+    /// The number of attempts actually made per write.
+    pub(crate) fn attempt_limit(&self) -> u32 {
+        self.max_attempts.max(1)
+    }
+
+    /// The delay after failed attempt number `attempt` (1-based), before
+    /// jitter: `initial_backoff * 2^(attempt - 1)`, capped at `max_backoff`.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1_u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// "Equal jitter": a delay uniformly drawn from `[delay / 2, delay]`, so
+/// retries of many lanes spread out but never retry immediately.
+fn equal_jitter(delay: Duration, random: u64) -> Duration {
+    let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+    let half = nanos / 2;
+    Duration::from_nanos(half + random % (nanos - half + 1))
+}
+
+/// A xorshift64 generator: enough for jitter and sampling, no dependency.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct XorShift64(u64);
+
+impl XorShift64 {
+    /// A generator seeded from the clock and `salt`.
+    pub(crate) fn seeded(salt: u64) -> Self {
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos().into());
+        // The state must never be zero.
+        XorShift64((clock ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
+    }
+
+    /// The next pseudo-random value.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// What an `apply` function gets besides the command: where it runs, which
+/// attempt this is, and a way to run async store code.
+///
+/// One context lives on each lane thread and is reused for all its jobs.
+pub struct LaneContext {
+    lane: usize,
+    attempt: Cell<u32>,
+    attempt_timeout: Option<Duration>,
+    /// The multi-thread runtime the lanes were started in, if any.
+    handle: Option<Handle>,
+    /// Otherwise a current-thread runtime of this lane, made on first use.
+    local: OnceCell<Runtime>,
+}
+
+impl LaneContext {
+    fn new(lane: usize, attempt_timeout: Option<Duration>, handle: Option<Handle>) -> Self {
+        LaneContext {
+            lane,
+            attempt: Cell::new(0),
+            attempt_timeout,
+            handle,
+            local: OnceCell::new(),
+        }
+    }
+
+    /// The index of the lane running this job, `0..lanes`.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
+
+    /// The attempt being made at this job, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt.get()
+    }
+
+    /// Runs a future to completion on the lane thread. If the lanes were started inside a
+    /// multi-thread tokio runtime, use that runtime's Handle::block_on (so the store's I/O and
+    /// timers work); otherwise a current-thread runtime owned by this lane thread, created lazily
+    /// with enable_time (and enable_io only if you add tokio's "net" feature; not needed).
+    /// Applies `attempt_timeout` if set (Err("secondary write timed out after ..")).
+    pub fn block_on<F: Future<Output = Result<(), String>>>(&self, fut: F) -> Result<(), String> {
+        let timeout = self.attempt_timeout;
+        let attempt = async move {
+            match timeout {
+                None => fut.await,
+                Some(limit) => tokio::time::timeout(limit, fut)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("secondary write timed out after {limit:?}"))),
+            }
+        };
+        match &self.handle {
+            Some(handle) => handle.block_on(attempt),
+            None => self.local_runtime()?.block_on(attempt),
+        }
+    }
+
+    fn local_runtime(&self) -> Result<&Runtime, String> {
+        if let Some(runtime) = self.local.get() {
+            return Ok(runtime);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|error| format!("cannot start a lane runtime: {error}"))?;
+        Ok(self.local.get_or_init(|| runtime))
+    }
+}
+
+impl fmt::Debug for LaneContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaneContext")
+            .field("lane", &self.lane)
+            .field("attempt", &self.attempt.get())
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("uses_caller_runtime", &self.handle.is_some())
+            .finish()
+    }
+}
+
+/// One secondary write waiting in a lane.
+pub(crate) struct Job<C> {
+    pub(crate) method: &'static str,
+    pub(crate) key: Option<String>,
+    /// Renders the key from the command, only when a log or a dead letter
+    /// needs it (keeps the hand-off free of allocation).
+    pub(crate) render_key: Option<fn(&C) -> Option<String>>,
+    /// `None` for keyless jobs, which share lane 0.
+    pub(crate) key_hash: Option<u64>,
+    pub(crate) target: Store,
+    pub(crate) command: C,
+}
+
+/// Where lanes put the writes they give up on.
+pub(crate) type DeadLetterSink<C> = Arc<Mutex<Vec<DeadLetter<C>>>>;
+
+/// Counts jobs submitted and not finished, and wakes flushers at zero.
+#[derive(Default)]
+struct Pending {
+    count: AtomicU64,
+    lock: Mutex<()>,
+    idle: Condvar,
+    idle_async: Notify,
+}
+
+impl Pending {
+    fn start(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn finish(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Taking the lock orders this wake-up after a flusher that saw a
+            // non-zero count has started waiting, so it cannot be missed.
+            drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
+            self.idle.notify_all();
+            self.idle_async.notify_waiters();
+        }
+    }
+
+    fn wait(&self) {
+        let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.count.load(Ordering::Acquire) != 0 {
+            guard = self
+                .idle
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    async fn wait_async(&self) {
+        loop {
+            // Register interest before checking, so a `notify_waiters` between
+            // the check and the await still wakes this future.
+            let mut notified = pin!(self.idle_async.notified());
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Calls `Pending::finish` when dropped, even if processing a job unwinds,
+/// so a flush can never wait forever.
+struct FinishGuard<'a> {
+    pending: &'a Pending,
+    stats: &'a Stats,
+}
+
+impl Drop for FinishGuard<'_> {
+    fn drop(&mut self) {
+        self.stats.add_pending(-1);
+        self.pending.finish();
+    }
+}
+
+/// The running lanes of one adapter: a queue per lane thread.
+///
+/// Dropping it closes the queues; each lane drains what it holds and exits.
+/// Call [`SecondaryLanes::flush`] first to wait for that.
+pub(crate) struct SecondaryLanes<C> {
+    senders: Vec<Sender<Job<C>>>,
+    pending: Arc<Pending>,
+    stats: Stats,
+    config: LaneConfig,
+}
+
+impl<C: Send + 'static> SecondaryLanes<C> {
+    /// Spawns `config.lanes` threads named `dualwrite-lane-N` that run
+    /// `apply` for each job.
+    pub(crate) fn start<F>(
+        config: LaneConfig,
+        stats: Stats,
+        dead_letters: DeadLetterSink<C>,
+        apply: F,
+    ) -> Self
+    where
+        F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let apply = Arc::new(apply);
+        let pending = Arc::new(Pending::default());
+        let handle = Handle::try_current()
+            .ok()
+            .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+        let mut senders = Vec::with_capacity(config.lane_count());
+        for index in 0..config.lane_count() {
+            let (sender, receiver) = mpsc::channel();
+            let lane = Lane {
+                context: LaneContext::new(index, config.attempt_timeout, handle.clone()),
+                config: config.clone(),
+                apply: Arc::clone(&apply),
+                stats: stats.clone(),
+                pending: Arc::clone(&pending),
+                dead_letters: Arc::clone(&dead_letters),
+                rng: XorShift64::seeded(index as u64),
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("dualwrite-lane-{index}"))
+                .spawn(move || lane.run(receiver));
+            // A lane that failed to start drops its receiver: submissions to
+            // it fail and become dead letters, never silently lost.
+            if let Err(error) = spawned {
+                tracing::error!(lane = index, %error, "cannot start a secondary lane");
+            }
+            senders.push(sender);
+        }
+        SecondaryLanes {
+            senders,
+            pending,
+            stats,
+            config,
+        }
+    }
+}
+
+impl<C> SecondaryLanes<C> {
+    /// Queues `job` on the lane that owns its key. Never blocks. Gives the
+    /// job back if that lane is not running.
+    pub(crate) fn submit(&self, job: Job<C>) -> Result<(), Job<C>> {
+        // Keyless jobs share lane 0, so they stay ordered among themselves.
+        let lane = match job.key_hash {
+            // The remainder is below the lane count, so it fits in usize.
+            Some(hash) => (hash % self.senders.len() as u64) as usize,
+            None => 0,
+        };
+        self.stats.add_pending(1);
+        self.pending.start();
+        self.senders[lane].send(job).map_err(|error| {
+            self.stats.add_pending(-1);
+            self.pending.finish();
+            error.0
+        })
+    }
+
+    /// Blocks until every job submitted so far is applied or dead-lettered.
+    pub(crate) fn flush(&self) {
+        self.pending.wait();
+    }
+
+    /// Waits, without blocking the thread, until every job submitted so far
+    /// is applied or dead-lettered.
+    pub(crate) async fn flush_async(&self) {
+        self.pending.wait_async().await;
+    }
+
+    /// The configuration the lanes run with.
+    pub(crate) fn config(&self) -> &LaneConfig {
+        &self.config
+    }
+}
+
+impl<C> fmt::Debug for SecondaryLanes<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecondaryLanes")
+            .field("lanes", &self.senders.len())
+            .field("pending", &self.pending.count.load(Ordering::Acquire))
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The state of one lane thread.
+struct Lane<C, F> {
+    context: LaneContext,
+    config: LaneConfig,
+    apply: Arc<F>,
+    stats: Stats,
+    pending: Arc<Pending>,
+    dead_letters: DeadLetterSink<C>,
+    rng: XorShift64,
+}
+
+impl<C, F> Lane<C, F>
+where
+    F: Fn(&LaneContext, Store, &C) -> Result<(), String>,
+{
+    /// Applies jobs until every sender is gone and the queue is drained.
+    fn run(mut self, receiver: Receiver<Job<C>>) {
+        for job in receiver {
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.process(job)));
+            if outcome.is_err() {
+                // Only the bookkeeping around `apply` (e.g. a panicking log
+                // subscriber) can get here; keep the lane alive.
+                tracing::error!(
+                    lane = self.context.lane,
+                    "secondary lane recovered from a panic"
+                );
+            }
+        }
+    }
+
+    /// Applies one job, retrying with backoff; dead-letters it after the
+    /// last attempt.
+    fn process(&mut self, job: Job<C>) {
+        let _finish = FinishGuard {
+            pending: &self.pending,
+            stats: &self.stats,
+        };
+        let Job {
+            method,
+            key,
+            render_key,
+            key_hash: _,
+            target,
+            command,
+        } = job;
+        let key = key.or_else(|| render_key.and_then(|render| render(&command)));
+        let key_text = key.as_deref().unwrap_or("-");
+        let limit = self.config.attempt_limit();
+        let mut attempt = 1;
+        loop {
+            self.context.attempt.set(attempt);
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                (self.apply)(&self.context, target, &command)
+            }))
+            .unwrap_or_else(|payload| {
+                Err(format!(
+                    "secondary write panicked: {}",
+                    panic_message(payload.as_ref())
+                ))
+            });
+            self.stats
+                .record_write(target, Role::Secondary, result.is_ok());
+            let Err(error) = result else {
+                return;
+            };
+            if attempt < limit {
+                tracing::warn!(
+                    method,
+                    key = key_text,
+                    target = %target,
+                    attempt,
+                    error = %error,
+                    "secondary write failed, retrying"
+                );
+                let delay = equal_jitter(self.config.backoff(attempt), self.rng.next_u64());
+                thread::sleep(delay);
+                self.stats.record_secondary_retry();
+                attempt += 1;
+                continue;
+            }
+            tracing::warn!(
+                method,
+                key = key_text,
+                target = %target,
+                attempt,
+                error = %error,
+                "secondary write failed, giving up: kept as a dead letter"
+            );
+            self.stats.record_dead_letter();
+            let letter = DeadLetter {
+                method,
+                key,
+                target,
+                command,
+                error,
+                attempts: attempt,
+                at: SystemTime::now(),
+            };
+            // Pushed before `_finish` runs, so a flush sees it.
+            self.dead_letters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(letter);
+            return;
+        }
+    }
+}
+
+/// The message of a panic payload, for the dead letter's error.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "non-string panic payload"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_minimums() {
+        let config = LaneConfig::default();
+        assert_eq!(config.lanes, 4);
+        assert_eq!(config.max_attempts, 5);
+        assert_eq!(config.initial_backoff, Duration::from_millis(10));
+        assert_eq!(config.max_backoff, Duration::from_secs(1));
+        assert_eq!(config.attempt_timeout, None);
+        let zero = config.with_lanes(0).with_max_attempts(0);
+        assert_eq!(zero.lane_count(), 1);
+        assert_eq!(zero.attempt_limit(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let config = LaneConfig::default()
+            .with_initial_backoff(Duration::from_millis(10))
+            .with_max_backoff(Duration::from_millis(75));
+        assert_eq!(config.backoff(1), Duration::from_millis(10));
+        assert_eq!(config.backoff(2), Duration::from_millis(20));
+        assert_eq!(config.backoff(3), Duration::from_millis(40));
+        assert_eq!(config.backoff(4), Duration::from_millis(75));
+        assert_eq!(config.backoff(u32::MAX), Duration::from_millis(75));
+        let huge = config.with_max_backoff(Duration::MAX);
+        assert_eq!(huge.backoff(200), Duration::from_millis(10) * u32::MAX);
+    }
+
+    #[test]
+    fn equal_jitter_stays_within_half_and_full() {
+        let mut rng = XorShift64::seeded(7);
+        let delay = Duration::from_millis(10);
+        for _ in 0..1_000 {
+            let jittered = equal_jitter(delay, rng.next_u64());
+            assert!(jittered >= delay / 2 && jittered <= delay, "{jittered:?}");
+        }
+        assert_eq!(equal_jitter(Duration::ZERO, u64::MAX), Duration::ZERO);
+        assert!(equal_jitter(Duration::MAX, u64::MAX) <= Duration::MAX);
+    }
+
+    #[test]
+    fn xorshift_never_sticks_at_zero() {
+        let mut rng = XorShift64::seeded(0);
+        assert!((0..100).all(|_| rng.next_u64() != 0));
+    }
+
+    #[test]
+    fn panic_messages() {
+        assert_eq!(panic_message(&"boom"), "boom");
+        assert_eq!(panic_message(&String::from("bang")), "bang");
+        assert_eq!(panic_message(&42_u8), "non-string panic payload");
+    }
+}

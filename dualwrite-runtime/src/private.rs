@@ -1,0 +1,180 @@
+//! Items used by code that `#[dual_write]` generates. Not a public API: names
+//! and signatures here change without notice.
+
+use core::fmt::Debug;
+use std::borrow::Borrow;
+
+pub use crate::command::WriteCommand;
+
+/// Wraps a method's return value so generated code can ask, without knowing
+/// its type by name, whether it is a failure and what its success value is.
+///
+/// Resolution is by auto-ref: generated code calls `(&&&Probe(&ret)).dw_error()`
+/// and method lookup picks the most specific of [`ProbeResultDebug`] (a
+/// `Result` whose error is `Debug`), [`ProbeResult`] (any `Result`) and
+/// [`ProbeAny`] (every other type, which never fails: `Option<T>`, `()`, `bool`...).
+pub struct Probe<'a, T: ?Sized>(pub &'a T);
+
+/// `Result<T, E: Debug>`: the error is rendered with `Debug`.
+pub trait ProbeResultDebug {
+    /// The success value type.
+    type Value: ?Sized;
+    /// The error as text, if the call failed.
+    fn dw_error(&self) -> Option<String>;
+    /// The success value, if the call succeeded.
+    fn dw_value(&self) -> Option<&Self::Value>;
+}
+
+impl<T, E: Debug> ProbeResultDebug for &&Probe<'_, Result<T, E>> {
+    type Value = T;
+    fn dw_error(&self) -> Option<String> {
+        self.0.as_ref().err().map(|e| format!("{e:?}"))
+    }
+    fn dw_value(&self) -> Option<&T> {
+        self.0.as_ref().ok()
+    }
+}
+
+/// `Result<T, E>` whose error is not `Debug`: the error's type name is used.
+pub trait ProbeResult {
+    /// The success value type.
+    type Value: ?Sized;
+    /// The error as text, if the call failed.
+    fn dw_error(&self) -> Option<String>;
+    /// The success value, if the call succeeded.
+    fn dw_value(&self) -> Option<&Self::Value>;
+}
+
+impl<T, E> ProbeResult for &Probe<'_, Result<T, E>> {
+    type Value = T;
+    fn dw_error(&self) -> Option<String> {
+        self.0
+            .as_ref()
+            .err()
+            .map(|_| format!("an error of type `{}`", core::any::type_name::<E>()))
+    }
+    fn dw_value(&self) -> Option<&T> {
+        self.0.as_ref().ok()
+    }
+}
+
+/// Any other type: the call cannot fail and the whole value is compared.
+pub trait ProbeAny {
+    /// The value type.
+    type Value: ?Sized;
+    /// Always `None`.
+    fn dw_error(&self) -> Option<String>;
+    /// Always the value.
+    fn dw_value(&self) -> Option<&Self::Value>;
+}
+
+impl<T: ?Sized> ProbeAny for Probe<'_, T> {
+    type Value = T;
+    fn dw_error(&self) -> Option<String> {
+        None
+    }
+    fn dw_value(&self) -> Option<&T> {
+        Some(self.0)
+    }
+}
+
+/// A by-value argument that must be cloned so that both stores receive it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must implement `Clone`: this argument is passed by value and must reach both stores",
+    label = "cloned for the second store",
+    note = "derive or implement `Clone` for `{Self}`, or take the argument by reference (`&{Self}`)"
+)]
+pub trait SecondaryClone {
+    /// A copy for the second store.
+    fn dw_clone(&self) -> Self;
+}
+
+impl<T: Clone> SecondaryClone for T {
+    #[inline]
+    fn dw_clone(&self) -> Self {
+        self.clone()
+    }
+}
+
+/// Clones a by-value argument for the second store.
+#[inline]
+pub fn keep<T: SecondaryClone>(value: &T) -> T {
+    value.dw_clone()
+}
+
+/// A by-reference argument that the command enum owns.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must implement `Clone` (or `ToOwned`): the write command that replays this call owns its arguments",
+    label = "owned by the write command",
+    note = "derive or implement `Clone` for `{Self}`"
+)]
+pub trait OwnedArg {
+    /// The owned form (`String` for `str`, `Vec<T>` for `[T]`, `T` for `T: Clone`).
+    type Owned: Borrow<Self>;
+    /// An owned copy.
+    fn dw_to_owned(&self) -> Self::Owned;
+}
+
+impl<T: ToOwned + ?Sized> OwnedArg for T {
+    type Owned = T::Owned;
+    #[inline]
+    fn dw_to_owned(&self) -> T::Owned {
+        self.to_owned()
+    }
+}
+
+/// Owned copy of a by-reference argument.
+#[inline]
+pub fn to_owned<T: OwnedArg + ?Sized>(value: &T) -> T::Owned {
+    value.dw_to_owned()
+}
+
+/// Borrows an owned command field as the argument type.
+#[inline]
+pub fn borrow<T: ?Sized, O: Borrow<T>>(owned: &O) -> &T {
+    owned.borrow()
+}
+
+/// A read's value compared in the shadow phase.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be compared in the shadow-read phase",
+    label = "this read's value is compared between the two stores",
+    note = "derive `PartialEq` for `{Self}`, give a comparator with #[dual_write(compare = path::to::fn)], or skip comparison with #[dual_write(no_compare)]"
+)]
+pub trait ShadowEq {
+    /// Whether the two answers agree.
+    fn dw_eq(&self, other: &Self) -> bool;
+}
+
+impl<T: PartialEq + ?Sized> ShadowEq for T {
+    #[inline]
+    fn dw_eq(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// Default comparator of shadow reads.
+#[inline]
+pub fn shadow_eq<T: ShadowEq + ?Sized>(a: &T, b: &T) -> bool {
+    a.dw_eq(b)
+}
+
+/// Joins the two reads of a shadow comparison (`tokio::join!`).
+pub use tokio;
+
+/// Marks a trait whose write methods take `&mut self`.
+pub struct MutReceiverWrites<Old: ?Sized, New: ?Sized>(
+    core::marker::PhantomData<fn() -> (Box<Old>, Box<New>)>,
+);
+
+/// Holds only for traits whose writes take `&self`.
+#[diagnostic::on_unimplemented(
+    message = "async secondary writes need a trait whose routed methods take `&self`",
+    label = "this trait has `&mut self` methods",
+    note = "the secondary store is shared with background lanes, which cannot hold it while a `&mut self` method borrows it; keep the synchronous strategy (`with_sync_mode`) or give the methods `&self` receivers with interior mutability in the store"
+)]
+pub trait SharedReceivers {}
+
+/// serde, for command enums of traits marked `#[dual_write(serde)]`.
+#[cfg(feature = "serde")]
+pub use serde;

@@ -1,0 +1,236 @@
+//! Lock-free counters of writes, retries, dead letters and shadow comparisons.
+//!
+//! The hot path is one relaxed `fetch_add` per event: a write bumps the single
+//! counter of its `(store, role, outcome)` cell, and the per-store and per-role
+//! totals of a [`StatsSnapshot`] are sums taken when the snapshot is read.
+//! Every counter sits on its own cache line so request threads and lane
+//! threads do not contend on unrelated counters.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::phase::Store;
+
+/// Which part a store plays in one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The authoritative write whose result is returned to the caller.
+    Primary,
+    /// The copy written to the other store after the primary succeeded.
+    Secondary,
+}
+
+/// Shared, cheaply cloned counters of one dual-write adapter.
+///
+/// Clones share the same counters. Read them with [`Stats::snapshot`].
+#[derive(Clone, Default)]
+pub struct Stats {
+    counters: Arc<Counters>,
+}
+
+/// A counter alone on a cache line.
+#[derive(Default)]
+#[repr(align(64))]
+struct Padded<T>(T);
+
+#[derive(Default)]
+struct Counters {
+    /// Indexed by [`write_cell`]: store x role x outcome.
+    writes: [Padded<AtomicU64>; 8],
+    secondary_retries: Padded<AtomicU64>,
+    dead_letters: Padded<AtomicU64>,
+    secondary_pending: Padded<AtomicI64>,
+    reads_matched: Padded<AtomicU64>,
+    reads_mismatched: Padded<AtomicU64>,
+}
+
+/// The index of the write counter for one `(store, role, ok)` combination.
+fn write_cell(store: Store, role: Role, ok: bool) -> usize {
+    let store = match store {
+        Store::Old => 0,
+        Store::New => 4,
+    };
+    let role = match role {
+        Role::Primary => 0,
+        Role::Secondary => 2,
+    };
+    store + role + usize::from(!ok)
+}
+
+impl Stats {
+    /// Fresh counters, all zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one write attempt on `store` in `role`, successful or not.
+    pub fn record_write(&self, store: Store, role: Role, ok: bool) {
+        self.counters.writes[write_cell(store, role, ok)]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one retry of a secondary write (an attempt after the first).
+    pub fn record_secondary_retry(&self) {
+        self.counters
+            .secondary_retries
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one secondary write given up on and kept as a dead letter.
+    pub fn record_dead_letter(&self) {
+        self.counters.dead_letters.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one shadow-read comparison and whether both stores agreed.
+    pub fn record_comparison(&self, matched: bool) {
+        let counter = if matched {
+            &self.counters.reads_matched
+        } else {
+            &self.counters.reads_mismatched
+        };
+        counter.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Moves the gauge of secondary writes handed to lanes and not yet
+    /// finished (applied or dead-lettered) by `delta`.
+    pub fn add_pending(&self, delta: i64) {
+        self.counters
+            .secondary_pending
+            .0
+            .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The current values. Each counter is read atomically; the snapshot as a
+    /// whole is not a single instant while writes are in flight.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let c = &self.counters;
+        let write = |store, role, ok| {
+            c.writes[write_cell(store, role, ok)]
+                .0
+                .load(Ordering::Relaxed)
+        };
+        let cell = |store, ok| write(store, Role::Primary, ok) + write(store, Role::Secondary, ok);
+        let role = |role, ok| write(Store::Old, role, ok) + write(Store::New, role, ok);
+        let reads_matched = c.reads_matched.0.load(Ordering::Relaxed);
+        let reads_mismatched = c.reads_mismatched.0.load(Ordering::Relaxed);
+        StatsSnapshot {
+            old_writes_ok: cell(Store::Old, true),
+            old_writes_failed: cell(Store::Old, false),
+            new_writes_ok: cell(Store::New, true),
+            new_writes_failed: cell(Store::New, false),
+            primary_writes_ok: role(Role::Primary, true),
+            primary_writes_failed: role(Role::Primary, false),
+            secondary_writes_ok: role(Role::Secondary, true),
+            secondary_writes_failed: role(Role::Secondary, false),
+            secondary_retries: c.secondary_retries.0.load(Ordering::Relaxed),
+            dead_letters: c.dead_letters.0.load(Ordering::Relaxed),
+            // A finish can be observed before its submit under relaxed
+            // ordering; never report a negative gauge.
+            secondary_pending: u64::try_from(c.secondary_pending.0.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            reads_compared: reads_matched + reads_mismatched,
+            reads_matched,
+            reads_mismatched,
+        }
+    }
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Stats").field(&self.snapshot()).finish()
+    }
+}
+
+/// The counters of a [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// Successful write attempts on Old, in any role.
+    pub old_writes_ok: u64,
+    /// Failed write attempts on Old, in any role.
+    pub old_writes_failed: u64,
+    /// Successful write attempts on New, in any role.
+    pub new_writes_ok: u64,
+    /// Failed write attempts on New, in any role.
+    pub new_writes_failed: u64,
+    /// Successful primary writes.
+    pub primary_writes_ok: u64,
+    /// Failed primary writes (returned to the caller).
+    pub primary_writes_failed: u64,
+    /// Successful secondary write attempts.
+    pub secondary_writes_ok: u64,
+    /// Failed secondary write attempts, retries included.
+    pub secondary_writes_failed: u64,
+    /// Secondary write attempts after the first one of a write.
+    pub secondary_retries: u64,
+    /// Secondary writes given up on and kept as dead letters.
+    pub dead_letters: u64,
+    /// Secondary writes handed to lanes and not finished yet.
+    pub secondary_pending: u64,
+    /// Shadow reads compared (`reads_matched + reads_mismatched`).
+    pub reads_compared: u64,
+    /// Shadow reads where both stores agreed.
+    pub reads_matched: u64,
+    /// Shadow reads where the stores disagreed or the shadow read failed.
+    pub reads_mismatched: u64,
+}
+
+impl StatsSnapshot {
+    /// `reads_matched / reads_compared`, or `None` before any comparison.
+    /// The spec's cutover criterion is a match rate above 99.9 %.
+    pub fn match_rate(&self) -> Option<f64> {
+        ratio(self.reads_matched, self.reads_compared)
+    }
+
+    /// Successful secondary attempts over all secondary attempts, or `None`
+    /// before any. The spec's cutover criterion is above 99.95 %.
+    pub fn secondary_success_rate(&self) -> Option<f64> {
+        ratio(
+            self.secondary_writes_ok,
+            self.secondary_writes_ok + self.secondary_writes_failed,
+        )
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> Option<f64> {
+    // Counts stay far below 2^53, where the conversion is exact.
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_write_cell_is_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for store in [Store::Old, Store::New] {
+            for role in [Role::Primary, Role::Secondary] {
+                for ok in [true, false] {
+                    let cell = write_cell(store, role, ok);
+                    assert!(cell < 8);
+                    assert!(seen.insert(cell));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn negative_pending_reads_as_zero() {
+        let stats = Stats::new();
+        stats.add_pending(-1);
+        assert_eq!(stats.snapshot().secondary_pending, 0);
+        stats.add_pending(3);
+        assert_eq!(stats.snapshot().secondary_pending, 2);
+    }
+
+    #[test]
+    fn clones_share_counters() {
+        let stats = Stats::new();
+        let clone = stats.clone();
+        clone.record_dead_letter();
+        assert_eq!(stats.snapshot().dead_letters, 1);
+    }
+}
