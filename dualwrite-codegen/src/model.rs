@@ -475,8 +475,10 @@ fn build_method(
         },
     };
 
-    if kind == MethodKind::Inherited {
-        if attrs.key.is_some() || attrs.compare.is_some() || attrs.no_compare.is_some() {
+    if kind == MethodKind::Inherited
+        && (attrs.key.is_some() || attrs.compare.is_some() || attrs.no_compare.is_some())
+    {
+        {
             cx.error_spanned_by(
                 &ident,
                 format_args!(

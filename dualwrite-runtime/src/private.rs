@@ -163,9 +163,9 @@ pub fn shadow_eq<T: ShadowEq + ?Sized>(a: &T, b: &T) -> bool {
 pub use tokio;
 
 /// Marks a trait whose write methods take `&mut self`.
-pub struct MutReceiverWrites<Old: ?Sized, New: ?Sized>(
-    core::marker::PhantomData<fn() -> (Box<Old>, Box<New>)>,
-);
+pub struct MutReceiverWrites<Old: ?Sized, New: ?Sized>(StoresMarker<Old>, StoresMarker<New>);
+
+type StoresMarker<T> = core::marker::PhantomData<fn() -> Box<T>>;
 
 /// Holds only for traits whose writes take `&self`.
 #[diagnostic::on_unimplemented(
