@@ -47,7 +47,7 @@ impl KeyPath {
         }
         Err(syn::Error::new_spanned(
             &expr,
-            "`key` takes an argument name or a field path such as `key = user.id`",
+            "`key` in #[dual_write] takes an argument name or a field path, such as `key = id` or `key = user.id`",
         ))
     }
 
@@ -88,31 +88,31 @@ pub fn parse_trait_args(cx: &mut Ctxt, args: TokenStream) -> TraitArgs {
         if path.is_ident("adapter") {
             let ident: Ident = meta.value()?.parse()?;
             if out.adapter.replace(ident).is_some() {
-                return Err(meta.error("duplicate `adapter` in #[dual_write]"));
+                return Err(meta.error("duplicate `adapter` in #[dual_write]; keep one"));
             }
         } else if path.is_ident("command") {
             let ident: Ident = meta.value()?.parse()?;
             if out.command.replace(ident).is_some() {
-                return Err(meta.error("duplicate `command` in #[dual_write]"));
+                return Err(meta.error("duplicate `command` in #[dual_write]; keep one"));
             }
         } else if path.is_ident("serde") {
             if out.serde {
-                return Err(meta.error("duplicate `serde` in #[dual_write]"));
+                return Err(meta.error("duplicate `serde` in #[dual_write]; keep one"));
             }
             out.serde = true;
         } else if path.is_ident("key") {
             let key = KeyPath::parse(meta.value()?.parse()?)?;
             if out.key.replace(key).is_some() {
-                return Err(meta.error("duplicate `key` in #[dual_write]"));
+                return Err(meta.error("duplicate `key` in #[dual_write]; keep one"));
             }
         } else if path.is_ident("crate") {
             let krate: Path = meta.value()?.parse()?;
             if out.krate.replace(krate).is_some() {
-                return Err(meta.error("duplicate `crate` in #[dual_write]"));
+                return Err(meta.error("duplicate `crate` in #[dual_write]; keep one"));
             }
         } else if let Some(name) = METHOD_OPTIONS.iter().find(|name| path.is_ident(name)) {
             return Err(meta.error(format_args!(
-                "`{name}` belongs on a method: write #[dual_write({name})] above the method, not on the trait"
+                "`{name}` is an option of a method, not of the trait: write #[dual_write({name})] above the method it applies to"
             )));
         } else {
             return Err(meta.error(format_args!(
@@ -162,6 +162,10 @@ pub struct MethodAttrs {
     pub compare: Option<Path>,
     /// `no_compare`, with its span.
     pub no_compare: Option<Span>,
+    /// Whether an attribute failed to parse. Options after the error are
+    /// lost, so checks that depend on them are skipped rather than reported
+    /// as follow-on errors.
+    pub invalid: bool,
 }
 
 /// Whether an attribute is one of ours.
@@ -187,10 +191,10 @@ pub fn parse_method_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> MethodAttrs {
             if let Some(kind) = kind {
                 if let Some((previous, _)) = out.kind {
                     return Err(meta.error(if previous == kind {
-                        format!("duplicate `{}` in #[dual_write]", kind.name())
+                        format!("duplicate `{}` in #[dual_write]; keep one", kind.name())
                     } else {
                         format!(
-                            "a method is either `{}` or `{}`, not both: keep one of them",
+                            "#[dual_write] routes a method either as `{}` or as `{}`, not both: keep one of them",
                             previous.name(),
                             kind.name()
                         )
@@ -200,24 +204,23 @@ pub fn parse_method_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> MethodAttrs {
             } else if path.is_ident("key") {
                 let key = KeyPath::parse(meta.value()?.parse()?)?;
                 if out.key.replace(key).is_some() {
-                    return Err(meta.error("duplicate `key` in #[dual_write]"));
+                    return Err(meta.error("duplicate `key` in #[dual_write]; keep one"));
                 }
             } else if path.is_ident("compare") {
                 let compare: Path = meta.value()?.parse()?;
                 if out.compare.replace(compare).is_some() {
-                    return Err(meta.error("duplicate `compare` in #[dual_write]"));
+                    return Err(meta.error("duplicate `compare` in #[dual_write]; keep one"));
                 }
             } else if path.is_ident("no_compare") {
                 if out.no_compare.replace(path.span()).is_some() {
-                    return Err(meta.error("duplicate `no_compare` in #[dual_write]"));
+                    return Err(meta.error("duplicate `no_compare` in #[dual_write]; keep one"));
                 }
             } else if ["adapter", "command", "serde", "crate"]
                 .iter()
                 .any(|name| path.is_ident(name))
             {
                 return Err(meta.error(format_args!(
-                    "`{}` belongs on the trait: write #[dual_write({} ...)] above the trait",
-                    path_text(path),
+                    "`{}` is an option of the trait, not of a method: move it into the #[dual_write(...)] above the trait",
                     path_text(path)
                 )));
             } else {
@@ -229,6 +232,7 @@ pub fn parse_method_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> MethodAttrs {
             Ok(())
         });
         if let Err(err) = result {
+            out.invalid = true;
             cx.syn_error(err);
         }
     }

@@ -272,9 +272,13 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
         .clone()
         .unwrap_or_else(|| format_ident!("{}Write", ident));
     if adapter == command {
+        // Point at a name the user wrote: a default name has no span of its own.
+        let written = args.command.as_ref().or(args.adapter.as_ref());
         cx.error_spanned_by(
-            &command,
-            "the adapter and the command enum need different names; change `adapter` or `command`",
+            written.unwrap_or(&command),
+            format_args!(
+                "#[dual_write] would name both the adapter struct and the command enum `{adapter}`; give them different names with `adapter = ..` and `command = ..`"
+            ),
         );
     }
     let krate = args
@@ -299,6 +303,18 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
     });
     if item.modifiers != Default::default() {
         cx.error_spanned_by(&item.ident, "#[dual_write] supports plain traits only");
+    }
+
+    // `#[async_trait]` above `#[dual_write]` has rewritten every `async fn`:
+    // say so once, on the first rewritten method, not once per method.
+    if let Some(first) = item.items.iter().find_map(|trait_item| match trait_item {
+        TraitItem::Fn(f) if rewritten_by_async_trait(&f.sig) => Some(&f.sig.ident),
+        _ => None,
+    }) {
+        cx.error_spanned_by(
+            first,
+            "#[async_trait] ran before #[dual_write] and rewrote the `async fn`s; put #[dual_write] above #[async_trait]",
+        );
     }
 
     let mut assoc_types = Vec::new();
@@ -354,7 +370,7 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
             cx.error_spanned_by(
                 &key.expr,
                 format_args!(
-                    "trait-level `key = {}` matches no method argument named `{}`; name an argument that the methods take",
+                    "trait-level #[dual_write(key = {})] matches no method: none takes an argument named `{}`; name an argument that the methods take, or remove `key`",
                     key.display(),
                     key.arg
                 ),
@@ -377,6 +393,14 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
         assoc_consts,
         methods,
     }
+}
+
+/// Whether `#[async_trait]` already rewrote this method (it adds an
+/// `'async_trait` lifetime to every `async fn` it boxes).
+fn rewritten_by_async_trait(sig: &Signature) -> bool {
+    sig.generics
+        .lifetimes()
+        .any(|lt| lt.lifetime.ident == "async_trait")
 }
 
 /// Attributes that must follow the method onto generated items.
@@ -408,15 +432,8 @@ fn build_method(
         attr::reject_misplaced(cx, attrs, "an argument");
     }
 
-    if sig
-        .generics
-        .lifetimes()
-        .any(|lt| lt.lifetime.ident == "async_trait")
-    {
-        cx.error_spanned_by(
-            &ident,
-            "#[async_trait] ran before #[dual_write]; put #[dual_write] above #[async_trait] so it sees the `async fn`s",
-        );
+    if rewritten_by_async_trait(sig) {
+        // Reported once for the whole trait by `build`.
         return None;
     }
 
@@ -429,7 +446,8 @@ fn build_method(
                 cx.error_spanned_by(
                     receiver,
                     format_args!(
-                        "`{ident}` must take `&self` or `&mut self` to be routed between two stores"
+                        "#[dual_write] cannot route `{ident}` between two stores through this receiver; take `&self` or `&mut self`{}",
+                        if attrs.kind.is_some() { "" } else { ", or give the method a default body" }
                     ),
                 );
                 return None;
@@ -441,7 +459,8 @@ fn build_method(
                 cx.error_spanned_by(
                     &ident,
                     format_args!(
-                        "`{ident}` has no `self` receiver, so the adapter cannot route it; give it a default body or move it out of the trait"
+                        "#[dual_write] cannot route `{ident}`: it has no `self` receiver; take `&self` or `&mut self`{}, or move it out of the trait",
+                        if attrs.kind.is_some() { "" } else { ", give it a default body" }
                     ),
                 );
                 return None;
@@ -463,6 +482,7 @@ fn build_method(
             NameClass::Write => (MethodKind::Write, KindSource::Name),
             NameClass::Read => (MethodKind::Read, KindSource::Name),
             NameClass::Unknown if mut_receiver => (MethodKind::Write, KindSource::MutReceiver),
+            NameClass::Unknown if attrs.invalid => return None,
             NameClass::Unknown => {
                 cx.error_spanned_by(
                     &ident,
@@ -475,16 +495,17 @@ fn build_method(
         },
     };
 
-    if kind == MethodKind::Inherited
-        && (attrs.key.is_some() || attrs.compare.is_some() || attrs.no_compare.is_some())
-    {
-        {
-            cx.error_spanned_by(
-                &ident,
-                format_args!(
-                    "`{ident}` keeps its default body, so `key` and `compare` have no effect; add #[dual_write(write)] or #[dual_write(read)] to route it"
-                ),
-            );
+    if kind == MethodKind::Inherited {
+        // Point at the first option that has no effect.
+        let message = format!(
+            "`{ident}` keeps its default body, so `key`, `compare` and `no_compare` have no effect; add #[dual_write(write)] or #[dual_write(read)] to route it, or remove the option"
+        );
+        if let Some(key) = &attrs.key {
+            cx.error_spanned_by(&key.expr, message);
+        } else if let Some(path) = &attrs.compare {
+            cx.error_spanned_by(path, message);
+        } else if let Some(span) = attrs.no_compare {
+            cx.syn_error(syn::Error::new(span, message));
         }
     }
 
@@ -583,16 +604,23 @@ fn build_method(
                     .iter()
                     .filter_map(|a| a.user_ident.as_ref().map(ToString::to_string))
                     .collect();
+                let hint = if names.is_empty() {
+                    format!("`{ident}` takes no named argument, so remove `key`")
+                } else {
+                    format!(
+                        "name one of its arguments: {}",
+                        names
+                            .iter()
+                            .map(|name| format!("`{name}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
                 cx.error_spanned_by(
                     &key.expr,
                     format_args!(
-                        "`key = {}` names no argument of `{ident}`; its arguments are: {}",
+                        "#[dual_write(key = {})] names no argument of `{ident}`; {hint}",
                         key.display(),
-                        if names.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            names.join(", ")
-                        }
                     ),
                 );
                 None
@@ -613,7 +641,7 @@ fn build_method(
         (Some(path), Some(span)) => {
             cx.syn_error(syn::Error::new(
                 span,
-                "`compare` and `no_compare` contradict each other; keep one",
+                "#[dual_write] `compare` and `no_compare` contradict each other: keep `compare = ..` to compare with a function, or `no_compare` to skip the comparison",
             ));
             Compare::Custom(path.clone())
         }
@@ -622,23 +650,22 @@ fn build_method(
         (None, None) => Compare::Eq,
     };
     if kind != MethodKind::Read && kind != MethodKind::Inherited {
+        let why = match kind_source {
+            KindSource::Name => " (by its name)",
+            KindSource::MutReceiver => " (it takes `&mut self`)",
+            KindSource::Attribute | KindSource::DefaultBody => "",
+        };
+        let message = |option: &str| {
+            format!(
+                "`{option}` applies to read methods only, and #[dual_write] routes `{ident}` as a {}{why}; remove `{option}`, or mark the method #[dual_write(read)] if it only reads",
+                kind.as_str()
+            )
+        };
         if let Some(path) = &attrs.compare {
-            cx.error_spanned_by(
-                path,
-                format_args!(
-                    "`compare` applies to read methods, and `{ident}` is a {}",
-                    kind.as_str()
-                ),
-            );
+            cx.error_spanned_by(path, message("compare"));
         }
         if let Some(span) = attrs.no_compare {
-            cx.syn_error(syn::Error::new(
-                span,
-                format!(
-                    "`no_compare` applies to read methods, and `{ident}` is a {}",
-                    kind.as_str()
-                ),
-            ));
+            cx.syn_error(syn::Error::new(span, message("no_compare")));
         }
     }
 

@@ -1,7 +1,7 @@
 // A key must be Hash + Display to be a routing key.
 use dualwrite_runtime::dual_write;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Row {
     pub id: u64,
     pub tags: Vec<String>,
