@@ -23,7 +23,7 @@
 //! }
 //! ```
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{GenericParam, Generics, ItemTrait, TypeParamBound};
@@ -47,6 +47,25 @@ enum ArgSet {
     Caller,
     /// The copies made for the second store.
     Copies,
+}
+
+/// Gives every token the same span, so an error in a generated call points
+/// at the user's token the call is made for.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Group(group) => {
+                let mut new = Group::new(group.delimiter(), respan(group.stream(), span));
+                new.set_span(span);
+                TokenTree::Group(new)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
 }
 
 struct Expander<'a> {
@@ -138,7 +157,51 @@ fn adapter_generics(item: &ItemTrait) -> Generics {
     generics
 }
 
+/// The type the command enum stores for a `&elem` argument: `String` for
+/// `str`, `Vec<T>` for `[T]`, `elem` itself for a sized type, and the
+/// `ToOwned` form for other unsized standard types. `true` when the field is
+/// `elem` itself (copied with `Clone`).
+fn owned_field_type(elem: &syn::Type, rt: &syn::Path) -> (syn::Type, bool) {
+    let span = elem.span();
+    match elem {
+        syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => (
+            syn::parse_quote_spanned!(span=> ::std::string::String),
+            false,
+        ),
+        syn::Type::Slice(slice) => {
+            let inner = &slice.elem;
+            (
+                syn::parse_quote_spanned!(span=> ::std::vec::Vec<#inner>),
+                false,
+            )
+        }
+        syn::Type::Path(p)
+            if p.qself.is_none()
+                && p.path.segments.last().is_some_and(|s| {
+                    s.arguments.is_empty()
+                        && ["Path", "OsStr", "CStr"].contains(&s.ident.to_string().as_str())
+                }) =>
+        {
+            let rt = respan(quote!(#rt), span);
+            (
+                syn::parse_quote_spanned!(span=> <#elem as #rt::__private::OwnedArg>::Owned),
+                false,
+            )
+        }
+        _ => (elem.clone(), true),
+    }
+}
+
 impl Expander<'_> {
+    /// `keep::<ty>(value)`: a copy of a value for the second store, with
+    /// errors (a type that is not `Clone`) pointing at `ty`.
+    fn keep(&self, ty: &syn::Type, value: TokenStream) -> TokenStream {
+        let span = ty.span();
+        let self_rt = self.rt;
+        let rt = respan(quote!(#self_rt), span);
+        quote_spanned!(span=> #rt::__private::keep::<#ty>(#value))
+    }
+
     fn has_async_send(&self) -> bool {
         self.m.routed().any(|method| match &method.flavor {
             Flavor::AsyncTrait => self.m.async_trait_send,
@@ -278,8 +341,8 @@ impl Expander<'_> {
                         quote!(#ty)
                     }
                     ArgMode::Ref { elem } => {
-                        let elem = replace_self_assoc(elem);
-                        quote_spanned!(elem.span()=> <#elem as #rt::__private::OwnedArg>::Owned)
+                        let (owned, _) = owned_field_type(&replace_self_assoc(elem), rt);
+                        quote!(#owned)
                     }
                 };
                 quote!(#id: #ty)
@@ -316,9 +379,11 @@ impl Expander<'_> {
                     } else {
                         quote!(&#root #(.#fields)*)
                     };
+                    let span = key.expr.span();
+                    let cast = respan(quote!(#value as &dyn #rt::RoutingKey), span);
                     quote! {
                         #(#cfg)* Self::#variant { #root, .. } =>
-                            ::core::option::Option::Some(#value as &dyn #rt::RoutingKey),
+                            ::core::option::Option::Some(#cast),
                     }
                 }
                 None => quote!(#(#cfg)* Self::#variant { .. } => ::core::option::Option::None,),
@@ -377,14 +442,15 @@ impl Expander<'_> {
                 .map(|arg| {
                     let id = &arg.ident;
                     match &arg.mode {
-                        ArgMode::Value => quote!(#rt::__private::keep(#id)),
+                        ArgMode::Value => self.keep(&replace_self_assoc(&arg.ty), quote!(#id)),
                         ArgMode::Ref { elem } => {
                             let elem = replace_self_assoc(elem);
                             quote!(#rt::__private::borrow::<#elem, _>(#id))
                         }
-                        ArgMode::RefMut { .. } => {
+                        ArgMode::RefMut { elem } => {
                             let tmp = format_ident!("__dw_tmp_{}", id);
-                            prelude.push(quote!(let mut #tmp = #rt::__private::keep(#id);));
+                            let copy = self.keep(&replace_self_assoc(elem), quote!(#id));
+                            prelude.push(quote!(let mut #tmp = #copy;));
                             quote!(&mut #tmp)
                         }
                     }
@@ -426,6 +492,45 @@ impl Expander<'_> {
         } else {
             quote!()
         };
+        let clone_arms = commands.iter().map(|method| {
+            let variant = &method.variant;
+            let cfg = &method.cfg_attrs;
+            let bindings: Vec<_> = method.args.iter().map(|a| &a.ident).collect();
+            let values = method.args.iter().map(|arg| {
+                let id = &arg.ident;
+                let ty = match &arg.mode {
+                    ArgMode::Value => replace_self_assoc(&arg.ty),
+                    ArgMode::RefMut { elem } => replace_self_assoc(elem),
+                    ArgMode::Ref { elem } => owned_field_type(&replace_self_assoc(elem), rt).0,
+                };
+                let value = self.keep(&ty, quote!(#id));
+                quote!(#id: #value)
+            });
+            quote!(#(#cfg)* Self::#variant { #(#bindings),* } => Self::#variant { #(#values),* },)
+        });
+        let debug_arms = commands.iter().map(|method| {
+            let variant = &method.variant;
+            let cfg = &method.cfg_attrs;
+            let name = variant.to_string();
+            let bindings: Vec<_> = method.args.iter().map(|a| &a.ident).collect();
+            let fields = method.args.iter().map(|arg| {
+                let id = &arg.ident;
+                let label = id.to_string();
+                let label = label.strip_prefix("r#").unwrap_or(&label).to_owned();
+                quote!(.field(#label, &(&&#rt::__private::DebugProbe(#id)).dw_debug()))
+            });
+            quote!(#(#cfg)* Self::#variant { #(#bindings),* } => f.debug_struct(#name) #(#fields)* .finish(),)
+        });
+        let clone_body = if commands.is_empty() && !has_phantom {
+            empty_match.clone()
+        } else {
+            quote!(match self { #(#clone_arms)* #phantom_arm })
+        };
+        let debug_body = if commands.is_empty() && !has_phantom {
+            quote!({ let _ = f; #empty_match })
+        } else {
+            quote!(match self { #(#debug_arms)* #phantom_arm })
+        };
         let method_body = if commands.is_empty() && !has_phantom {
             empty_match.clone()
         } else {
@@ -447,7 +552,6 @@ impl Expander<'_> {
         };
         quote! {
             #[doc = #doc]
-            #[derive(::core::fmt::Debug, ::core::clone::Clone)]
             #serde_derive
             #[allow(dead_code)]
             #vis enum #command #impl_generics #where_clause {
@@ -471,6 +575,20 @@ impl Expander<'_> {
                 where
                     __DwStore: #store_bound + ?::core::marker::Sized,
                 #apply_body
+            }
+
+            impl #impl_generics ::core::clone::Clone for #command #ty_generics #where_clause {
+                fn clone(&self) -> Self {
+                    #clone_body
+                }
+            }
+
+            impl #impl_generics ::core::fmt::Debug for #command #ty_generics #where_clause {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    #[allow(unused_imports)]
+                    use #rt::__private::{DebugViaDebug as _, DebugViaName as _};
+                    #debug_body
+                }
             }
 
             impl #impl_generics #rt::WriteCommand for #command #ty_generics #where_clause {
@@ -669,12 +787,22 @@ impl Expander<'_> {
             /// write the lanes give up on becomes a dead letter.
         };
         if self.owned {
-            preds.push(quote!(#rt::__private::MutReceiverWrites<Old, New>: #rt::__private::SharedReceivers));
+            // The bound cannot hold: calling the method is a compile error
+            // that says why (see `SharedReceivers`).
+            let base = self.base_predicates(false);
+            let where_clause = if base.is_empty() {
+                quote!()
+            } else {
+                quote!(where #(#base),*)
+            };
             return quote! {
-                impl #impl_generics #adapter #ty_generics where #(#preds),* {
+                impl #impl_generics #adapter #ty_generics #where_clause {
                     #doc
                     #[must_use]
-                    #vis fn with_async_secondary(self, config: #rt::LaneConfig) -> Self {
+                    #vis fn with_async_secondary(self, config: #rt::LaneConfig) -> Self
+                    where
+                        #rt::__private::MutReceiverWrites<Old, New>: #rt::__private::SharedReceivers,
+                    {
                         let _ = config;
                         self
                     }
@@ -804,6 +932,7 @@ impl Expander<'_> {
                 let root = &key.arg;
                 let fields = &key.fields;
                 let span = key.expr.span();
+                let rt = respan(quote!(#rt), span);
                 quote_spanned! {span=>
                     ::core::option::Option::Some(&(#root #(.#fields)*) as &dyn #rt::RoutingKey)
                 }
@@ -859,13 +988,12 @@ impl Expander<'_> {
 
     /// Copies of by-value arguments, taken before the first call.
     fn copies_of_values(&self, method: &Method) -> TokenStream {
-        let rt = self.rt;
         let lets = method.args.iter().filter_map(|arg| match arg.mode {
             ArgMode::Value => {
                 let id = &arg.ident;
                 let copy = format_ident!("__dw_copy_{}", id);
-                let span = arg.ty.span();
-                Some(quote_spanned!(span=> let #copy = #rt::__private::keep(&#id);))
+                let value = self.keep(&arg.ty, quote!(&#id));
+                Some(quote!(let #copy = #value;))
             }
             _ => None,
         });
@@ -874,13 +1002,12 @@ impl Expander<'_> {
 
     /// Copies of `&mut` arguments (their state after the primary call).
     fn copies_of_mut_refs(&self, method: &Method) -> TokenStream {
-        let rt = self.rt;
         let lets = method.args.iter().filter_map(|arg| match &arg.mode {
             ArgMode::RefMut { elem } => {
                 let id = &arg.ident;
                 let copy = format_ident!("__dw_copy_{}", id);
-                let span = elem.span();
-                Some(quote_spanned!(span=> let mut #copy = #rt::__private::keep(&*#id);))
+                let value = self.keep(elem, quote!(&*#id));
+                Some(quote!(let mut #copy = #value;))
             }
             _ => None,
         });
@@ -898,10 +1025,16 @@ impl Expander<'_> {
             let copy = format_ident!("__dw_copy_{}", id);
             let value = match &arg.mode {
                 ArgMode::Value | ArgMode::RefMut { .. } if consume_copies => quote!(#copy),
-                ArgMode::Value | ArgMode::RefMut { .. } => quote!(#rt::__private::keep(&#copy)),
+                ArgMode::Value => self.keep(&arg.ty, quote!(&#copy)),
+                ArgMode::RefMut { elem } => self.keep(elem, quote!(&#copy)),
                 ArgMode::Ref { elem } => {
-                    let span = elem.span();
-                    quote_spanned!(span=> #rt::__private::to_owned::<#elem>(#id))
+                    if owned_field_type(elem, rt).1 {
+                        self.keep(elem, quote!(#id))
+                    } else {
+                        let span = elem.span();
+                        let rt = respan(quote!(#rt), span);
+                        quote_spanned!(span=> #rt::__private::to_owned::<#elem>(#id))
+                    }
                 }
             };
             quote!(#id: #value)
@@ -926,9 +1059,10 @@ impl Expander<'_> {
             ArgMode::Value => {
                 let copy = format_ident!("__dw_copy_{}", arg.ident);
                 let keep = format_ident!("__dw_kept_{}", arg.ident);
+                let value = self.keep(&arg.ty, quote!(&#keep));
                 Some(quote! {
                     let #keep = #copy;
-                    let #copy = #rt::__private::keep(&#keep);
+                    let #copy = #value;
                 })
             }
             _ => None,
@@ -1051,6 +1185,7 @@ impl Expander<'_> {
                     syn::ReturnType::Type(_, ty) => ty.span(),
                     syn::ReturnType::Default => method.ident.span(),
                 };
+                let rt = respan(quote!(#rt), span);
                 quote_spanned!(span=> #rt::__private::shadow_eq(__dw_a, __dw_b))
             }
         };
@@ -1099,11 +1234,46 @@ impl Expander<'_> {
     }
 }
 
-/// The error for an attribute placed on something that is not a trait.
-pub fn not_a_trait(span: Span) -> TokenStream {
-    syn::Error::new(
-        span,
-        "#[dual_write] goes on a repository trait: `#[dual_write] pub trait UserStore { .. }`",
-    )
-    .to_compile_error()
+/// The error for an attribute placed on something that is not a trait:
+/// spanned on the item's keyword and name.
+pub fn not_a_trait(input: &TokenStream) -> TokenStream {
+    let message = |what: &str| {
+        format!(
+            "#[dual_write] goes on a repository trait, not on {what}: `#[dual_write] pub trait UserStore {{ .. }}`"
+        )
+    };
+    let error = match syn::parse2::<syn::Item>(input.clone()) {
+        Ok(item) => {
+            let (what, tokens) = match &item {
+                syn::Item::Struct(i) => {
+                    let (kw, id) = (&i.struct_token, &i.ident);
+                    ("a struct", quote!(#kw #id))
+                }
+                syn::Item::Enum(i) => {
+                    let (kw, id) = (&i.enum_token, &i.ident);
+                    ("an enum", quote!(#kw #id))
+                }
+                syn::Item::Fn(i) => {
+                    let (kw, id) = (&i.sig.fn_token, &i.sig.ident);
+                    ("a function", quote!(#kw #id))
+                }
+                syn::Item::Impl(i) => {
+                    let (kw, ty) = (&i.impl_token, &i.self_ty);
+                    ("an impl block", quote!(#kw #ty))
+                }
+                syn::Item::Mod(i) => {
+                    let (kw, id) = (&i.mod_token, &i.ident);
+                    ("a module", quote!(#kw #id))
+                }
+                syn::Item::Type(i) => {
+                    let (kw, id) = (&i.type_token, &i.ident);
+                    ("a type alias", quote!(#kw #id))
+                }
+                other => ("this item", quote!(#other)),
+            };
+            syn::Error::new_spanned(tokens, message(what))
+        }
+        Err(_) => syn::Error::new(Span::call_site(), message("this item")),
+    };
+    error.to_compile_error()
 }

@@ -31,12 +31,7 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let item: ItemTrait = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(_) => {
-            let span = input
-                .clone()
-                .into_iter()
-                .next()
-                .map_or_else(proc_macro2::Span::call_site, |t| t.span());
-            let error = expand::not_a_trait(span);
+            let error = expand::not_a_trait(&input);
             return quote!(#input #error);
         }
     };

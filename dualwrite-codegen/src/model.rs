@@ -763,6 +763,9 @@ fn storable(item: &ItemTrait, sig: &Signature, ty: &Type) -> bool {
         fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
             self.ok = false;
         }
+        fn visit_type_trait_object(&mut self, _: &'ast syn::TypeTraitObject) {
+            self.ok = false;
+        }
         fn visit_lifetime(&mut self, lt: &'ast syn::Lifetime) {
             if lt.ident != "static" && !self.trait_lifetimes.contains(&&lt.ident) {
                 self.ok = false;

@@ -1,1 +1,590 @@
-fn main() {}
+//! Cost of the generated dual-write adapter.
+//!
+//! ```text
+//! cargo bench -p dualwrite-runtime --bench adapter -- --warm-up-time 1 --measurement-time 3
+//! ```
+//!
+//! Part 1 (criterion, means): per-call overhead of the adapter on in-memory
+//! stores, against calling the store directly:
+//!
+//! * `prepare/*`: `Phase::Prepare` (primary only) vs one direct call;
+//! * `dual_write_sync/*`: `Phase::DualWrite`, synchronous tolerant secondary,
+//!   vs two direct calls;
+//! * `handoff/*`: `Phase::DualWrite` with async secondary lanes on an instant
+//!   store vs one direct call (back-to-back calls: the lane stays awake).
+//!
+//! Part 2 (custom, printed after criterion): the caller's latency
+//! distribution, p50/p90/p99/p99.9 of 20 000 calls after a warm-up, for the
+//! adapter in async-secondary mode vs primary only, on stores with realistic
+//! latency: an in-memory store with a simulated 200 µs delay (busy-spin and
+//! `thread::sleep` variants) and SQLite files. Modes run interleaved in blocks
+//! so drift on the machine hits them alike. Set `DW_LATENCY=0` to skip part 2,
+//! `DW_LATENCY_CALLS=N` to change the number of calls.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use criterion::{Criterion, criterion_group};
+use dualwrite_runtime::{
+    LaneConfig, Migration, Phase, Role, RoutingKey, Stats, Store, SyncMode, dual_write,
+};
+use rusqlite::{Connection, params};
+
+// ---------------------------------------------------------------------------
+// The repository and the stores
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct BenchError(String);
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<rusqlite::Error> for BenchError {
+    fn from(error: rusqlite::Error) -> Self {
+        BenchError(error.to_string())
+    }
+}
+
+#[dual_write]
+pub trait Kv {
+    #[dual_write(key = key)]
+    fn put(&self, key: u64, value: u64) -> Result<(), BenchError>;
+}
+
+const SLOTS: usize = 1024;
+
+/// The cheapest possible store: one relaxed atomic store.
+pub struct AtomicStore(Box<[AtomicU64]>);
+
+impl AtomicStore {
+    fn new() -> Self {
+        AtomicStore((0..SLOTS).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl Kv for AtomicStore {
+    fn put(&self, key: u64, value: u64) -> Result<(), BenchError> {
+        self.0[key as usize % SLOTS].store(value, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A small but realistic in-memory store: a mutex-guarded hash map.
+#[derive(Default)]
+pub struct MapStore(Mutex<HashMap<u64, u64>>);
+
+impl Kv for MapStore {
+    fn put(&self, key: u64, value: u64) -> Result<(), BenchError> {
+        self.0
+            .lock()
+            .map_err(|_| BenchError("poisoned".into()))?
+            .insert(key, value);
+        Ok(())
+    }
+}
+
+/// How [`DelayStore`] spends its simulated latency.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Delay {
+    /// No delay at all.
+    None,
+    /// Busy-wait (models CPU-bound work; occupies a core).
+    Spin(Duration),
+    /// `thread::sleep` (models blocking I/O; frees the core, but the kernel
+    /// timer adds its own slack, ~50-60 µs on Linux).
+    Sleep(Duration),
+}
+
+pub struct DelayStore {
+    delay: Delay,
+    slots: AtomicStore,
+}
+
+impl DelayStore {
+    fn new(delay: Delay) -> Self {
+        DelayStore {
+            delay,
+            slots: AtomicStore::new(),
+        }
+    }
+}
+
+fn spin_for(duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+}
+
+impl Kv for DelayStore {
+    fn put(&self, key: u64, value: u64) -> Result<(), BenchError> {
+        match self.delay {
+            Delay::None => {}
+            Delay::Spin(duration) => spin_for(duration),
+            Delay::Sleep(duration) => std::thread::sleep(duration),
+        }
+        self.slots.put(key, value)
+    }
+}
+
+/// A SQLite file (WAL, `synchronous = NORMAL`: no fsync per commit).
+pub struct SqliteStore(Mutex<Connection>);
+
+impl SqliteStore {
+    fn open(path: &Path) -> Result<Self, BenchError> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v INTEGER NOT NULL);",
+        )?;
+        Ok(SqliteStore(Mutex::new(conn)))
+    }
+}
+
+impl Kv for SqliteStore {
+    fn put(&self, key: u64, value: u64) -> Result<(), BenchError> {
+        let conn = self.0.lock().map_err(|_| BenchError("poisoned".into()))?;
+        let mut statement = conn.prepare_cached(
+            "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+        )?;
+        // Keys and values stay far below i64::MAX.
+        statement.execute(params![key as i64, value as i64])?;
+        Ok(())
+    }
+}
+
+fn lanes(count: usize) -> LaneConfig {
+    LaneConfig::default().with_lanes(count)
+}
+
+// ---------------------------------------------------------------------------
+// Part 1: criterion
+// ---------------------------------------------------------------------------
+
+fn bench_pair<S: Kv + Send + Sync + 'static>(c: &mut Criterion, name: &str, make: impl Fn() -> S) {
+    // -- Phase::Prepare vs one direct call ----------------------------------
+    let mut group = c.benchmark_group(format!("prepare/{name}"));
+    let direct = make();
+    let mut i = 0_u64;
+    group.bench_function("direct", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&direct).put(black_box(i), i)
+        })
+    });
+    let adapter = KvDualWrite::new(make(), make(), Migration::new(Phase::Prepare));
+    group.bench_function("adapter", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&adapter).put(black_box(i), i)
+        })
+    });
+    // Any per-key override switches `Migration::phase_for` to its slow path
+    // for every keyed call (renders the key, looks it up).
+    let migration = Migration::new(Phase::Prepare);
+    migration
+        .set_phase_for(&u64::MAX, Phase::Prepare)
+        .expect("an override is allowed");
+    let adapter_override = KvDualWrite::new(make(), make(), migration);
+    group.bench_function("adapter_with_an_override", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&adapter_override).put(black_box(i), i)
+        })
+    });
+    group.finish();
+
+    // -- Phase::DualWrite sync tolerant vs two direct calls -----------------
+    let mut group = c.benchmark_group(format!("dual_write_sync/{name}"));
+    let (first, second) = (make(), make());
+    group.bench_function("two_direct", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let ret = black_box(&first).put(black_box(i), i);
+            if ret.is_ok() {
+                black_box(&second).put(black_box(i), i)
+            } else {
+                ret
+            }
+        })
+    });
+    let adapter = KvDualWrite::new(make(), make(), Migration::new(Phase::DualWrite))
+        .with_sync_mode(SyncMode::Tolerant);
+    group.bench_function("adapter", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&adapter).put(black_box(i), i)
+        })
+    });
+    group.finish();
+}
+
+fn bench_handoff(c: &mut Criterion) {
+    let mut group = c.benchmark_group("handoff/instant");
+    let direct = AtomicStore::new();
+    let mut i = 0_u64;
+    group.bench_function("direct", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&direct).put(black_box(i), i)
+        })
+    });
+    for count in [1, 2] {
+        let adapter = KvDualWrite::new(
+            AtomicStore::new(),
+            AtomicStore::new(),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_async_secondary(lanes(count));
+        group.bench_function(format!("adapter_async_{count}_lanes"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    i = i.wrapping_add(1);
+                    let _ = black_box(black_box(&adapter).put(black_box(i), i));
+                }
+                let elapsed = start.elapsed();
+                // Drain the queue outside the timed section.
+                adapter.flush();
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The pieces of the hot path, alone (public runtime API).
+fn bench_hot_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hot_path");
+    let migration = Migration::new(Phase::Prepare);
+    let mut i = 0_u64;
+    group.bench_function("write_route_no_override", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let key = black_box(i);
+            black_box(&migration).write_route(Some(&key as &dyn RoutingKey))
+        })
+    });
+    let with_override = Migration::new(Phase::Prepare);
+    with_override
+        .set_phase_for(&u64::MAX, Phase::Prepare)
+        .expect("an override is allowed");
+    group.bench_function("write_route_with_an_override", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let key = black_box(i);
+            black_box(&with_override).write_route(Some(&key as &dyn RoutingKey))
+        })
+    });
+    let stats = Stats::new();
+    group.bench_function("record_write", |b| {
+        b.iter(|| black_box(&stats).record_write(Store::Old, Role::Primary, true))
+    });
+    group.bench_function("key_route_hash_u64", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(i).route_hash()
+        })
+    });
+    group.bench_function("key_render_u64", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(i).render()
+        })
+    });
+    group.finish();
+}
+
+fn bench_overhead(c: &mut Criterion) {
+    bench_pair(c, "atomic", AtomicStore::new);
+    bench_pair(c, "hashmap", MapStore::default);
+}
+
+criterion_group!(overhead, bench_hot_path, bench_overhead, bench_handoff);
+
+// ---------------------------------------------------------------------------
+// Part 2: per-call latency distribution
+// ---------------------------------------------------------------------------
+
+/// One way of calling the store, with the latencies it recorded.
+struct Mode {
+    name: &'static str,
+    call: Box<dyn Fn(u64) -> Result<(), BenchError>>,
+    flush: Box<dyn Fn()>,
+    samples: Vec<u64>,
+}
+
+impl Mode {
+    fn new<F, G>(name: &'static str, call: F, flush: G) -> Self
+    where
+        F: Fn(u64) -> Result<(), BenchError> + 'static,
+        G: Fn() + 'static,
+    {
+        Mode {
+            name,
+            call: Box::new(call),
+            flush: Box::new(flush),
+            samples: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Summary {
+    mean: f64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+fn summarize(samples: &[u64]) -> Summary {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
+    Summary {
+        mean: sorted.iter().sum::<u64>() as f64 / sorted.len() as f64,
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: sorted[sorted.len() - 1],
+    }
+}
+
+/// Runs `calls` timed calls per mode after `warmup` untimed ones, in
+/// interleaved blocks; `gap` idles between calls (spin) so lanes go idle as
+/// they would under a moderate request rate.
+fn measure(title: &str, modes: &mut [Mode], warmup: u64, calls: u64, gap: Duration) {
+    const BLOCK: u64 = 500;
+    let mut key = 0_u64;
+    for mode in modes.iter_mut() {
+        for _ in 0..warmup {
+            key += 1;
+            (mode.call)(key % 1000).expect("warm-up call");
+        }
+        (mode.flush)();
+        mode.samples.reserve(calls as usize);
+    }
+    let mut done = 0;
+    while done < calls {
+        let n = BLOCK.min(calls - done);
+        for mode in modes.iter_mut() {
+            for _ in 0..n {
+                key += 1;
+                let start = Instant::now();
+                let ret = (mode.call)(black_box(key % 1000));
+                let elapsed = start.elapsed();
+                black_box(ret).expect("timed call");
+                mode.samples.push(elapsed.as_nanos() as u64);
+                if !gap.is_zero() {
+                    spin_for(gap);
+                }
+            }
+            // Lanes drain between blocks, untimed, so modes do not overlap.
+            (mode.flush)();
+        }
+        done += n;
+    }
+    println!("\n{title}  ({calls} calls per mode, {warmup} warm-up, gap {gap:?})");
+    println!(
+        "  {:<34} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "mode (ns)", "mean", "p50", "p90", "p99", "p99.9", "max"
+    );
+    let summaries: Vec<Summary> = modes.iter().map(|m| summarize(&m.samples)).collect();
+    for (mode, s) in modes.iter().zip(&summaries) {
+        println!(
+            "  {:<34} {:>10.0} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            mode.name, s.mean, s.p50, s.p90, s.p99, s.p999, s.max
+        );
+    }
+    // Mode 1 is primary-only through the adapter; the async ones follow.
+    let base = summaries[1];
+    for (mode, s) in modes.iter().zip(&summaries).skip(2) {
+        println!(
+            "  {:<34} p50 {:+} ns, p99 ratio {:.3}, p99.9 ratio {:.3} (vs adapter primary-only)",
+            mode.name,
+            s.p50 as i64 - base.p50 as i64,
+            s.p99 as f64 / base.p99 as f64,
+            s.p999 as f64 / base.p999 as f64,
+        );
+    }
+    for mode in modes.iter_mut() {
+        mode.samples.clear();
+    }
+}
+
+/// direct, adapter primary-only, adapter async secondary with 1 and 2 lanes.
+fn delay_modes(delay: Delay) -> Vec<Mode> {
+    let direct = DelayStore::new(delay);
+    let prepare = KvDualWrite::new(
+        DelayStore::new(delay),
+        DelayStore::new(delay),
+        Migration::new(Phase::Prepare),
+    );
+    let mut modes = vec![
+        Mode::new("direct", move |k| direct.put(k, k), || {}),
+        Mode::new(
+            "adapter primary-only (Prepare)",
+            move |k| prepare.put(k, k),
+            || {},
+        ),
+    ];
+    for (name, count) in [
+        ("adapter async secondary, 1 lane", 1),
+        ("adapter async secondary, 2 lanes", 2),
+    ] {
+        let adapter = std::sync::Arc::new(
+            KvDualWrite::new(
+                DelayStore::new(delay),
+                DelayStore::new(delay),
+                Migration::new(Phase::DualWrite),
+            )
+            .with_async_secondary(lanes(count)),
+        );
+        let flusher = std::sync::Arc::clone(&adapter);
+        modes.push(Mode::new(
+            name,
+            move |k| adapter.put(k, k),
+            move || flusher.flush(),
+        ));
+    }
+    if delay == Delay::None {
+        // Reference: a bare std mpsc send to a consumer thread, no adapter.
+        let (sender, receiver) = std::sync::mpsc::channel::<u64>();
+        std::thread::spawn(move || {
+            for value in receiver {
+                black_box(value);
+            }
+        });
+        modes.push(Mode::new(
+            "reference: bare std mpsc send",
+            move |k| {
+                sender
+                    .send(k)
+                    .map_err(|_| BenchError("consumer gone".into()))
+            },
+            || {},
+        ));
+    }
+    modes
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sqlite_modes(dir: &Path) -> Vec<Mode> {
+    let open = |name: &str| SqliteStore::open(&dir.join(name)).expect("open a SQLite file");
+    let direct = open("direct.db");
+    let prepare = KvDualWrite::new(
+        open("prepare-old.db"),
+        open("prepare-new.db"),
+        Migration::new(Phase::Prepare),
+    );
+    let mut modes = vec![
+        Mode::new("direct", move |k| direct.put(k, k), || {}),
+        Mode::new(
+            "adapter primary-only (Prepare)",
+            move |k| prepare.put(k, k),
+            || {},
+        ),
+    ];
+    for (name, count) in [
+        ("adapter async secondary, 1 lane", 1),
+        ("adapter async secondary, 2 lanes", 2),
+    ] {
+        let adapter = std::sync::Arc::new(
+            KvDualWrite::new(
+                open(&format!("async{count}-old.db")),
+                open(&format!("async{count}-new.db")),
+                Migration::new(Phase::DualWrite),
+            )
+            .with_async_secondary(lanes(count)),
+        );
+        let flusher = std::sync::Arc::clone(&adapter);
+        modes.push(Mode::new(
+            name,
+            move |k| adapter.put(k, k),
+            move || flusher.flush(),
+        ));
+    }
+    modes
+}
+
+fn latency() {
+    let calls: u64 = std::env::var("DW_LATENCY_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let warmup = (calls / 10).max(100);
+    let delay = Duration::from_micros(200);
+
+    println!("\n==== caller latency: async secondary vs primary only ====");
+    println!("(direct = the store called directly; ratios are against the adapter in Prepare)");
+
+    measure(
+        "(hand-off) instant store, idle lanes between calls",
+        &mut delay_modes(Delay::None),
+        warmup,
+        calls,
+        Duration::from_micros(50),
+    );
+    measure(
+        "(hand-off) instant store, back-to-back calls",
+        &mut delay_modes(Delay::None),
+        warmup,
+        calls,
+        Duration::ZERO,
+    );
+    measure(
+        "(a1) in-memory store, 200 us busy-spin delay",
+        &mut delay_modes(Delay::Spin(delay)),
+        warmup,
+        calls,
+        Duration::ZERO,
+    );
+    measure(
+        "(a2) in-memory store, 200 us thread::sleep delay",
+        &mut delay_modes(Delay::Sleep(delay)),
+        warmup,
+        calls,
+        Duration::ZERO,
+    );
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("dualwrite-bench-{}-{nanos}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0).expect("create the bench directory");
+    measure(
+        "(b) SQLite files (WAL, synchronous=NORMAL), upsert",
+        &mut sqlite_modes(&dir.0),
+        warmup,
+        calls,
+        Duration::ZERO,
+    );
+}
+
+fn main() {
+    overhead();
+    Criterion::default().configure_from_args().final_summary();
+    if std::env::var("DW_LATENCY").as_deref() != Ok("0") {
+        latency();
+    }
+}

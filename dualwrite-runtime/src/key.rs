@@ -22,6 +22,7 @@ pub trait RoutingKey {
     fn render(&self) -> String;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Hash + Display + ?Sized> RoutingKey for T {
     fn route_hash(&self) -> u64 {
         // `DefaultHasher::new()` uses fixed keys, unlike `RandomState`, so the

@@ -78,17 +78,19 @@ impl<T: ?Sized> ProbeAny for Probe<'_, T> {
     }
 }
 
-/// A by-value argument that must be cloned so that both stores receive it.
+/// An argument that must be copied: once for the second store, and into the
+/// write command that can replay the call.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` must implement `Clone`: this argument is passed by value and must reach both stores",
-    label = "cloned for the second store",
-    note = "derive or implement `Clone` for `{Self}`, or take the argument by reference (`&{Self}`)"
+    message = "`{Self}` must implement `Clone`: this argument must reach both stores",
+    label = "copied for the second store and for the write command that replays the call",
+    note = "derive or implement `Clone` for `{Self}`"
 )]
 pub trait SecondaryClone {
     /// A copy for the second store.
     fn dw_clone(&self) -> Self;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Clone> SecondaryClone for T {
     #[inline]
     fn dw_clone(&self) -> Self {
@@ -115,6 +117,7 @@ pub trait OwnedArg {
     fn dw_to_owned(&self) -> Self::Owned;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: ToOwned + ?Sized> OwnedArg for T {
     type Owned = T::Owned;
     #[inline]
@@ -135,6 +138,52 @@ pub fn borrow<T: ?Sized, O: Borrow<T>>(owned: &O) -> &T {
     owned.borrow()
 }
 
+/// Formats a command field: with `Debug` when the type has it, else by its
+/// type name, so the command enum is `Debug` without asking every argument
+/// type to be.
+pub struct DebugProbe<'a, T>(pub &'a T);
+
+/// A command field that is `Debug`.
+pub trait DebugViaDebug<'a> {
+    /// The field, formatted with its own `Debug`.
+    fn dw_debug(&self) -> DebugField<'a>;
+}
+
+impl<'a, T: Debug> DebugViaDebug<'a> for &DebugProbe<'a, T> {
+    fn dw_debug(&self) -> DebugField<'a> {
+        DebugField::Value(self.0)
+    }
+}
+
+/// A command field that is not `Debug`.
+pub trait DebugViaName<'a> {
+    /// The field, shown as `<type name>`.
+    fn dw_debug(&self) -> DebugField<'a>;
+}
+
+impl<'a, T> DebugViaName<'a> for DebugProbe<'a, T> {
+    fn dw_debug(&self) -> DebugField<'a> {
+        DebugField::Opaque(core::any::type_name::<T>())
+    }
+}
+
+/// What [`DebugProbe`] shows.
+pub enum DebugField<'a> {
+    /// A `Debug` value.
+    Value(&'a dyn Debug),
+    /// The type name of a value that is not `Debug`.
+    Opaque(&'static str),
+}
+
+impl Debug for DebugField<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DebugField::Value(value) => value.fmt(f),
+            DebugField::Opaque(name) => write!(f, "<{name}>"),
+        }
+    }
+}
+
 /// A read's value compared in the shadow phase.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be compared in the shadow-read phase",
@@ -146,6 +195,7 @@ pub trait ShadowEq {
     fn dw_eq(&self, other: &Self) -> bool;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: PartialEq + ?Sized> ShadowEq for T {
     #[inline]
     fn dw_eq(&self, other: &Self) -> bool {
