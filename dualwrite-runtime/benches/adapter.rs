@@ -78,7 +78,8 @@ impl Kv for AtomicStore {
     }
 }
 
-/// A small but realistic in-memory store: a mutex-guarded hash map.
+/// A small but realistic in-memory store: a mutex-guarded hash map
+/// (bounded to `SLOTS` keys so it does not grow during the run).
 #[derive(Default)]
 pub struct MapStore(Mutex<HashMap<u64, u64>>);
 
@@ -87,7 +88,7 @@ impl Kv for MapStore {
         self.0
             .lock()
             .map_err(|_| BenchError("poisoned".into()))?
-            .insert(key, value);
+            .insert(key % SLOTS as u64, value);
         Ok(())
     }
 }
