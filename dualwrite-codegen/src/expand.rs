@@ -1109,14 +1109,14 @@ impl Expander<'_> {
             let __dw_route = self.core.write_route(#key);
             let ::core::option::Option::Some(__dw_secondary) = __dw_route.secondary else {
                 let __dw_ret: #out = #primary_only;
-                let __dw_ok = (&&&#rt::__private::Probe(&__dw_ret)).dw_error().is_none();
+                let __dw_ok = !(&&&#rt::__private::Probe(&__dw_ret)).dw_failed();
                 self.core.record_write(__dw_route.primary, #rt::Role::Primary, __dw_ok);
                 return __dw_ret;
             };
             #key_text
             #copies
             let __dw_ret: #out = #primary;
-            if (&&&#rt::__private::Probe(&__dw_ret)).dw_error().is_some() {
+            if (&&&#rt::__private::Probe(&__dw_ret)).dw_failed() {
                 self.core.record_write(__dw_route.primary, #rt::Role::Primary, false);
                 return __dw_ret;
             }

@@ -1,6 +1,6 @@
 //! The routing key: what a write is ordered by and a phase override applies to.
 
-use std::fmt::Display;
+use std::fmt::{self, Display, Write as _};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// A value that identifies the tenant or entity a call is about.
@@ -20,6 +20,45 @@ pub trait RoutingKey {
     fn route_hash(&self) -> u64;
     /// The key as text: per-key phase overrides and logs use it.
     fn render(&self) -> String;
+    /// A hash of the key's text, computed without building the text (per-key
+    /// overrides are looked up by it on the hot path).
+    fn text_hash(&self) -> u64;
+    /// Whether the key's text is `text`, compared without building it.
+    fn text_eq(&self, text: &str) -> bool;
+}
+
+/// Hashes formatted text as it is written.
+struct HashWriter(DefaultHasher);
+
+impl fmt::Write for HashWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Compares formatted text, as it is written, with an expected string.
+struct EqWriter<'a> {
+    rest: &'a str,
+}
+
+impl fmt::Write for EqWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        match self.rest.strip_prefix(s) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(())
+            }
+            None => Err(fmt::Error),
+        }
+    }
+}
+
+/// The hash of a text, as [`RoutingKey::text_hash`] computes it.
+pub(crate) fn hash_text(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(text.as_bytes());
+    hasher.finish()
 }
 
 #[diagnostic::do_not_recommend]
@@ -34,6 +73,19 @@ impl<T: Hash + Display + ?Sized> RoutingKey for T {
 
     fn render(&self) -> String {
         self.to_string()
+    }
+
+    fn text_hash(&self) -> u64 {
+        let mut writer = HashWriter(DefaultHasher::new());
+        // Writing to a hasher cannot fail; a failing `Display` impl leaves a
+        // partial hash, which then simply matches no override.
+        let _ = write!(writer, "{self}");
+        writer.0.finish()
+    }
+
+    fn text_eq(&self, text: &str) -> bool {
+        let mut writer = EqWriter { rest: text };
+        write!(writer, "{self}").is_ok() && writer.rest.is_empty()
     }
 }
 
@@ -50,6 +102,11 @@ mod tests {
         );
         assert_ne!("tenant-a".route_hash(), "tenant-b".route_hash());
         assert_eq!(42_u64.render(), "42");
+        assert_eq!(42_u64.text_hash(), "42".text_hash());
+        assert_eq!(42_u64.text_hash(), hash_text("42"));
+        assert!(42_u64.text_eq("42"));
+        assert!(!42_u64.text_eq("4"));
+        assert!(!42_u64.text_eq("420"));
         assert_eq!("tenant-a".render(), "tenant-a");
     }
 

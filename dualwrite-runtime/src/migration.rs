@@ -6,13 +6,14 @@
 //! takes a mutex so that read-modify-write of the map is serialised.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
 
-use crate::key::RoutingKey;
+use crate::key::{RoutingKey, hash_text};
 use crate::phase::{Phase, ReadRoute, RouteOptions, WriteRoute};
 
 /// A shared handle on the phase of one migration, globally and per key
@@ -41,7 +42,7 @@ struct Inner {
     /// True while `overrides` may be non-empty; lets `phase_for` skip
     /// rendering the key when no override exists.
     has_overrides: AtomicBool,
-    overrides: ArcSwap<HashMap<String, Phase>>,
+    overrides: ArcSwap<OverrideMap>,
     /// Serialises writers of `overrides` (and of `global`, so a key's
     /// effective phase is checked against a global phase that cannot move
     /// under the check).
@@ -61,7 +62,7 @@ impl Migration {
                 options,
                 global: AtomicU8::new(phase as u8),
                 has_overrides: AtomicBool::new(false),
-                overrides: ArcSwap::from_pointee(HashMap::new()),
+                overrides: ArcSwap::from_pointee(OverrideMap::default()),
                 writer: Mutex::new(()),
             }),
         }
@@ -104,7 +105,7 @@ impl Migration {
         let key = key.render();
         let _writer = self.lock_writer();
         let current = self.inner.overrides.load();
-        let previous = current.get(&key).copied();
+        let previous = current.by_key.get(&key).copied();
         let effective = previous.unwrap_or_else(|| self.phase());
         if effective == Phase::Cleanup && phase != Phase::Cleanup {
             return Err(PhaseError::LeavingCleanup {
@@ -112,7 +113,7 @@ impl Migration {
                 to: phase,
             });
         }
-        let mut next = HashMap::clone(&current);
+        let mut next = current.by_key.clone();
         next.insert(key.clone(), phase);
         self.publish(next);
         tracing::info!(
@@ -150,7 +151,7 @@ impl Migration {
         let key = key.render();
         let _writer = self.lock_writer();
         let current = self.inner.overrides.load();
-        let Some(&previous) = current.get(&key) else {
+        let Some(&previous) = current.by_key.get(&key) else {
             return Ok(None);
         };
         let global = self.phase();
@@ -160,7 +161,7 @@ impl Migration {
                 to: global,
             });
         }
-        let mut next = HashMap::clone(&current);
+        let mut next = current.by_key.clone();
         next.remove(&key);
         self.publish(next);
         tracing::info!(
@@ -178,6 +179,7 @@ impl Migration {
             .inner
             .overrides
             .load()
+            .by_key
             .iter()
             .map(|(key, phase)| (key.clone(), *phase))
             .collect();
@@ -188,11 +190,12 @@ impl Migration {
     /// The phase that applies to `key`: its override if it has one, else the
     /// global phase. Keyless calls always follow the global phase.
     ///
-    /// Lock-free; the key is rendered only while some override exists.
+    /// Lock-free and allocation-free: while some override exists, the key's
+    /// text is hashed as it is formatted and looked up by that hash.
     pub fn phase_for(&self, key: Option<&dyn RoutingKey>) -> Phase {
         if let Some(key) = key
             && self.inner.has_overrides.load(Ordering::Acquire)
-            && let Some(&phase) = self.inner.overrides.load().get(&key.render())
+            && let Some(phase) = self.inner.overrides.load().get(key)
         {
             return phase;
         }
@@ -223,8 +226,62 @@ impl Migration {
         let non_empty = !next.is_empty();
         // Raise the flag after the map is visible and lower it after the map
         // is empty, so a reader that sees the flag also sees the entries.
-        self.inner.overrides.store(Arc::new(next));
+        self.inner.overrides.store(Arc::new(OverrideMap::new(next)));
         self.inner.has_overrides.store(non_empty, Ordering::Release);
+    }
+}
+
+/// The per-key overrides, indexed by the hash of the key's text so that the
+/// hot path looks a key up without formatting it into a `String`.
+#[derive(Default)]
+struct OverrideMap {
+    by_key: HashMap<String, Phase>,
+    /// Text hash -> the overrides whose text has that hash (almost always one).
+    by_text_hash: HashMap<u64, Vec<(String, Phase)>, BuildHasherDefault<PrehashedKey>>,
+}
+
+impl OverrideMap {
+    fn new(by_key: HashMap<String, Phase>) -> Self {
+        let mut by_text_hash: HashMap<u64, Vec<(String, Phase)>, _> = HashMap::default();
+        for (key, phase) in &by_key {
+            by_text_hash
+                .entry(hash_text(key))
+                .or_default()
+                .push((key.clone(), *phase));
+        }
+        OverrideMap {
+            by_key,
+            by_text_hash,
+        }
+    }
+
+    fn get(&self, key: &dyn RoutingKey) -> Option<Phase> {
+        self.by_text_hash
+            .get(&key.text_hash())?
+            .iter()
+            .find(|(text, _)| key.text_eq(text))
+            .map(|(_, phase)| *phase)
+    }
+}
+
+/// The keys of `by_text_hash` are hashes already: use them as they are.
+#[derive(Default)]
+struct PrehashedKey(u64);
+
+impl Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for `u64` keys; fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 

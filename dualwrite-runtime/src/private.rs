@@ -17,6 +17,8 @@ pub struct Probe<'a, T: ?Sized>(pub &'a T);
 
 /// `Result<T, E: Debug>`: the error is rendered with `Debug`.
 pub trait ProbeResultDebug {
+    /// Whether the call failed (no formatting).
+    fn dw_failed(&self) -> bool;
     /// The success value type.
     type Value: ?Sized;
     /// The error as text, if the call failed.
@@ -27,6 +29,9 @@ pub trait ProbeResultDebug {
 
 impl<T, E: Debug> ProbeResultDebug for &&Probe<'_, Result<T, E>> {
     type Value = T;
+    fn dw_failed(&self) -> bool {
+        self.0.is_err()
+    }
     fn dw_error(&self) -> Option<String> {
         self.0.as_ref().err().map(|e| format!("{e:?}"))
     }
@@ -37,6 +42,8 @@ impl<T, E: Debug> ProbeResultDebug for &&Probe<'_, Result<T, E>> {
 
 /// `Result<T, E>` whose error is not `Debug`: the error's type name is used.
 pub trait ProbeResult {
+    /// Whether the call failed (no formatting).
+    fn dw_failed(&self) -> bool;
     /// The success value type.
     type Value: ?Sized;
     /// The error as text, if the call failed.
@@ -47,6 +54,9 @@ pub trait ProbeResult {
 
 impl<T, E> ProbeResult for &Probe<'_, Result<T, E>> {
     type Value = T;
+    fn dw_failed(&self) -> bool {
+        self.0.is_err()
+    }
     fn dw_error(&self) -> Option<String> {
         self.0
             .as_ref()
@@ -60,6 +70,8 @@ impl<T, E> ProbeResult for &Probe<'_, Result<T, E>> {
 
 /// Any other type: the call cannot fail and the whole value is compared.
 pub trait ProbeAny {
+    /// Whether the call failed (no formatting).
+    fn dw_failed(&self) -> bool;
     /// The value type.
     type Value: ?Sized;
     /// Always `None`.
@@ -70,6 +82,9 @@ pub trait ProbeAny {
 
 impl<T: ?Sized> ProbeAny for Probe<'_, T> {
     type Value = T;
+    fn dw_failed(&self) -> bool {
+        false
+    }
     fn dw_error(&self) -> Option<String> {
         None
     }
