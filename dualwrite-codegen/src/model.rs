@@ -304,6 +304,17 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
     if item.modifiers != Default::default() {
         cx.error_spanned_by(&item.ident, "#[dual_write] supports plain traits only");
     }
+    for param in item.generics.type_params() {
+        if param.ident == "Old" || param.ident == "New" {
+            cx.error_spanned_by(
+                &param.ident,
+                format_args!(
+                    "#[dual_write] names the adapter's store parameters `Old` and `New`; rename the trait parameter `{}`",
+                    param.ident
+                ),
+            );
+        }
+    }
 
     // `#[async_trait]` above `#[dual_write]` has rewritten every `async fn`:
     // say so once, on the first rewritten method, not once per method.
