@@ -1,0 +1,223 @@
+//! Throughput of `check` against the physical limit of a syn-based tool.
+//!
+//! Corpus: every `.rs` file under `$DUALWRITE_BENCH_CORPUS`, or else the
+//! cargo registry sources (`$CARGO_HOME/registry/src`, default
+//! `~/.cargo/registry/src`). Measures
+//!
+//! (a) raw parallel `syn::parse_file` over the files `check` would parse
+//!     (read into memory first; only parsing is timed; spans invalidated
+//!     after each file, as the lint does, so memory stays bounded), and
+//! (b) the full `check` pipeline on the same directory: walk, read,
+//!     pre-checks, summarize, analyze, suppressions (output not rendered),
+//!
+//! and prints files, MB, files/s and MB/s for both, the ratio check/parse
+//! (target <= 1.25) and the peak RSS. Each is run `DUALWRITE_BENCH_RUNS`
+//! times (default 3); the best run counts.
+//!
+//! `cargo bench -p dualwrite-lint --bench throughput`
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dualwrite_lint::check::{self, CheckOptions, PARSE_STACK_SIZE};
+use dualwrite_lint::config::Config;
+use dualwrite_lint::intake;
+use dualwrite_lint::walk::{self, WalkOptions};
+use rayon::prelude::*;
+
+fn corpus() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DUALWRITE_BENCH_CORPUS") {
+        return PathBuf::from(dir);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .expect("set CARGO_HOME, HOME or DUALWRITE_BENCH_CORPUS");
+    cargo_home.join("registry/src")
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn rate(files: usize, bytes: u64, time: Duration) -> String {
+    let secs = time.as_secs_f64();
+    format!(
+        "{:>8.3} s  {:>9.0} files/s  {:>7.1} MB/s",
+        secs,
+        files as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    )
+}
+
+fn main() {
+    let root = corpus()
+        .canonicalize()
+        .expect("the corpus directory exists");
+    let runs: usize = std::env::var("DUALWRITE_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let config = Config::default();
+    let walked = walk::walk(&WalkOptions {
+        root: root.clone(),
+        paths: vec![root.clone()],
+        exclude: config.exclude.clone(),
+        skip_test_files: false,
+    });
+    // The files `check` parses: the same intake (size, UTF-8, nesting).
+    let texts: Vec<String> = walked
+        .files
+        .iter()
+        .filter_map(|f| intake::read_source(&f.abs, config.max_file_size, config.max_nesting).ok())
+        .collect();
+    let bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
+    println!(
+        "corpus {}: {} .rs files walked, {} parsable by size/encoding/nesting, {:.1} MB",
+        root.display(),
+        walked.files.len(),
+        texts.len(),
+        bytes as f64 / 1e6
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(PARSE_STACK_SIZE)
+        .build()
+        .expect("a thread pool");
+    println!("threads: {}", pool.current_num_threads());
+
+    let mut best_parse = Duration::MAX;
+    let mut parsed_ok = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        parsed_ok = pool.install(|| {
+            texts
+                .par_iter()
+                .filter(|text| {
+                    let ok = syn::parse_file(text).is_ok();
+                    proc_macro2::extra::invalidate_current_thread_spans();
+                    ok
+                })
+                .count()
+        });
+        best_parse = best_parse.min(start.elapsed());
+    }
+
+    let options = CheckOptions {
+        paths: vec![root.clone()],
+        root: Some(root.clone()),
+        ..CheckOptions::default()
+    };
+    let mut best_check = Duration::MAX;
+    let mut report = None;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let result = check::run(&options).expect("check runs");
+        best_check = best_check.min(start.elapsed());
+        report = Some(result);
+    }
+    let report = report.expect("at least one run");
+
+    println!(
+        "(a) raw syn::parse_file : {}  ({} of {} parse)",
+        rate(texts.len(), bytes, best_parse),
+        parsed_ok,
+        texts.len()
+    );
+    println!(
+        "(b) dualwrite-lint check: {}  ({} files, {} findings)",
+        rate(report.files_checked, report.bytes_checked, best_check),
+        report.files_checked,
+        report.findings.len()
+    );
+    println!(
+        "ratio check/parse: {:.2} (target <= 1.25)",
+        best_check.as_secs_f64() / best_parse.as_secs_f64()
+    );
+    if let Some(rss) = peak_rss_mib() {
+        println!(
+            "peak RSS: {rss:.0} MiB (corpus {:.0} MB held in memory for (a))",
+            bytes as f64 / 1e6
+        );
+    }
+    let mut dw000 = std::collections::BTreeMap::<String, usize>::new();
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.rule == dualwrite_lint::finding::RuleId::DW000)
+    {
+        *dw000.entry(f.fingerprint.callee.clone()).or_default() += 1;
+    }
+    println!("DW000 by kind: {dw000:?}");
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.rule == dualwrite_lint::finding::RuleId::DW000)
+    {
+        println!(
+            "  {}:{}: {}",
+            f.location.file, f.location.start_line, f.message
+        );
+    }
+
+    // Where the time goes, one run each: the stages of `check` separately.
+    let start = Instant::now();
+    let walked = walk::walk(&WalkOptions {
+        root: root.clone(),
+        paths: vec![root.clone()],
+        exclude: config.exclude.clone(),
+        skip_test_files: false,
+    });
+    let walk_time = start.elapsed();
+    let start = Instant::now();
+    let read: Vec<String> = pool.install(|| {
+        walked
+            .files
+            .par_iter()
+            .filter_map(|f| {
+                intake::read_source(&f.abs, config.max_file_size, config.max_nesting).ok()
+            })
+            .collect()
+    });
+    let read_time = start.elapsed();
+    let start = Instant::now();
+    let summaries: Vec<_> = pool.install(|| {
+        read.par_iter()
+            .zip(walked.files.par_iter())
+            .filter_map(|(text, file)| {
+                let summary =
+                    dualwrite_lint::analysis::summarize(dualwrite_lint::analysis::SourceFile {
+                        path: &file.rel,
+                        text,
+                        is_test_file: file.is_test_file,
+                    })
+                    .ok();
+                proc_macro2::extra::invalidate_current_thread_spans();
+                summary
+            })
+            .collect()
+    });
+    let summarize_time = start.elapsed();
+    let start = Instant::now();
+    let scanned: usize = pool.install(|| {
+        read.par_iter()
+            .map(|text| dualwrite_lint::suppress::scan("f.rs", text).len())
+            .sum()
+    });
+    let scan_time = start.elapsed();
+    let start = Instant::now();
+    let analysis =
+        pool.install(|| dualwrite_lint::analysis::analyze(&summaries, &config.analysis_config()));
+    let analyze_time = start.elapsed();
+    println!(
+        "breakdown (one run): walk {:.3} s, read+pre-checks {:.3} s, summarize {:.3} s, suppression scan {:.3} s ({scanned}), analyze {:.3} s ({} findings)",
+        walk_time.as_secs_f64(),
+        read_time.as_secs_f64(),
+        summarize_time.as_secs_f64(),
+        scan_time.as_secs_f64(),
+        analyze_time.as_secs_f64(),
+        analysis.len()
+    );
+}

@@ -1,0 +1,263 @@
+//! The raw-write APIs DW002 knows: data that the configuration extends or
+//! trims.
+//!
+//! Matching rules (applied in `rules::raw_write`):
+//! - a `Function` spec matches a path call when the last segments are equal
+//!   and the spec's other segments appear, in order, in the called path after
+//!   the file's `use` imports are applied (`sqlx::query` matches
+//!   `sqlx::query(..)` and `query(..)` under `use sqlx::query;`;
+//!   `Entity::insert` matches `user::Entity::insert(..)`);
+//! - a `Macro` spec (its name may end in `!`) matches a macro's path the same way;
+//! - a `Method` spec matches by method name;
+//! - `receiver`, when set, is a `|`-separated list of texts one of which must
+//!   occur in the receiver's inferred type path, or in the receiver's own text
+//!   (`self.redis`), or for functions in the called path.
+
+use serde::{Deserialize, Serialize};
+
+/// What makes a call a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKind {
+    /// The call's SQL text (first string argument, a `const` or a `format!`)
+    /// starts with INSERT, UPDATE, DELETE, MERGE, REPLACE, UPSERT or TRUNCATE.
+    Sql,
+    /// Every call is a write (builders such as `diesel::insert_into`).
+    Write,
+    /// The first argument is a string whose first word is one of the spec's
+    /// `commands` (redis `cmd("SET")`), compared case-insensitively.
+    Command,
+}
+
+/// How the API is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallForm {
+    /// `path::to::function(..)` (matched by its last segments).
+    Function,
+    /// `receiver.method(..)`.
+    Method,
+    /// `macro!(..)`.
+    Macro,
+    /// Any of the above.
+    #[default]
+    Any,
+}
+
+/// One raw-write API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSpec {
+    /// The name: a method name (`execute`), a function path (`sqlx::query`,
+    /// matched as a suffix of the called path), or a macro (`query!`).
+    pub name: String,
+    /// SQL text, builder or command.
+    pub kind: ApiKind,
+    /// Function, method, macro or any.
+    #[serde(default)]
+    pub call: CallForm,
+    /// The library, for messages (`sqlx`, `diesel`...).
+    #[serde(default)]
+    pub library: Option<String>,
+    /// If set, a call matches only when the receiver's inferred type, the
+    /// receiver's text or the called path contains one of these `|`-separated
+    /// texts (e.g. `ActiveModel`, `redis|Connection`).
+    #[serde(default)]
+    pub receiver: Option<String>,
+    /// For [`ApiKind::Command`]: the command words that write (`SET`, `DEL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+}
+
+impl ApiSpec {
+    /// A spec with no receiver constraint and no commands.
+    pub fn new(name: &str, kind: ApiKind, call: CallForm, library: &str) -> Self {
+        ApiSpec {
+            name: name.to_owned(),
+            kind,
+            call,
+            library: Some(library.to_owned()),
+            receiver: None,
+            commands: Vec::new(),
+        }
+    }
+
+    /// The same spec, matching only receivers that contain `receiver`.
+    pub fn on_receiver(mut self, receiver: &str) -> Self {
+        self.receiver = Some(receiver.to_owned());
+        self
+    }
+}
+
+/// The set of raw-write APIs in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTable {
+    /// Every API, in order.
+    pub specs: Vec<ApiSpec>,
+}
+
+/// Redis commands that modify data.
+pub const REDIS_WRITE_COMMANDS: &[&str] = &[
+    "SET", "SETEX", "SETNX", "PSETEX", "MSET", "MSETNX", "DEL", "UNLINK", "HSET", "HMSET",
+    "HSETNX", "HDEL", "HINCRBY", "LPUSH", "RPUSH", "LPOP", "RPOP", "LSET", "LREM", "SADD", "SREM",
+    "SPOP", "ZADD", "ZREM", "ZINCRBY", "INCR", "INCRBY", "DECR", "DECRBY", "EXPIRE", "PEXPIRE",
+    "APPEND", "GETSET", "GETDEL", "XADD", "XDEL", "RENAME", "FLUSHDB", "FLUSHALL",
+];
+
+impl ApiTable {
+    /// The built-in table: sqlx, rusqlite, postgres/tokio-postgres, diesel,
+    /// sea-orm, redis and mongodb.
+    pub fn default_table() -> ApiTable {
+        use ApiKind::{Command, Sql, Write};
+        use CallForm::{Function, Macro, Method};
+        let mut specs = Vec::new();
+        for name in [
+            "sqlx::query",
+            "sqlx::query_as",
+            "sqlx::query_scalar",
+            "sqlx::query_with",
+            "sqlx::query_as_with",
+            "sqlx::query_scalar_with",
+            "sqlx::raw_sql",
+        ] {
+            specs.push(ApiSpec::new(name, Sql, Function, "sqlx"));
+        }
+        for name in [
+            "query!",
+            "query_as!",
+            "query_scalar!",
+            "query_unchecked!",
+            "query_as_unchecked!",
+        ] {
+            specs.push(ApiSpec::new(name, Sql, Macro, "sqlx"));
+        }
+        // Method names shared by several clients: one spec each, naming them all.
+        let shared = "sqlx, rusqlite or postgres";
+        specs.push(ApiSpec::new("execute", Sql, Method, shared));
+        for name in ["execute_batch", "prepare", "prepare_cached"] {
+            specs.push(ApiSpec::new(name, Sql, Method, "rusqlite"));
+        }
+        for name in [
+            "query",
+            "query_one",
+            "query_opt",
+            "query_raw",
+            "batch_execute",
+            "simple_query",
+        ] {
+            specs.push(ApiSpec::new(name, Sql, Method, "postgres"));
+        }
+        for name in [
+            "diesel::insert_into",
+            "diesel::update",
+            "diesel::delete",
+            "diesel::replace_into",
+            "diesel::insert_or_ignore_into",
+        ] {
+            specs.push(ApiSpec::new(name, Write, Function, "diesel"));
+        }
+        for name in ["insert", "update", "delete", "save"] {
+            specs.push(ApiSpec::new(name, Write, Method, "sea-orm").on_receiver("ActiveModel"));
+        }
+        for name in [
+            "Entity::insert",
+            "Entity::insert_many",
+            "update_many",
+            "delete_many",
+            "delete_by_id",
+        ] {
+            specs.push(ApiSpec::new(name, Write, Function, "sea-orm"));
+        }
+        let mut cmd = ApiSpec::new("redis::cmd", Command, Function, "redis");
+        cmd.commands = REDIS_WRITE_COMMANDS
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect();
+        specs.push(cmd);
+        for name in [
+            "set",
+            "set_ex",
+            "set_nx",
+            "set_multiple",
+            "del",
+            "hset",
+            "hset_multiple",
+            "hset_nx",
+            "hdel",
+            "lpush",
+            "rpush",
+            "sadd",
+            "srem",
+            "zadd",
+            "zrem",
+            "incr",
+            "decr",
+            "expire",
+            "xadd",
+        ] {
+            specs.push(
+                ApiSpec::new(name, Write, Method, "redis")
+                    .on_receiver("redis|Connection|ConnectionManager|MultiplexedConnection"),
+            );
+        }
+        for name in [
+            "insert_one",
+            "insert_many",
+            "update_one",
+            "update_many",
+            "replace_one",
+            "delete_one",
+            "delete_many",
+            "find_one_and_update",
+            "find_one_and_replace",
+            "find_one_and_delete",
+            "bulk_write",
+        ] {
+            specs.push(ApiSpec::new(name, Write, Method, "mongodb"));
+        }
+        ApiTable { specs }
+    }
+
+    /// This table without the specs whose name is in `remove` (exactly as
+    /// written in the table: `sqlx::query`, `query!`, `execute`), followed by
+    /// `add`.
+    pub fn with_changes(mut self, add: Vec<ApiSpec>, remove: &[String]) -> ApiTable {
+        self.specs.retain(|spec| !remove.contains(&spec.name));
+        self.specs.extend(add);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_remove_by_name_and_append() {
+        let table = ApiTable::default_table().with_changes(
+            vec![ApiSpec::new(
+                "my_exec",
+                ApiKind::Sql,
+                CallForm::Method,
+                "mine",
+            )],
+            &["sqlx::query".to_owned(), "query!".to_owned()],
+        );
+        assert!(!table.specs.iter().any(|s| s.name == "sqlx::query"));
+        assert!(!table.specs.iter().any(|s| s.name == "query!"));
+        assert!(table.specs.iter().any(|s| s.name == "query"));
+        assert!(table.specs.iter().any(|s| s.name == "sqlx::query_as"));
+        assert_eq!(table.specs.last().map(|s| s.name.as_str()), Some("my_exec"));
+    }
+
+    #[test]
+    fn specs_deserialize_from_config_data() {
+        let spec: ApiSpec = serde_json::from_value(serde_json::json!({
+            "name": "cmd", "kind": "command", "call": "function", "commands": ["SET"]
+        }))
+        .unwrap();
+        assert_eq!(spec.kind, ApiKind::Command);
+        assert_eq!(spec.commands, vec!["SET".to_owned()]);
+        assert_eq!(spec.receiver, None);
+    }
+}

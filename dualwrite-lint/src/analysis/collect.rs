@@ -1,0 +1,710 @@
+//! Pass 1: one walk over a file's syntax tree that records, as plain data,
+//! what the rules need (see [`FileSummary`]). Receiver types are inferred on
+//! the way with a scope-aware environment of local bindings.
+
+use proc_macro2::{TokenStream, TokenTree};
+use syn::visit::{self, Visit};
+use syn::{
+    Attribute, Expr, ExprCall, ExprClosure, ExprMethodCall, FnArg, ImplItem, ItemConst, ItemImpl,
+    ItemMod, ItemStatic, ItemStruct, ItemTrait, ItemType, ItemUse, Local, Macro, Pat, PatIdent,
+    Signature, Stmt, TraitItem, UseTree,
+};
+
+use dualwrite_codegen::{MethodKind, NameClass, TraitModel, classify_name};
+
+use super::env::Env;
+use super::hints::{
+    expr_hint, first_literal_keyword, literal_keyword, path_text, receiver_text, span_between,
+    span_of, sql_evidence, type_path,
+};
+use super::macros::{self, Piece};
+use super::summary::{
+    CallKind, CallSite, CodegenError, FileSummary, ImplHeader, Import, ItemContext, SqlEvidence,
+    StructSummary, TraitSummary, TypeHint,
+};
+
+/// Nested macro invocations deeper than this are not read (each level
+/// re-parses its body).
+const MAX_MACRO_DEPTH: u32 = 8;
+
+/// Walks one file.
+pub struct Collector {
+    summary: FileSummary,
+    env: Env,
+    /// The self type of the enclosing `impl` (for `self`, `Self`).
+    self_ty: Option<Box<str>>,
+    /// Segments of the enclosing item path.
+    item_path: Vec<String>,
+    /// The trait of the enclosing `impl Trait for X` (or annotated trait).
+    impl_trait: Option<Box<str>>,
+    /// The index in `summary.items` of the current context, once a call
+    /// needed it.
+    current_item: Option<u32>,
+    in_test: bool,
+    macro_depth: u32,
+}
+
+/// What entering an item changes, restored on leaving it.
+struct Saved {
+    self_ty: Option<Box<str>>,
+    impl_trait: Option<Box<str>>,
+    in_test: bool,
+    pushed: bool,
+}
+
+impl Collector {
+    /// A collector for the file at `path`.
+    pub fn new(path: &str, is_test_file: bool) -> Self {
+        Collector {
+            summary: FileSummary {
+                path: path.to_owned(),
+                is_test_file,
+                ..FileSummary::default()
+            },
+            env: Env::default(),
+            self_ty: None,
+            item_path: Vec::new(),
+            impl_trait: None,
+            current_item: None,
+            in_test: is_test_file,
+            macro_depth: 0,
+        }
+    }
+
+    /// The summary of everything walked.
+    pub fn finish(self) -> FileSummary {
+        self.summary
+    }
+
+    fn enter(&mut self, segment: Option<String>, attrs: &[Attribute]) -> Saved {
+        let saved = Saved {
+            self_ty: self.self_ty.clone(),
+            impl_trait: self.impl_trait.clone(),
+            in_test: self.in_test,
+            pushed: segment.is_some(),
+        };
+        if let Some(segment) = segment {
+            self.item_path.push(segment);
+        }
+        self.in_test |= is_test_code(attrs);
+        self.current_item = None;
+        saved
+    }
+
+    fn leave(&mut self, saved: Saved) {
+        if saved.pushed {
+            self.item_path.pop();
+        }
+        self.self_ty = saved.self_ty;
+        self.impl_trait = saved.impl_trait;
+        self.in_test = saved.in_test;
+        self.current_item = None;
+    }
+
+    fn item_index(&mut self) -> u32 {
+        if let Some(index) = self.current_item {
+            return index;
+        }
+        let context = ItemContext {
+            path: self.item_path.join("::").into_boxed_str(),
+            impl_trait: self.impl_trait.clone(),
+        };
+        // Contexts repeat only when a nested item is left; comparing with
+        // the last one keeps this O(1) in files with thousands of items.
+        if self.summary.items.last() != Some(&context) {
+            self.summary.items.push(context);
+        }
+        let index = (self.summary.items.len() - 1) as u32;
+        self.current_item = Some(index);
+        index
+    }
+
+    fn hint(&self, expr: &Expr) -> Option<TypeHint> {
+        expr_hint(expr, &self.env, self.self_ty.as_deref())
+    }
+
+    fn push_call(&mut self, mut call: CallSite) {
+        call.item = self.item_index();
+        call.in_test = self.in_test;
+        self.summary.calls.push(call);
+    }
+
+    /// Binds the parameters of a function (and `self` inside an `impl`).
+    fn bind_params(&mut self, sig: &Signature, self_known: bool) {
+        for input in &sig.inputs {
+            match input {
+                FnArg::Receiver(receiver) => {
+                    let hint = if !self_known {
+                        None
+                    } else if let syn::ReceiverKind::Typed(_, ty) = &receiver.kind {
+                        type_path(ty, self.self_ty.as_deref()).map(TypeHint::of)
+                    } else {
+                        self.self_ty.as_deref().map(TypeHint::of)
+                    };
+                    self.env.bind("self".into(), hint, None);
+                }
+                FnArg::Typed(typed) => self.bind_typed(&typed.pat, &typed.ty, None),
+            }
+        }
+    }
+
+    /// Binds `pat: ty`; patterns other than a name bind their names without hints.
+    fn bind_typed(&mut self, pat: &Pat, ty: &syn::Type, sql: Option<SqlEvidence>) {
+        match pat {
+            Pat::Ident(ident) if ident.subpat.is_none() => {
+                let hint = type_path(ty, self.self_ty.as_deref()).map(TypeHint::of);
+                self.env.bind(ident.ident.to_string().into(), hint, sql);
+            }
+            other => self.visit_pat(other),
+        }
+    }
+
+    fn visit_fn_body(&mut self, sig: &Signature, block: &syn::Block, self_known: bool) {
+        let floor = self.env.enter_fn();
+        self.bind_params(sig, self_known);
+        self.visit_block(block);
+        self.env.leave_fn(floor);
+    }
+
+    fn record_trait(&mut self, item: &ItemTrait) -> bool {
+        let Some(attr) = item.attrs.iter().find(|a| is_dual_write_attr(a)) else {
+            return false;
+        };
+        let args = match &attr.meta {
+            syn::Meta::List(list) => list.tokens.clone(),
+            _ => TokenStream::new(),
+        };
+        let mut bare = item.clone();
+        bare.attrs.retain(|a| !is_dual_write_attr(a));
+        let name = item.ident.to_string().into_boxed_str();
+        let (adapter, writes, errors) = match TraitModel::parse(args, &bare) {
+            Ok(model) => (
+                model.adapter.to_string(),
+                model
+                    .methods
+                    .iter()
+                    .filter(|m| m.kind == MethodKind::Write)
+                    .map(|m| m.ident.to_string().into_boxed_str())
+                    .collect(),
+                Vec::new(),
+            ),
+            Err(errors) => (
+                adapter_name(attr, &name),
+                fallback_writes(item),
+                errors
+                    .into_iter()
+                    .flat_map(|e| e.into_iter())
+                    .map(|e| CodegenError {
+                        message: e.to_string(),
+                        span: span_of(e.span()),
+                    })
+                    .collect(),
+            ),
+        };
+        self.summary.traits.push(TraitSummary {
+            name,
+            adapter: adapter.into_boxed_str(),
+            writes,
+            errors,
+            span: span_of(item.ident.span()),
+            in_test: self.in_test,
+        });
+        true
+    }
+
+    fn record_macro(&mut self, mac: &Macro) {
+        let Some(last) = mac.path.segments.last() else {
+            return;
+        };
+        let first = mac
+            .path
+            .segments
+            .first()
+            .map_or(last.ident.span(), |s| s.ident.span());
+        let index = self.summary.calls.len();
+        self.push_call(CallSite {
+            kind: CallKind::Macro,
+            callee: path_text(&mac.path).into_boxed_str(),
+            receiver: None,
+            qself: None,
+            receiver_text: None,
+            sql: None,
+            span: span_between(first, mac.bang_token.span),
+            item: 0,
+            in_test: false,
+        });
+        let name = last.ident.to_string();
+        if macros::is_quoting_macro(&name) || self.macro_depth >= MAX_MACRO_DEPTH {
+            return;
+        }
+        let facts = macros::body_facts(&mac.tokens);
+        self.summary.calls[index].sql = facts
+            .sql
+            .and_then(|token| token_sql_evidence(token, &self.env));
+        if !facts.may_call {
+            return;
+        }
+        self.macro_depth += 1;
+        let braced = matches!(mac.delimiter, syn::MacroDelimiter::Brace(_));
+        let pieces = macros::parse_body(&mac.tokens, braced);
+        for piece in &pieces {
+            match piece {
+                Piece::Exprs(exprs) => {
+                    for expr in exprs {
+                        self.visit_expr(expr);
+                    }
+                }
+                Piece::Stmts(stmts) => {
+                    self.env.push_scope();
+                    for stmt in stmts {
+                        self.visit_stmt(stmt);
+                    }
+                    self.env.pop_scope();
+                }
+            }
+        }
+        self.macro_depth -= 1;
+    }
+}
+
+impl<'ast> Visit<'ast> for Collector {
+    fn visit_item_mod(&mut self, item: &'ast ItemMod) {
+        let saved = self.enter(Some(format!("mod {}", item.ident)), &item.attrs);
+        if let Some((_, items)) = &item.content {
+            for item in items {
+                self.visit_item(item);
+            }
+        }
+        self.leave(saved);
+    }
+
+    fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
+        let saved = self.enter(Some(format!("fn {}", item.sig.ident)), &item.attrs);
+        // A free function inside an impl method does not see `self`.
+        self.self_ty = None;
+        self.visit_fn_body(&item.sig, &item.block, false);
+        self.leave(saved);
+    }
+
+    fn visit_item_impl(&mut self, item: &'ast ItemImpl) {
+        let self_ty = type_path(&item.self_ty, self.self_ty.as_deref());
+        let trait_path = item.trait_.as_ref().map(|(path, _)| path_text(path));
+        if let (Some(trait_path), Some(self_ty)) = (&trait_path, &self_ty) {
+            self.summary.impls.push(ImplHeader {
+                trait_path: trait_path.clone().into_boxed_str(),
+                self_type: self_ty.clone(),
+            });
+        }
+        let shown = self_ty.as_deref().unwrap_or("_");
+        let segment = match &trait_path {
+            Some(t) => format!("impl {t} for {shown}"),
+            None => format!("impl {shown}"),
+        };
+        let saved = self.enter(Some(segment), &item.attrs);
+        self.self_ty = self_ty;
+        if let Some(trait_path) = trait_path {
+            self.impl_trait = Some(trait_path.into_boxed_str());
+        }
+        for impl_item in &item.items {
+            match impl_item {
+                ImplItem::Fn(method) => {
+                    let saved = self.enter(Some(method.sig.ident.to_string()), &method.attrs);
+                    self.visit_fn_body(&method.sig, &method.block, true);
+                    self.leave(saved);
+                }
+                ImplItem::Const(constant) => {
+                    self.record_const(&constant.ident, &constant.expr);
+                    self.visit_expr(&constant.expr);
+                }
+                ImplItem::Macro(mac) => self.visit_macro(&mac.mac),
+                _ => {}
+            }
+        }
+        self.leave(saved);
+    }
+
+    fn visit_item_trait(&mut self, item: &'ast ItemTrait) {
+        let annotated = self.record_trait(item);
+        let saved = self.enter(Some(format!("trait {}", item.ident)), &item.attrs);
+        self.self_ty = None;
+        if annotated {
+            // Default bodies of an annotated trait run through the adapter's methods.
+            self.impl_trait = Some(item.ident.to_string().into_boxed_str());
+        }
+        for trait_item in &item.items {
+            match trait_item {
+                TraitItem::Fn(method) => {
+                    if let Some(block) = &method.default {
+                        let saved = self.enter(Some(method.sig.ident.to_string()), &method.attrs);
+                        self.visit_fn_body(&method.sig, block, false);
+                        self.leave(saved);
+                    }
+                }
+                TraitItem::Const(constant) => {
+                    if let Some((_, expr)) = &constant.default {
+                        self.record_const(&constant.ident, expr);
+                    }
+                }
+                TraitItem::Macro(mac) => self.visit_macro(&mac.mac),
+                _ => {}
+            }
+        }
+        self.leave(saved);
+    }
+
+    fn visit_item_struct(&mut self, item: &'ast ItemStruct) {
+        let fields = item
+            .fields
+            .iter()
+            .enumerate()
+            .filter_map(|(i, field)| {
+                let name = field
+                    .ident
+                    .as_ref()
+                    .map_or_else(|| i.to_string(), |ident| ident.to_string());
+                let ty = type_path(&field.ty, Some(&item.ident.to_string()))?;
+                Some((name.into_boxed_str(), ty))
+            })
+            .collect();
+        self.summary.structs.push(StructSummary {
+            name: item.ident.to_string().into_boxed_str(),
+            fields,
+        });
+    }
+
+    fn visit_item_type(&mut self, item: &'ast ItemType) {
+        if let Some(target) = type_path(&item.ty, None) {
+            self.summary
+                .type_aliases
+                .push((item.ident.to_string().into_boxed_str(), target));
+        }
+    }
+
+    fn visit_item_use(&mut self, item: &'ast ItemUse) {
+        let mut prefix = Vec::new();
+        collect_use(&item.tree, &mut prefix, &mut self.summary.imports);
+    }
+
+    fn visit_item_const(&mut self, item: &'ast ItemConst) {
+        self.record_const(&item.ident, &item.expr);
+        let saved = self.enter(Some(format!("const {}", item.ident)), &item.attrs);
+        self.visit_expr(&item.expr);
+        self.leave(saved);
+    }
+
+    fn visit_item_static(&mut self, item: &'ast ItemStatic) {
+        self.record_const(&item.ident, &item.expr);
+        let saved = self.enter(Some(format!("static {}", item.ident)), &item.attrs);
+        self.visit_expr(&item.expr);
+        self.leave(saved);
+    }
+
+    fn visit_block(&mut self, block: &'ast syn::Block) {
+        self.env.push_scope();
+        for stmt in &block.stmts {
+            self.visit_stmt(stmt);
+        }
+        self.env.pop_scope();
+    }
+
+    fn visit_stmt(&mut self, stmt: &'ast Stmt) {
+        if let Stmt::Item(item) = stmt {
+            // Items in a body start a fresh environment.
+            let floor = self.env.enter_fn();
+            self.visit_item(item);
+            self.env.leave_fn(floor);
+        } else {
+            visit::visit_stmt(self, stmt);
+        }
+    }
+
+    fn visit_local(&mut self, local: &'ast Local) {
+        let mut hint = None;
+        let mut sql = None;
+        if let Some(init) = &local.init {
+            self.visit_expr(&init.expr);
+            if let Some((_, diverge)) = &init.diverge {
+                self.visit_expr(diverge);
+            }
+            hint = self.hint(&init.expr);
+            sql = sql_evidence(&init.expr, &self.env);
+        }
+        match &local.pat {
+            Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, sql),
+            Pat::Ident(ident) if ident.subpat.is_none() => {
+                self.env.bind(ident.ident.to_string().into(), hint, sql);
+            }
+            other => self.visit_pat(other),
+        }
+    }
+
+    fn visit_pat_ident(&mut self, pat: &'ast PatIdent) {
+        // A name bound by a pattern (match arm, `for`, `if let`) hides an
+        // outer binding; its type is not evident.
+        self.env.bind(pat.ident.to_string().into(), None, None);
+        visit::visit_pat_ident(self, pat);
+    }
+
+    fn visit_expr_closure(&mut self, closure: &'ast ExprClosure) {
+        self.env.push_scope();
+        for input in &closure.inputs {
+            match input {
+                Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, None),
+                other => self.visit_pat(other),
+            }
+        }
+        self.visit_expr(&closure.body);
+        self.env.pop_scope();
+    }
+
+    fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
+        let receiver = self.hint(&call.receiver);
+        let sql = call.args.first().and_then(|a| sql_evidence(a, &self.env));
+        self.push_call(CallSite {
+            kind: CallKind::Method,
+            callee: call.method.to_string().into_boxed_str(),
+            receiver,
+            qself: None,
+            receiver_text: receiver_text(&call.receiver),
+            sql,
+            span: span_of(call.method.span()),
+            item: 0,
+            in_test: false,
+        });
+        visit::visit_expr_method_call(self, call);
+    }
+
+    fn visit_expr_call(&mut self, call: &'ast ExprCall) {
+        if let Expr::Path(func) = &*call.func
+            && let Some(last) = func.path.segments.last()
+        {
+            let first = match &func.qself {
+                Some(qself) => qself.lt_token.span,
+                None => func
+                    .path
+                    .segments
+                    .first()
+                    .map_or(last.ident.span(), |s| s.ident.span()),
+            };
+            let qself = func
+                .qself
+                .as_ref()
+                .and_then(|q| type_path(&q.ty, self.self_ty.as_deref()));
+            let receiver = call.args.first().and_then(|a| self.hint(a));
+            let sql = call.args.first().and_then(|a| sql_evidence(a, &self.env));
+            let mut callee = path_text(&func.path);
+            if func.path.segments.len() == 2
+                && func.path.segments[0].ident == "Self"
+                && let Some(self_ty) = &self.self_ty
+            {
+                callee = format!("{self_ty}::{}", last.ident);
+            }
+            self.push_call(CallSite {
+                kind: CallKind::Path,
+                callee: callee.into_boxed_str(),
+                receiver,
+                qself,
+                receiver_text: None,
+                sql,
+                span: span_between(first, last.ident.span()),
+                item: 0,
+                in_test: false,
+            });
+        }
+        visit::visit_expr_call(self, call);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast Macro) {
+        self.record_macro(mac);
+    }
+}
+
+impl Collector {
+    fn record_const(&mut self, ident: &syn::Ident, expr: &Expr) {
+        let keyword = match expr {
+            Expr::Macro(m) => first_literal_keyword(&m.mac.tokens),
+            other => sql_evidence(other, &Env::default()),
+        };
+        if let Some(SqlEvidence::Keyword(keyword)) = keyword {
+            self.summary
+                .consts
+                .push((ident.to_string().into_boxed_str(), keyword));
+        }
+    }
+}
+
+/// The SQL evidence of the token [`macros::body_facts`] picked.
+fn token_sql_evidence(token: TokenTree, env: &Env) -> Option<SqlEvidence> {
+    match token {
+        TokenTree::Literal(literal) => {
+            literal_keyword(&syn::Lit::new(literal)).map(SqlEvidence::Keyword)
+        }
+        TokenTree::Ident(ident) => sql_evidence(
+            &Expr::Path(syn::ExprPath {
+                attrs: Vec::new(),
+                qself: None,
+                path: ident.into(),
+            }),
+            env,
+        ),
+        _ => None,
+    }
+}
+
+/// `#[dual_write]` or `#[path::to::dual_write(..)]`.
+fn is_dual_write_attr(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "dual_write")
+}
+
+/// `#[test]`, `#[tokio::test]`, `#[cfg(test)]`, `#[cfg(all(test, ..))]`.
+fn is_test_code(attrs: &[Attribute]) -> bool {
+    attrs.iter().any(|attr| {
+        let path = attr.path();
+        if path.segments.last().is_some_and(|s| s.ident == "test") {
+            return true;
+        }
+        if !path.is_ident("cfg") {
+            return false;
+        }
+        let syn::Meta::List(list) = &attr.meta else {
+            return false;
+        };
+        let mut has_test = false;
+        for tree in list.tokens.clone() {
+            if let proc_macro2::TokenTree::Ident(ident) = &tree {
+                if ident == "not" {
+                    return false;
+                }
+                has_test |= ident == "test";
+            } else if let proc_macro2::TokenTree::Group(group) = &tree {
+                for inner in group.stream() {
+                    if let proc_macro2::TokenTree::Ident(ident) = &inner {
+                        if ident == "not" {
+                            return false;
+                        }
+                        has_test |= ident == "test";
+                    }
+                }
+            }
+        }
+        has_test
+    })
+}
+
+/// The adapter name from `#[dual_write(adapter = Name)]`, else `<Trait>DualWrite`
+/// (used when the macro rejects the trait and builds no model).
+fn adapter_name(attr: &Attribute, trait_name: &str) -> String {
+    if let syn::Meta::List(list) = &attr.meta {
+        let mut trees = list.tokens.clone().into_iter();
+        while let Some(tree) = trees.next() {
+            if let proc_macro2::TokenTree::Ident(ident) = &tree
+                && ident == "adapter"
+                && matches!(trees.next(), Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '=')
+                && let Some(proc_macro2::TokenTree::Ident(name)) = trees.next()
+            {
+                return name.to_string();
+            }
+        }
+    }
+    format!("{trait_name}DualWrite")
+}
+
+/// The writes of a trait the macro rejects, classified the way the macro
+/// would (explicit attribute, then name, then `&mut self`), so DW001 still
+/// guards its stores while DW003 reports the error.
+fn fallback_writes(item: &ItemTrait) -> Vec<Box<str>> {
+    let mut writes = Vec::new();
+    for trait_item in &item.items {
+        let TraitItem::Fn(method) = trait_item else {
+            continue;
+        };
+        let explicit = method
+            .attrs
+            .iter()
+            .filter(|a| is_dual_write_attr(a))
+            .find_map(|a| match &a.meta {
+                syn::Meta::List(list) => list.tokens.clone().into_iter().find_map(|t| match t {
+                    proc_macro2::TokenTree::Ident(i) => Some(i.to_string()),
+                    _ => None,
+                }),
+                _ => None,
+            });
+        let name = method.sig.ident.to_string();
+        let is_write = match explicit.as_deref() {
+            Some("write") => true,
+            Some("read" | "passthrough") => false,
+            _ => match classify_name(&name) {
+                NameClass::Write => true,
+                NameClass::Read => false,
+                NameClass::Unknown => method
+                    .sig
+                    .receiver()
+                    .is_some_and(|r| matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_)))),
+            },
+        };
+        if is_write && method.default.is_none() {
+            writes.push(name.into_boxed_str());
+        }
+    }
+    writes
+}
+
+/// Flattens a `use` tree into local name -> full path.
+fn collect_use(tree: &UseTree, prefix: &mut Vec<String>, out: &mut Vec<Import>) {
+    match tree {
+        UseTree::Path(path) => {
+            prefix.push(path.ident.to_string());
+            collect_use(&path.tree, prefix, out);
+            prefix.pop();
+        }
+        UseTree::Name(name) => {
+            let ident = name.ident.to_string();
+            if ident == "self" {
+                if let Some(last) = prefix.last() {
+                    out.push(Import {
+                        local: last.clone().into_boxed_str(),
+                        path: prefix.join("::").into_boxed_str(),
+                    });
+                }
+            } else {
+                out.push(Import {
+                    local: ident.clone().into_boxed_str(),
+                    path: join(prefix, &ident),
+                });
+            }
+        }
+        UseTree::Rename(rename) => {
+            let ident = rename.ident.to_string();
+            let full = if ident == "self" {
+                prefix.join("::").into_boxed_str()
+            } else {
+                join(prefix, &ident)
+            };
+            out.push(Import {
+                local: rename.rename.to_string().into_boxed_str(),
+                path: full,
+            });
+        }
+        UseTree::Glob(_) => out.push(Import {
+            local: "*".into(),
+            path: prefix.join("::").into_boxed_str(),
+        }),
+        UseTree::Group(group) => {
+            for tree in &group.items {
+                collect_use(tree, prefix, out);
+            }
+        }
+    }
+}
+
+fn join(prefix: &[String], last: &str) -> Box<str> {
+    let mut text = prefix.join("::");
+    if !text.is_empty() {
+        text.push_str("::");
+    }
+    text.push_str(last);
+    text.into_boxed_str()
+}

@@ -1,0 +1,86 @@
+//! The analysis engine: one parse per file produces a [`FileSummary`] (all
+//! that the rules need, with resolved line/column positions, so no syntax
+//! tree or span outlives its file); [`analyze`] then resolves types across
+//! files and applies the rules.
+//!
+//! Pass 1 ([`summarize`], per file, in parallel) walks the syntax tree once
+//! (`collect`), inferring receiver types with a scope-aware environment
+//! (`env`, `hints`) and reading macro bodies as code (`macros`). Pass 2
+//! ([`analyze`], once) builds a global index (`index`) of annotated traits,
+//! their raw stores, struct fields, aliases and constants, and applies
+//! DW001, DW002 and DW003 (`rules`).
+
+pub mod apis;
+mod collect;
+mod env;
+mod hints;
+mod index;
+pub mod macros;
+mod rules;
+pub mod sql;
+pub mod summary;
+
+use serde::{Deserialize, Serialize};
+use syn::visit::Visit;
+
+pub use apis::{ApiKind, ApiSpec, ApiTable, CallForm};
+pub use summary::FileSummary;
+
+use crate::finding::Finding;
+
+/// A source file handed to the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceFile<'a> {
+    /// Path relative to the checked root, `/`-separated.
+    pub path: &'a str,
+    /// The file's text.
+    pub text: &'a str,
+    /// Whether the whole file is test code (under a `tests/` directory).
+    pub is_test_file: bool,
+}
+
+/// Why a file could not be summarized (reported as DW000 by the driver).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParseFailure {
+    /// syn's message.
+    pub message: String,
+    /// 1-based line of the error.
+    pub line: usize,
+    /// 1-based column of the error.
+    pub column: usize,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Default)]
+pub struct AnalysisConfig {
+    /// The raw-write APIs DW002 looks for.
+    pub apis: ApiTable,
+}
+
+/// Parses one file and extracts its summary. Must be called on the thread
+/// that will call `proc_macro2::extra::invalidate_current_thread_spans`
+/// afterwards (the driver does this per file).
+pub fn summarize(file: SourceFile<'_>) -> Result<FileSummary, ParseFailure> {
+    match syn::parse_file(file.text) {
+        Ok(ast) => {
+            let mut collector = collect::Collector::new(file.path, file.is_test_file);
+            collector.visit_file(&ast);
+            Ok(collector.finish())
+        }
+        Err(error) => {
+            let start = error.span().start();
+            Err(ParseFailure {
+                message: error.to_string(),
+                line: start.line,
+                column: start.column + 1,
+            })
+        }
+    }
+}
+
+/// Applies DW001, DW002 and DW003 to a set of summaries. Findings come
+/// ordered by file, line, column and rule, all with severity `error` (the
+/// driver applies the configured severities, allowed paths and test policy).
+pub fn analyze(summaries: &[FileSummary], config: &AnalysisConfig) -> Vec<Finding> {
+    rules::apply(summaries, &config.apis)
+}

@@ -1,0 +1,382 @@
+//! Pass 2's rules: DW001 (adapter bypass), DW002 (raw write) and DW003
+//! (what the macro rejects), applied to every file's summary against the
+//! global [`Index`], with line-independent fingerprints.
+
+use std::collections::HashMap;
+
+use super::apis::{ApiKind, ApiSpec, ApiTable, CallForm};
+use super::index::{FileScope, Index, last_segment};
+use super::sql::is_write_verb;
+use super::summary::{CallKind, CallSite, FileSummary, Span, SqlEvidence};
+use crate::finding::{Finding, Fingerprint, Location, RuleId, Severity};
+
+/// A finding before its fingerprint's occurrence index is known.
+struct Draft {
+    rule: RuleId,
+    span: Span,
+    message: String,
+    label: String,
+    help: String,
+    item: String,
+    callee: String,
+    in_test: bool,
+}
+
+/// Applies the rules to every file.
+pub fn apply(files: &[FileSummary], apis: &ApiTable) -> Vec<Finding> {
+    let index = Index::build(files);
+    let matcher = ApiMatcher::new(apis);
+    let mut findings = Vec::new();
+    for file in files {
+        let scope = FileScope::new(file);
+        let mut drafts = unclassified_methods(file);
+        for call in &file.calls {
+            let Some(context) = file.items.get(call.item as usize) else {
+                continue;
+            };
+            let exempt = context
+                .impl_trait
+                .as_deref()
+                .is_some_and(|t| index.is_annotated(&scope, t));
+            if exempt {
+                continue;
+            }
+            let draft = adapter_bypass(&index, &scope, call)
+                .or_else(|| raw_write(&index, &matcher, &scope, call));
+            if let Some(mut draft) = draft {
+                draft.item = context.path.to_string();
+                draft.in_test = call.in_test;
+                drafts.push(draft);
+            }
+        }
+        finish(file, drafts, &mut findings);
+    }
+    findings.sort_by(|a, b| {
+        (
+            &a.location.file,
+            a.location.start_line,
+            a.location.start_column,
+            a.rule,
+        )
+            .cmp(&(
+                &b.location.file,
+                b.location.start_line,
+                b.location.start_column,
+                b.rule,
+            ))
+    });
+    findings
+}
+
+/// Orders a file's drafts and numbers repeated (rule, item, callee) triples.
+fn finish(file: &FileSummary, mut drafts: Vec<Draft>, out: &mut Vec<Finding>) {
+    drafts.sort_by_key(|d| (d.span.line, d.span.column, d.rule));
+    let mut seen: HashMap<(RuleId, String, String), usize> = HashMap::new();
+    for draft in drafts {
+        let counter = seen
+            .entry((draft.rule, draft.item.clone(), draft.callee.clone()))
+            .or_default();
+        let occurrence = *counter;
+        *counter += 1;
+        out.push(Finding {
+            rule: draft.rule,
+            severity: Severity::Error,
+            message: draft.message,
+            label: draft.label,
+            help: draft.help,
+            location: Location {
+                file: file.path.clone(),
+                start_line: draft.span.line as usize,
+                start_column: draft.span.column as usize,
+                end_line: draft.span.end_line as usize,
+                end_column: draft.span.end_column as usize,
+            },
+            fingerprint: Fingerprint {
+                rule: draft.rule,
+                file: file.path.clone(),
+                item: draft.item,
+                callee: draft.callee,
+                occurrence,
+            },
+            in_test: draft.in_test,
+        });
+    }
+}
+
+/// DW003: every error the macro would report on an annotated trait.
+fn unclassified_methods(file: &FileSummary) -> Vec<Draft> {
+    let mut drafts = Vec::new();
+    for t in &file.traits {
+        for error in &t.errors {
+            drafts.push(Draft {
+                rule: RuleId::DW003,
+                span: error.span,
+                message: error.message.clone(),
+                label: "rejected by #[dual_write]".to_owned(),
+                help: RuleId::DW003.help().to_owned(),
+                item: format!("trait {}", t.name),
+                callee: t.name.to_string(),
+                in_test: t.in_test,
+            });
+        }
+    }
+    drafts
+}
+
+/// DW001: a write of an annotated trait called on one of its raw stores.
+fn adapter_bypass(index: &Index<'_>, scope: &FileScope<'_>, call: &CallSite) -> Option<Draft> {
+    let (store, trait_name, method) = match call.kind {
+        CallKind::Method => {
+            let method = &*call.callee;
+            if !index.write_names.contains(method) {
+                return None;
+            }
+            let store = index.resolve_hint(scope, call.receiver.as_ref()?)?;
+            let trait_name = index.bypassed_trait(&store, method)?;
+            (store, trait_name, method)
+        }
+        CallKind::Path => {
+            let method = last_segment(&call.callee);
+            if !index.write_names.contains(method) {
+                return None;
+            }
+            if let Some(qself) = &call.qself {
+                // `<PgUserStore as UserStore>::insert(..)`
+                let store = index.resolve_type(scope, qself)?;
+                let trait_name = index.bypassed_trait(&store, method)?;
+                (store, trait_name, method)
+            } else {
+                let owner = call.callee.strip_suffix(method)?.strip_suffix("::")?;
+                let owner = index.resolve_type(scope, owner)?;
+                if index.traits.contains_key(owner.as_str()) {
+                    // `UserStore::insert(&pg, ..)`: the first argument is the store.
+                    let store = index.resolve_hint(scope, call.receiver.as_ref()?)?;
+                    let trait_name = index.bypassed_trait(&store, method)?;
+                    if trait_name != owner {
+                        return None;
+                    }
+                    (store, trait_name, method)
+                } else {
+                    // `PgUserStore::insert(&pg, ..)`
+                    let trait_name = index.bypassed_trait(&owner, method)?;
+                    (owner, trait_name, method)
+                }
+            }
+        }
+        CallKind::Macro => return None,
+    };
+    let adapter = index.traits.get(trait_name).map_or("", |t| t.adapter);
+    Some(Draft {
+        rule: RuleId::DW001,
+        span: call.span,
+        message: format!(
+            "`{method}` of `{trait_name}` is called on the raw store `{store}`, bypassing the dual-write adapter"
+        ),
+        label: "raw store write".to_owned(),
+        help: format!("call this through `{adapter}` so both stores receive it"),
+        item: String::new(),
+        callee: format!("{store}::{method}"),
+        in_test: false,
+    })
+}
+
+/// A spec with its name split for matching.
+struct Matcher<'a> {
+    spec: &'a ApiSpec,
+    /// The name's segments, `!` dropped.
+    segments: Vec<&'a str>,
+}
+
+/// The API table indexed by the last segment of each name.
+struct ApiMatcher<'a> {
+    by_name: HashMap<&'a str, Vec<Matcher<'a>>>,
+}
+
+impl<'a> ApiMatcher<'a> {
+    fn new(table: &'a ApiTable) -> Self {
+        let mut by_name: HashMap<&str, Vec<Matcher<'_>>> = HashMap::new();
+        for spec in &table.specs {
+            let segments: Vec<&str> = spec.name.trim_end_matches('!').split("::").collect();
+            if let Some(last) = segments.last() {
+                by_name
+                    .entry(last)
+                    .or_default()
+                    .push(Matcher { spec, segments });
+            }
+        }
+        ApiMatcher { by_name }
+    }
+}
+
+/// Whether the spec's path segments match the called path: same last
+/// segment, and the spec's other segments appear in order before it.
+fn path_matches(spec: &[&str], called: &str) -> bool {
+    let called: Vec<&str> = called.split("::").collect();
+    let (Some(spec_last), Some(called_last)) = (spec.last(), called.last()) else {
+        return false;
+    };
+    if spec_last != called_last {
+        return false;
+    }
+    let mut rest = called[..called.len() - 1].iter();
+    spec[..spec.len() - 1]
+        .iter()
+        .all(|segment| rest.any(|c| c == segment))
+}
+
+/// DW002: a call that matches a raw-write API.
+fn raw_write(
+    index: &Index<'_>,
+    matcher: &ApiMatcher<'_>,
+    scope: &FileScope<'_>,
+    call: &CallSite,
+) -> Option<Draft> {
+    let name = last_segment(&call.callee);
+    let candidates = matcher.by_name.get(name)?;
+    let paths = match call.kind {
+        CallKind::Method => Vec::new(),
+        CallKind::Path | CallKind::Macro => scope.candidates(&call.callee),
+    };
+    let receiver_type = match (&call.receiver, call.kind) {
+        (Some(hint), CallKind::Method) => {
+            let resolved = index.resolve_hint(scope, hint);
+            Some((scope.expand(&hint.base), resolved))
+        }
+        _ => None,
+    };
+    if let Some((_, Some(resolved))) = &receiver_type
+        && index.is_project_type(resolved)
+    {
+        return None;
+    }
+    for m in candidates {
+        let spec = m.spec;
+        let form_ok = matches!(
+            (spec.call, call.kind),
+            (CallForm::Any, _)
+                | (CallForm::Method, CallKind::Method)
+                | (CallForm::Function, CallKind::Path)
+                | (CallForm::Macro, CallKind::Macro)
+        );
+        if !form_ok {
+            continue;
+        }
+        let matched_path = match call.kind {
+            CallKind::Method => {
+                if m.segments.len() != 1 {
+                    continue;
+                }
+                None
+            }
+            _ => match paths.iter().find(|p| path_matches(&m.segments, p)) {
+                Some(path) => Some(path.as_str()),
+                None => continue,
+            },
+        };
+        if let Some(receiver) = &spec.receiver {
+            let mut texts: Vec<&str> = Vec::new();
+            if let Some((written, resolved)) = &receiver_type {
+                texts.push(written);
+                if let Some(resolved) = resolved {
+                    texts.push(resolved);
+                }
+            }
+            if let Some(text) = &call.receiver_text {
+                texts.push(text);
+            }
+            if let Some(path) = matched_path {
+                texts.push(path);
+            }
+            let ok = receiver
+                .split('|')
+                .filter(|alt| !alt.is_empty())
+                .any(|alt| texts.iter().any(|t| t.contains(alt)));
+            if !ok {
+                continue;
+            }
+        }
+        let keyword = match &call.sql {
+            Some(SqlEvidence::Keyword(k)) => Some(&**k),
+            Some(SqlEvidence::Const(name)) => index.const_keyword(name),
+            None => None,
+        };
+        let library = spec.library.as_deref();
+        let (display, callee) = match call.kind {
+            CallKind::Method => (
+                match &call.receiver_text {
+                    Some(text) => format!("{text}.{name}"),
+                    None => format!(".{name}"),
+                },
+                name.to_owned(),
+            ),
+            CallKind::Path => {
+                let path = matched_path.unwrap_or(&call.callee).to_owned();
+                (path.clone(), path)
+            }
+            CallKind::Macro => {
+                let path = format!("{}!", matched_path.unwrap_or(&call.callee));
+                (path.clone(), path)
+            }
+        };
+        let (message, label) = match spec.kind {
+            ApiKind::Sql => {
+                let Some(verb) = keyword.filter(|k| is_write_verb(k)) else {
+                    continue;
+                };
+                (
+                    format!(
+                        "raw SQL write (`{verb}`) through `{display}` outside a #[dual_write] repository"
+                    ),
+                    "raw SQL write".to_owned(),
+                )
+            }
+            ApiKind::Command => {
+                let Some(command) =
+                    keyword.filter(|k| spec.commands.iter().any(|c| c.eq_ignore_ascii_case(k)))
+                else {
+                    continue;
+                };
+                let what =
+                    library.map_or_else(|| "raw write".to_owned(), |l| format!("raw {l} write"));
+                (
+                    format!(
+                        "{what} (`{command}`) through `{display}` outside a #[dual_write] repository"
+                    ),
+                    what,
+                )
+            }
+            ApiKind::Write => {
+                let what =
+                    library.map_or_else(|| "raw write".to_owned(), |l| format!("raw {l} write"));
+                (
+                    format!("{what} through `{display}` outside a #[dual_write] repository"),
+                    what,
+                )
+            }
+        };
+        return Some(Draft {
+            rule: RuleId::DW002,
+            span: call.span,
+            message,
+            label,
+            help: raw_write_help(index),
+            item: String::new(),
+            callee,
+            in_test: false,
+        });
+    }
+    None
+}
+
+/// Names the repository trait and its adapter when there is exactly one.
+fn raw_write_help(index: &Index<'_>) -> String {
+    if index.traits.len() == 1
+        && let Some((name, info)) = index.traits.iter().next()
+    {
+        return format!(
+            "move this write into an `impl {name} for ..` store and call it through `{}` so both stores receive it, or suppress it with a reason if only one store must see it",
+            info.adapter
+        );
+    }
+    RuleId::DW002.help().to_owned()
+}

@@ -1,0 +1,354 @@
+//! `check`: the driver. Walks the paths, reads and summarizes every file in
+//! parallel, runs the rules, then applies (in this order) the rule levels of
+//! the configuration, inline suppressions, the test policy, the allowed
+//! paths and the baseline.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::analysis::{self, FileSummary, SourceFile};
+use crate::baseline::{self, BaselineOutcome};
+use crate::config::{Config, TestPolicy};
+use crate::error::DriverError;
+use crate::finding::{Finding, Fingerprint, Location, RuleId, Severity};
+use crate::intake::{self, Rejection};
+use crate::suppress::{self, Suppression};
+use crate::walk::{self, SourcePath, WalkOptions};
+
+/// The stack of each parsing thread. syn recurses; the nesting pre-check
+/// keeps depth bounded, and this leaves a wide margin above it.
+pub const PARSE_STACK_SIZE: usize = 64 * 1024 * 1024;
+
+/// What to check and how.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Files or directories (default: the current directory).
+    pub paths: Vec<PathBuf>,
+    /// The root that findings are relative to (see [`walk::resolve_root`]).
+    pub root: Option<PathBuf>,
+    /// An explicit config file.
+    pub config: Option<PathBuf>,
+    /// Skip test code whatever the config says.
+    pub skip_tests: bool,
+    /// Excuse the findings listed in this baseline.
+    pub baseline: Option<PathBuf>,
+    /// Write the current findings to this baseline.
+    pub write_baseline: Option<PathBuf>,
+    /// The lowest severity that fails the run.
+    pub fail_on: Severity,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            paths: vec![PathBuf::from(".")],
+            root: None,
+            config: None,
+            skip_tests: false,
+            baseline: None,
+            write_baseline: None,
+            fail_on: Severity::Error,
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// The root every finding's file is relative to.
+    pub root: PathBuf,
+    /// The findings to report, sorted by file and position.
+    pub findings: Vec<Finding>,
+    /// How many files were read.
+    pub files_checked: usize,
+    /// How many bytes they held.
+    pub bytes_checked: u64,
+    /// What the baseline did, when one was given.
+    pub baseline: Option<BaselineOutcome>,
+    /// The baseline written, and how many entries it holds.
+    pub baseline_written: Option<(PathBuf, usize)>,
+    /// The lowest severity that fails the run.
+    pub fail_on: Severity,
+}
+
+impl CheckReport {
+    /// Whether a finding is at or above `fail_on` (exit code 1).
+    pub fn failed(&self) -> bool {
+        self.findings.iter().any(|f| f.severity >= self.fail_on)
+    }
+
+    /// How many findings have `severity`.
+    pub fn count(&self, severity: Severity) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
+    }
+}
+
+/// What reading and summarizing one file produced.
+struct FileOutcome {
+    summary: Option<FileSummary>,
+    rejection: Option<Rejection>,
+    suppressions: Vec<Suppression>,
+    bytes: u64,
+}
+
+/// Runs `check`.
+pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
+    let (root, paths) = walk::resolve_root(&options.paths, options.root.as_deref())?;
+    let config = Config::load(&root, options.config.as_deref())?;
+    let skip_tests = options.skip_tests || config.tests == TestPolicy::Skip;
+    let baseline_entries = options
+        .baseline
+        .as_deref()
+        .map(baseline::read)
+        .transpose()?;
+    let walked = walk::walk(&WalkOptions {
+        root: root.clone(),
+        paths,
+        exclude: config.exclude.clone(),
+        skip_test_files: skip_tests,
+    });
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(PARSE_STACK_SIZE)
+        .thread_name(|i| format!("dualwrite-lint-{i}"))
+        .build()
+        .map_err(|error| DriverError::new(format!("cannot start worker threads: {error}")))?;
+    let analysis_config = config.analysis_config();
+    let (outcomes, engine_findings) = pool.install(|| {
+        let mut outcomes: Vec<FileOutcome> = walked
+            .files
+            .par_iter()
+            .map(|file| check_file(file, &config))
+            .collect();
+        let summaries: Vec<FileSummary> = outcomes
+            .iter_mut()
+            .filter_map(|o| o.summary.take())
+            .collect();
+        let findings = catch_unwind(AssertUnwindSafe(|| {
+            analysis::analyze(&summaries, &analysis_config)
+        }));
+        (outcomes, findings)
+    });
+    let engine_findings = engine_findings.map_err(|panic| {
+        DriverError::new(format!(
+            "internal error in the analysis: {}",
+            panic_message(&*panic)
+        ))
+    })?;
+
+    let mut findings = Vec::new();
+    let mut suppressions: BTreeMap<String, Vec<Suppression>> = BTreeMap::new();
+    let mut bytes_checked = 0;
+    for (file, outcome) in walked.files.iter().zip(outcomes) {
+        bytes_checked += outcome.bytes;
+        if let Some(rejection) = outcome.rejection {
+            findings.push(rejection_finding(file, rejection));
+        }
+        if !outcome.suppressions.is_empty() {
+            suppressions.insert(file.rel.clone(), outcome.suppressions);
+        }
+    }
+    for notice in &walked.notices {
+        findings.push(driver_finding(
+            RuleId::DW000,
+            Severity::Note,
+            notice.reason.clone(),
+            "not followed".to_owned(),
+            Location::file_start(&notice.rel),
+            "walk",
+            walk::is_test_path(&notice.rel),
+        ));
+    }
+    findings.extend(engine_findings);
+    findings.retain(|f| !config.is_off(f.rule));
+
+    let (kept, problems) = suppress::apply(findings, &suppressions, |rule| config.is_off(rule));
+    let mut findings = kept;
+    findings.extend(problems.into_iter().map(|mut f| {
+        f.in_test = walk::is_test_path(&f.location.file);
+        f
+    }));
+    findings.retain_mut(|f| match config.level(f.rule) {
+        None => true,
+        Some(level) => match level.severity() {
+            None => false,
+            Some(severity) => {
+                f.severity = severity;
+                true
+            }
+        },
+    });
+    if skip_tests {
+        findings.retain(|f| !f.in_test);
+    }
+    findings.retain(|f| {
+        !(matches!(f.rule, RuleId::DW001 | RuleId::DW002) && config.is_allowed(&f.location.file))
+    });
+    findings
+        .sort_by(|a, b| (&a.location, a.rule, &a.message).cmp(&(&b.location, b.rule, &b.message)));
+    findings.dedup();
+
+    let mut report = CheckReport {
+        root,
+        findings,
+        files_checked: walked.files.len(),
+        bytes_checked,
+        baseline: None,
+        baseline_written: None,
+        fail_on: options.fail_on,
+    };
+    if let Some(path) = &options.write_baseline {
+        baseline::write(path, &report.findings)?;
+        report.baseline_written = Some((path.clone(), report.findings.len()));
+        // The findings just recorded are, by definition, the baseline.
+        let entries: Vec<Fingerprint> = report
+            .findings
+            .iter()
+            .map(|f| f.fingerprint.clone())
+            .collect();
+        let (kept, outcome) = baseline::filter(
+            std::mem::take(&mut report.findings),
+            &entries,
+            &path.display().to_string(),
+        );
+        report.findings = kept;
+        report.baseline = Some(outcome);
+    } else if let (Some(entries), Some(path)) = (baseline_entries, &options.baseline) {
+        let (kept, outcome) = baseline::filter(
+            std::mem::take(&mut report.findings),
+            &entries,
+            &path.display().to_string(),
+        );
+        report.findings = kept;
+        report.baseline = Some(outcome);
+    }
+    Ok(report)
+}
+
+/// Reads, pre-checks and summarizes one file, on a parsing thread.
+fn check_file(file: &SourcePath, config: &Config) -> FileOutcome {
+    let text = match intake::read_source(&file.abs, config.max_file_size, config.max_nesting) {
+        Ok(text) => text,
+        Err(rejection) => {
+            return FileOutcome {
+                summary: None,
+                rejection: Some(rejection),
+                suppressions: Vec::new(),
+                bytes: 0,
+            };
+        }
+    };
+    let suppressions = suppress::scan(&file.rel, &text);
+    let source = SourceFile {
+        path: &file.rel,
+        text: &text,
+        is_test_file: file.is_test_file,
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| analysis::summarize(source)));
+    // Every span created while summarizing this file is dead from here on;
+    // without this, proc-macro2 keeps every file's text for the whole run.
+    proc_macro2::extra::invalidate_current_thread_spans();
+    let (summary, rejection) = match result {
+        Ok(Ok(summary)) => (Some(summary), None),
+        Ok(Err(failure)) => (
+            None,
+            Some(Rejection {
+                kind: "parse-error",
+                message: format!("file not checked: it does not parse: {}", failure.message),
+                line: failure.line.max(1),
+                column: failure.column.max(1),
+                severity: Severity::Error,
+            }),
+        ),
+        Err(panic) => (
+            None,
+            Some(Rejection {
+                kind: "panic",
+                message: format!(
+                    "file not checked: internal error while parsing it: {}",
+                    panic_message(&*panic)
+                ),
+                line: 1,
+                column: 1,
+                severity: Severity::Error,
+            }),
+        ),
+    };
+    FileOutcome {
+        summary,
+        rejection,
+        suppressions,
+        bytes: text.len() as u64,
+    }
+}
+
+fn rejection_finding(file: &SourcePath, rejection: Rejection) -> Finding {
+    let location = Location {
+        file: file.rel.clone(),
+        start_line: rejection.line,
+        start_column: rejection.column,
+        end_line: rejection.line,
+        end_column: rejection.column,
+    };
+    let label = match rejection.kind {
+        "parse-error" => "cannot parse",
+        "not-utf8" => "not UTF-8",
+        "too-deep" => "nested too deeply",
+        "too-large" => "too large",
+        "empty" => "empty file",
+        _ => "not checked",
+    };
+    driver_finding(
+        RuleId::DW000,
+        rejection.severity,
+        rejection.message,
+        label.to_owned(),
+        location,
+        rejection.kind,
+        file.is_test_file,
+    )
+}
+
+/// A finding made by the driver itself (DW000); its fingerprint's callee is
+/// the kind of problem, so the baseline survives line moves.
+fn driver_finding(
+    rule: RuleId,
+    severity: Severity,
+    message: String,
+    label: String,
+    location: Location,
+    kind: &str,
+    in_test: bool,
+) -> Finding {
+    Finding {
+        rule,
+        severity,
+        message,
+        label,
+        help: rule.help().to_owned(),
+        fingerprint: Fingerprint {
+            rule,
+            file: location.file.clone(),
+            item: String::new(),
+            callee: kind.to_owned(),
+            occurrence: 0,
+        },
+        location,
+        in_test,
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

@@ -1,0 +1,206 @@
+//! The rules against fixture crates with golden findings.
+//!
+//! Each directory under `tests/lint-fixtures/` (except the driver's
+//! `driver-*` ones) is a tree of plain `.rs` files, never compiled, with an
+//! `expected.txt`: one `file:line:col RULE message` line per finding.
+//! Set `DUALWRITE_LINT_BLESS=1` to rewrite the golden files (then read
+//! every changed line against the fixture before committing).
+
+use std::path::{Path, PathBuf};
+
+use dualwrite_lint::analysis::{
+    AnalysisConfig, ApiTable, FileSummary, SourceFile, analyze, summarize,
+};
+use dualwrite_lint::finding::{Finding, RuleId};
+
+fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/lint-fixtures")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Summarizes every file of a fixture the way the driver does.
+fn summaries(name: &str) -> Vec<FileSummary> {
+    let root = fixtures_root().join(name);
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    files
+        .iter()
+        .map(|path| {
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(path).unwrap();
+            let summary = summarize(SourceFile {
+                path: &rel,
+                text: &text,
+                is_test_file: rel.starts_with("tests/"),
+            })
+            .unwrap_or_else(|e| panic!("{rel}: {e:?}"));
+            proc_macro2::extra::invalidate_current_thread_spans();
+            summary
+        })
+        .collect()
+}
+
+fn findings(name: &str) -> Vec<Finding> {
+    let config = AnalysisConfig {
+        apis: ApiTable::default_table(),
+    };
+    analyze(&summaries(name), &config)
+}
+
+fn render(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{}:{} {} {}\n",
+                f.location.file, f.location.start_line, f.location.start_column, f.rule, f.message
+            )
+        })
+        .collect()
+}
+
+/// Compares a fixture's findings with its `expected.txt`.
+fn check(name: &str) -> Vec<Finding> {
+    let found = findings(name);
+    let actual = render(&found);
+    let expected_path = fixtures_root().join(name).join("expected.txt");
+    if std::env::var_os("DUALWRITE_LINT_BLESS").is_some() {
+        std::fs::write(&expected_path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+    assert_eq!(
+        actual, expected,
+        "findings of fixture `{name}` differ from expected.txt"
+    );
+    found
+}
+
+#[test]
+fn receivers() {
+    let found = check("receivers");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW001));
+    let first = &found[0];
+    assert_eq!(first.label, "raw store write");
+    assert_eq!(
+        first.help,
+        "call this through `UserStoreDualWrite` so both stores receive it"
+    );
+    assert_eq!(first.fingerprint.item, "impl OrderService::place");
+    assert_eq!(first.fingerprint.callee, "PgUserStore::insert");
+    assert!(!first.in_test);
+}
+
+#[test]
+fn macro_bodies() {
+    check("macro_bodies");
+}
+
+#[test]
+fn raw_writes() {
+    let found = check("raw_writes");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+    assert!(
+        found[0].help.contains("`impl UserStore for ..`")
+            && found[0].help.contains("`UserStoreDualWrite`"),
+        "{}",
+        found[0].help
+    );
+}
+
+#[test]
+fn false_positives() {
+    check("false_positives");
+}
+
+#[test]
+fn unclassified() {
+    check("unclassified");
+}
+
+#[test]
+fn test_code() {
+    let found = check("test_code");
+    let flags: Vec<(&str, usize, bool)> = found
+        .iter()
+        .map(|f| (f.location.file.as_str(), f.location.start_line, f.in_test))
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            ("src/lib.rs", 20, false),
+            ("src/lib.rs", 25, false),
+            ("src/lib.rs", 30, true),
+            ("src/lib.rs", 38, true),
+            ("src/lib.rs", 45, true),
+            ("tests/integration.rs", 6, true),
+        ]
+    );
+}
+
+#[test]
+fn fingerprints_number_repeated_calls_and_ignore_lines() {
+    let found = check("fingerprints");
+    let prints: Vec<(&str, &str, usize)> = found
+        .iter()
+        .map(|f| {
+            (
+                f.fingerprint.item.as_str(),
+                f.fingerprint.callee.as_str(),
+                f.fingerprint.occurrence,
+            )
+        })
+        .collect();
+    assert_eq!(
+        prints,
+        vec![
+            ("static WARM_UP", "sqlx::query", 0),
+            ("fn twice", "PgUserStore::insert", 0),
+            ("fn twice", "sqlx::query", 0),
+            ("fn twice", "PgUserStore::insert", 1),
+            ("mod jobs::fn run", "PgUserStore::insert", 0),
+        ]
+    );
+
+    // The same file with lines added above everything: same fingerprints.
+    let text = std::fs::read_to_string(fixtures_root().join("fingerprints/src/lib.rs")).unwrap();
+    let shifted = format!(
+        "// a new header\n\n{}",
+        text.replace("fn twice", "\nfn twice")
+    );
+    let summary = summarize(SourceFile {
+        path: "src/lib.rs",
+        text: &shifted,
+        is_test_file: false,
+    })
+    .unwrap();
+    proc_macro2::extra::invalidate_current_thread_spans();
+    let moved = analyze(
+        &[summary],
+        &AnalysisConfig {
+            apis: ApiTable::default_table(),
+        },
+    );
+    assert_eq!(moved.len(), found.len());
+    for (before, after) in found.iter().zip(&moved) {
+        assert_eq!(before.fingerprint, after.fingerprint);
+        assert_ne!(before.location.start_line, after.location.start_line);
+    }
+}

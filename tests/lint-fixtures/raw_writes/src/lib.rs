@@ -1,0 +1,3 @@
+pub mod queries;
+pub mod repo;
+pub mod jobs;

@@ -1,0 +1,3 @@
+pub mod service;
+pub mod store;
+pub mod types;
