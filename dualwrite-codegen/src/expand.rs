@@ -731,7 +731,7 @@ impl Expander<'_> {
 
                 /// Counters: writes per store, secondary retries and dead letters, shadow comparisons.
                 #vis fn stats(&self) -> #rt::StatsSnapshot {
-                    self.core.stats().snapshot()
+                    self.core.snapshot()
                 }
 
                 /// Writes the secondary store on the caller's path: `Strong` fails

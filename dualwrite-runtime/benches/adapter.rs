@@ -164,7 +164,15 @@ impl Kv for SqliteStore {
 }
 
 fn lanes(count: usize) -> LaneConfig {
-    LaneConfig::default().with_lanes(count)
+    let config = LaneConfig::default().with_lanes(count);
+    // `DW_IDLE_POLL_US` overrides how long idle lanes poll before sleeping.
+    match std::env::var("DW_IDLE_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(us) => config.with_idle_poll(Duration::from_micros(us)),
+        None => config,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -525,6 +533,22 @@ fn sqlite_modes(dir: &Path) -> Vec<Mode> {
             move || flusher.flush(),
         ));
     }
+    // The same hand-off with an in-memory secondary: separates the cost of
+    // the hand-off from two SQLite databases working at once in one process.
+    let adapter = std::sync::Arc::new(
+        KvDualWrite::new(
+            open("async-mem-old.db"),
+            DelayStore::new(Delay::None),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_async_secondary(lanes(1)),
+    );
+    let flusher = std::sync::Arc::clone(&adapter);
+    modes.push(Mode::new(
+        "adapter async secondary, 1 lane, in-memory New",
+        move |k| adapter.put(k, k),
+        move || flusher.flush(),
+    ));
     modes
 }
 

@@ -16,7 +16,7 @@ use crate::key::RoutingKey;
 use crate::lanes::{DeadLetterSink, Job, LaneConfig, LaneContext, SecondaryLanes, XorShift64};
 use crate::migration::Migration;
 use crate::phase::{ReadRoute, Store, WriteRoute};
-use crate::stats::{Role, Stats};
+use crate::stats::{Role, Stats, StatsSnapshot};
 
 /// What a synchronous secondary write failure does to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,6 +113,16 @@ impl<C> DualWriteCore<C> {
     /// The counters of this adapter.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// A snapshot of the counters, with the writes still pending in the
+    /// lanes.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut snapshot = self.stats.snapshot();
+        if let Some(lanes) = &self.lanes {
+            snapshot.secondary_pending += lanes.pending();
+        }
+        snapshot
     }
 
     /// The current write strategy.

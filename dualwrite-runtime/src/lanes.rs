@@ -310,12 +310,10 @@ impl Pending {
 /// so a flush can never wait forever.
 struct FinishGuard<'a> {
     pending: &'a Pending,
-    stats: &'a Stats,
 }
 
 impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
-        self.stats.add_pending(-1);
         self.pending.finish();
     }
 }
@@ -327,7 +325,6 @@ impl Drop for FinishGuard<'_> {
 pub(crate) struct SecondaryLanes<C> {
     senders: Vec<Sender<Job<C>>>,
     pending: Arc<Pending>,
-    stats: Stats,
     config: LaneConfig,
 }
 
@@ -373,7 +370,6 @@ impl<C: Send + 'static> SecondaryLanes<C> {
         SecondaryLanes {
             senders,
             pending,
-            stats,
             config,
         }
     }
@@ -389,13 +385,18 @@ impl<C> SecondaryLanes<C> {
             Some(hash) => (hash % self.senders.len() as u64) as usize,
             None => 0,
         };
-        self.stats.add_pending(1);
+        // One shared counter per hand-off: the pending gauge of the stats
+        // is read from it (see `SecondaryLanes::pending`).
         self.pending.start();
         self.senders[lane].send(job).map_err(|error| {
-            self.stats.add_pending(-1);
             self.pending.finish();
             error.0
         })
+    }
+
+    /// Writes handed to the lanes and not yet applied or dead-lettered.
+    pub(crate) fn pending(&self) -> u64 {
+        self.pending.count.load(Ordering::Acquire)
     }
 
     /// Blocks until every job submitted so far is applied or dead-lettered.
@@ -491,7 +492,6 @@ where
     fn process(&mut self, job: Job<C>) {
         let _finish = FinishGuard {
             pending: &self.pending,
-            stats: &self.stats,
         };
         let Job {
             method,

@@ -149,7 +149,7 @@ fn check_ordered_delivery(jobs: &[(Option<u32>, u32)], lanes: usize, max_attempt
         .iter()
         .map(|cmd| u64::from(attempts(cmd) - 1))
         .sum();
-    let stats = core.stats().snapshot();
+    let stats = core.snapshot();
     assert_eq!(stats.secondary_writes_ok, delivered.len() as u64);
     assert_eq!(stats.new_writes_ok, delivered.len() as u64);
     assert_eq!(stats.secondary_writes_failed, failed);
@@ -247,7 +247,7 @@ fn flush_waits_for_every_job() {
     }
     core.flush();
     assert_eq!(lock(&store).applied.len(), 30);
-    assert_eq!(core.stats().snapshot().secondary_pending, 0);
+    assert_eq!(core.snapshot().secondary_pending, 0);
     // A second flush with nothing pending returns at once.
     core.flush();
 }
@@ -277,7 +277,7 @@ async fn flush_async_applies_everything() {
     }
     core.flush_async().await;
     assert_eq!(lock(&store).applied.len(), 25);
-    assert_eq!(core.stats().snapshot().secondary_pending, 0);
+    assert_eq!(core.snapshot().secondary_pending, 0);
     core.flush_async().await;
 }
 
@@ -337,7 +337,7 @@ fn a_panicking_apply_is_a_failed_attempt_not_a_dead_lane() {
     assert_eq!(letters[0].command.seq, 1);
     assert_eq!(letters[0].error, "secondary write panicked: boom 1");
     assert_eq!(letters[0].attempts, 2);
-    let stats = core.stats().snapshot();
+    let stats = core.snapshot();
     assert_eq!(stats.secondary_writes_failed, 3);
     assert_eq!(stats.secondary_writes_ok, 2);
 }
@@ -511,7 +511,7 @@ fn set_sync_mode_drains_the_lanes_first() {
     assert_eq!(letters[0].error, "no secondary lanes are running");
     assert_eq!(letters[0].attempts, 0);
     assert_eq!(letters[0].key.as_deref(), Some("7"));
-    assert_eq!(core.stats().snapshot().dead_letters, 1);
+    assert_eq!(core.snapshot().dead_letters, 1);
 }
 
 #[test]
@@ -574,7 +574,7 @@ fn a_failed_synchronous_secondary_write_is_a_dead_letter() {
     assert_eq!(letters[0].command, cmd);
     assert_eq!(letters[1].key, None);
     assert_eq!(letters[1].target, Store::Old);
-    assert_eq!(core.stats().snapshot().dead_letters, 2);
+    assert_eq!(core.snapshot().dead_letters, 2);
 }
 
 #[test]
@@ -592,7 +592,7 @@ fn debug_does_not_need_a_debug_command() {
         debug.contains("DualWriteCore") && debug.contains("Backfill"),
         "{debug}"
     );
-    assert_eq!(core.stats().snapshot().secondary_writes_ok, 1);
+    assert_eq!(core.snapshot().secondary_writes_ok, 1);
 }
 
 /// Without a flush, dropping the core lets the lanes finish in the
