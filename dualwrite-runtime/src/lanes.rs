@@ -25,6 +25,9 @@ use crate::core::DeadLetter;
 use crate::phase::Store;
 use crate::stats::{Role, Stats};
 
+/// The first sleep of an idle lane between two looks at its queue.
+const IDLE_NAP_MIN: Duration = Duration::from_micros(50);
+
 /// How the secondary lanes run and retry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaneConfig {
@@ -45,6 +48,11 @@ pub struct LaneConfig {
     /// which keeps the caller's tail latency flat under a steady stream of
     /// writes. Zero makes idle lanes sleep at once (least CPU).
     pub idle_poll: Duration,
+    /// The longest sleep of an idle lane between two looks at its queue;
+    /// default 1 ms. Sleeping lanes are never woken by the caller (that
+    /// would cost it a system call), so this bounds how long a write can
+    /// wait before an idle lane picks it up.
+    pub idle_sleep: Duration,
 }
 
 impl Default for LaneConfig {
@@ -56,6 +64,7 @@ impl Default for LaneConfig {
             max_backoff: Duration::from_secs(1),
             attempt_timeout: None,
             idle_poll: Duration::from_micros(200),
+            idle_sleep: Duration::from_millis(1),
         }
     }
 }
@@ -106,6 +115,18 @@ impl LaneConfig {
     pub fn with_idle_poll(mut self, idle_poll: Duration) -> Self {
         self.idle_poll = idle_poll;
         self
+    }
+
+    /// Sets [`LaneConfig::idle_sleep`].
+    #[must_use]
+    pub fn with_idle_sleep(mut self, idle_sleep: Duration) -> Self {
+        self.idle_sleep = idle_sleep;
+        self
+    }
+
+    /// The longest nap of an idle lane (at least the first one).
+    pub(crate) fn idle_nap_max(&self) -> Duration {
+        self.idle_sleep.max(IDLE_NAP_MIN)
     }
 
     /// The number of lanes actually run.
@@ -484,7 +505,19 @@ where
                 }
             }
         }
-        receiver.recv().ok()
+        // Sleep without registering as a waiter on the queue: a sender that
+        // finds no waiter makes no wake-up call, so handing a write over never
+        // costs the caller a system call. The lane checks again after a short
+        // sleep that grows while it stays idle.
+        let mut nap = IDLE_NAP_MIN;
+        loop {
+            thread::sleep(nap);
+            match receiver.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => nap = (nap * 2).min(self.config.idle_nap_max()),
+            }
+        }
     }
 
     /// Applies one job, retrying with backoff; dead-letters it after the
