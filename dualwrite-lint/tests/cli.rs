@@ -194,3 +194,27 @@ fn cargo_metadata_config_is_read() {
         (0, Some("note"))
     );
 }
+
+/// The repository checks itself clean: its only bypasses are the fixtures
+/// (excluded by the root `dualwrite.toml`) and two suppressed, reasoned ones.
+#[test]
+fn this_workspace_is_clean() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dualwrite-lint"))
+        .arg("check")
+        .arg("--root")
+        .arg(root)
+        .arg(root)
+        .output()
+        .expect("run dualwrite-lint");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("no findings"), "{stdout}");
+}
