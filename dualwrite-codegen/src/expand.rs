@@ -107,29 +107,29 @@ pub fn expand_model(m: &TraitModel) -> TokenStream {
     }
 }
 
+/// The arguments that name a generics list's parameters at a use site:
+/// `<'a, T, N>` for `<'a, T: Clone, const N: usize>`.
+fn generic_args(generics: &Generics) -> impl Iterator<Item = TokenStream> + '_ {
+    generics.params.iter().map(|p| match p {
+        GenericParam::Lifetime(l) => {
+            let lt = &l.lifetime;
+            quote!(#lt)
+        }
+        GenericParam::Type(t) => {
+            let id = &t.ident;
+            quote!(#id)
+        }
+        GenericParam::Const(c) => {
+            let id = &c.ident;
+            quote!(#id)
+        }
+    })
+}
+
 /// The command enum's generic arguments at a use site: the trait's own, then
 /// one per associated type, taken from `assoc_owner` (`<Old as Trait>`).
 fn command_args(m: &TraitModel, assoc_owner: &TokenStream) -> TokenStream {
-    let mut args: Vec<TokenStream> = m
-        .item
-        .generics
-        .params
-        .iter()
-        .map(|p| match p {
-            GenericParam::Lifetime(l) => {
-                let lt = &l.lifetime;
-                quote!(#lt)
-            }
-            GenericParam::Type(t) => {
-                let id = &t.ident;
-                quote!(#id)
-            }
-            GenericParam::Const(c) => {
-                let id = &c.ident;
-                quote!(#id)
-            }
-        })
-        .collect();
+    let mut args: Vec<TokenStream> = generic_args(&m.item.generics).collect();
     for assoc in &m.assoc_types {
         let id = &assoc.ident;
         args.push(quote!(#assoc_owner::#id));
@@ -234,20 +234,7 @@ impl Expander<'_> {
                 quote!(#id = <Old as #trait_path>::#id)
             });
             let trait_ident = &self.m.ident;
-            let params = self.m.item.generics.params.iter().map(|p| match p {
-                GenericParam::Lifetime(l) => {
-                    let lt = &l.lifetime;
-                    quote!(#lt)
-                }
-                GenericParam::Type(t) => {
-                    let id = &t.ident;
-                    quote!(#id)
-                }
-                GenericParam::Const(c) => {
-                    let id = &c.ident;
-                    quote!(#id)
-                }
-            });
+            let params = generic_args(&self.m.item.generics);
             let all: Vec<TokenStream> = params.chain(assoc_eq).collect();
             if all.is_empty() {
                 preds.push(quote!(New: #trait_ident));
@@ -403,27 +390,7 @@ impl Expander<'_> {
             quote!(#id = #id)
         });
         let store_bound = {
-            let params: Vec<TokenStream> = m
-                .item
-                .generics
-                .params
-                .iter()
-                .map(|p| match p {
-                    GenericParam::Lifetime(l) => {
-                        let lt = &l.lifetime;
-                        quote!(#lt)
-                    }
-                    GenericParam::Type(t) => {
-                        let id = &t.ident;
-                        quote!(#id)
-                    }
-                    GenericParam::Const(c) => {
-                        let id = &c.ident;
-                        quote!(#id)
-                    }
-                })
-                .chain(assoc_eq)
-                .collect();
+            let params: Vec<TokenStream> = generic_args(&m.item.generics).chain(assoc_eq).collect();
             if params.is_empty() {
                 quote!(#trait_ident)
             } else {
