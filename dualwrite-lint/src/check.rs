@@ -203,23 +203,21 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
         baseline_written: None,
         fail_on: options.fail_on,
     };
-    if let Some(path) = &options.write_baseline {
+    // The baseline in force: the one just written (its findings are, by
+    // definition, the baseline) or the one given.
+    let applied = if let Some(path) = &options.write_baseline {
         baseline::write(path, &report.findings)?;
         report.baseline_written = Some((path.clone(), report.findings.len()));
-        // The findings just recorded are, by definition, the baseline.
         let entries: Vec<Fingerprint> = report
             .findings
             .iter()
             .map(|f| f.fingerprint.clone())
             .collect();
-        let (kept, outcome) = baseline::filter(
-            std::mem::take(&mut report.findings),
-            &entries,
-            &path.display().to_string(),
-        );
-        report.findings = kept;
-        report.baseline = Some(outcome);
-    } else if let (Some(entries), Some(path)) = (baseline_entries, &options.baseline) {
+        Some((entries, path))
+    } else {
+        baseline_entries.zip(options.baseline.as_ref())
+    };
+    if let Some((entries, path)) = applied {
         let (kept, outcome) = baseline::filter(
             std::mem::take(&mut report.findings),
             &entries,
