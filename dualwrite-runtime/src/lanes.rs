@@ -48,11 +48,17 @@ pub struct LaneConfig {
     /// which keeps the caller's tail latency flat under a steady stream of
     /// writes. Zero makes idle lanes sleep at once (least CPU).
     pub idle_poll: Duration,
-    /// The longest sleep of an idle lane between two looks at its queue;
-    /// default 1 ms. Sleeping lanes are never woken by the caller (that
+    /// The longest nap of an idle lane between two looks at its queue;
+    /// default 1 ms. Napping lanes are never woken by the caller (that
     /// would cost it a system call), so this bounds how long a write can
-    /// wait before an idle lane picks it up.
+    /// wait before a napping lane picks it up.
     pub idle_sleep: Duration,
+    /// How long a lane naps before it parks; default 20 ms. A parked lane
+    /// costs nothing until the next write to it, which wakes it (the one
+    /// caller that finds it parked pays that system call). Without parking,
+    /// idle lanes would wake up every `idle_sleep` for as long as the
+    /// service runs. `None` never parks.
+    pub idle_park: Option<Duration>,
 }
 
 impl Default for LaneConfig {
@@ -65,6 +71,7 @@ impl Default for LaneConfig {
             attempt_timeout: None,
             idle_poll: Duration::from_micros(200),
             idle_sleep: Duration::from_millis(1),
+            idle_park: Some(Duration::from_millis(20)),
         }
     }
 }
@@ -121,6 +128,13 @@ impl LaneConfig {
     #[must_use]
     pub fn with_idle_sleep(mut self, idle_sleep: Duration) -> Self {
         self.idle_sleep = idle_sleep;
+        self
+    }
+
+    /// Sets [`LaneConfig::idle_park`].
+    #[must_use]
+    pub fn with_idle_park(mut self, idle_park: Option<Duration>) -> Self {
+        self.idle_park = idle_park;
         self
     }
 
@@ -279,33 +293,61 @@ pub(crate) struct Job<C> {
 /// Where lanes put the writes they give up on.
 pub(crate) type DeadLetterSink<C> = Arc<Mutex<Vec<DeadLetter<C>>>>;
 
-/// Counts jobs submitted and not finished, and wakes flushers at zero.
+/// Counts jobs submitted and finished, and wakes flushers.
+///
+/// Callers only touch `submitted` and lanes only touch `finished`, each on
+/// its own cache line, so a hand-off does not pull a line the lane has just
+/// written into the caller's core. A lane reads `waiters` (written only by
+/// flushers) to learn whether anyone needs a wake-up.
 #[derive(Default)]
 struct Pending {
-    count: AtomicU64,
+    submitted: CacheLine<AtomicU64>,
+    finished: CacheLine<AtomicU64>,
+    waiters: CacheLine<AtomicU64>,
     lock: Mutex<()>,
     idle: Condvar,
     idle_async: Notify,
 }
 
+/// A value alone on a cache line.
+#[derive(Default)]
+#[repr(align(128))]
+struct CacheLine<T>(T);
+
 impl Pending {
     fn start(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.submitted.0.fetch_add(1, Ordering::SeqCst);
     }
 
     fn finish(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Taking the lock orders this wake-up after a flusher that saw a
-            // non-zero count has started waiting, so it cannot be missed.
+        self.finished.0.fetch_add(1, Ordering::SeqCst);
+        // Paired with the SeqCst increment of `waiters` in `wait`: either
+        // this load sees the flusher, or the flusher's load of `finished`
+        // sees this job.
+        if self.waiters.0.load(Ordering::SeqCst) != 0 {
+            // Taking the lock orders this wake-up after a flusher that saw
+            // an unfinished job has started waiting, so it cannot be missed.
             drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
             self.idle.notify_all();
             self.idle_async.notify_waiters();
         }
     }
 
+    /// Jobs submitted and not finished. Zero means that at the moment
+    /// `finished` was read every job submitted until then was finished:
+    /// `finished` never passes `submitted`, and `submitted` is read later.
+    fn count(&self) -> u64 {
+        let finished = self.finished.0.load(Ordering::SeqCst);
+        self.submitted
+            .0
+            .load(Ordering::SeqCst)
+            .saturating_sub(finished)
+    }
+
     fn wait(&self) {
+        let _waiter = Waiter::register(self);
         let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        while self.count.load(Ordering::Acquire) != 0 {
+        while self.count() != 0 {
             guard = self
                 .idle
                 .wait(guard)
@@ -314,16 +356,34 @@ impl Pending {
     }
 
     async fn wait_async(&self) {
+        // Dropped with the future too, so a cancelled flush deregisters.
+        let _waiter = Waiter::register(self);
         loop {
             // Register interest before checking, so a `notify_waiters` between
             // the check and the await still wakes this future.
             let mut notified = pin!(self.idle_async.notified());
             notified.as_mut().enable();
-            if self.count.load(Ordering::Acquire) == 0 {
+            if self.count() == 0 {
                 return;
             }
             notified.await;
         }
+    }
+}
+
+/// A flusher counted in `Pending::waiters` while it lives.
+struct Waiter<'a>(&'a Pending);
+
+impl<'a> Waiter<'a> {
+    fn register(pending: &'a Pending) -> Self {
+        pending.waiters.0.fetch_add(1, Ordering::SeqCst);
+        Waiter(pending)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -406,8 +466,8 @@ impl<C> SecondaryLanes<C> {
             Some(hash) => (hash % self.senders.len() as u64) as usize,
             None => 0,
         };
-        // One shared counter per hand-off: the pending gauge of the stats
-        // is read from it (see `SecondaryLanes::pending`).
+        // The pending gauge of the stats is read from these counters (see
+        // `SecondaryLanes::pending`).
         self.pending.start();
         self.senders[lane].send(job).map_err(|error| {
             self.pending.finish();
@@ -417,7 +477,7 @@ impl<C> SecondaryLanes<C> {
 
     /// Writes handed to the lanes and not yet applied or dead-lettered.
     pub(crate) fn pending(&self) -> u64 {
-        self.pending.count.load(Ordering::Acquire)
+        self.pending.count()
     }
 
     /// Blocks until every job submitted so far is applied or dead-lettered.
@@ -441,7 +501,7 @@ impl<C> fmt::Debug for SecondaryLanes<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecondaryLanes")
             .field("lanes", &self.senders.len())
-            .field("pending", &self.pending.count.load(Ordering::Acquire))
+            .field("pending", &self.pending.count())
             .field("config", &self.config)
             .finish()
     }
@@ -505,13 +565,19 @@ where
                 }
             }
         }
-        // Sleep without registering as a waiter on the queue: a sender that
-        // finds no waiter makes no wake-up call, so handing a write over never
-        // costs the caller a system call. The lane checks again after a short
+        // Nap without registering as a waiter on the queue: a sender that
+        // finds no waiter makes no wake-up call, so handing a write over
+        // costs the caller no system call. The lane checks again after a short
         // sleep that grows while it stays idle.
         let mut nap = IDLE_NAP_MIN;
+        let mut napped = Duration::ZERO;
         loop {
+            if self.config.idle_park.is_some_and(|park| napped >= park) {
+                // Long idle: block until a sender wakes the lane.
+                return receiver.recv().ok();
+            }
             thread::sleep(nap);
+            napped += nap;
             match receiver.try_recv() {
                 Ok(job) => return Some(job),
                 Err(TryRecvError::Disconnected) => return None,
@@ -626,6 +692,7 @@ mod tests {
         assert_eq!(config.initial_backoff, Duration::from_millis(10));
         assert_eq!(config.max_backoff, Duration::from_secs(1));
         assert_eq!(config.attempt_timeout, None);
+        assert_eq!(config.idle_park, Some(Duration::from_millis(20)));
         let zero = config.with_lanes(0).with_max_attempts(0);
         assert_eq!(zero.lane_count(), 1);
         assert_eq!(zero.attempt_limit(), 1);
@@ -661,6 +728,46 @@ mod tests {
     fn xorshift_never_sticks_at_zero() {
         let mut rng = XorShift64::seeded(0);
         assert!((0..100).all(|_| rng.next_u64() != 0));
+    }
+
+    fn job(key: u64, command: u64) -> Job<u64> {
+        Job {
+            method: "put",
+            key: None,
+            render_key: None,
+            key_hash: Some(key),
+            target: Store::New,
+            command,
+        }
+    }
+
+    #[test]
+    fn a_parked_lane_wakes_for_the_next_write() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&applied);
+        let config = LaneConfig::default()
+            .with_lanes(1)
+            .with_idle_poll(Duration::ZERO)
+            .with_idle_sleep(Duration::from_micros(100))
+            .with_idle_park(Some(Duration::from_millis(1)));
+        let lanes = SecondaryLanes::start(
+            config,
+            Stats::new(),
+            Arc::default(),
+            move |_: &LaneContext, _: Store, command: &u64| {
+                sink.lock().unwrap().push(*command);
+                Ok(())
+            },
+        );
+        assert!(lanes.submit(job(1, 10)).is_ok());
+        lanes.flush();
+        // Long enough for the lane to nap past `idle_park` and block.
+        thread::sleep(Duration::from_millis(30));
+        assert!(lanes.submit(job(1, 11)).is_ok());
+        assert!(lanes.submit(job(2, 12)).is_ok());
+        lanes.flush();
+        assert_eq!(*applied.lock().unwrap(), vec![10, 11, 12]);
+        assert_eq!(lanes.pending(), 0);
     }
 
     #[test]
