@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
-use crate::analysis::{self, FileSummary, SourceFile};
+use crate::analysis::{self, FileSummary, Interest, SourceFile, declares_annotated_traits};
 use crate::baseline::{self, BaselineOutcome};
 use crate::config::{Config, TestPolicy};
 use crate::error::DriverError;
@@ -121,10 +121,41 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
         .map_err(|error| DriverError::new(format!("cannot start worker threads: {error}")))?;
     let analysis_config = config.analysis_config();
     let (outcomes, engine_findings) = pool.install(|| {
-        let mut outcomes: Vec<FileOutcome> = walked
+        // Files that declare annotated traits first, recording every call;
+        // then the rest, recording only the calls that can match a rule
+        // (see `analysis::Interest`). The rest are read again rather than
+        // held in memory between the passes; each file is pre-checked once.
+        let first: Vec<Option<FileOutcome>> = walked
             .files
             .par_iter()
-            .map(|file| check_file(file, &config))
+            .map(
+                |file| match intake::read_text(&file.abs, config.max_file_size) {
+                    Err(rejection) => Some(rejected(rejection)),
+                    Ok(text) if declares_annotated_traits(&text) => {
+                        Some(match intake::too_deep(&text, config.max_nesting) {
+                            Some(rejection) => rejected(rejection),
+                            None => summarize_file(file, &text, None),
+                        })
+                    }
+                    Ok(_) => None,
+                },
+            )
+            .collect();
+        let interest = Interest::new(
+            &analysis_config.apis,
+            first.iter().flatten().filter_map(|o| o.summary.as_ref()),
+        );
+        let mut outcomes: Vec<FileOutcome> = first
+            .into_par_iter()
+            .zip(walked.files.par_iter())
+            .map(|(outcome, file)| {
+                outcome.unwrap_or_else(|| {
+                    match intake::read_source(&file.abs, config.max_file_size, config.max_nesting) {
+                        Err(rejection) => rejected(rejection),
+                        Ok(text) => summarize_file(file, &text, Some(&interest)),
+                    }
+                })
+            })
             .collect();
         let summaries: Vec<FileSummary> = outcomes
             .iter_mut()
@@ -229,26 +260,28 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
     Ok(report)
 }
 
-/// Reads, pre-checks and summarizes one file, on a parsing thread.
-fn check_file(file: &SourcePath, config: &Config) -> FileOutcome {
-    let text = match intake::read_source(&file.abs, config.max_file_size, config.max_nesting) {
-        Ok(text) => text,
-        Err(rejection) => {
-            return FileOutcome {
-                summary: None,
-                rejection: Some(rejection),
-                suppressions: Vec::new(),
-                bytes: 0,
-            };
-        }
-    };
-    let suppressions = suppress::scan(&file.rel, &text);
+/// The outcome of a file rejected at intake.
+fn rejected(rejection: Rejection) -> FileOutcome {
+    FileOutcome {
+        summary: None,
+        rejection: Some(rejection),
+        suppressions: Vec::new(),
+        bytes: 0,
+    }
+}
+
+/// Summarizes one file, on a parsing thread, recording the calls
+/// `interest` names (all if `None`).
+fn summarize_file(file: &SourcePath, text: &str, interest: Option<&Interest>) -> FileOutcome {
+    let suppressions = suppress::scan(&file.rel, text);
     let source = SourceFile {
         path: &file.rel,
-        text: &text,
+        text,
         is_test_file: file.is_test_file,
     };
-    let result = catch_unwind(AssertUnwindSafe(|| analysis::summarize(source)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        analysis::summarize_with(source, interest)
+    }));
     // Every span created while summarizing this file is dead from here on;
     // without this, proc-macro2 keeps every file's text for the whole run.
     proc_macro2::extra::invalidate_current_thread_spans();

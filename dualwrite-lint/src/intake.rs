@@ -37,6 +37,16 @@ impl Rejection {
 
 /// Reads `path` as Rust source text.
 pub fn read_source(path: &Path, max_size: u64, max_nesting: usize) -> Result<String, Rejection> {
+    let text = read_text(path, max_size)?;
+    if let Some(deep) = too_deep(&text, max_nesting) {
+        return Err(deep);
+    }
+    Ok(text)
+}
+
+/// The first checks of [`read_source`]: readable, within `max_size`, UTF-8
+/// and not empty (nesting is not checked).
+pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
     let unreadable = |error: std::io::Error| {
         Rejection::at_start(
             "unreadable",
@@ -89,9 +99,6 @@ pub fn read_source(path: &Path, max_size: u64, max_nesting: usize) -> Result<Str
             Severity::Warning,
         ));
     }
-    if let Some(deep) = too_deep(&text, max_nesting) {
-        return Err(deep);
-    }
     Ok(text)
 }
 
@@ -143,6 +150,14 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
     };
     while i < bytes.len() {
         let b = bytes[i];
+        // Most bytes change no state: blanks, and identifier characters
+        // after the first (except `r`, which may start a raw string).
+        if BLANK[usize::from(b)]
+            || (IDENT_NOT_R[usize::from(b)] && i > 0 && IDENT[usize::from(bytes[i - 1])])
+        {
+            i += 1;
+            continue;
+        }
         match b {
             b'\n' => {
                 line += 1;
@@ -294,6 +309,37 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
     }
     None
 }
+
+/// The byte classes [`too_deep`] looks up.
+#[derive(Clone, Copy)]
+enum ByteClass {
+    /// Whitespace other than a newline (as `u8::is_ascii_whitespace`).
+    Blank,
+    /// ASCII identifier characters.
+    Ident,
+    /// ASCII identifier characters other than `r`.
+    IdentNotR,
+}
+
+const fn byte_table(class: ByteClass) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut index = 0;
+    while index < 256 {
+        let b = index as u8;
+        let ident = b.is_ascii_alphanumeric() || b == b'_';
+        table[index] = match class {
+            ByteClass::Blank => matches!(b, b' ' | b'\t' | b'\r' | 0x0c),
+            ByteClass::Ident => ident,
+            ByteClass::IdentNotR => ident && b != b'r',
+        };
+        index += 1;
+    }
+    table
+}
+
+static BLANK: [bool; 256] = byte_table(ByteClass::Blank);
+static IDENT: [bool; 256] = byte_table(ByteClass::Ident);
+static IDENT_NOT_R: [bool; 256] = byte_table(ByteClass::IdentNotR);
 
 /// `r"`, `r#"`, `br"`... but not an identifier ending in `r`.
 fn is_raw_string_start(bytes: &[u8], i: usize) -> bool {

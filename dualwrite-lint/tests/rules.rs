@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use dualwrite_lint::analysis::{
-    AnalysisConfig, ApiTable, FileSummary, SourceFile, analyze, summarize,
+    AnalysisConfig, ApiTable, FileSummary, Interest, SourceFile, analyze,
+    declares_annotated_traits, summarize, summarize_with,
 };
 use dualwrite_lint::finding::{Finding, RuleId};
 
@@ -32,12 +33,22 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Summarizes every file of a fixture the way the driver does.
-fn summaries(name: &str) -> Vec<FileSummary> {
+/// How a fixture's files are summarized.
+#[derive(Clone, Copy, PartialEq)]
+enum Passes {
+    /// As the driver does: files that declare annotated traits first, then
+    /// the rest with only the calls of interest recorded.
+    Driver,
+    /// Every call of every file recorded.
+    RecordAll,
+}
+
+/// Summarizes every file of a fixture.
+fn summaries(name: &str, passes: Passes) -> Vec<FileSummary> {
     let root = fixtures_root().join(name);
     let mut files = Vec::new();
     rust_files(&root, &mut files);
-    files
+    let sources: Vec<(String, String)> = files
         .iter()
         .map(|path| {
             let rel = path
@@ -45,24 +56,97 @@ fn summaries(name: &str) -> Vec<FileSummary> {
                 .unwrap()
                 .to_string_lossy()
                 .replace('\\', "/");
-            let text = std::fs::read_to_string(path).unwrap();
-            let summary = summarize(SourceFile {
-                path: &rel,
-                text: &text,
+            (rel, std::fs::read_to_string(path).unwrap())
+        })
+        .collect();
+    let summarize_one = |(rel, text): &(String, String), interest: Option<&Interest>| {
+        let summary = summarize_with(
+            SourceFile {
+                path: rel,
+                text,
                 is_test_file: rel.starts_with("tests/"),
-            })
-            .unwrap_or_else(|e| panic!("{rel}: {e:?}"));
-            proc_macro2::extra::invalidate_current_thread_spans();
+            },
+            interest,
+        )
+        .unwrap_or_else(|e| panic!("{rel}: {e:?}"));
+        proc_macro2::extra::invalidate_current_thread_spans();
+        summary
+    };
+    let first_pass = |(_, text): &&(String, String)| {
+        passes == Passes::RecordAll || declares_annotated_traits(text)
+    };
+    let mut out: Vec<Option<FileSummary>> = sources
+        .iter()
+        .map(|source| first_pass(&source).then(|| summarize_one(source, None)))
+        .collect();
+    let interest = Interest::new(&ApiTable::default_table(), out.iter().flatten());
+    // In file order, as the driver keeps it.
+    sources
+        .iter()
+        .zip(&mut out)
+        .map(|(source, summary)| {
             summary
+                .take()
+                .unwrap_or_else(|| summarize_one(source, Some(&interest)))
         })
         .collect()
 }
 
 fn findings(name: &str) -> Vec<Finding> {
+    findings_with(name, Passes::Driver)
+}
+
+fn findings_with(name: &str, passes: Passes) -> Vec<Finding> {
     let config = AnalysisConfig {
         apis: ApiTable::default_table(),
     };
-    analyze(&summaries(name), &config)
+    analyze(&summaries(name, passes), &config)
+}
+
+/// Recording only the calls of interest changes no finding, in any fixture.
+#[test]
+fn recording_only_calls_of_interest_changes_no_finding() {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        // The driver's fixtures hold bad input on purpose; the driver's
+        // tests run them through both passes.
+        .filter(|name| fixtures_root().join(name).is_dir() && !name.starts_with("driver-"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 7, "{names:?}");
+    for name in &names {
+        let driver = render(&findings_with(name, Passes::Driver));
+        let all = render(&findings_with(name, Passes::RecordAll));
+        assert_eq!(driver, all, "fixture `{name}`");
+    }
+}
+
+/// The calls left out are many: a file without annotated traits keeps
+/// only its raw-write calls.
+#[test]
+fn calls_of_no_interest_are_not_recorded() {
+    let text = "fn f(v: Vec<u8>, c: &rusqlite::Connection) {\n    let n = v.len();\n    println!(\"{}\", v.iter().count());\n    c.execute(\"DELETE FROM t\", []).unwrap();\n}\n";
+    let source = SourceFile {
+        path: "src/lib.rs",
+        text,
+        is_test_file: false,
+    };
+    let interest = Interest::new(&ApiTable::default_table(), []);
+    let all = summarize(source).unwrap();
+    let some = summarize_with(source, Some(&interest)).unwrap();
+    proc_macro2::extra::invalidate_current_thread_spans();
+    let names = |s: &FileSummary| {
+        s.calls
+            .iter()
+            .map(|c| c.callee.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&all),
+        ["len", "println", "count", "iter", "unwrap", "execute"]
+    );
+    assert_eq!(names(&some), ["execute"]);
 }
 
 fn render(findings: &[Finding]) -> String {

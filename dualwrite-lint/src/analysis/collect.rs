@@ -17,6 +17,7 @@ use super::hints::{
     expr_hint, first_literal_keyword, literal_keyword, path_text, receiver_text, span_between,
     span_of, sql_evidence, type_path,
 };
+use super::interest::Interest;
 use super::macros::{self, Piece};
 use super::summary::{
     CallKind, CallSite, CodegenError, FileSummary, ImplHeader, Import, ItemContext, SqlEvidence,
@@ -28,7 +29,7 @@ use super::summary::{
 const MAX_MACRO_DEPTH: u32 = 8;
 
 /// Walks one file.
-pub struct Collector {
+pub struct Collector<'i> {
     summary: FileSummary,
     env: Env,
     /// The self type of the enclosing `impl` (for `self`, `Self`).
@@ -42,6 +43,12 @@ pub struct Collector {
     current_item: Option<u32>,
     in_test: bool,
     macro_depth: u32,
+    /// Calls to record; `None`: all.
+    interest: Option<&'i Interest>,
+    /// The file's text (macro bodies are scanned in it).
+    text: &'i str,
+    /// Byte offsets of the text's line starts, made on first use.
+    line_starts: Vec<usize>,
 }
 
 /// What entering an item changes, restored on leaving it.
@@ -52,9 +59,15 @@ struct Saved {
     pushed: bool,
 }
 
-impl Collector {
-    /// A collector for the file at `path`.
-    pub fn new(path: &str, is_test_file: bool) -> Self {
+impl<'i> Collector<'i> {
+    /// A collector for the file at `path`, recording the calls `interest`
+    /// names (all if `None`).
+    pub fn new(
+        path: &str,
+        text: &'i str,
+        is_test_file: bool,
+        interest: Option<&'i Interest>,
+    ) -> Self {
         Collector {
             summary: FileSummary {
                 path: path.to_owned(),
@@ -68,7 +81,16 @@ impl Collector {
             current_item: None,
             in_test: is_test_file,
             macro_depth: 0,
+            interest,
+            text,
+            line_starts: Vec::new(),
         }
+    }
+
+    /// Whether a call named `name` is to be recorded.
+    fn wanted(&self, name: &syn::Ident) -> bool {
+        self.interest
+            .is_none_or(|interest| interest.contains_ident(name))
     }
 
     /// The summary of everything walked.
@@ -216,6 +238,14 @@ impl Collector {
         let Some(last) = mac.path.segments.last() else {
             return;
         };
+        if !self.wanted(&last.ident) {
+            // Not a call of interest itself: read its body only if the body
+            // names one.
+            if self.body_mentions_interest(mac) && macros::body_facts(&mac.tokens).may_call {
+                self.read_macro_body(mac, &last.ident);
+            }
+            return;
+        }
         let first = mac
             .path
             .segments
@@ -233,15 +263,58 @@ impl Collector {
             item: 0,
             in_test: false,
         });
-        let name = last.ident.to_string();
-        if macros::is_quoting_macro(&name) || self.macro_depth >= MAX_MACRO_DEPTH {
-            return;
-        }
         let facts = macros::body_facts(&mac.tokens);
         self.summary.calls[index].sql = facts
             .sql
             .and_then(|token| token_sql_evidence(token, &self.env));
-        if !facts.may_call {
+        if facts.may_call && (self.interest.is_none() || self.body_mentions_interest(mac)) {
+            self.read_macro_body(mac, &last.ident);
+        }
+    }
+
+    /// Whether a macro's body names a call of interest: its source text is
+    /// scanned, or its tokens when the span does not lead back to the text.
+    fn body_mentions_interest(&mut self, mac: &Macro) -> bool {
+        let Some(interest) = self.interest else {
+            return true;
+        };
+        let span = mac.delimiter.span().join();
+        let start = self.byte_offset(span.start());
+        let end = self.byte_offset(span.end());
+        match start
+            .zip(end)
+            .and_then(|(start, end)| self.text.get(start..end))
+        {
+            Some(body) if !body.is_empty() => interest.mentioned_in_text(body),
+            _ => interest.mentioned_in(&mac.tokens),
+        }
+    }
+
+    /// The byte offset in the text of a line and (character) column.
+    /// (`Span::byte_range` gives the same, but costs a walk over the
+    /// characters before the span.)
+    fn byte_offset(&mut self, at: proc_macro2::LineColumn) -> Option<usize> {
+        if self.line_starts.is_empty() {
+            self.line_starts.push(0);
+            self.line_starts
+                .extend(self.text.match_indices('\n').map(|(i, _)| i + 1));
+        }
+        let line_start = *self.line_starts.get(at.line.checked_sub(1)?)?;
+        let line = self.text.get(line_start..)?;
+        if at.column == 0 {
+            return Some(line_start);
+        }
+        line.char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(line.len()))
+            .nth(at.column)
+            .map(|i| line_start + i)
+    }
+
+    /// Walks the code in a macro's body (unless the macro quotes code or
+    /// nesting is too deep).
+    fn read_macro_body(&mut self, mac: &Macro, name: &syn::Ident) {
+        if macros::is_quoting_macro(&name.to_string()) || self.macro_depth >= MAX_MACRO_DEPTH {
             return;
         }
         self.macro_depth += 1;
@@ -267,7 +340,7 @@ impl Collector {
     }
 }
 
-impl<'ast> Visit<'ast> for Collector {
+impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_item_mod(&mut self, item: &'ast ItemMod) {
         let saved = self.enter(Some(format!("mod {}", item.ident)), &item.attrs);
         if let Some((_, items)) = &item.content {
@@ -458,6 +531,10 @@ impl<'ast> Visit<'ast> for Collector {
     }
 
     fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
+        if !self.wanted(&call.method) {
+            visit::visit_expr_method_call(self, call);
+            return;
+        }
         let receiver = self.hint(&call.receiver);
         let sql = call.args.first().and_then(|a| sql_evidence(a, &self.env));
         self.push_call(CallSite {
@@ -477,6 +554,7 @@ impl<'ast> Visit<'ast> for Collector {
     fn visit_expr_call(&mut self, call: &'ast ExprCall) {
         if let Expr::Path(func) = &*call.func
             && let Some(last) = func.path.segments.last()
+            && self.wanted(&last.ident)
         {
             let first = match &func.qself {
                 Some(qself) => qself.lt_token.span,
@@ -519,7 +597,7 @@ impl<'ast> Visit<'ast> for Collector {
     }
 }
 
-impl Collector {
+impl Collector<'_> {
     fn record_const(&mut self, ident: &syn::Ident, expr: &Expr) {
         let keyword = match expr {
             Expr::Macro(m) => first_literal_keyword(&m.mac.tokens),
@@ -707,4 +785,30 @@ fn join(prefix: &[String], last: &str) -> Box<str> {
     }
     text.push_str(last);
     text.into_boxed_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A macro body's text is found from its span's lines and columns,
+    /// past multi-byte characters.
+    #[test]
+    fn macro_bodies_are_found_in_the_text() {
+        let text = "// é\nfn f() { let s = \"ü\"; println!(\"{}\", x.execute(1)); }\n";
+        let file = syn::parse_file(text).unwrap();
+        let syn::Item::Fn(function) = &file.items[0] else {
+            panic!("a function")
+        };
+        let syn::Stmt::Macro(statement) = &function.block.stmts[1] else {
+            panic!("a macro statement")
+        };
+        let mut collector = Collector::new("f.rs", text, false, None);
+        let span = statement.mac.delimiter.span().join();
+        let start = collector.byte_offset(span.start()).unwrap();
+        let end = collector.byte_offset(span.end()).unwrap();
+        assert_eq!(&text[start..end], "(\"{}\", x.execute(1))");
+        assert_eq!(span.byte_range(), start..end);
+        proc_macro2::extra::invalidate_current_thread_spans();
+    }
 }

@@ -15,6 +15,7 @@ mod collect;
 mod env;
 mod hints;
 mod index;
+mod interest;
 pub mod macros;
 mod rules;
 pub mod sql;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use syn::visit::Visit;
 
 pub use apis::{ApiKind, ApiSpec, ApiTable, CallForm};
+pub use interest::{Interest, declares_annotated_traits};
 pub use summary::FileSummary;
 
 use crate::finding::Finding;
@@ -61,9 +63,21 @@ pub struct AnalysisConfig {
 /// that will call `proc_macro2::extra::invalidate_current_thread_spans`
 /// afterwards (the driver does this per file).
 pub fn summarize(file: SourceFile<'_>) -> Result<FileSummary, ParseFailure> {
+    summarize_with(file, None)
+}
+
+/// [`summarize`], recording only the calls `interest` names (and reading
+/// only the macro bodies that mention one): a call of any other name can
+/// match no rule, so leaving it out changes no finding. `None` records
+/// every call. The same threading rule as for [`summarize`] applies.
+pub fn summarize_with(
+    file: SourceFile<'_>,
+    interest: Option<&Interest>,
+) -> Result<FileSummary, ParseFailure> {
     match syn::parse_file(file.text) {
         Ok(ast) => {
-            let mut collector = collect::Collector::new(file.path, file.is_test_file);
+            let mut collector =
+                collect::Collector::new(file.path, file.text, file.is_test_file, interest);
             collector.visit_file(&ast);
             Ok(collector.finish())
         }

@@ -1,0 +1,204 @@
+//! Which call names can matter to a rule.
+//!
+//! DW001 looks only at calls whose name (a method, or the last segment of a
+//! called path) is a write of an annotated trait; DW002 only at calls whose
+//! name is the last segment of a raw-write API. Every annotated trait is
+//! written `#[dual_write ..]` or `#[path::dual_write ..]`, so the files that
+//! declare one contain the text `dual_write`. The driver summarizes those
+//! files first, builds an [`Interest`] from their traits and the API table,
+//! and then summarizes every other file recording only the calls the
+//! interest names: the rest could match no rule. That skips most of the
+//! per-call work and most macro bodies (format arguments, logs, asserts).
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use proc_macro2::{Ident, TokenStream, TokenTree};
+
+use super::apis::ApiTable;
+use super::macros::MAX_GROUP_DEPTH;
+use super::summary::FileSummary;
+
+/// Whether a file's text can declare an annotated trait (and so must be
+/// summarized before the interest is known).
+pub fn declares_annotated_traits(text: &str) -> bool {
+    text.contains("dual_write")
+}
+
+/// The call names that can match a rule.
+#[derive(Debug, Clone)]
+pub struct Interest {
+    names: HashSet<Box<str>>,
+    /// Bytes some name starts with: most words are rejected without
+    /// hashing.
+    first_bytes: [bool; 256],
+    /// Bit `n` is set if some name is `n` bytes long (`n` < 64).
+    lengths: u64,
+    /// Some name is 64 bytes or longer.
+    long_names: bool,
+}
+
+thread_local! {
+    /// Scratch text of one identifier (proc-macro2 lends no `&str`).
+    static IDENT_TEXT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl Interest {
+    /// The write methods of the traits in `summaries` and the last segment
+    /// of every API in `apis`.
+    pub fn new<'a>(apis: &ApiTable, summaries: impl IntoIterator<Item = &'a FileSummary>) -> Self {
+        let mut names: HashSet<Box<str>> = apis
+            .specs
+            .iter()
+            .filter_map(|spec| spec.name.trim_end_matches('!').rsplit("::").next())
+            .map(Box::from)
+            .collect();
+        for summary in summaries {
+            for summary_trait in &summary.traits {
+                names.extend(summary_trait.writes.iter().cloned());
+            }
+        }
+        let mut first_bytes = [false; 256];
+        let mut lengths = 0_u64;
+        let mut long_names = false;
+        for name in &names {
+            if let Some(&first) = name.as_bytes().first() {
+                first_bytes[usize::from(first)] = true;
+            }
+            match u32::try_from(name.len()) {
+                Ok(len) if len < 64 => lengths |= 1 << len,
+                _ => long_names = true,
+            }
+        }
+        Interest {
+            names,
+            first_bytes,
+            lengths,
+            long_names,
+        }
+    }
+
+    /// Whether a call named `name` can match a rule.
+    pub fn contains(&self, name: &str) -> bool {
+        let Some(&first) = name.as_bytes().first() else {
+            return false;
+        };
+        let length_possible = match u32::try_from(name.len()) {
+            Ok(len) if len < 64 => self.lengths & (1 << len) != 0,
+            _ => self.long_names,
+        };
+        length_possible && self.first_bytes[usize::from(first)] && self.names.contains(name)
+    }
+
+    /// Whether any identifier-like word of `text` (source text, comments
+    /// and literals included, so the answer errs towards yes) is a name of
+    /// interest. Scans bytes; allocates nothing.
+    pub fn mentioned_in_text(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        let mut i = 0;
+        while i < bytes.len() {
+            if !is_word(bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && is_word(bytes[i]) {
+                i += 1;
+            }
+            // Word boundaries are ASCII bytes, so these are char boundaries.
+            if self.contains(&text[start..i]) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// [`Interest::contains`] for an identifier, without allocating.
+    pub fn contains_ident(&self, ident: &Ident) -> bool {
+        IDENT_TEXT.with(|text| {
+            let mut text = text.borrow_mut();
+            text.clear();
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{ident}");
+            self.contains(text.as_str())
+        })
+    }
+
+    /// Whether any identifier in `tokens` (groups included, down to
+    /// [`MAX_GROUP_DEPTH`]) is a name of interest. Slower than
+    /// [`Interest::mentioned_in_text`]: for tokens without source text.
+    pub fn mentioned_in(&self, tokens: &TokenStream) -> bool {
+        self.mentioned_at(tokens, 0)
+    }
+
+    fn mentioned_at(&self, tokens: &TokenStream, depth: u32) -> bool {
+        if depth > MAX_GROUP_DEPTH {
+            return false;
+        }
+        tokens.clone().into_iter().any(|tree| match &tree {
+            TokenTree::Ident(ident) => self.contains_ident(ident),
+            TokenTree::Group(group) => self.mentioned_at(&group.stream(), depth + 1),
+            _ => false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::summary::TraitSummary;
+
+    fn interest() -> Interest {
+        let summary = FileSummary {
+            traits: vec![TraitSummary {
+                name: "UserStore".into(),
+                adapter: "UserStoreDualWrite".into(),
+                writes: vec!["rename_account".into()],
+                errors: Vec::new(),
+                span: Default::default(),
+                in_test: false,
+            }],
+            ..FileSummary::default()
+        };
+        Interest::new(&ApiTable::default_table(), [&summary])
+    }
+
+    #[test]
+    fn names_come_from_traits_and_the_api_table() {
+        let interest = interest();
+        assert!(interest.contains("rename_account"));
+        // `sqlx::query` and `query!` by their last segment.
+        assert!(interest.contains("query"));
+        assert!(interest.contains("insert_into"));
+        assert!(!interest.contains("len"));
+        assert!(interest.contains_ident(&Ident::new("execute", proc_macro2::Span::call_site())));
+    }
+
+    #[test]
+    fn mentions_are_found_at_any_depth() {
+        let interest = interest();
+        let mentioned = |text: &str| interest.mentioned_in(&text.parse().unwrap());
+        assert!(mentioned("\"{}\", x.rename_account(1)"));
+        assert!(mentioned("a, [b, { c.execute(q) }]"));
+        assert!(!mentioned("\"{} {}\", a.len(), b.to_string()"));
+        assert!(!mentioned(""));
+        let in_text = |text: &str| interest.mentioned_in_text(text);
+        assert!(in_text("(\"{}\", x.rename_account(1))"));
+        assert!(in_text("[b, { c.execute(q) }]"));
+        assert!(in_text("(é, execute)"));
+        assert!(!in_text(
+            "(\"{} {}\", a.len(), b.to_string(), executed, re_execute)"
+        ));
+        assert!(!in_text(""));
+    }
+
+    #[test]
+    fn only_files_naming_the_attribute_declare_traits() {
+        assert!(declares_annotated_traits(
+            "#[dualwrite_runtime::dual_write]\ntrait T {}"
+        ));
+        assert!(!declares_annotated_traits("trait T { fn insert(&self); }"));
+    }
+}
