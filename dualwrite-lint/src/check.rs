@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -123,38 +124,58 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
     let (outcomes, engine_findings) = pool.install(|| {
         // Files that declare annotated traits first, recording every call;
         // then the rest, recording only the calls that can match a rule
-        // (see `analysis::Interest`). The rest are read again rather than
-        // held in memory between the passes; each file is pre-checked once.
-        let first: Vec<Option<FileOutcome>> = walked
+        // (see `analysis::Interest`). The texts of the rest are kept between
+        // the passes up to `KEPT_TEXT_BUDGET` bytes and read again beyond.
+        let kept = AtomicU64::new(0);
+        let first: Vec<FirstPass> = walked
             .files
             .par_iter()
             .map(
                 |file| match intake::read_text(&file.abs, config.max_file_size) {
-                    Err(rejection) => Some(rejected(rejection)),
-                    Ok(text) if declares_annotated_traits(&text) => {
-                        Some(match intake::too_deep(&text, config.max_nesting) {
+                    Err(rejection) => FirstPass::Done(Box::new(rejected(rejection))),
+                    Ok(text) if declares_annotated_traits(&text) => FirstPass::Done(Box::new(
+                        match intake::too_deep(&text, config.max_nesting) {
                             Some(rejection) => rejected(rejection),
                             None => summarize_file(file, &text, None),
-                        })
+                        },
+                    )),
+                    Ok(text) => {
+                        let size = text.len() as u64;
+                        let total = kept.fetch_add(size, Ordering::Relaxed) + size;
+                        FirstPass::Later((total <= KEPT_TEXT_BUDGET).then_some(text))
                     }
-                    Ok(_) => None,
                 },
             )
             .collect();
         let interest = Interest::new(
             &analysis_config.apis,
-            first.iter().flatten().filter_map(|o| o.summary.as_ref()),
+            first.iter().filter_map(|pass| match pass {
+                FirstPass::Done(outcome) => outcome.summary.as_ref(),
+                FirstPass::Later(_) => None,
+            }),
         );
         let mut outcomes: Vec<FileOutcome> = first
             .into_par_iter()
             .zip(walked.files.par_iter())
-            .map(|(outcome, file)| {
-                outcome.unwrap_or_else(|| {
-                    match intake::read_source(&file.abs, config.max_file_size, config.max_nesting) {
-                        Err(rejection) => rejected(rejection),
-                        Ok(text) => summarize_file(file, &text, Some(&interest)),
+            .map(|(pass, file)| {
+                let text = match pass {
+                    FirstPass::Done(outcome) => return *outcome,
+                    FirstPass::Later(Some(text)) => {
+                        match intake::too_deep(&text, config.max_nesting) {
+                            Some(rejection) => return rejected(rejection),
+                            None => text,
+                        }
                     }
-                })
+                    FirstPass::Later(None) => match intake::read_source(
+                        &file.abs,
+                        config.max_file_size,
+                        config.max_nesting,
+                    ) {
+                        Ok(text) => text,
+                        Err(rejection) => return rejected(rejection),
+                    },
+                };
+                summarize_file(file, &text, Some(&interest))
             })
             .collect();
         let summaries: Vec<FileSummary> = outcomes
@@ -258,6 +279,18 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
         report.baseline = Some(outcome);
     }
     Ok(report)
+}
+
+/// How many bytes of source text the first pass keeps for the second; the
+/// rest is read again.
+const KEPT_TEXT_BUDGET: u64 = 256 << 20;
+
+/// A file after the first pass.
+enum FirstPass {
+    /// Rejected, or summarized with every call recorded.
+    Done(Box<FileOutcome>),
+    /// For the second pass; its text if kept.
+    Later(Option<String>),
 }
 
 /// The outcome of a file rejected at intake.

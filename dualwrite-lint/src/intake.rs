@@ -128,10 +128,11 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
     let mut angle = 0usize;
     let mut segment = 0usize;
     let segment_limit = limit.saturating_mul(8);
-    let mut line = 1;
-    let mut line_start = 0;
     let mut i = 0;
-    let reject = |what: &str, at: usize, line: usize, line_start: usize| {
+    // Lines and columns are counted only for the rejection.
+    let reject = |what: &str, at: usize| {
+        let line_start = memchr::memrchr(b'\n', &bytes[..at]).map_or(0, |p| p + 1);
+        let line = memchr::memchr_iter(b'\n', &bytes[..line_start]).count() + 1;
         let column = text[line_start..at].chars().count() + 1;
         let why = if what == "tokens" {
             format!(
@@ -153,22 +154,15 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
         // Most bytes change no state: blanks, and identifier characters
         // after the first (except `r`, which may start a raw string).
         if BLANK[usize::from(b)]
+            || b == b'\n'
             || (IDENT_NOT_R[usize::from(b)] && i > 0 && IDENT[usize::from(bytes[i - 1])])
         {
             i += 1;
             continue;
         }
         match b {
-            b'\n' => {
-                line += 1;
-                line_start = i + 1;
-                i += 1;
-                continue;
-            }
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
+                i = memchr::memchr(b'\n', &bytes[i..]).map_or(bytes.len(), |p| i + p);
                 continue;
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
@@ -184,11 +178,9 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
                             break;
                         }
                     } else {
-                        if bytes[i] == b'\n' {
-                            line += 1;
-                            line_start = i + 1;
-                        }
-                        i += 1;
+                        // To the next `*` or `/`.
+                        i = memchr::memchr2(b'*', b'/', &bytes[i + 1..])
+                            .map_or(bytes.len(), |p| i + 1 + p);
                     }
                 }
                 continue;
@@ -202,26 +194,23 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
                 }
                 j += 1; // the opening quote
                 loop {
-                    match bytes.get(j) {
-                        None => break,
-                        Some(b'"')
-                            if bytes[j + 1..]
-                                .iter()
-                                .take(hashes)
-                                .filter(|c| **c == b'#')
-                                .count()
-                                == hashes =>
-                        {
-                            j += 1 + hashes;
-                            break;
-                        }
-                        Some(b'\n') => {
-                            line += 1;
-                            line_start = j + 1;
-                            j += 1;
-                        }
-                        Some(_) => j += 1,
+                    let Some(quote) = bytes.get(j..).and_then(|rest| memchr::memchr(b'"', rest))
+                    else {
+                        j = bytes.len();
+                        break;
+                    };
+                    j += quote;
+                    if bytes[j + 1..]
+                        .iter()
+                        .take(hashes)
+                        .filter(|c| **c == b'#')
+                        .count()
+                        == hashes
+                    {
+                        j += 1 + hashes;
+                        break;
                     }
+                    j += 1;
                 }
                 i = j;
                 prefix_run = 0;
@@ -230,15 +219,13 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
             b'"' => {
                 let mut j = i + 1;
                 while j < bytes.len() {
-                    match bytes[j] {
-                        b'\\' => j += 2,
-                        b'"' => break,
-                        b'\n' => {
-                            line += 1;
-                            line_start = j + 1;
-                            j += 1;
+                    match memchr::memchr2(b'"', b'\\', &bytes[j..]) {
+                        None => j = bytes.len(),
+                        Some(p) if bytes[j + p] == b'\\' => j += p + 2,
+                        Some(p) => {
+                            j += p;
+                            break;
                         }
-                        _ => j += 1,
                     }
                 }
                 i = j + 1;
@@ -264,7 +251,7 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
-                    return reject("brackets", i, line, line_start);
+                    return reject("brackets", i);
                 }
             }
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
@@ -275,7 +262,7 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
             {
                 angle += 1;
                 if angle > limit {
-                    return reject("generic arguments", i, line, line_start);
+                    return reject("generic arguments", i);
                 }
             }
             b'>' if i > 0 && !matches!(bytes[i - 1], b'-' | b'=') => {
@@ -294,13 +281,13 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
         {
             segment += 1;
             if segment > segment_limit {
-                return reject("tokens", i, line, line_start);
+                return reject("tokens", i);
             }
         }
         if matches!(b, b'!' | b'-' | b'*' | b'&') {
             prefix_run += 1;
             if prefix_run > limit {
-                return reject("prefix operators", i, line, line_start);
+                return reject("prefix operators", i);
             }
         } else if !b.is_ascii_whitespace() {
             prefix_run = 0;
@@ -364,6 +351,18 @@ fn is_raw_string_start(bytes: &[u8], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejections_point_at_the_line_and_column() {
+        // An escaped newline in a string and a block comment on the way.
+        let text = "let s = \"a\\\nb\";\n/* x\n y */ f((((1))));";
+        let rejection = too_deep(text, 3).expect("too deep");
+        assert_eq!((rejection.line, rejection.column), (4, 11));
+        assert_eq!(
+            rejection.message,
+            "file not checked: brackets nested deeper than 3 levels"
+        );
+    }
 
     #[test]
     fn ignores_brackets_in_strings_comments_and_chars() {

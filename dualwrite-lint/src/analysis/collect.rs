@@ -297,7 +297,7 @@ impl<'i> Collector<'i> {
         if self.line_starts.is_empty() {
             self.line_starts.push(0);
             self.line_starts
-                .extend(self.text.match_indices('\n').map(|(i, _)| i + 1));
+                .extend(memchr::memchr_iter(b'\n', self.text.as_bytes()).map(|i| i + 1));
         }
         let line_start = *self.line_starts.get(at.line.checked_sub(1)?)?;
         let line = self.text.get(line_start..)?;

@@ -12,6 +12,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+
+use foldhash::fast::FixedState;
 use std::fmt::Write as _;
 
 use proc_macro2::{Ident, TokenStream, TokenTree};
@@ -23,13 +25,14 @@ use super::summary::FileSummary;
 /// Whether a file's text can declare an annotated trait (and so must be
 /// summarized before the interest is known).
 pub fn declares_annotated_traits(text: &str) -> bool {
-    text.contains("dual_write")
+    memchr::memmem::find(text.as_bytes(), b"dual_write").is_some()
 }
 
 /// The call names that can match a rule.
 #[derive(Debug, Clone)]
 pub struct Interest {
-    names: HashSet<Box<str>>,
+    /// Hashed with a fixed seed: the names come from the project.
+    names: HashSet<Box<str>, FixedState>,
     /// Bytes some name starts with: most words are rejected without
     /// hashing.
     first_bytes: [bool; 256],
@@ -48,7 +51,7 @@ impl Interest {
     /// The write methods of the traits in `summaries` and the last segment
     /// of every API in `apis`.
     pub fn new<'a>(apis: &ApiTable, summaries: impl IntoIterator<Item = &'a FileSummary>) -> Self {
-        let mut names: HashSet<Box<str>> = apis
+        let mut names: HashSet<Box<str>, FixedState> = apis
             .specs
             .iter()
             .filter_map(|spec| spec.name.trim_end_matches('!').rsplit("::").next())
