@@ -153,11 +153,15 @@ pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
         let b = bytes[i];
         // Most bytes change no state: blanks, and identifier characters
         // after the first (except `r`, which may start a raw string).
-        if BLANK[usize::from(b)]
-            || b == b'\n'
-            || (IDENT_NOT_R[usize::from(b)] && i > 0 && IDENT[usize::from(bytes[i - 1])])
-        {
+        if BLANK[usize::from(b)] || b == b'\n' {
             i += 1;
+            continue;
+        }
+        if IDENT_NOT_R[usize::from(b)] && i > 0 && IDENT[usize::from(bytes[i - 1])] {
+            i += 1;
+            while i < bytes.len() && IDENT_NOT_R[usize::from(bytes[i])] {
+                i += 1;
+            }
             continue;
         }
         match b {

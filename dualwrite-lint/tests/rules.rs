@@ -122,6 +122,37 @@ fn recording_only_calls_of_interest_changes_no_finding() {
     }
 }
 
+/// A function body that names an annotated trait is walked even when it
+/// calls none of its writes: an `impl` in it makes a raw store.
+#[test]
+fn bodies_naming_an_annotated_trait_are_walked() {
+    let declaring = summarize(SourceFile {
+        path: "src/store.rs",
+        text: "#[dual_write] pub trait UserStore { fn rename_account(&self, id: u64); }\n",
+        is_test_file: false,
+    })
+    .unwrap();
+    let interest = Interest::new(&ApiTable::default_table(), [&declaring]);
+    let text = "fn setup() {\n    struct Local;\n    impl UserStore for Local {}\n}\nfn other() { struct Hidden; impl Display for Hidden {} }\n";
+    let summary = summarize_with(
+        SourceFile {
+            path: "src/setup.rs",
+            text,
+            is_test_file: false,
+        },
+        Some(&interest),
+    )
+    .unwrap();
+    proc_macro2::extra::invalidate_current_thread_spans();
+    let impls: Vec<_> = summary
+        .impls
+        .iter()
+        .map(|i| i.trait_path.to_string())
+        .collect();
+    // `other` names nothing of interest: its body is parsed, not walked.
+    assert_eq!(impls, ["UserStore"]);
+}
+
 /// The calls left out are many: a file without annotated traits keeps
 /// only its raw-write calls.
 #[test]

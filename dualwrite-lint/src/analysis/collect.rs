@@ -182,6 +182,12 @@ impl<'i> Collector<'i> {
     }
 
     fn visit_fn_body(&mut self, sig: &Signature, block: &syn::Block, self_known: bool) {
+        let braces = block.brace_token.span;
+        if !self.text_mentions_interest(braces.open(), braces.close()) {
+            // Parsed (a syntax error in it is still reported), but nothing
+            // in it can match a rule.
+            return;
+        }
         let floor = self.env.enter_fn();
         self.bind_params(sig, self_known);
         self.visit_block(block);
@@ -279,15 +285,36 @@ impl<'i> Collector<'i> {
             return true;
         };
         let span = mac.delimiter.span().join();
-        let start = self.byte_offset(span.start());
-        let end = self.byte_offset(span.end());
-        match start
-            .zip(end)
-            .and_then(|(start, end)| self.text.get(start..end))
-        {
+        match self.source_between(span, span) {
             Some(body) if !body.is_empty() => interest.mentioned_in_text(body),
             _ => interest.mentioned_in(&mac.tokens),
         }
+    }
+
+    /// Whether the source from the start of `first` to the end of `last`
+    /// names something of interest; true when every call is recorded or
+    /// the text cannot be found.
+    fn text_mentions_interest(
+        &mut self,
+        first: proc_macro2::Span,
+        last: proc_macro2::Span,
+    ) -> bool {
+        let Some(interest) = self.interest else {
+            return true;
+        };
+        self.source_between(first, last)
+            .is_none_or(|text| interest.mentioned_in_text(text))
+    }
+
+    /// The source text from the start of `first` to the end of `last`.
+    fn source_between(
+        &mut self,
+        first: proc_macro2::Span,
+        last: proc_macro2::Span,
+    ) -> Option<&'i str> {
+        let start = self.byte_offset(first.start())?;
+        let end = self.byte_offset(last.end())?;
+        self.text.get(start..end)
     }
 
     /// The byte offset in the text of a line and (character) column.
@@ -387,7 +414,10 @@ impl<'ast> Visit<'ast> for Collector<'_> {
                 }
                 ImplItem::Const(constant) => {
                     self.record_const(&constant.ident, &constant.expr);
-                    self.visit_expr(&constant.expr);
+                    if self.text_mentions_interest(constant.eq_token.span, constant.semi_token.span)
+                    {
+                        self.visit_expr(&constant.expr);
+                    }
                 }
                 ImplItem::Macro(mac) => self.visit_macro(&mac.mac),
                 _ => {}
@@ -460,6 +490,9 @@ impl<'ast> Visit<'ast> for Collector<'_> {
 
     fn visit_item_const(&mut self, item: &'ast ItemConst) {
         self.record_const(&item.ident, &item.expr);
+        if !self.text_mentions_interest(item.eq_token.span, item.semi_token.span) {
+            return;
+        }
         let saved = self.enter(Some(format!("const {}", item.ident)), &item.attrs);
         self.visit_expr(&item.expr);
         self.leave(saved);
@@ -467,6 +500,9 @@ impl<'ast> Visit<'ast> for Collector<'_> {
 
     fn visit_item_static(&mut self, item: &'ast ItemStatic) {
         self.record_const(&item.ident, &item.expr);
+        if !self.text_mentions_interest(item.eq_token.span, item.semi_token.span) {
+            return;
+        }
         let saved = self.enter(Some(format!("static {}", item.ident)), &item.attrs);
         self.visit_expr(&item.expr);
         self.leave(saved);

@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use foldhash::fast::FixedState;
 use std::fmt::Write as _;
 
@@ -28,7 +29,8 @@ pub fn declares_annotated_traits(text: &str) -> bool {
     memchr::memmem::find(text.as_bytes(), b"dual_write").is_some()
 }
 
-/// The call names that can match a rule.
+/// The call names that can match a rule, and the names of the annotated
+/// traits.
 #[derive(Debug, Clone)]
 pub struct Interest {
     /// Hashed with a fixed seed: the names come from the project.
@@ -40,6 +42,8 @@ pub struct Interest {
     lengths: u64,
     /// Some name is 64 bytes or longer.
     long_names: bool,
+    /// Finds the names in source text.
+    finder: Option<AhoCorasick>,
 }
 
 thread_local! {
@@ -60,6 +64,9 @@ impl Interest {
         for summary in summaries {
             for summary_trait in &summary.traits {
                 names.extend(summary_trait.writes.iter().cloned());
+                // Code that names the trait (an `impl` of it in a function
+                // body) is walked even if it calls none of its writes.
+                names.insert(summary_trait.name.clone());
             }
         }
         let mut first_bytes = [false; 256];
@@ -74,11 +81,18 @@ impl Interest {
                 _ => long_names = true,
             }
         }
+        // Building fails only past the automaton's size limits, far above
+        // any real set of names; without it every text counts as naming one.
+        let finder = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(names.iter().map(|name| name.as_bytes()))
+            .ok();
         Interest {
             names,
             first_bytes,
             lengths,
             long_names,
+            finder,
         }
     }
 
@@ -94,28 +108,23 @@ impl Interest {
         length_possible && self.first_bytes[usize::from(first)] && self.names.contains(name)
     }
 
-    /// Whether any identifier-like word of `text` (source text, comments
-    /// and literals included, so the answer errs towards yes) is a name of
-    /// interest. Scans bytes; allocates nothing.
+    /// Whether a name of interest occurs in `text` as a whole word (source
+    /// text, comments and literals included, so the answer errs towards
+    /// yes).
     pub fn mentioned_in_text(&self, text: &str) -> bool {
+        let Some(finder) = &self.finder else {
+            return true;
+        };
         let bytes = text.as_bytes();
         let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
-        let mut i = 0;
-        while i < bytes.len() {
-            if !is_word(bytes[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < bytes.len() && is_word(bytes[i]) {
-                i += 1;
-            }
-            // Word boundaries are ASCII bytes, so these are char boundaries.
-            if self.contains(&text[start..i]) {
-                return true;
-            }
-        }
-        false
+        // A whole word. Leftmost-longest matches hide no whole word: one
+        // that overlaps a match would start inside it (or end inside it),
+        // next to a word character.
+        finder.find_iter(bytes).any(|found| {
+            let before = found.start().checked_sub(1).map(|i| bytes[i]);
+            let after = bytes.get(found.end()).copied();
+            !before.is_some_and(is_word) && !after.is_some_and(is_word)
+        })
     }
 
     /// [`Interest::contains`] for an identifier, without allocating.
@@ -191,6 +200,9 @@ mod tests {
         assert!(in_text("(\"{}\", x.rename_account(1))"));
         assert!(in_text("[b, { c.execute(q) }]"));
         assert!(in_text("(é, execute)"));
+        // `set` inside `hset` does not hide `hset`; inside `offset` it is no word.
+        assert!(in_text("c.hset(k, v)"));
+        assert!(!in_text("c.offset(k)"));
         assert!(!in_text(
             "(\"{} {}\", a.len(), b.to_string(), executed, re_execute)"
         ));
