@@ -11,9 +11,9 @@
 //!     pre-checks, summarize, analyze, suppressions (output not rendered),
 //!
 //! and prints files, MB, files/s and MB/s for both, the ratio check/parse
-//! (target <= 1.25) and the peak RSS. (a) and (b) alternate
-//! `DUALWRITE_BENCH_RUNS` times (default 5); the best of each counts, and
-//! the ratio of each pair is printed as well.
+//! (target <= 1.25) and the peak RSS. (a) and (b) alternate, in turns
+//! first, `DUALWRITE_BENCH_RUNS` times (default 6); the best of each counts,
+//! and the ratio of each pair and the CPU times are printed as well.
 //!
 //! `cargo bench -p dualwrite-lint --bench throughput`
 
@@ -75,7 +75,7 @@ fn main() {
     let runs: usize = std::env::var("DUALWRITE_BENCH_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(6);
     let config = Config::default();
     let walked = walk::walk(&WalkOptions {
         root: root.clone(),
@@ -141,9 +141,16 @@ fn main() {
         println!("{what} in {:.3} s", start.elapsed().as_secs_f64());
         return;
     }
-    for _ in 0..runs {
+    // Each side's wall time and CPU time.
+    let time = |work: &mut dyn FnMut()| {
         let cpu_start = cpu_time();
         let start = Instant::now();
+        work();
+        let wall = start.elapsed();
+        let cpu = cpu_start.zip(cpu_time()).map(|(a, b)| b - a);
+        (wall, cpu)
+    };
+    let mut raw_parse = || {
         parsed_ok = pool.install(|| {
             texts
                 .par_iter()
@@ -154,19 +161,24 @@ fn main() {
                 })
                 .count()
         });
-        let parse = start.elapsed();
-        let cpu_middle = cpu_time();
-        let start = Instant::now();
-        let result = check::run(&options).expect("check runs");
-        let checked = start.elapsed();
-        if let (Some(a), Some(b), Some(c)) = (cpu_start, cpu_middle, cpu_time()) {
-            cpu_parse = cpu_parse.min(b - a);
-            cpu_check = cpu_check.min(c - b);
+    };
+    let mut run_check = || report = Some(check::run(&options).expect("check runs"));
+    for run in 0..runs {
+        // The order alternates too, so neither side always runs second.
+        let (parse, checked) = if run % 2 == 0 {
+            let parse = time(&mut raw_parse);
+            (parse, time(&mut run_check))
+        } else {
+            let checked = time(&mut run_check);
+            (time(&mut raw_parse), checked)
+        };
+        best_parse = best_parse.min(parse.0);
+        best_check = best_check.min(checked.0);
+        if let (Some(a), Some(b)) = (parse.1, checked.1) {
+            cpu_parse = cpu_parse.min(a);
+            cpu_check = cpu_check.min(b);
         }
-        best_parse = best_parse.min(parse);
-        best_check = best_check.min(checked);
-        pair_ratios.push(checked.as_secs_f64() / parse.as_secs_f64());
-        report = Some(result);
+        pair_ratios.push(checked.0.as_secs_f64() / parse.0.as_secs_f64());
     }
     let report = report.expect("at least one run");
 
