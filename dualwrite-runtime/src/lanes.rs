@@ -7,13 +7,19 @@
 //! primary saw them (architecture invariant 3). A job that keeps failing
 //! becomes a [`DeadLetter`] and the lane moves on, so every submitted job ends
 //! applied or dead-lettered (invariant 2).
+//!
+//! Each lane's queue is a bounded ring allocated once (std's `sync_channel`),
+//! so a hand-off allocates nothing; writes that find the ring full wait in an
+//! overflow queue behind it, in order, so the caller never blocks.
 
 use std::cell::{Cell, OnceCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,6 +65,12 @@ pub struct LaneConfig {
     /// idle lanes would wake up every `idle_sleep` for as long as the
     /// service runs. `None` never parks.
     pub idle_park: Option<Duration>,
+    /// Writes each lane's queue holds in memory allocated once, at start;
+    /// default 1024 (0 is treated as 1). Handing over a write then
+    /// allocates nothing. When a lane falls this far behind, further writes
+    /// wait in an overflow queue behind them, in order: the caller never
+    /// blocks and no write is dropped.
+    pub queue_capacity: usize,
 }
 
 impl Default for LaneConfig {
@@ -72,6 +84,7 @@ impl Default for LaneConfig {
             idle_poll: Duration::from_micros(200),
             idle_sleep: Duration::from_millis(1),
             idle_park: Some(Duration::from_millis(20)),
+            queue_capacity: 1024,
         }
     }
 }
@@ -135,6 +148,13 @@ impl LaneConfig {
     #[must_use]
     pub fn with_idle_park(mut self, idle_park: Option<Duration>) -> Self {
         self.idle_park = idle_park;
+        self
+    }
+
+    /// Sets [`LaneConfig::queue_capacity`].
+    #[must_use]
+    pub fn with_queue_capacity(mut self, queue_capacity: usize) -> Self {
+        self.queue_capacity = queue_capacity;
         self
     }
 
@@ -399,12 +419,129 @@ impl Drop for FinishGuard<'_> {
     }
 }
 
+/// Writes that did not fit in a lane's ring, in order.
+struct Overflow<C> {
+    /// Set while `jobs` may hold writes: senders then queue behind them.
+    /// Changed only with `jobs` locked.
+    active: AtomicBool,
+    jobs: Mutex<VecDeque<Job<C>>>,
+}
+
+/// The sending side of one lane's queue: a bounded ring allocated once,
+/// then the overflow.
+struct LaneSender<C> {
+    ring: SyncSender<Job<C>>,
+    overflow: Arc<Overflow<C>>,
+}
+
+/// The lane's side of its queue.
+struct LaneReceiver<C> {
+    ring: Receiver<Job<C>>,
+    overflow: Arc<Overflow<C>>,
+}
+
+/// What a look at a lane's queue found.
+enum Take<C> {
+    Job(Job<C>),
+    Empty,
+    /// Every sender is gone and nothing is left.
+    Closed,
+}
+
+fn lane_queue<C>(capacity: usize) -> (LaneSender<C>, LaneReceiver<C>) {
+    let (sender, receiver) = mpsc::sync_channel(capacity.max(1));
+    let overflow = Arc::new(Overflow {
+        active: AtomicBool::new(false),
+        jobs: Mutex::new(VecDeque::new()),
+    });
+    (
+        LaneSender {
+            ring: sender,
+            overflow: Arc::clone(&overflow),
+        },
+        LaneReceiver {
+            ring: receiver,
+            overflow,
+        },
+    )
+}
+
+impl<C> LaneSender<C> {
+    /// Queues `job` without blocking; gives it back if the lane is gone.
+    fn push(&self, mut job: Job<C>) -> Result<(), Job<C>> {
+        let mut ring_full = false;
+        loop {
+            if !ring_full && !self.overflow.active.load(Ordering::Acquire) {
+                match self.ring.try_send(job) {
+                    Ok(()) => return Ok(()),
+                    Err(TrySendError::Disconnected(job)) => return Err(job),
+                    Err(TrySendError::Full(returned)) => {
+                        job = returned;
+                        ring_full = true;
+                    }
+                }
+            }
+            let mut jobs = self
+                .overflow
+                .jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if ring_full || self.overflow.active.load(Ordering::Relaxed) {
+                // Behind everything the ring and the overflow hold.
+                self.overflow.active.store(true, Ordering::Release);
+                jobs.push_back(job);
+                return Ok(());
+            }
+            // The lane emptied the overflow meanwhile: back to the ring.
+        }
+    }
+}
+
+impl<C> LaneReceiver<C> {
+    /// The oldest write: the ring's first, since the overflow only holds
+    /// writes queued after the ring filled up.
+    fn take(&self) -> Take<C> {
+        match self.ring.try_recv() {
+            Ok(job) => Take::Job(job),
+            Err(TryRecvError::Empty) if !self.overflow.active.load(Ordering::Acquire) => {
+                Take::Empty
+            }
+            Err(TryRecvError::Empty) => self.take_overflow().map_or(Take::Empty, Take::Job),
+            Err(TryRecvError::Disconnected) => self.take_overflow().map_or(Take::Closed, Take::Job),
+        }
+    }
+
+    fn take_overflow(&self) -> Option<Job<C>> {
+        let mut jobs = self
+            .overflow
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let job = jobs.pop_front();
+        if jobs.is_empty() {
+            self.overflow.active.store(false, Ordering::Release);
+        }
+        job
+    }
+
+    /// Blocks until a sender hands over a write; `None` once every sender
+    /// is gone. Call only after [`LaneReceiver::take`] found nothing: the
+    /// overflow is then inactive, and stays so until the ring fills, which
+    /// wakes this call first.
+    fn wait(&self) -> Option<Job<C>> {
+        match self.ring.recv() {
+            Ok(job) => Some(job),
+            Err(_) => self.take_overflow(),
+        }
+    }
+}
+
 /// The running lanes of one adapter: a queue per lane thread.
 ///
 /// Dropping it closes the queues; each lane drains what it holds and exits.
 /// Call [`SecondaryLanes::flush`] first to wait for that.
 pub(crate) struct SecondaryLanes<C> {
-    senders: Vec<Sender<Job<C>>>,
+    senders: Vec<LaneSender<C>>,
     pending: Arc<Pending>,
     config: LaneConfig,
 }
@@ -428,7 +565,7 @@ impl<C: Send + 'static> SecondaryLanes<C> {
             .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
         let mut senders = Vec::with_capacity(config.lane_count());
         for index in 0..config.lane_count() {
-            let (sender, receiver) = mpsc::channel();
+            let (sender, receiver) = lane_queue(config.queue_capacity);
             let lane = Lane {
                 context: LaneContext::new(index, config.attempt_timeout, handle.clone()),
                 config: config.clone(),
@@ -469,10 +606,9 @@ impl<C> SecondaryLanes<C> {
         // The pending gauge of the stats is read from these counters (see
         // `SecondaryLanes::pending`).
         self.pending.start();
-        self.senders[lane].send(job).map_err(|error| {
-            self.pending.finish();
-            error.0
-        })
+        self.senders[lane]
+            .push(job)
+            .inspect_err(|_| self.pending.finish())
     }
 
     /// Writes handed to the lanes and not yet applied or dead-lettered.
@@ -523,7 +659,7 @@ where
     F: Fn(&LaneContext, Store, &C) -> Result<(), String>,
 {
     /// Applies jobs until every sender is gone and the queue is drained.
-    fn run(mut self, receiver: Receiver<Job<C>>) {
+    fn run(mut self, receiver: LaneReceiver<C>) {
         while let Some(job) = self.next_job(&receiver) {
             let outcome = catch_unwind(AssertUnwindSafe(|| self.process(job)));
             if outcome.is_err() {
@@ -540,20 +676,20 @@ where
     /// The next job, or `None` once every sender is gone and the queue is
     /// drained. An empty queue is polled for `idle_poll` before the lane
     /// blocks, so a submission right after another finds the lane awake.
-    fn next_job(&self, receiver: &Receiver<Job<C>>) -> Option<Job<C>> {
-        match receiver.try_recv() {
-            Ok(job) => return Some(job),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => {}
+    fn next_job(&self, receiver: &LaneReceiver<C>) -> Option<Job<C>> {
+        match receiver.take() {
+            Take::Job(job) => return Some(job),
+            Take::Closed => return None,
+            Take::Empty => {}
         }
         if !self.config.idle_poll.is_zero() {
             let deadline = Instant::now() + self.config.idle_poll;
             let mut polls = 0_u32;
             while Instant::now() < deadline {
-                match receiver.try_recv() {
-                    Ok(job) => return Some(job),
-                    Err(TryRecvError::Disconnected) => return None,
-                    Err(TryRecvError::Empty) => {}
+                match receiver.take() {
+                    Take::Job(job) => return Some(job),
+                    Take::Closed => return None,
+                    Take::Empty => {}
                 }
                 polls += 1;
                 if polls.is_multiple_of(16) {
@@ -574,14 +710,14 @@ where
         loop {
             if self.config.idle_park.is_some_and(|park| napped >= park) {
                 // Long idle: block until a sender wakes the lane.
-                return receiver.recv().ok();
+                return receiver.wait();
             }
             thread::sleep(nap);
             napped += nap;
-            match receiver.try_recv() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => nap = (nap * 2).min(self.config.idle_nap_max()),
+            match receiver.take() {
+                Take::Job(job) => return Some(job),
+                Take::Closed => return None,
+                Take::Empty => nap = (nap * 2).min(self.config.idle_nap_max()),
             }
         }
     }
@@ -693,6 +829,7 @@ mod tests {
         assert_eq!(config.max_backoff, Duration::from_secs(1));
         assert_eq!(config.attempt_timeout, None);
         assert_eq!(config.idle_park, Some(Duration::from_millis(20)));
+        assert_eq!(config.queue_capacity, 1024);
         let zero = config.with_lanes(0).with_max_attempts(0);
         assert_eq!(zero.lane_count(), 1);
         assert_eq!(zero.attempt_limit(), 1);
@@ -768,6 +905,95 @@ mod tests {
         lanes.flush();
         assert_eq!(*applied.lock().unwrap(), vec![10, 11, 12]);
         assert_eq!(lanes.pending(), 0);
+    }
+
+    /// Lanes whose apply records `(key, command)`, slowly.
+    fn recording_lanes(config: LaneConfig) -> (SecondaryLanes<u64>, Arc<Mutex<Vec<u64>>>) {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&applied);
+        let lanes = SecondaryLanes::start(
+            config,
+            Stats::new(),
+            Arc::default(),
+            move |_: &LaneContext, _: Store, command: &u64| {
+                std::hint::black_box((0..200).sum::<u64>());
+                sink.lock().unwrap().push(*command);
+                Ok(())
+            },
+        );
+        (lanes, applied)
+    }
+
+    #[test]
+    fn writes_beyond_the_queue_capacity_wait_in_order() {
+        let (lanes, applied) = recording_lanes(
+            LaneConfig::default()
+                .with_lanes(1)
+                .with_queue_capacity(2)
+                .with_idle_park(None),
+        );
+        for command in 0..500 {
+            assert!(lanes.submit(job(command % 3, command)).is_ok());
+        }
+        lanes.flush();
+        assert_eq!(*applied.lock().unwrap(), (0..500).collect::<Vec<_>>());
+        assert_eq!(lanes.pending(), 0);
+        // After the overflow drained, the ring is used again.
+        assert!(lanes.submit(job(1, 500)).is_ok());
+        lanes.flush();
+        assert_eq!(applied.lock().unwrap().len(), 501);
+    }
+
+    #[test]
+    fn concurrent_senders_keep_their_own_order_through_the_overflow() {
+        let (lanes, applied) = recording_lanes(
+            LaneConfig::default()
+                .with_lanes(1)
+                .with_queue_capacity(4)
+                .with_idle_poll(Duration::ZERO),
+        );
+        let lanes = Arc::new(lanes);
+        let senders: Vec<_> = (0..4_u64)
+            .map(|sender| {
+                let lanes = Arc::clone(&lanes);
+                thread::spawn(move || {
+                    for n in 0..300 {
+                        // The command encodes the sender and its sequence.
+                        assert!(lanes.submit(job(sender, sender * 1000 + n)).is_ok());
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.join().unwrap();
+        }
+        lanes.flush();
+        let applied = applied.lock().unwrap();
+        assert_eq!(applied.len(), 1200);
+        for sender in 0..4 {
+            let own: Vec<u64> = applied
+                .iter()
+                .copied()
+                .filter(|c| c / 1000 == sender)
+                .collect();
+            assert_eq!(own, (0..300).map(|n| sender * 1000 + n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn dropping_the_lanes_applies_what_waits_in_the_overflow() {
+        let (lanes, applied) =
+            recording_lanes(LaneConfig::default().with_lanes(1).with_queue_capacity(1));
+        for command in 0..100 {
+            assert!(lanes.submit(job(7, command)).is_ok());
+        }
+        drop(lanes);
+        // The lane drains the ring, then the overflow, then exits.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while applied.lock().unwrap().len() < 100 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*applied.lock().unwrap(), (0..100).collect::<Vec<_>>());
     }
 
     #[test]
