@@ -3,9 +3,12 @@
 //! the writes that bypass the adapter.
 //!
 //! The pipeline of `check` ([`check::run`]): [`walk`] the paths ->
-//! [`intake`] each file (size, UTF-8, nesting) -> [`analysis::summarize`] in
-//! parallel -> [`analysis::analyze`] -> [`config`] levels, [`suppress`]ions,
-//! test policy, allowed paths, [`baseline`] -> [`output`].
+//! [`intake`] each file (size, UTF-8, nesting) -> in parallel,
+//! [`analysis::summarize`] the files that can declare annotated traits, then
+//! [`analysis::summarize_with`] the rest, recording only what the
+//! [`analysis::Interest`] names -> [`analysis::analyze`] -> [`config`]
+//! levels, [`suppress`]ions, test policy, allowed paths, [`baseline`] ->
+//! [`output`].
 
 pub mod analysis;
 pub mod baseline;
