@@ -18,7 +18,10 @@
 //! adapter in async-secondary mode vs primary only, on stores with realistic
 //! latency: an in-memory store with a simulated 200 µs delay (busy-spin and
 //! `thread::sleep` variants) and SQLite files. Modes run interleaved in blocks
-//! so drift on the machine hits them alike; the SQLite case runs
+//! so drift on the machine hits them alike. The SQLite case also has a
+//! reference mode without any hand-off (primary-only while a plain thread,
+//! with no adapter or queue, upserts into another file): what any concurrent
+//! secondary write costs the caller on the machine. It runs
 //! `DW_LATENCY_ROUNDS` rounds (default 5) and prints the spread of its p99
 //! ratios. Set `DW_LATENCY=0` to skip part 2,
 //! `DW_LATENCY=sqlite` to run only its SQLite case, `DW_LATENCY_CALLS=N` to
@@ -550,6 +553,7 @@ fn sqlite_modes(dir: &Path) -> Vec<Mode> {
     }
     // The same hand-off with an in-memory secondary: separates the cost of
     // the hand-off from two SQLite databases working at once in one process.
+    let primary_for_reference = primary.clone();
     let adapter = std::sync::Arc::new(
         KvDualWrite::new(
             primary,
@@ -563,6 +567,39 @@ fn sqlite_modes(dir: &Path) -> Vec<Mode> {
         "adapter async secondary, 1 lane, in-memory New",
         move |k| adapter.put(k, k),
         move || flusher.flush(),
+    ));
+    // Reference, no hand-off: primary-only while a plain thread (no adapter,
+    // no queue) upserts into another SQLite file without pause. What the
+    // machine charges the caller for any concurrent secondary write.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer_busy = std::sync::Arc::clone(&busy);
+    let other = open("reference-other.db");
+    std::thread::spawn(move || {
+        let mut k = 0_u64;
+        // Runs until the process exits (the bench ends with `latency`).
+        loop {
+            if writer_busy.load(Ordering::Relaxed) {
+                k += 1;
+                // A raw write on purpose: the load that competes with the caller.
+                let _ = other.put(k % 1000, k);
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    });
+    let reference = KvDualWrite::new(
+        primary_for_reference,
+        open("reference-new.db"),
+        Migration::new(Phase::Prepare),
+    );
+    let (start, stop) = (std::sync::Arc::clone(&busy), busy);
+    modes.push(Mode::new(
+        "reference: primary-only + SQLite writer thread",
+        move |k| {
+            start.store(true, Ordering::Relaxed);
+            reference.put(k, k)
+        },
+        move || stop.store(false, Ordering::Relaxed),
     ));
     modes
 }
