@@ -58,6 +58,21 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// (a): parses every text in parallel, invalidating spans per file as
+/// `check` does; returns how many parse.
+fn raw_parse(pool: &rayon::ThreadPool, texts: &[String]) -> usize {
+    pool.install(|| {
+        texts
+            .par_iter()
+            .filter(|text| {
+                let ok = syn::parse_file(text).is_ok();
+                proc_macro2::extra::invalidate_current_thread_spans();
+                ok
+            })
+            .count()
+    })
+}
+
 fn rate(files: usize, bytes: u64, time: Duration) -> String {
     let secs = time.as_secs_f64();
     format!(
@@ -126,16 +141,7 @@ fn main() {
             let report = check::run(&options).expect("check runs");
             format!("check: {} findings", report.findings.len())
         } else {
-            let parsed = pool.install(|| {
-                texts
-                    .par_iter()
-                    .filter(|text| {
-                        let ok = syn::parse_file(text).is_ok();
-                        proc_macro2::extra::invalidate_current_thread_spans();
-                        ok
-                    })
-                    .count()
-            });
+            let parsed = raw_parse(&pool, &texts);
             format!("raw parse: {parsed} files parse")
         };
         println!("{what} in {:.3} s", start.elapsed().as_secs_f64());
@@ -151,16 +157,7 @@ fn main() {
         (wall, cpu)
     };
     let mut raw_parse = || {
-        parsed_ok = pool.install(|| {
-            texts
-                .par_iter()
-                .filter(|text| {
-                    let ok = syn::parse_file(text).is_ok();
-                    proc_macro2::extra::invalidate_current_thread_spans();
-                    ok
-                })
-                .count()
-        });
+        parsed_ok = raw_parse(&pool, &texts);
     };
     let mut run_check = || report = Some(check::run(&options).expect("check runs"));
     for run in 0..runs {

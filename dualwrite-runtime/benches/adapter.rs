@@ -446,40 +446,55 @@ fn measure(title: &str, modes: &mut [Mode], warmup: u64, calls: u64, gap: Durati
         .collect()
 }
 
+/// The async modes every case measures: (name, lanes).
+const ASYNC_MODES: [(&str, usize); 2] = [
+    ("adapter async secondary, 1 lane", 1),
+    ("adapter async secondary, 2 lanes", 2),
+];
+
+/// The adapter in `Prepare`: the primary only.
+fn prepare_mode<O, N>(old: O, new: N) -> Mode
+where
+    O: Kv + Send + Sync + 'static,
+    N: Kv + Send + Sync + 'static,
+{
+    let adapter = KvDualWrite::new(old, new, Migration::new(Phase::Prepare));
+    Mode::new(
+        "adapter primary-only (Prepare)",
+        move |k| adapter.put(k, k),
+        || {},
+    )
+}
+
+/// The adapter in `DualWrite` with the async secondary on `count` lanes;
+/// its flush waits for the lanes.
+fn async_mode<O, N>(name: &'static str, old: O, new: N, count: usize) -> Mode
+where
+    O: Kv + Send + Sync + 'static,
+    N: Kv + Send + Sync + 'static,
+{
+    let adapter = std::sync::Arc::new(
+        KvDualWrite::new(old, new, Migration::new(Phase::DualWrite))
+            .with_async_secondary(lanes(count)),
+    );
+    let flusher = std::sync::Arc::clone(&adapter);
+    Mode::new(name, move |k| adapter.put(k, k), move || flusher.flush())
+}
+
 /// direct, adapter primary-only, adapter async secondary with 1 and 2 lanes.
 fn delay_modes(delay: Delay) -> Vec<Mode> {
     let direct = DelayStore::new(delay);
-    let prepare = KvDualWrite::new(
-        DelayStore::new(delay),
-        DelayStore::new(delay),
-        Migration::new(Phase::Prepare),
-    );
     let mut modes = vec![
         // dualwrite-lint: allow(DW001) the baseline the adapter is measured against calls the store directly
         Mode::new("direct", move |k| direct.put(k, k), || {}),
-        Mode::new(
-            "adapter primary-only (Prepare)",
-            move |k| prepare.put(k, k),
-            || {},
-        ),
+        prepare_mode(DelayStore::new(delay), DelayStore::new(delay)),
     ];
-    for (name, count) in [
-        ("adapter async secondary, 1 lane", 1),
-        ("adapter async secondary, 2 lanes", 2),
-    ] {
-        let adapter = std::sync::Arc::new(
-            KvDualWrite::new(
-                DelayStore::new(delay),
-                DelayStore::new(delay),
-                Migration::new(Phase::DualWrite),
-            )
-            .with_async_secondary(lanes(count)),
-        );
-        let flusher = std::sync::Arc::clone(&adapter);
-        modes.push(Mode::new(
+    for (name, count) in ASYNC_MODES {
+        modes.push(async_mode(
             name,
-            move |k| adapter.put(k, k),
-            move || flusher.flush(),
+            DelayStore::new(delay),
+            DelayStore::new(delay),
+            count,
         ));
     }
     if delay == Delay::None {
@@ -519,54 +534,25 @@ fn sqlite_modes(dir: &Path) -> Vec<Mode> {
     let open = |name: &str| SqliteStore::open(&dir.join(name)).expect("open a SQLite file");
     let primary = open("primary.db");
     let direct = primary.clone();
-    let prepare = KvDualWrite::new(
-        primary.clone(),
-        open("prepare-new.db"),
-        Migration::new(Phase::Prepare),
-    );
     let mut modes = vec![
         Mode::new("direct", move |k| direct.put(k, k), || {}),
-        Mode::new(
-            "adapter primary-only (Prepare)",
-            move |k| prepare.put(k, k),
-            || {},
-        ),
+        prepare_mode(primary.clone(), open("prepare-new.db")),
     ];
-    for (name, count) in [
-        ("adapter async secondary, 1 lane", 1),
-        ("adapter async secondary, 2 lanes", 2),
-    ] {
-        let adapter = std::sync::Arc::new(
-            KvDualWrite::new(
-                primary.clone(),
-                open(&format!("async{count}-new.db")),
-                Migration::new(Phase::DualWrite),
-            )
-            .with_async_secondary(lanes(count)),
-        );
-        let flusher = std::sync::Arc::clone(&adapter);
-        modes.push(Mode::new(
+    for (name, count) in ASYNC_MODES {
+        modes.push(async_mode(
             name,
-            move |k| adapter.put(k, k),
-            move || flusher.flush(),
+            primary.clone(),
+            open(&format!("async{count}-new.db")),
+            count,
         ));
     }
     // The same hand-off with an in-memory secondary: separates the cost of
     // the hand-off from two SQLite databases working at once in one process.
-    let primary_for_reference = primary.clone();
-    let adapter = std::sync::Arc::new(
-        KvDualWrite::new(
-            primary,
-            DelayStore::new(Delay::None),
-            Migration::new(Phase::DualWrite),
-        )
-        .with_async_secondary(lanes(1)),
-    );
-    let flusher = std::sync::Arc::clone(&adapter);
-    modes.push(Mode::new(
+    modes.push(async_mode(
         "adapter async secondary, 1 lane, in-memory New",
-        move |k| adapter.put(k, k),
-        move || flusher.flush(),
+        primary.clone(),
+        DelayStore::new(Delay::None),
+        1,
     ));
     // Reference, no hand-off: primary-only while a plain thread (no adapter,
     // no queue) upserts into another SQLite file without pause. What the
@@ -588,7 +574,7 @@ fn sqlite_modes(dir: &Path) -> Vec<Mode> {
         }
     });
     let reference = KvDualWrite::new(
-        primary_for_reference,
+        primary,
         open("reference-new.db"),
         Migration::new(Phase::Prepare),
     );

@@ -427,6 +427,12 @@ struct Overflow<C> {
     jobs: Mutex<VecDeque<Job<C>>>,
 }
 
+impl<C> Overflow<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job<C>>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The sending side of one lane's queue: a bounded ring allocated once,
 /// then the overflow.
 struct LaneSender<C> {
@@ -481,11 +487,7 @@ impl<C> LaneSender<C> {
                     }
                 }
             }
-            let mut jobs = self
-                .overflow
-                .jobs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut jobs = self.overflow.lock();
             if ring_full || self.overflow.active.load(Ordering::Relaxed) {
                 // Behind everything the ring and the overflow hold.
                 self.overflow.active.store(true, Ordering::Release);
@@ -512,11 +514,7 @@ impl<C> LaneReceiver<C> {
     }
 
     fn take_overflow(&self) -> Option<Job<C>> {
-        let mut jobs = self
-            .overflow
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut jobs = self.overflow.lock();
         let job = jobs.pop_front();
         if jobs.is_empty() {
             self.overflow.active.store(false, Ordering::Release);
