@@ -8,9 +8,10 @@
 //! becomes a [`DeadLetter`] and the lane moves on, so every submitted job ends
 //! applied or dead-lettered (invariant 2).
 //!
-//! Each lane's queue is a bounded ring allocated once (std's `sync_channel`),
-//! so a hand-off allocates nothing; writes that find the ring full wait in an
-//! overflow queue behind it, in order, so the caller never blocks.
+//! Each lane's queue is a bounded ring allocated once ([`crate::ring`]), so a
+//! hand-off allocates nothing and does not wait for the lane's core; writes
+//! that find the ring full wait in an overflow queue behind it, in order, so
+//! the caller never blocks.
 
 use std::cell::{Cell, OnceCell};
 use std::collections::VecDeque;
@@ -19,7 +20,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +29,13 @@ use tokio::sync::Notify;
 
 use crate::core::DeadLetter;
 use crate::phase::Store;
+use crate::ring::{self, PopError, PushError, RingReceiver, RingSender};
 use crate::stats::{Role, Stats};
+
+/// The longest a parked lane sleeps before it looks at its queue again: the
+/// most a write handed over just as the lane parks can wait (see
+/// [`crate::ring`]).
+const PARK_RECHECK: Duration = Duration::from_millis(100);
 
 /// The first sleep of an idle lane between two looks at its queue.
 const IDLE_NAP_MIN: Duration = Duration::from_micros(50);
@@ -60,10 +66,12 @@ pub struct LaneConfig {
     /// wait before a napping lane picks it up.
     pub idle_sleep: Duration,
     /// How long a lane naps before it parks; default 20 ms. A parked lane
-    /// costs nothing until the next write to it, which wakes it (the one
-    /// caller that finds it parked pays that system call). Without parking,
-    /// idle lanes would wake up every `idle_sleep` for as long as the
-    /// service runs. `None` never parks.
+    /// looks at its queue only every 100 ms until the next write to it
+    /// wakes it (the one caller that finds it parked pays that system call;
+    /// a write handed over at the very moment the lane parks may wait for
+    /// that next look instead). Without parking, idle lanes would wake up
+    /// every `idle_sleep` for as long as the service runs. `None` never
+    /// parks.
     pub idle_park: Option<Duration>,
     /// Writes each lane's queue holds in memory allocated once, at start;
     /// default 1024 (0 is treated as 1). Handing over a write then
@@ -436,13 +444,13 @@ impl<C> Overflow<C> {
 /// The sending side of one lane's queue: a bounded ring allocated once,
 /// then the overflow.
 struct LaneSender<C> {
-    ring: SyncSender<Job<C>>,
+    ring: RingSender<Job<C>>,
     overflow: Arc<Overflow<C>>,
 }
 
 /// The lane's side of its queue.
 struct LaneReceiver<C> {
-    ring: Receiver<Job<C>>,
+    ring: RingReceiver<Job<C>>,
     overflow: Arc<Overflow<C>>,
 }
 
@@ -455,7 +463,7 @@ enum Take<C> {
 }
 
 fn lane_queue<C>(capacity: usize) -> (LaneSender<C>, LaneReceiver<C>) {
-    let (sender, receiver) = mpsc::sync_channel(capacity.max(1));
+    let (sender, receiver) = ring::ring(capacity, PARK_RECHECK);
     let overflow = Arc::new(Overflow {
         active: AtomicBool::new(false),
         jobs: Mutex::new(VecDeque::new()),
@@ -478,10 +486,10 @@ impl<C> LaneSender<C> {
         let mut ring_full = false;
         loop {
             if !ring_full && !self.overflow.active.load(Ordering::Acquire) {
-                match self.ring.try_send(job) {
+                match self.ring.try_push(job) {
                     Ok(()) => return Ok(()),
-                    Err(TrySendError::Disconnected(job)) => return Err(job),
-                    Err(TrySendError::Full(returned)) => {
+                    Err(PushError::Closed(job)) => return Err(job),
+                    Err(PushError::Full(returned)) => {
                         job = returned;
                         ring_full = true;
                     }
@@ -492,6 +500,8 @@ impl<C> LaneSender<C> {
                 // Behind everything the ring and the overflow hold.
                 self.overflow.active.store(true, Ordering::Release);
                 jobs.push_back(job);
+                drop(jobs);
+                self.ring.wake();
                 return Ok(());
             }
             // The lane emptied the overflow meanwhile: back to the ring.
@@ -503,13 +513,13 @@ impl<C> LaneReceiver<C> {
     /// The oldest write: the ring's first, since the overflow only holds
     /// writes queued after the ring filled up.
     fn take(&self) -> Take<C> {
-        match self.ring.try_recv() {
+        match self.ring.try_pop() {
             Ok(job) => Take::Job(job),
-            Err(TryRecvError::Empty) if !self.overflow.active.load(Ordering::Acquire) => {
-                Take::Empty
-            }
-            Err(TryRecvError::Empty) => self.take_overflow().map_or(Take::Empty, Take::Job),
-            Err(TryRecvError::Disconnected) => self.take_overflow().map_or(Take::Closed, Take::Job),
+            Err(PopError::Empty) if !self.overflow.active.load(Ordering::Acquire) => Take::Empty,
+            // A write still being put into the ring goes before the overflow.
+            Err(PopError::Empty) if self.ring.push_in_progress() => Take::Empty,
+            Err(PopError::Empty) => self.take_overflow().map_or(Take::Empty, Take::Job),
+            Err(PopError::Closed) => self.take_overflow().map_or(Take::Closed, Take::Job),
         }
     }
 
@@ -523,13 +533,14 @@ impl<C> LaneReceiver<C> {
     }
 
     /// Blocks until a sender hands over a write; `None` once every sender
-    /// is gone. Call only after [`LaneReceiver::take`] found nothing: the
-    /// overflow is then inactive, and stays so until the ring fills, which
-    /// wakes this call first.
+    /// is gone and the queue is drained.
     fn wait(&self) -> Option<Job<C>> {
-        match self.ring.recv() {
-            Ok(job) => Some(job),
-            Err(_) => self.take_overflow(),
+        loop {
+            match self.take() {
+                Take::Job(job) => return Some(job),
+                Take::Closed => return None,
+                Take::Empty => self.ring.park(),
+            }
         }
     }
 }

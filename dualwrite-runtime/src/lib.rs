@@ -30,6 +30,7 @@ mod key;
 mod lanes;
 mod migration;
 mod phase;
+mod ring;
 mod stats;
 
 #[doc(hidden)]

@@ -1,0 +1,440 @@
+//! The bounded queue in front of each secondary lane: many callers push,
+//! one lane thread pops.
+//!
+//! A push reads only lines the callers own (the tail and a cached copy of the
+//! lane's head) and then stores the job into its slot. It never loads a line
+//! the lane has just written and runs no fence after the store, so the caller
+//! does not wait for the slot's cache line to arrive from the lane's core:
+//! the store buffer carries it. (std's `sync_channel` reads the slot's stamp,
+//! which the lane writes on every receive, so each send stalls on that line.)
+//!
+//! The lane finds a job by its slot's sequence number: slot `i % capacity`
+//! holds job `i` once its sequence reads `i + 1`. It publishes how far it has
+//! read through `head`; callers reload `head` only when their cached copy
+//! says the ring is full.
+//!
+//! A lane that has been idle for a while parks. A caller that finds it parked
+//! unparks it. Since the caller runs no fence between its store and that
+//! check, a push racing with the lane going to sleep can miss it; the lane
+//! therefore parks for a bounded time (the `park_recheck` given to [`ring`])
+//! before it looks again, which bounds the delay of such a job.
+
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
+use std::time::Duration;
+
+/// A value alone on a pair of cache lines (adjacent-line prefetch pulls lines
+/// in pairs on x86).
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+struct Slot<T> {
+    /// `i + 1` once job `i` is written here; a job is never overwritten
+    /// before the lane has read it (see `RingSender::try_push`).
+    seq: AtomicUsize,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+struct Shared<T> {
+    /// The next index to claim. Only callers touch it.
+    tail: Padded<AtomicUsize>,
+    /// A recent value of `head`, never ahead of it. Only callers touch it.
+    cached_head: Padded<AtomicUsize>,
+    /// The next index the lane reads. Only the lane writes it.
+    head: Padded<AtomicUsize>,
+    /// Set by the lane while it parks (or is about to).
+    parked: Padded<AtomicBool>,
+    /// The sender is gone: no job will be pushed any more.
+    closed: AtomicBool,
+    /// The receiver is gone: pushes are refused.
+    receiver_gone: AtomicBool,
+    /// The lane thread, recorded the first time it parks.
+    lane: OnceLock<Thread>,
+    /// The longest the lane parks before it looks at the ring again.
+    park_recheck: Duration,
+    slots: Box<[Slot<T>]>,
+}
+
+// SAFETY: a slot's value is written by exactly one pusher (the one whose
+// compare-exchange claimed its index) and read by the one receiver, and the
+// sequence number (release/acquire) orders the write before the read, while
+// `head` (release/acquire) orders the read before the next write to the slot.
+// So values move between threads (`T: Send`) and are never accessed by two
+// threads at once.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    fn slot(&self, index: usize) -> &Slot<T> {
+        &self.slots[index % self.slots.len()]
+    }
+
+    fn wake_lane(&self) {
+        if let Some(lane) = self.lane.get() {
+            lane.unpark();
+        }
+    }
+}
+
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        let tail = *self.tail.0.get_mut();
+        let mut index = *self.head.0.get_mut();
+        while index != tail {
+            let slot = &mut self.slots[index % self.slots.len()];
+            if *slot.seq.get_mut() == index.wrapping_add(1) {
+                // SAFETY: the sequence says job `index` was written here and
+                // `head` says the lane has not taken it; `&mut self` means no
+                // one else can reach it.
+                unsafe { slot.value.get_mut().assume_init_drop() };
+            }
+            index = index.wrapping_add(1);
+        }
+    }
+}
+
+/// Why a push was refused; the value comes back.
+pub(crate) enum PushError<T> {
+    Full(T),
+    /// The receiver is gone.
+    Closed(T),
+}
+
+/// Why a pop found nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PopError {
+    Empty,
+    /// The sender is gone and every job has been taken.
+    Closed,
+}
+
+/// The callers' side. Shared by reference among threads; dropping it closes
+/// the ring.
+pub(crate) struct RingSender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// The lane's side. Used by one thread.
+pub(crate) struct RingReceiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// A ring of `capacity` slots (at least one), allocated once, whose receiver
+/// parks for at most `park_recheck` at a time.
+pub(crate) fn ring<T>(capacity: usize, park_recheck: Duration) -> (RingSender<T>, RingReceiver<T>) {
+    let slots = (0..capacity.max(1))
+        .map(|_| Slot {
+            seq: AtomicUsize::new(0),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        tail: Padded::default(),
+        cached_head: Padded::default(),
+        head: Padded::default(),
+        parked: Padded::default(),
+        closed: AtomicBool::new(false),
+        receiver_gone: AtomicBool::new(false),
+        lane: OnceLock::new(),
+        park_recheck,
+        slots,
+    });
+    (
+        RingSender {
+            shared: Arc::clone(&shared),
+        },
+        RingReceiver { shared },
+    )
+}
+
+impl<T> RingSender<T> {
+    /// Queues `value` behind every value pushed before it; never blocks.
+    pub(crate) fn try_push(&self, value: T) -> Result<(), PushError<T>> {
+        let shared = &*self.shared;
+        if shared.receiver_gone.load(Ordering::Relaxed) {
+            return Err(PushError::Closed(value));
+        }
+        let capacity = shared.slots.len();
+        let mut tail = shared.tail.0.load(Ordering::Relaxed);
+        loop {
+            // Slot `tail` is free once the lane has read job `tail - capacity`,
+            // that is once `head > tail - capacity`.
+            let head = shared.cached_head.0.load(Ordering::Acquire);
+            if tail.wrapping_sub(head) >= capacity {
+                let head = shared.head.0.load(Ordering::Acquire);
+                shared.cached_head.0.store(head, Ordering::Release);
+                if tail.wrapping_sub(head) >= capacity {
+                    return Err(PushError::Full(value));
+                }
+            }
+            match shared.tail.0.compare_exchange_weak(
+                tail,
+                tail.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(current) => tail = current,
+            }
+        }
+        let slot = shared.slot(tail);
+        // SAFETY: this call alone claimed index `tail`, and the check above
+        // (acquiring `head`, directly or through `cached_head`) saw the lane
+        // done with the slot's previous job, so nobody else touches the value.
+        unsafe { (*slot.value.get()).write(value) };
+        slot.seq.store(tail.wrapping_add(1), Ordering::Release);
+        if shared.parked.0.load(Ordering::Relaxed) {
+            shared.wake_lane();
+        }
+        Ok(())
+    }
+
+    /// Wakes the lane if it is parked (after a job went somewhere else).
+    pub(crate) fn wake(&self) {
+        if self.shared.parked.0.load(Ordering::SeqCst) {
+            self.shared.wake_lane();
+        }
+    }
+}
+
+impl<T> Drop for RingSender<T> {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.wake_lane();
+    }
+}
+
+impl<T> RingReceiver<T> {
+    /// The oldest job, if its push has finished.
+    pub(crate) fn try_pop(&self) -> Result<T, PopError> {
+        match self.pop() {
+            Some(value) => Ok(value),
+            None if self.shared.closed.load(Ordering::Acquire) => {
+                // Every push happened before the close: look once more.
+                self.pop().ok_or(PopError::Closed)
+            }
+            None => Err(PopError::Empty),
+        }
+    }
+
+    /// Whether a push has claimed a slot and not finished writing it yet
+    /// (`try_pop` then reports `Empty` although a job is on its way). Reads
+    /// the callers' line, so look only when it matters.
+    pub(crate) fn push_in_progress(&self) -> bool {
+        self.shared.tail.0.load(Ordering::Acquire) != self.shared.head.0.load(Ordering::Relaxed)
+    }
+
+    fn pop(&self) -> Option<T> {
+        let shared = &*self.shared;
+        let head = shared.head.0.load(Ordering::Relaxed);
+        let slot = shared.slot(head);
+        if slot.seq.load(Ordering::Acquire) != head.wrapping_add(1) {
+            return None;
+        }
+        // SAFETY: the sequence (acquired) says the pusher that claimed `head`
+        // has written the value, and only this receiver reads it, once:
+        // `head` moves past it right after.
+        let value = unsafe { (*slot.value.get()).assume_init_read() };
+        shared.head.0.store(head.wrapping_add(1), Ordering::Release);
+        Some(value)
+    }
+
+    /// Sleeps until a push or the close wakes the lane, or for at most the
+    /// ring's `park_recheck`. Call from the lane thread, after `try_pop`
+    /// found the ring empty; it may return early, so look again after.
+    pub(crate) fn park(&self) {
+        let shared = &*self.shared;
+        shared.lane.get_or_init(thread::current);
+        shared.parked.0.store(true, Ordering::SeqCst);
+        // A push whose store is visible by now needs no wake-up call.
+        let head = shared.head.0.load(Ordering::Relaxed);
+        let ready = shared.slot(head).seq.load(Ordering::SeqCst) == head.wrapping_add(1);
+        if !ready && !shared.closed.load(Ordering::SeqCst) {
+            thread::park_timeout(shared.park_recheck);
+        }
+        shared.parked.0.store(false, Ordering::Relaxed);
+    }
+}
+
+impl<T> Drop for RingReceiver<T> {
+    fn drop(&mut self) {
+        self.shared.receiver_gone.store(true, Ordering::SeqCst);
+    }
+}
+
+impl<T> fmt::Debug for RingSender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingSender")
+            .field("capacity", &self.shared.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECHECK: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn values_come_out_in_order_across_many_laps() {
+        let (sender, receiver) = ring(4, RECHECK);
+        for value in 0..1000_u32 {
+            assert!(sender.try_push(value).is_ok());
+            if value % 3 == 2 {
+                // Let the ring run three deep now and then.
+                for expected in value - 2..=value {
+                    assert_eq!(receiver.try_pop(), Ok(expected));
+                }
+            }
+        }
+        assert_eq!(receiver.try_pop(), Ok(999));
+        assert_eq!(receiver.try_pop(), Err(PopError::Empty));
+    }
+
+    #[test]
+    fn a_full_ring_gives_the_value_back() {
+        let (sender, receiver) = ring(2, RECHECK);
+        assert!(sender.try_push(1).is_ok());
+        assert!(sender.try_push(2).is_ok());
+        assert!(matches!(sender.try_push(3), Err(PushError::Full(3))));
+        assert_eq!(receiver.try_pop(), Ok(1));
+        assert!(sender.try_push(3).is_ok());
+        assert_eq!(receiver.try_pop(), Ok(2));
+        assert_eq!(receiver.try_pop(), Ok(3));
+    }
+
+    #[test]
+    fn the_receiver_drains_what_is_left_after_the_sender_goes() {
+        let (sender, receiver) = ring(8, RECHECK);
+        assert!(sender.try_push("a").is_ok());
+        drop(sender);
+        assert_eq!(receiver.try_pop(), Ok("a"));
+        assert_eq!(receiver.try_pop(), Err(PopError::Closed));
+    }
+
+    #[test]
+    fn a_claimed_slot_is_a_push_in_progress() {
+        let (sender, receiver) = ring::<u32>(4, RECHECK);
+        assert!(!receiver.push_in_progress());
+        // Claim a slot the way a push does, without writing it yet.
+        sender.shared.tail.0.store(1, Ordering::SeqCst);
+        assert_eq!(receiver.try_pop(), Err(PopError::Empty));
+        assert!(receiver.push_in_progress());
+        // Finish that push by hand.
+        let slot = sender.shared.slot(0);
+        // SAFETY: the slot was claimed above and nobody else writes it.
+        unsafe { (*slot.value.get()).write(5) };
+        slot.seq.store(1, Ordering::Release);
+        assert_eq!(receiver.try_pop(), Ok(5));
+        assert!(!receiver.push_in_progress());
+    }
+
+    #[test]
+    fn pushes_after_the_receiver_is_gone_are_refused() {
+        let (sender, receiver) = ring(8, RECHECK);
+        drop(receiver);
+        assert!(matches!(sender.try_push(7), Err(PushError::Closed(7))));
+    }
+
+    #[test]
+    fn values_left_in_the_ring_are_dropped_once() {
+        let value = Arc::new(());
+        let (sender, receiver) = ring(4, RECHECK);
+        for _ in 0..3 {
+            assert!(sender.try_push(Arc::clone(&value)).is_ok());
+        }
+        drop(receiver.try_pop());
+        assert_eq!(Arc::strong_count(&value), 3);
+        drop((sender, receiver));
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn concurrent_pushers_lose_nothing_and_keep_their_own_order() {
+        const PUSHERS: u64 = 4;
+        const EACH: u64 = 50_000;
+        let (sender, receiver) = ring::<(u64, u64)>(64, RECHECK);
+        let consumer = thread::spawn(move || {
+            let mut next = [0_u64; PUSHERS as usize];
+            let mut received = 0;
+            loop {
+                match receiver.try_pop() {
+                    Ok((pusher, n)) => {
+                        assert_eq!(n, next[pusher as usize], "pusher {pusher} out of order");
+                        next[pusher as usize] += 1;
+                        received += 1;
+                    }
+                    Err(PopError::Empty) => receiver.park(),
+                    Err(PopError::Closed) => return (received, next),
+                }
+            }
+        });
+        thread::scope(|scope| {
+            for pusher in 0..PUSHERS {
+                let sender = &sender;
+                scope.spawn(move || {
+                    for n in 0..EACH {
+                        let mut value = (pusher, n);
+                        loop {
+                            match sender.try_push(value) {
+                                Ok(()) => break,
+                                Err(PushError::Full(back)) => {
+                                    value = back;
+                                    thread::yield_now();
+                                }
+                                Err(PushError::Closed(_)) => panic!("receiver gone"),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        drop(sender);
+        let (received, next) = consumer.join().expect("consumer");
+        assert_eq!(received, PUSHERS * EACH);
+        assert!(next.iter().all(|&n| n == EACH));
+    }
+
+    /// Runs a lane that parks until it gets one value (`Some`) or the
+    /// close (`None`), and reports which.
+    fn lane_reporting_first<T: Send + 'static>(
+        receiver: RingReceiver<T>,
+    ) -> std::sync::mpsc::Receiver<Option<T>> {
+        let (report, reports) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let first = loop {
+                match receiver.try_pop() {
+                    Ok(value) => break Some(value),
+                    Err(PopError::Empty) => receiver.park(),
+                    Err(PopError::Closed) => break None,
+                }
+            };
+            report.send(first).expect("test thread");
+        });
+        // Give the lane time to park.
+        thread::sleep(Duration::from_millis(50));
+        reports
+    }
+
+    #[test]
+    fn a_parked_receiver_wakes_for_a_push() {
+        // Parks for up to an hour at a time, so only the push can wake it.
+        let (sender, receiver) = ring::<u32>(4, Duration::from_secs(3600));
+        let reports = lane_reporting_first(receiver);
+        assert!(sender.try_push(42).is_ok());
+        assert_eq!(reports.recv_timeout(Duration::from_secs(30)), Ok(Some(42)));
+    }
+
+    #[test]
+    fn a_parked_receiver_wakes_when_the_sender_goes() {
+        let (sender, receiver) = ring::<u32>(4, Duration::from_secs(3600));
+        let reports = lane_reporting_first(receiver);
+        drop(sender);
+        assert_eq!(reports.recv_timeout(Duration::from_secs(30)), Ok(None));
+    }
+}
