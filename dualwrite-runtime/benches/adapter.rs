@@ -400,9 +400,15 @@ fn measure(title: &str, modes: &mut [Mode], warmup: u64, calls: u64, gap: Durati
         mode.samples.reserve(calls as usize);
     }
     let mut done = 0;
+    let mut cycle = 0;
     while done < calls {
         let n = BLOCK.min(calls - done);
-        for mode in modes.iter_mut() {
+        // Each cycle starts one mode later, so every mode follows every
+        // other one equally often (a mode's block can still feel what the
+        // one before it left behind: a lane finishing, a checkpoint).
+        let count = modes.len();
+        for index in (0..count).map(|i| (i + cycle) % count) {
+            let mode = &mut modes[index];
             (mode.begin)();
             for _ in 0..n {
                 key += 1;
@@ -419,6 +425,7 @@ fn measure(title: &str, modes: &mut [Mode], warmup: u64, calls: u64, gap: Durati
             (mode.flush)();
         }
         done += n;
+        cycle += 1;
     }
     println!("\n{title}  ({calls} calls per mode, {warmup} warm-up, gap {gap:?})");
     println!(
