@@ -18,7 +18,9 @@
 //! adapter in async-secondary mode vs primary only, on stores with realistic
 //! latency: an in-memory store with a simulated 200 µs delay (busy-spin and
 //! `thread::sleep` variants) and SQLite files. Modes run interleaved in blocks
-//! so drift on the machine hits them alike. The SQLite case also has a
+//! of 500 calls, so drift on the machine hits them alike, and each cycle of
+//! blocks starts one mode later, so every mode follows every other one
+//! equally often. The SQLite case also has a
 //! reference mode without any hand-off (primary-only while a plain thread,
 //! with no adapter or queue, upserts into another file): what any concurrent
 //! secondary write costs the caller on the machine. It runs

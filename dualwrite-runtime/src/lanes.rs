@@ -37,6 +37,10 @@ use crate::stats::{Role, Stats};
 /// [`crate::ring`]).
 const PARK_RECHECK: Duration = Duration::from_millis(100);
 
+/// The largest ring a lane allocates (`LaneConfig::queue_capacity` is
+/// clamped to it); writes beyond it wait in the overflow.
+const MAX_RING: usize = 1 << 20;
+
 /// The first sleep of an idle lane between two looks at its queue.
 const IDLE_NAP_MIN: Duration = Duration::from_micros(50);
 
@@ -74,7 +78,8 @@ pub struct LaneConfig {
     /// parks.
     pub idle_park: Option<Duration>,
     /// Writes each lane's queue holds in memory allocated once, at start;
-    /// default 1024 (0 is treated as 1). Handing over a write then
+    /// default 1024, rounded up to a power of two, at least 1 and at most
+    /// 2^20 (larger values are treated as 2^20). Handing over a write then
     /// allocates nothing. When a lane falls this far behind, further writes
     /// wait in an overflow queue behind them, in order: the caller never
     /// blocks and no write is dropped.
@@ -463,7 +468,7 @@ enum Take<C> {
 }
 
 fn lane_queue<C>(capacity: usize) -> (LaneSender<C>, LaneReceiver<C>) {
-    let (sender, receiver) = ring::ring(capacity, PARK_RECHECK);
+    let (sender, receiver) = ring::ring(capacity.min(MAX_RING), PARK_RECHECK);
     let overflow = Arc::new(Overflow {
         active: AtomicBool::new(false),
         jobs: Mutex::new(VecDeque::new()),
@@ -496,6 +501,10 @@ impl<C> LaneSender<C> {
                 }
             }
             let mut jobs = self.overflow.lock();
+            if self.ring.is_closed() {
+                // The lane is gone: nothing would take the job from here.
+                return Err(job);
+            }
             if ring_full || self.overflow.active.load(Ordering::Relaxed) {
                 // Behind everything the ring and the overflow hold.
                 self.overflow.active.store(true, Ordering::Release);
@@ -539,7 +548,9 @@ impl<C> LaneReceiver<C> {
             match self.take() {
                 Take::Job(job) => return Some(job),
                 Take::Closed => return None,
-                Take::Empty => self.ring.park(),
+                Take::Empty => self
+                    .ring
+                    .park(|| self.overflow.active.load(Ordering::SeqCst)),
             }
         }
     }
@@ -673,11 +684,12 @@ where
             let outcome = catch_unwind(AssertUnwindSafe(|| self.process(job)));
             if outcome.is_err() {
                 // Only the bookkeeping around `apply` (e.g. a panicking log
-                // subscriber) can get here; keep the lane alive.
-                tracing::error!(
-                    lane = self.context.lane,
-                    "secondary lane recovered from a panic"
-                );
+                // subscriber) can get here; keep the lane alive, even if
+                // logging this panics too.
+                let lane = self.context.lane;
+                let _ = catch_unwind(|| {
+                    tracing::error!(lane, "secondary lane recovered from a panic");
+                });
             }
         }
     }
@@ -692,9 +704,10 @@ where
             Take::Empty => {}
         }
         if !self.config.idle_poll.is_zero() {
-            let deadline = Instant::now() + self.config.idle_poll;
+            // `None` (an idle poll too long to add) polls for good.
+            let deadline = Instant::now().checked_add(self.config.idle_poll);
             let mut polls = 0_u32;
-            while Instant::now() < deadline {
+            while deadline.is_none_or(|deadline| Instant::now() < deadline) {
                 match receiver.take() {
                     Take::Job(job) => return Some(job),
                     Take::Closed => return None,
@@ -767,7 +780,12 @@ where
                 return;
             };
             if !rendered {
-                key = key.or_else(|| render_key.and_then(|render| render(&command)));
+                // A key type whose rendering panics costs the log its key,
+                // not the job its dead letter.
+                key = key.or_else(|| {
+                    let render = render_key?;
+                    catch_unwind(AssertUnwindSafe(|| render(&command))).unwrap_or(None)
+                });
                 rendered = true;
             }
             let key_text = key.as_deref().unwrap_or("-");
@@ -1003,6 +1021,42 @@ mod tests {
             thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(*applied.lock().unwrap(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn extreme_settings_still_apply_writes() {
+        // A ring larger than any allocation and a poll too long to add to
+        // the clock: both are clamped, not panics.
+        let (lanes, applied) = recording_lanes(
+            LaneConfig::default()
+                .with_lanes(1)
+                .with_queue_capacity(usize::MAX)
+                .with_idle_poll(Duration::MAX),
+        );
+        for command in 0..10 {
+            assert!(lanes.submit(job(1, command)).is_ok());
+        }
+        lanes.flush();
+        assert_eq!(*applied.lock().unwrap(), (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_key_whose_rendering_panics_still_leaves_a_dead_letter() {
+        let dead_letters: DeadLetterSink<u64> = Arc::default();
+        let lanes = SecondaryLanes::start(
+            LaneConfig::default().with_lanes(1).with_max_attempts(1),
+            Stats::new(),
+            Arc::clone(&dead_letters),
+            |_: &LaneContext, _: Store, _: &u64| Err("down".to_owned()),
+        );
+        let mut failing = job(1, 5);
+        failing.render_key = Some(|_| panic!("rendering the key failed"));
+        assert!(lanes.submit(failing).is_ok());
+        lanes.flush();
+        let letters = dead_letters.lock().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!((letters[0].command, letters[0].key.as_deref()), (5, None));
+        assert_eq!(letters[0].error, "down");
     }
 
     #[test]

@@ -19,8 +19,9 @@
 //! therefore parks for a bounded time (the `park_recheck` given to [`ring`])
 //! before it looks again, which bounds the delay of such a job.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::fmt;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -55,6 +56,9 @@ struct Shared<T> {
     receiver_gone: AtomicBool,
     /// The lane thread, recorded the first time it parks.
     lane: OnceLock<Thread>,
+    /// `slots.len() - 1`; the length is a power of two, so indices map to
+    /// slots the same way across the wrap of `usize`.
+    mask: usize,
     /// The longest the lane parks before it looks at the ring again.
     park_recheck: Duration,
     slots: Box<[Slot<T>]>,
@@ -70,7 +74,7 @@ unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
     fn slot(&self, index: usize) -> &Slot<T> {
-        &self.slots[index % self.slots.len()]
+        &self.slots[index & self.mask]
     }
 
     fn wake_lane(&self) {
@@ -85,7 +89,7 @@ impl<T> Drop for Shared<T> {
         let tail = *self.tail.0.get_mut();
         let mut index = *self.head.0.get_mut();
         while index != tail {
-            let slot = &mut self.slots[index % self.slots.len()];
+            let slot = &mut self.slots[index & self.mask];
             if *slot.seq.get_mut() == index.wrapping_add(1) {
                 // SAFETY: the sequence says job `index` was written here and
                 // `head` says the lane has not taken it; `&mut self` means no
@@ -118,15 +122,21 @@ pub(crate) struct RingSender<T> {
     shared: Arc<Shared<T>>,
 }
 
-/// The lane's side. Used by one thread.
+/// The lane's side. Used by one thread: it is `Send` but not `Sync`, since
+/// two concurrent pops could take the same value.
 pub(crate) struct RingReceiver<T> {
     shared: Arc<Shared<T>>,
+    _one_thread: PhantomData<Cell<()>>,
 }
 
-/// A ring of `capacity` slots (at least one), allocated once, whose receiver
-/// parks for at most `park_recheck` at a time.
+/// A ring of at least `capacity` slots (rounded up to a power of two),
+/// allocated once, whose receiver parks for at most `park_recheck` at a time.
 pub(crate) fn ring<T>(capacity: usize, park_recheck: Duration) -> (RingSender<T>, RingReceiver<T>) {
-    let slots = (0..capacity.max(1))
+    let length = capacity
+        .max(1)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << (usize::BITS - 1));
+    let slots: Box<[Slot<T>]> = (0..length)
         .map(|_| Slot {
             seq: AtomicUsize::new(0),
             value: UnsafeCell::new(MaybeUninit::uninit()),
@@ -140,6 +150,7 @@ pub(crate) fn ring<T>(capacity: usize, park_recheck: Duration) -> (RingSender<T>
         closed: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
         lane: OnceLock::new(),
+        mask: length - 1,
         park_recheck,
         slots,
     });
@@ -147,7 +158,10 @@ pub(crate) fn ring<T>(capacity: usize, park_recheck: Duration) -> (RingSender<T>
         RingSender {
             shared: Arc::clone(&shared),
         },
-        RingReceiver { shared },
+        RingReceiver {
+            shared,
+            _one_thread: PhantomData,
+        },
     )
 }
 
@@ -168,6 +182,13 @@ impl<T> RingSender<T> {
                 let head = shared.head.0.load(Ordering::Acquire);
                 shared.cached_head.0.store(head, Ordering::Release);
                 if tail.wrapping_sub(head) >= capacity {
+                    // `tail` may be stale (other pushes, then the lane, moved
+                    // on since it was read): only a current one says full.
+                    let current = shared.tail.0.load(Ordering::Relaxed);
+                    if current != tail {
+                        tail = current;
+                        continue;
+                    }
                     return Err(PushError::Full(value));
                 }
             }
@@ -193,11 +214,19 @@ impl<T> RingSender<T> {
         Ok(())
     }
 
-    /// Wakes the lane if it is parked (after a job went somewhere else).
+    /// Wakes the lane if it is parked, after work went somewhere else (the
+    /// `ready` check of [`RingReceiver::park`] must see that work). Unlike a
+    /// push, this one fences, so it cannot miss a lane going to sleep.
     pub(crate) fn wake(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.shared.parked.0.load(Ordering::SeqCst) {
             self.shared.wake_lane();
         }
+    }
+
+    /// Whether the receiver is gone (pushes are refused).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.receiver_gone.load(Ordering::SeqCst)
     }
 }
 
@@ -223,7 +252,9 @@ impl<T> RingReceiver<T> {
 
     /// Whether a push has claimed a slot and not finished writing it yet
     /// (`try_pop` then reports `Empty` although a job is on its way). Reads
-    /// the callers' line, so look only when it matters.
+    /// the callers' line, so look only when it matters. (The claim itself is
+    /// relaxed: a caller that needs it seen must publish something else with
+    /// release ordering after its push, as the lanes' overflow flag does.)
     pub(crate) fn push_in_progress(&self) -> bool {
         self.shared.tail.0.load(Ordering::Acquire) != self.shared.head.0.load(Ordering::Relaxed)
     }
@@ -243,17 +274,19 @@ impl<T> RingReceiver<T> {
         Some(value)
     }
 
-    /// Sleeps until a push or the close wakes the lane, or for at most the
-    /// ring's `park_recheck`. Call from the lane thread, after `try_pop`
-    /// found the ring empty; it may return early, so look again after.
-    pub(crate) fn park(&self) {
+    /// Sleeps until a push, the close or [`RingSender::wake`] wakes the lane,
+    /// or for at most the ring's `park_recheck`; not at all if `ready` (the
+    /// caller's other sources of work) says there is something to do. Call
+    /// from the lane thread, after `try_pop` found the ring empty; it may
+    /// return early, so look again after.
+    pub(crate) fn park(&self, ready: impl Fn() -> bool) {
         let shared = &*self.shared;
         shared.lane.get_or_init(thread::current);
         shared.parked.0.store(true, Ordering::SeqCst);
-        // A push whose store is visible by now needs no wake-up call.
+        // Work whose store is visible by now needs no wake-up call.
         let head = shared.head.0.load(Ordering::Relaxed);
-        let ready = shared.slot(head).seq.load(Ordering::SeqCst) == head.wrapping_add(1);
-        if !ready && !shared.closed.load(Ordering::SeqCst) {
+        let pushed = shared.slot(head).seq.load(Ordering::SeqCst) == head.wrapping_add(1);
+        if !pushed && !shared.closed.load(Ordering::SeqCst) && !ready() {
             thread::park_timeout(shared.park_recheck);
         }
         shared.parked.0.store(false, Ordering::Relaxed);
@@ -309,6 +342,19 @@ mod tests {
     }
 
     #[test]
+    fn the_capacity_is_rounded_up_to_a_power_of_two() {
+        let (sender, receiver) = ring(3, RECHECK);
+        for value in 0..4 {
+            assert!(sender.try_push(value).is_ok());
+        }
+        assert!(matches!(sender.try_push(4), Err(PushError::Full(4))));
+        assert_eq!(receiver.try_pop(), Ok(0));
+        let (one, _receiver) = ring(0, RECHECK);
+        assert!(one.try_push(1).is_ok());
+        assert!(matches!(one.try_push(2), Err(PushError::Full(2))));
+    }
+
+    #[test]
     fn the_receiver_drains_what_is_left_after_the_sender_goes() {
         let (sender, receiver) = ring(8, RECHECK);
         assert!(sender.try_push("a").is_ok());
@@ -338,6 +384,7 @@ mod tests {
     fn pushes_after_the_receiver_is_gone_are_refused() {
         let (sender, receiver) = ring(8, RECHECK);
         drop(receiver);
+        assert!(sender.is_closed());
         assert!(matches!(sender.try_push(7), Err(PushError::Closed(7))));
     }
 
@@ -369,7 +416,7 @@ mod tests {
                         next[pusher as usize] += 1;
                         received += 1;
                     }
-                    Err(PopError::Empty) => receiver.park(),
+                    Err(PopError::Empty) => receiver.park(|| false),
                     Err(PopError::Closed) => return (received, next),
                 }
             }
@@ -410,7 +457,7 @@ mod tests {
             let first = loop {
                 match receiver.try_pop() {
                     Ok(value) => break Some(value),
-                    Err(PopError::Empty) => receiver.park(),
+                    Err(PopError::Empty) => receiver.park(|| false),
                     Err(PopError::Closed) => break None,
                 }
             };
@@ -428,6 +475,24 @@ mod tests {
         let reports = lane_reporting_first(receiver);
         assert!(sender.try_push(42).is_ok());
         assert_eq!(reports.recv_timeout(Duration::from_secs(30)), Ok(Some(42)));
+    }
+
+    #[test]
+    fn wake_reaches_a_receiver_parked_on_other_work() {
+        let (sender, receiver) = ring::<u32>(4, Duration::from_secs(3600));
+        let other_work = Arc::new(AtomicBool::new(false));
+        let (report, reports) = std::sync::mpsc::channel();
+        let seen = Arc::clone(&other_work);
+        thread::spawn(move || {
+            while !seen.load(Ordering::SeqCst) {
+                receiver.park(|| seen.load(Ordering::SeqCst));
+            }
+            report.send(()).expect("test thread");
+        });
+        thread::sleep(Duration::from_millis(50));
+        other_work.store(true, Ordering::SeqCst);
+        sender.wake();
+        assert_eq!(reports.recv_timeout(Duration::from_secs(30)), Ok(()));
     }
 
     #[test]
