@@ -709,12 +709,12 @@ impl Expander<'_> {
                     self
                 }
 
-                /// Blocks until every secondary write handed to the lanes is done.
+                /// Blocks until every secondary write handed to the lanes before this call is done.
                 #vis fn flush(&self) {
                     self.core.flush();
                 }
 
-                /// Waits, without blocking the thread, until every secondary write handed to the lanes is done.
+                /// Waits, without blocking the thread, until every secondary write handed to the lanes before this call is done.
                 #vis async fn flush_async(&self) {
                     self.core.flush_async().await;
                 }

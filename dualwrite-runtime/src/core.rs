@@ -279,7 +279,9 @@ impl<C> DualWriteCore<C> {
     }
 
     /// Blocks until every write handed to the lanes so far is applied or
-    /// dead-lettered. Returns at once without lanes.
+    /// dead-lettered; writes handed over while it waits are not waited for,
+    /// so it returns under a steady stream of writes too. Returns at once
+    /// without lanes.
     ///
     /// Inside an async runtime prefer [`DualWriteCore::flush_async`].
     pub fn flush(&self) {

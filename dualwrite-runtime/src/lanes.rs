@@ -326,20 +326,29 @@ pub(crate) struct Job<C> {
 /// Where lanes put the writes they give up on.
 pub(crate) type DeadLetterSink<C> = Arc<Mutex<Vec<DeadLetter<C>>>>;
 
-/// Counts jobs submitted and finished, and wakes flushers.
+/// Counts jobs submitted and finished, per lane, and wakes flushers.
 ///
 /// Callers only touch `submitted` and lanes only touch `finished`, each on
 /// its own cache line, so a hand-off does not pull a line the lane has just
 /// written into the caller's core. A lane reads `waiters` (written only by
 /// flushers) to learn whether anyone needs a wake-up.
-#[derive(Default)]
+///
+/// Counting per lane lets a flush wait for exactly the jobs submitted before
+/// it: a lane finishes its jobs in the order they were queued, so once its
+/// `finished` reaches the `submitted` a flush read at its start, every job
+/// queued on that lane before the flush is done, however many came after.
 struct Pending {
-    submitted: CacheLine<AtomicU64>,
-    finished: CacheLine<AtomicU64>,
+    lanes: Box<[LaneCounts]>,
     waiters: CacheLine<AtomicU64>,
     lock: Mutex<()>,
     idle: Condvar,
     idle_async: Notify,
+}
+
+#[derive(Default)]
+struct LaneCounts {
+    submitted: CacheLine<AtomicU64>,
+    finished: CacheLine<AtomicU64>,
 }
 
 /// A value alone on a cache line.
@@ -348,12 +357,22 @@ struct Pending {
 struct CacheLine<T>(T);
 
 impl Pending {
-    fn start(&self) {
-        self.submitted.0.fetch_add(1, Ordering::SeqCst);
+    fn new(lanes: usize) -> Self {
+        Pending {
+            lanes: (0..lanes).map(|_| LaneCounts::default()).collect(),
+            waiters: CacheLine::default(),
+            lock: Mutex::new(()),
+            idle: Condvar::new(),
+            idle_async: Notify::new(),
+        }
     }
 
-    fn finish(&self) {
-        self.finished.0.fetch_add(1, Ordering::SeqCst);
+    fn start(&self, lane: usize) {
+        self.lanes[lane].submitted.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn finish(&self, lane: usize) {
+        self.lanes[lane].finished.0.fetch_add(1, Ordering::SeqCst);
         // Paired with the SeqCst increment of `waiters` in `wait`: either
         // this load sees the flusher, or the flusher's load of `finished`
         // sees this job.
@@ -366,21 +385,42 @@ impl Pending {
         }
     }
 
-    /// Jobs submitted and not finished. Zero means that at the moment
-    /// `finished` was read every job submitted until then was finished:
-    /// `finished` never passes `submitted`, and `submitted` is read later.
+    /// Jobs submitted and not finished. For each lane `finished` is read
+    /// first: it never passes `submitted`, so no lane counts below zero.
     fn count(&self) -> u64 {
-        let finished = self.finished.0.load(Ordering::SeqCst);
-        self.submitted
-            .0
-            .load(Ordering::SeqCst)
-            .saturating_sub(finished)
+        self.lanes
+            .iter()
+            .map(|lane| {
+                let finished = lane.finished.0.load(Ordering::SeqCst);
+                lane.submitted
+                    .0
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(finished)
+            })
+            .sum()
+    }
+
+    /// Each lane's `submitted` now: what a flush starting now waits for.
+    fn tickets(&self) -> Vec<u64> {
+        self.lanes
+            .iter()
+            .map(|lane| lane.submitted.0.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Whether every lane has finished the jobs of `tickets`.
+    fn reached(&self, tickets: &[u64]) -> bool {
+        self.lanes
+            .iter()
+            .zip(tickets)
+            .all(|(lane, &ticket)| lane.finished.0.load(Ordering::SeqCst) >= ticket)
     }
 
     fn wait(&self) {
         let _waiter = Waiter::register(self);
+        let tickets = self.tickets();
         let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        while self.count() != 0 {
+        while !self.reached(&tickets) {
             guard = self
                 .idle
                 .wait(guard)
@@ -391,12 +431,13 @@ impl Pending {
     async fn wait_async(&self) {
         // Dropped with the future too, so a cancelled flush deregisters.
         let _waiter = Waiter::register(self);
+        let tickets = self.tickets();
         loop {
             // Register interest before checking, so a `notify_waiters` between
             // the check and the await still wakes this future.
             let mut notified = pin!(self.idle_async.notified());
             notified.as_mut().enable();
-            if self.count() == 0 {
+            if self.reached(&tickets) {
                 return;
             }
             notified.await;
@@ -424,11 +465,12 @@ impl Drop for Waiter<'_> {
 /// so a flush can never wait forever.
 struct FinishGuard<'a> {
     pending: &'a Pending,
+    lane: usize,
 }
 
 impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
-        self.pending.finish();
+        self.pending.finish(self.lane);
     }
 }
 
@@ -579,7 +621,7 @@ impl<C: Send + 'static> SecondaryLanes<C> {
         F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
     {
         let apply = Arc::new(apply);
-        let pending = Arc::new(Pending::default());
+        let pending = Arc::new(Pending::new(config.lane_count()));
         let handle = Handle::try_current()
             .ok()
             .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
@@ -625,10 +667,10 @@ impl<C> SecondaryLanes<C> {
         };
         // The pending gauge of the stats is read from these counters (see
         // `SecondaryLanes::pending`).
-        self.pending.start();
+        self.pending.start(lane);
         self.senders[lane]
             .push(job)
-            .inspect_err(|_| self.pending.finish())
+            .inspect_err(|_| self.pending.finish(lane))
     }
 
     /// Writes handed to the lanes and not yet applied or dead-lettered.
@@ -636,7 +678,8 @@ impl<C> SecondaryLanes<C> {
         self.pending.count()
     }
 
-    /// Blocks until every job submitted so far is applied or dead-lettered.
+    /// Blocks until every job submitted so far is applied or dead-lettered;
+    /// jobs submitted meanwhile are not waited for.
     pub(crate) fn flush(&self) {
         self.pending.wait();
     }
@@ -749,6 +792,7 @@ where
     fn process(&mut self, job: Job<C>) {
         let _finish = FinishGuard {
             pending: &self.pending,
+            lane: self.context.lane,
         };
         let Job {
             method,
@@ -1057,6 +1101,59 @@ mod tests {
         assert_eq!(letters.len(), 1);
         assert_eq!((letters[0].command, letters[0].key.as_deref()), (5, None));
         assert_eq!(letters[0].error, "down");
+    }
+
+    #[test]
+    fn flush_returns_under_a_steady_stream_of_writes() {
+        // A lane slower than the stream: the queue never empties, so a flush
+        // that waited for an empty queue would never return.
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&applied);
+        let lanes = Arc::new(SecondaryLanes::start(
+            LaneConfig::default().with_lanes(2),
+            Stats::new(),
+            Arc::default(),
+            move |_: &LaneContext, _: Store, command: &u64| {
+                thread::sleep(Duration::from_millis(1));
+                sink.lock().unwrap().push(*command);
+                Ok(())
+            },
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stream = {
+            let (lanes, stop) = (Arc::clone(&lanes), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut command = 1_000;
+                while !stop.load(Ordering::SeqCst) {
+                    for key in 0..2 {
+                        assert!(lanes.submit(job(key, command)).is_ok());
+                        command += 1;
+                    }
+                    thread::sleep(Duration::from_micros(500));
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(20));
+        assert!(lanes.submit(job(0, 1)).is_ok());
+        assert!(lanes.submit(job(1, 2)).is_ok());
+        let (done, flushed) = std::sync::mpsc::channel();
+        let flusher = Arc::clone(&lanes);
+        thread::spawn(move || {
+            flusher.flush();
+            // What the flush waited for is applied the moment it returns.
+            let seen = applied.lock().unwrap();
+            done.send(seen.contains(&1) && seen.contains(&2))
+                .expect("test thread");
+        });
+        let returned = flushed.recv_timeout(Duration::from_secs(30));
+        assert!(lanes.pending() > 0, "the stream kept the lanes busy");
+        stop.store(true, Ordering::SeqCst);
+        stream.join().unwrap();
+        assert_eq!(
+            returned,
+            Ok(true),
+            "flush waited for later writes or missed earlier ones"
+        );
     }
 
     #[test]
