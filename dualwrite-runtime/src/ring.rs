@@ -9,9 +9,15 @@
 //! which the lane writes on every receive, so each send stalls on that line.)
 //!
 //! The lane finds a job by its slot's sequence number: slot `i % capacity`
+//! (the capacity is a power of two, so this holds across the wrap of `usize`)
 //! holds job `i` once its sequence reads `i + 1`. It publishes how far it has
 //! read through `head`; callers reload `head` only when their cached copy
 //! says the ring is full.
+//!
+//! Jobs come out in the order their pushes claimed indices. A push that has
+//! claimed an index and not yet written its slot (a caller preempted between
+//! the two) holds back the jobs behind it until it finishes; it never loses
+//! them.
 //!
 //! A lane that has been idle for a while parks. A caller that finds it parked
 //! unparks it. Since the caller runs no fence between its store and that
