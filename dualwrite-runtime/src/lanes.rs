@@ -1114,7 +1114,7 @@ mod tests {
             Stats::new(),
             Arc::default(),
             move |_: &LaneContext, _: Store, command: &u64| {
-                thread::sleep(Duration::from_millis(1));
+                thread::sleep(Duration::from_millis(2));
                 sink.lock().unwrap().push(*command);
                 Ok(())
             },
@@ -1133,7 +1133,8 @@ mod tests {
                 }
             })
         };
-        thread::sleep(Duration::from_millis(20));
+        // A backlog of about a hundred writes builds up.
+        thread::sleep(Duration::from_millis(50));
         assert!(lanes.submit(job(0, 1)).is_ok());
         assert!(lanes.submit(job(1, 2)).is_ok());
         let (done, flushed) = std::sync::mpsc::channel();
