@@ -39,7 +39,7 @@ const PARK_RECHECK: Duration = Duration::from_millis(100);
 
 /// The largest ring a lane allocates (`LaneConfig::queue_capacity` is
 /// clamped to it); writes beyond it wait in the overflow.
-const MAX_RING: usize = 1 << 20;
+const MAX_RING: usize = 1 << 16;
 
 /// The first sleep of an idle lane between two looks at its queue.
 const IDLE_NAP_MIN: Duration = Duration::from_micros(50);
@@ -79,7 +79,7 @@ pub struct LaneConfig {
     pub idle_park: Option<Duration>,
     /// Writes each lane's queue holds in memory allocated once, at start;
     /// default 1024, rounded up to a power of two, at least 1 and at most
-    /// 2^20 (larger values are treated as 2^20). Handing over a write then
+    /// 65 536 (larger values are treated as 65 536). Handing over a write then
     /// allocates nothing. When a lane falls this far behind, further writes
     /// wait in an overflow queue behind them, in order: the caller never
     /// blocks and no write is dropped.
@@ -590,6 +590,9 @@ impl<C> LaneReceiver<C> {
             match self.take() {
                 Take::Job(job) => return Some(job),
                 Take::Closed => return None,
+                // A caller is between claiming a slot and writing it: it is
+                // running, not waiting, so let it finish.
+                Take::Empty if self.ring.push_in_progress() => thread::yield_now(),
                 Take::Empty => self
                     .ring
                     .park(|| self.overflow.active.load(Ordering::SeqCst)),
@@ -1133,8 +1136,9 @@ mod tests {
                 }
             })
         };
-        // A backlog of about a hundred writes builds up.
-        thread::sleep(Duration::from_millis(50));
+        while lanes.pending() < 100 {
+            thread::sleep(Duration::from_millis(1));
+        }
         assert!(lanes.submit(job(0, 1)).is_ok());
         assert!(lanes.submit(job(1, 2)).is_ok());
         let (done, flushed) = std::sync::mpsc::channel();

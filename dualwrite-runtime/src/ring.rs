@@ -179,7 +179,11 @@ impl<T> RingSender<T> {
             return Err(PushError::Closed(value));
         }
         let capacity = shared.slots.len();
-        let mut tail = shared.tail.0.load(Ordering::Relaxed);
+        // `tail` is acquired and released so that whatever a caller did
+        // before its push (the lanes count the job as submitted) is visible
+        // to every caller whose push comes after it in the ring: a flush
+        // counts on that. On x86 this costs nothing over relaxed.
+        let mut tail = shared.tail.0.load(Ordering::Acquire);
         loop {
             // Slot `tail` is free once the lane has read job `tail - capacity`,
             // that is once `head > tail - capacity`.
@@ -190,7 +194,7 @@ impl<T> RingSender<T> {
                 if tail.wrapping_sub(head) >= capacity {
                     // `tail` may be stale (other pushes, then the lane, moved
                     // on since it was read): only a current one says full.
-                    let current = shared.tail.0.load(Ordering::Relaxed);
+                    let current = shared.tail.0.load(Ordering::Acquire);
                     if current != tail {
                         tail = current;
                         continue;
@@ -201,8 +205,8 @@ impl<T> RingSender<T> {
             match shared.tail.0.compare_exchange_weak(
                 tail,
                 tail.wrapping_add(1),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
+                Ordering::AcqRel,
+                Ordering::Acquire,
             ) {
                 Ok(_) => break,
                 Err(current) => tail = current,
@@ -258,9 +262,7 @@ impl<T> RingReceiver<T> {
 
     /// Whether a push has claimed a slot and not finished writing it yet
     /// (`try_pop` then reports `Empty` although a job is on its way). Reads
-    /// the callers' line, so look only when it matters. (The claim itself is
-    /// relaxed: a caller that needs it seen must publish something else with
-    /// release ordering after its push, as the lanes' overflow flag does.)
+    /// the callers' line, so look only when it matters.
     pub(crate) fn push_in_progress(&self) -> bool {
         self.shared.tail.0.load(Ordering::Acquire) != self.shared.head.0.load(Ordering::Relaxed)
     }
@@ -458,6 +460,7 @@ mod tests {
     fn lane_reporting_first<T: Send + 'static>(
         receiver: RingReceiver<T>,
     ) -> std::sync::mpsc::Receiver<Option<T>> {
+        let shared = Arc::clone(&receiver.shared);
         let (report, reports) = std::sync::mpsc::channel();
         thread::spawn(move || {
             let first = loop {
@@ -469,8 +472,11 @@ mod tests {
             };
             report.send(first).expect("test thread");
         });
-        // Give the lane time to park.
-        thread::sleep(Duration::from_millis(50));
+        // Wait until the lane has parked: a push then sees it parked, since
+        // this thread reads the flag after the lane set it.
+        while !shared.parked.0.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
         reports
     }
 
