@@ -26,7 +26,6 @@
 //! before it looks again, which bounds the delay of such a job.
 
 use std::cell::{Cell, UnsafeCell};
-use std::fmt;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -62,9 +61,6 @@ struct Shared<T> {
     receiver_gone: AtomicBool,
     /// The lane thread, recorded the first time it parks.
     lane: OnceLock<Thread>,
-    /// `slots.len() - 1`; the length is a power of two, so indices map to
-    /// slots the same way across the wrap of `usize`.
-    mask: usize,
     /// The longest the lane parks before it looks at the ring again.
     park_recheck: Duration,
     slots: Box<[Slot<T>]>,
@@ -79,8 +75,10 @@ struct Shared<T> {
 unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
+    /// The slot of job `index`. The length is a power of two, so indices
+    /// map to slots the same way across the wrap of `usize`.
     fn slot(&self, index: usize) -> &Slot<T> {
-        &self.slots[index & self.mask]
+        &self.slots[index & (self.slots.len() - 1)]
     }
 
     fn wake_lane(&self) {
@@ -94,8 +92,9 @@ impl<T> Drop for Shared<T> {
     fn drop(&mut self) {
         let tail = *self.tail.0.get_mut();
         let mut index = *self.head.0.get_mut();
+        let mask = self.slots.len() - 1;
         while index != tail {
-            let slot = &mut self.slots[index & self.mask];
+            let slot = &mut self.slots[index & mask];
             if *slot.seq.get_mut() == index.wrapping_add(1) {
                 // SAFETY: the sequence says job `index` was written here and
                 // `head` says the lane has not taken it; `&mut self` means no
@@ -156,7 +155,6 @@ pub(crate) fn ring<T>(capacity: usize, park_recheck: Duration) -> (RingSender<T>
         closed: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
         lane: OnceLock::new(),
-        mask: length - 1,
         park_recheck,
         slots,
     });
@@ -267,13 +265,18 @@ impl<T> RingReceiver<T> {
         self.shared.tail.0.load(Ordering::Acquire) != self.shared.head.0.load(Ordering::Relaxed)
     }
 
-    fn pop(&self) -> Option<T> {
+    /// `head`, if the job there has been written (its sequence read with
+    /// `order`).
+    fn written_head(&self, order: Ordering) -> Option<usize> {
         let shared = &*self.shared;
         let head = shared.head.0.load(Ordering::Relaxed);
+        (shared.slot(head).seq.load(order) == head.wrapping_add(1)).then_some(head)
+    }
+
+    fn pop(&self) -> Option<T> {
+        let shared = &*self.shared;
+        let head = self.written_head(Ordering::Acquire)?;
         let slot = shared.slot(head);
-        if slot.seq.load(Ordering::Acquire) != head.wrapping_add(1) {
-            return None;
-        }
         // SAFETY: the sequence (acquired) says the pusher that claimed `head`
         // has written the value, and only this receiver reads it, once:
         // `head` moves past it right after.
@@ -292,8 +295,7 @@ impl<T> RingReceiver<T> {
         shared.lane.get_or_init(thread::current);
         shared.parked.0.store(true, Ordering::SeqCst);
         // Work whose store is visible by now needs no wake-up call.
-        let head = shared.head.0.load(Ordering::Relaxed);
-        let pushed = shared.slot(head).seq.load(Ordering::SeqCst) == head.wrapping_add(1);
+        let pushed = self.written_head(Ordering::SeqCst).is_some();
         if !pushed && !shared.closed.load(Ordering::SeqCst) && !ready() {
             thread::park_timeout(shared.park_recheck);
         }
@@ -304,14 +306,6 @@ impl<T> RingReceiver<T> {
 impl<T> Drop for RingReceiver<T> {
     fn drop(&mut self) {
         self.shared.receiver_gone.store(true, Ordering::SeqCst);
-    }
-}
-
-impl<T> fmt::Debug for RingSender<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RingSender")
-            .field("capacity", &self.shared.slots.len())
-            .finish_non_exhaustive()
     }
 }
 
