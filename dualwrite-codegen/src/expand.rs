@@ -709,14 +709,24 @@ impl Expander<'_> {
                     self
                 }
 
-                /// Blocks until every secondary write handed to the lanes before this call is done.
-                #vis fn flush(&self) {
-                    self.core.flush();
+                /// Blocks until every secondary write handed to the lanes before this call is
+                /// applied or dead-lettered, or `timeout` passes. Inside a current-thread tokio
+                /// runtime it fails at once: use [`flush_async`](Self::flush_async) there.
+                #vis fn flush(&self, timeout: ::core::time::Duration) -> ::core::result::Result<(), #rt::FlushError> {
+                    self.core.flush(timeout)
                 }
 
-                /// Waits, without blocking the thread, until every secondary write handed to the lanes before this call is done.
-                #vis async fn flush_async(&self) {
-                    self.core.flush_async().await;
+                /// Waits, without blocking the thread, until every secondary write handed to the
+                /// lanes before this call is applied or dead-lettered, or `timeout` passes.
+                #vis async fn flush_async(&self, timeout: ::core::time::Duration) -> ::core::result::Result<(), #rt::FlushError> {
+                    self.core.flush_async(timeout).await
+                }
+
+                /// Drains and stops the secondary lanes (see
+                /// `DualWriteCore::shutdown`); returns whether it
+                /// finished and every dead letter kept. Call it before the process exits.
+                #vis fn shutdown(&self, timeout: ::core::time::Duration) -> #rt::ShutdownReport<#cmd_ty> {
+                    self.core.shutdown(timeout)
                 }
 
                 /// Writes that the secondary store never accepted, oldest first.
@@ -862,7 +872,7 @@ impl Expander<'_> {
         };
         let body = quote! {
             #[allow(unused_imports)]
-            use #rt::__private::{ProbeAny as _, ProbeResult as _, ProbeResultDebug as _};
+            use #rt::__private::{ProbeAny as _, ProbeResult as _, ProbeResultDebug as _, RefuseNever as _, RefuseViaFrom as _};
             #body
         };
         match method.flavor {
@@ -1009,98 +1019,116 @@ impl Expander<'_> {
         quote!(#command::#variant { #(#fields),* })
     }
 
+    /// The body of a write method: thin dispatch into the runtime's write
+    /// path (`dualwrite_runtime::WriteTicket`), which routes, orders,
+    /// counts and dead-letters. For `fn put(&self, key: u64, value: u64)`:
+    ///
+    /// ```text
+    /// let mut __dw_w = match self.core.begin_write("put", Some(&key), can_refuse) {
+    ///     Ok(w) => w,
+    ///     Err(refused) => return <refusal as the return type>,
+    /// };
+    /// let Some(_) = __dw_w.secondary() else { /* primary only */ };
+    /// let __dw_copy_value = keep(&value);                 // for the second store
+    /// let __dw_ret = match __dw_w.primary() { Old => old.put(key, value), New => .. };
+    /// if !__dw_w.primary_done(ok(&__dw_ret)) { return __dw_ret; }
+    /// if __dw_w.is_async() { __dw_w.submit(KvWrite::Put { .. }); return __dw_ret; }
+    /// __dw_w.arm(KvWrite::Put { .. });                    // dead letter if dropped
+    /// match __dw_w.run_secondary(|| match secondary { .. }) { .. }
+    /// ```
     fn write_body(&self, method: &Method) -> TokenStream {
         let rt = self.rt;
         let out = &method.output;
         let key = self.key_expr(method);
         let name = method.ident.to_string();
         let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
-        let primary_only = self.dispatch(method, quote!(__dw_route.primary), ArgSet::Caller);
-        let primary = primary_only.clone();
-        let secondary = self.dispatch(method, quote!(__dw_secondary), ArgSet::Copies);
+        let is_async = method.flavor.is_async();
+        let primary = self.dispatch(method, quote!(__dw_w.primary()), ArgSet::Caller);
         let copies = self.copies_of_values(method);
         let mut_copies = self.copies_of_mut_refs(method);
-        // Secondary copies for the sync call are taken from the kept values;
-        // the kept values themselves go into the command on failure.
-        let sync_copies = method.args.iter().filter_map(|arg| match arg.mode {
-            ArgMode::Value => {
-                let copy = format_ident!("__dw_copy_{}", arg.ident);
-                let keep = format_ident!("__dw_kept_{}", arg.ident);
-                let value = self.keep(&arg.ty, quote!(&#keep));
-                Some(quote! {
-                    let #keep = #copy;
-                    let #copy = #value;
-                })
+        let begin = if is_async {
+            quote! {
+                let __dw_hold = self.core.begin_write_async(self.core.key_hash(#key)).await;
+                __dw_hold.route(#name, #key, __dw_can_refuse)
             }
-            _ => None,
-        });
-        let restore_kept = method.args.iter().filter_map(|arg| match arg.mode {
-            ArgMode::Value => {
-                let copy = format_ident!("__dw_copy_{}", arg.ident);
-                let keep = format_ident!("__dw_kept_{}", arg.ident);
-                Some(quote!(let #copy = #keep;))
-            }
-            _ => None,
-        });
+        } else {
+            quote!(self.core.begin_write(#name, #key, __dw_can_refuse))
+        };
         let async_branch = if method.in_command && !self.owned {
             let command = self.command_value(method, true);
             quote! {
-                if self.core.is_async() {
-                    self.core.submit(__dw_secondary, #command);
+                if __dw_w.is_async() {
+                    __dw_w.submit(#command);
                     return __dw_ret;
                 }
             }
         } else {
             quote!()
         };
-        let on_failure = if method.in_command {
-            let command = self.command_value(method, true);
-            quote! {
-                #(#restore_kept)*
-                self.core.secondary_failed(__dw_secondary, __dw_error, #command);
-            }
-        } else {
-            quote! {
-                self.core.secondary_failed_untracked(#name, __dw_key_text.as_ref().map(|k| k as &dyn #rt::RoutingKey), __dw_secondary, __dw_error);
-            }
-        };
-        let key_text = if method.in_command {
-            quote!()
+        let arm = if method.in_command {
+            let command = self.command_value(method, false);
+            quote!(__dw_w.arm(#command);)
         } else {
             let text = self.key_text(method);
+            quote!(__dw_w.arm_untracked(#text);)
+        };
+        let key_text_early = if method.in_command {
+            quote!()
+        } else {
+            // Rendered before the primary call may consume the key.
+            let text = self.key_text(method);
+            quote!(let __dw_key_text: ::core::option::Option<::std::string::String> = #text;)
+        };
+        let arm = if method.in_command {
+            arm
+        } else {
+            quote!(__dw_w.arm_untracked(__dw_key_text);)
+        };
+        let secondary_call = if is_async {
+            let old = self.call_inner(method, Side::Old, ArgSet::Copies, false);
+            let new = self.call_inner(method, Side::New, ArgSet::Copies, false);
             quote! {
-                let __dw_key_text: ::core::option::Option<::std::string::String> = #text;
+                __dw_w.run_secondary_async(async {
+                    match __dw_secondary {
+                        #rt::Store::Old => #old.await,
+                        #rt::Store::New => #new.await,
+                    }
+                }).await
             }
+        } else {
+            let secondary = self.dispatch(method, quote!(__dw_secondary), ArgSet::Copies);
+            quote!(__dw_w.run_secondary(|| #secondary))
         };
         quote! {
-            let __dw_route = self.core.write_route(#key);
-            let ::core::option::Option::Some(__dw_secondary) = __dw_route.secondary else {
-                let __dw_ret: #out = #primary_only;
-                let __dw_ok = !(&&&#rt::__private::Probe(&__dw_ret)).dw_failed();
-                self.core.record_write(__dw_route.primary, #rt::Role::Primary, __dw_ok);
+            let __dw_can_refuse = (&&#rt::__private::RefuseProbe::<#out>::new()).dw_can_refuse();
+            let mut __dw_w = match { #begin } {
+                ::core::result::Result::Ok(__dw_w) => __dw_w,
+                ::core::result::Result::Err(__dw_refused) => {
+                    match (&&#rt::__private::RefuseProbe::<#out>::new()).dw_refuse(__dw_refused) {
+                        ::core::option::Option::Some(__dw_ret) => return __dw_ret,
+                        ::core::option::Option::None => ::core::unreachable!("a refusal is only returned when the method can return it"),
+                    }
+                }
+            };
+            let ::core::option::Option::Some(__dw_secondary) = __dw_w.secondary() else {
+                let __dw_ret: #out = #primary;
+                let _ = __dw_w.primary_done(!(&&&#rt::__private::Probe(&__dw_ret)).dw_failed());
                 return __dw_ret;
             };
-            #key_text
+            #key_text_early
             #copies
             let __dw_ret: #out = #primary;
-            if (&&&#rt::__private::Probe(&__dw_ret)).dw_failed() {
-                self.core.record_write(__dw_route.primary, #rt::Role::Primary, false);
+            if !__dw_w.primary_done(!(&&&#rt::__private::Probe(&__dw_ret)).dw_failed()) {
                 return __dw_ret;
             }
-            self.core.record_write(__dw_route.primary, #rt::Role::Primary, true);
             #mut_copies
             #async_branch
-            #(#sync_copies)*
-            let __dw_ret2: #out = #secondary;
-            match (&&&#rt::__private::Probe(&__dw_ret2)).dw_error() {
-                ::core::option::Option::None => {
-                    self.core.record_write(__dw_secondary, #rt::Role::Secondary, true);
-                    __dw_ret
-                }
-                ::core::option::Option::Some(__dw_error) => {
-                    self.core.record_write(__dw_secondary, #rt::Role::Secondary, false);
-                    #on_failure
-                    if self.core.sync_mode() == ::core::option::Option::Some(#rt::SyncMode::Strong) {
+            #arm
+            let __dw_ret2: ::core::option::Option<#out> = #secondary_call;
+            match __dw_ret2 {
+                ::core::option::Option::None => __dw_ret,
+                ::core::option::Option::Some(__dw_ret2) => {
+                    if __dw_w.secondary_done((&&&#rt::__private::Probe(&__dw_ret2)).dw_error()) {
                         __dw_ret2
                     } else {
                         __dw_ret
@@ -1164,7 +1192,13 @@ impl Expander<'_> {
                     #copies
                     #mut_copies
                     let _ = __dw_shadow;
+                    let __dw_window = self.core.shadow_begin(#key);
                     #both
+                    // A write of the key in flight or pending in the lanes
+                    // means the stores cannot agree yet: not compared.
+                    if !self.core.shadow_comparable(__dw_window) {
+                        return __dw_ret;
+                    }
                     if let ::core::option::Option::Some(__dw_a) = (&&&#rt::__private::Probe(&__dw_ret)).dw_value() {
                         let __dw_outcome = match (&&&#rt::__private::Probe(&__dw_other)).dw_value() {
                             ::core::option::Option::Some(__dw_b) => {

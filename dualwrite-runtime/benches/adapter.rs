@@ -273,7 +273,9 @@ fn bench_handoff(c: &mut Criterion) {
                 }
                 let elapsed = start.elapsed();
                 // Drain the queue outside the timed section.
-                adapter.flush();
+                adapter
+                    .flush(std::time::Duration::from_secs(60))
+                    .expect("flushed");
                 elapsed
             })
         });

@@ -506,7 +506,8 @@ fn walk_through(dir: &Path) -> Result<(), AnyError> {
     for user in &history {
         repo.save(user)?;
     }
-    repo.flush();
+    repo.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     counts(&repo)?;
     stats("after seeding 6 users", &repo.stats());
 
@@ -528,7 +529,8 @@ fn walk_through(dir: &Path) -> Result<(), AnyError> {
     let nameless = User::new(9, "", Some("anon@example.org"));
     repo.save(&nameless)?;
     println!("  every call returned Ok at once; the lanes retry in the background");
-    repo.flush();
+    repo.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     counts(&repo)?;
     stats("after 4 writes, 3 injected failures", &repo.stats());
     let dead = repo.dead_letters();
@@ -561,7 +563,8 @@ fn walk_through(dir: &Path) -> Result<(), AnyError> {
             let alan_v2 = alan.updated(|u| u.email = Some("turing@bletchley.uk".into()));
             println!("  live write during backfill: user 3 -> version 2");
             repo.save(&alan_v2)?;
-            repo.flush();
+            repo.flush(std::time::Duration::from_secs(60))
+                .expect("flushed");
         }
         for user in &page {
             match repo.new_store().backfill_row(user) {
@@ -603,7 +606,8 @@ fn walk_through(dir: &Path) -> Result<(), AnyError> {
             println!("    user {}: replayed", user.id);
         }
     }
-    repo.flush();
+    repo.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     counts(&repo)?;
     stats("after backfill and reconciliation", &repo.stats());
 
@@ -638,7 +642,8 @@ fn walk_through(dir: &Path) -> Result<(), AnyError> {
             }
         }
     }
-    repo.flush();
+    repo.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     shadow_pass(&repo)?;
     let second = repo.stats();
     println!(
@@ -662,7 +667,8 @@ fn walk_through(dir: &Path) -> Result<(), AnyError> {
         "  read user 10 -> {:?} (answered by New)",
         repo.get(10)?.map(|u| u.full_name)
     );
-    repo.flush();
+    repo.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     println!(
         "  user 10 also in Old (rollback still possible): {}",
         repo.old_store().get(10)?.is_some()
@@ -675,7 +681,8 @@ fn walk_through(dir: &Path) -> Result<(), AnyError> {
     heading(&migration, "reads New, writes New only");
     repo.delete(8)?;
     repo.save(&User::new(11, "Frances Allen", None))?;
-    repo.flush();
+    repo.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     println!(
         "  user 11 in Old: {}, user 8 still in Old: {} (Old is no longer written)",
         repo.old_store().get(11)?.is_some(),

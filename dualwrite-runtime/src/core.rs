@@ -1,22 +1,28 @@
 //! The state one generated adapter shares across calls: the migration handle,
 //! the write strategy, the secondary lanes, the dead letters and the stats.
 //!
-//! Generated code calls the "hot path" methods of [`DualWriteCore`] on every
-//! call; the rest is for the application and for tests.
+//! The write algorithm is in [`crate::write`] and the read algorithm in
+//! [`crate::read`]; generated code calls into them on every call. The rest is
+//! for the application: strategy, flush, shutdown, dead letters, stats.
 
 use std::cell::Cell;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::command::WriteCommand;
+use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::key::RoutingKey;
-use crate::lanes::{DeadLetterSink, Job, LaneConfig, LaneContext, SecondaryLanes, XorShift64};
+use crate::lanes::{Job, LaneConfig, LaneContext, SecondaryLanes, XorShift64, far_future};
 use crate::migration::Migration;
 use crate::phase::{ReadRoute, Store, WriteRoute};
-use crate::stats::{Role, Stats, StatsSnapshot};
+use crate::shared::Shared;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::stripes::KeyStripes;
 
 /// What a synchronous secondary write failure does to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,53 +61,84 @@ pub enum Comparison {
     ShadowFailed(String),
 }
 
-/// A secondary write that was given up on, kept so reconciliation can repair
-/// the drift it left.
-#[derive(Debug, Clone)]
-pub struct DeadLetter<C> {
-    /// The repository method that made the write.
-    pub method: &'static str,
-    /// The rendered routing key, if the method has one.
-    pub key: Option<String>,
-    /// The store the write was meant for.
-    pub target: Store,
-    /// The write itself, ready to be applied again.
-    pub command: C,
-    /// The error of the last attempt.
-    pub error: String,
-    /// Attempts made; 0 if the write could not be handed to a lane.
-    pub attempts: u32,
-    /// When the write was given up on.
-    pub at: SystemTime,
+/// Why a flush or a shutdown did not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlushError {
+    /// The deadline passed with this many secondary writes still pending.
+    TimedOut {
+        /// Secondary writes handed to the lanes and not finished.
+        pending: u64,
+    },
+    /// A blocking flush was called on a thread that runs a current-thread
+    /// tokio runtime: the lanes may need that very thread to make progress
+    /// (its timers and I/O), so waiting would deadlock. Use the async flush.
+    InsideCurrentThreadRuntime,
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushError::TimedOut { pending } => write!(
+                f,
+                "the deadline passed with {pending} secondary write(s) still pending"
+            ),
+            FlushError::InsideCurrentThreadRuntime => f.write_str(
+                "a blocking flush cannot wait on a thread that runs a current-thread tokio runtime: \
+                 the lanes may need this thread to make progress; call `flush_async` instead",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FlushError {}
+
+/// What [`DualWriteCore::shutdown`] left.
+#[derive(Debug)]
+pub struct ShutdownReport<C> {
+    /// Whether every secondary write was finished and the lanes exited
+    /// before the deadline.
+    pub complete: bool,
+    /// Secondary writes still held by a lane blocked in a store call at the
+    /// deadline: they become dead letters as soon as that call returns
+    /// (take them with [`DualWriteCore::take_dead_letters`]).
+    pub still_pending: u64,
+    /// Every dead letter kept, including the writes the lanes gave up at the
+    /// deadline; taken out of the adapter.
+    pub dead_letters: Vec<DeadLetter<C>>,
 }
 
 /// The shared state of one dual-write adapter over commands of type `C` (the
 /// generated `<Trait>Write` enum).
 ///
 /// `Send + Sync` when `C: Send`. Dropping the core while lanes run closes
-/// their queues: they finish what is queued in the background. Call
-/// [`DualWriteCore::flush`] first to wait for that (e.g. before exiting).
+/// their queues: they finish what is queued in the background, and the drop
+/// logs a warning with the count. Call [`DualWriteCore::shutdown`] first to
+/// wait for that (e.g. before exiting).
 pub struct DualWriteCore<C> {
     migration: Migration,
-    stats: Stats,
+    shared: Arc<Shared<C>>,
     strategy: WriteStrategy,
     lanes: Option<SecondaryLanes<C>>,
-    dead_letters: DeadLetterSink<C>,
     /// The shadow sample rate, as `f64` bits.
     shadow_sample_rate: AtomicU64,
+    shut_down: AtomicBool,
+    secondary_timeout: Option<Duration>,
 }
 
 impl<C> DualWriteCore<C> {
     /// A core routing by `migration`, with synchronous tolerant secondary
     /// writes and every eligible read shadowed.
     pub fn new(migration: Migration) -> Self {
+        let shared = Arc::new(Shared::new(DEFAULT_DEAD_LETTER_CAPACITY));
+        migration.register_fence(&shared.stripes);
         DualWriteCore {
             migration,
-            stats: Stats::new(),
+            shared,
             strategy: WriteStrategy::default(),
             lanes: None,
-            dead_letters: Arc::default(),
             shadow_sample_rate: AtomicU64::new(1.0_f64.to_bits()),
+            shut_down: AtomicBool::new(false),
+            secondary_timeout: Some(Duration::from_secs(30)),
         }
     }
 
@@ -112,13 +149,21 @@ impl<C> DualWriteCore<C> {
 
     /// The counters of this adapter.
     pub fn stats(&self) -> &Stats {
-        &self.stats
+        &self.shared.stats
+    }
+
+    pub(crate) fn shared(&self) -> &Shared<C> {
+        &self.shared
+    }
+
+    pub(crate) fn lanes(&self) -> Option<&SecondaryLanes<C>> {
+        self.lanes.as_ref()
     }
 
     /// A snapshot of the counters, with the writes still pending in the
     /// lanes.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let mut snapshot = self.stats.snapshot();
+        let mut snapshot = self.shared.stats.snapshot();
         if let Some(lanes) = &self.lanes {
             snapshot.secondary_pending += lanes.pending();
         }
@@ -150,6 +195,30 @@ impl<C> DualWriteCore<C> {
         matches!(self.strategy, WriteStrategy::AsyncSecondary(_))
     }
 
+    /// The deadline of a secondary call made on the caller's path by an
+    /// async method (synchronous strategy); default 30 s. See
+    /// [`WriteTicket::run_secondary_async`](crate::WriteTicket::run_secondary_async).
+    pub fn secondary_timeout(&self) -> Option<Duration> {
+        self.secondary_timeout
+    }
+
+    /// Sets [`DualWriteCore::secondary_timeout`]; `None` waits for ever.
+    pub fn set_secondary_timeout(&mut self, timeout: Option<Duration>) {
+        self.secondary_timeout = timeout;
+    }
+
+    /// Sets how many dead letters are kept in memory (default 100 000); when
+    /// full, the oldest is evicted, logged at error level and counted.
+    /// Letters kept so far are dropped: call it when the adapter is built.
+    pub fn set_dead_letter_capacity(&mut self, capacity: usize) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.dead_letters =
+                crate::dead_letter::DeadLetterSink::new(capacity, shared.stats.clone());
+        } else {
+            tracing::warn!("the dead-letter capacity can only be set before the lanes start");
+        }
+    }
+
     /// The share of eligible reads that are shadow-read, in `[0, 1]`.
     pub fn shadow_sample_rate(&self) -> f64 {
         f64::from_bits(self.shadow_sample_rate.load(Ordering::Relaxed))
@@ -167,6 +236,11 @@ impl<C> DualWriteCore<C> {
             .store(rate.to_bits(), Ordering::Relaxed);
     }
 
+    /// Whether [`DualWriteCore::shutdown`] has been called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::SeqCst)
+    }
+
     // ---- hot path, called by generated code ----
 
     /// The write route for `key`; see [`Migration::write_route`].
@@ -179,83 +253,25 @@ impl<C> DualWriteCore<C> {
         self.migration.read_route(key)
     }
 
-    /// Counts one write attempt; see [`Stats::record_write`].
-    pub fn record_write(&self, store: Store, role: Role, ok: bool) {
-        self.stats.record_write(store, role, ok);
-    }
-
-    /// A synchronous secondary write failed: logs it (method, key, target,
-    /// error) and keeps the command as a [`DeadLetter`] with one attempt, so
-    /// reconciliation can repair it.
-    ///
-    /// Counts the dead letter only; count the failed attempt itself with
-    /// [`DualWriteCore::record_write`].
-    pub fn secondary_failed(&self, target: Store, error: String, command: C)
-    where
-        C: WriteCommand,
-    {
-        let key = command.key().map(RoutingKey::render);
-        self.dead_letter(command.method(), key, target, command, error, 1);
-    }
-
-    /// Like [`DualWriteCore::secondary_failed`], for a caller that names the
-    /// method and the key itself.
-    pub fn secondary_failed_keyed(
-        &self,
-        method: &'static str,
-        key: Option<&dyn RoutingKey>,
-        target: Store,
-        error: String,
-        command: C,
-    ) {
-        self.dead_letter(
-            method,
-            key.map(|key| key.render()),
-            target,
-            command,
-            error,
-            1,
-        );
-    }
-
-    /// A synchronous secondary write of a method that the command enum cannot
-    /// carry (a generic method) failed: logs it and counts a dead letter
-    /// without a replayable command.
-    pub fn secondary_failed_untracked(
-        &self,
-        method: &'static str,
-        key: Option<&dyn RoutingKey>,
-        target: Store,
-        error: String,
-    ) {
-        let key = render_key(key);
-        tracing::warn!(
-            method,
-            key = %key,
-            target = %target,
-            error = %error,
-            "secondary write failed; a generic method has no replayable command"
-        );
-        self.stats.record_dead_letter();
-    }
-
-    /// Records a shadow comparison; on mismatch tracing::warn!(method, key, "shadow read mismatch"),
-    /// on ShadowFailed warn with the error (counted as compared + mismatched).
+    /// Records a shadow comparison. A mismatch is logged with the method and
+    /// the key, never the values (they may be personal data); a failed
+    /// shadow read with its error. Both count as mismatched.
     pub fn record_comparison(
         &self,
         method: &'static str,
         key: Option<&dyn RoutingKey>,
         outcome: Comparison,
     ) {
+        let stats = &self.shared.stats;
         match outcome {
-            Comparison::Matched => self.stats.record_comparison(true),
+            Comparison::Matched => stats.record_comparison(true),
             Comparison::Mismatched => {
-                self.stats.record_comparison(false);
+                stats.record_comparison(false);
                 let key = render_key(key);
-                tracing::warn!(method, key = %key, "shadow read mismatch");
+                tracing::warn!(method, key = %key, "shadow read mismatch (values redacted)");
             }
             Comparison::ShadowFailed(error) => {
-                self.stats.record_comparison(false);
+                stats.record_comparison(false);
                 let key = render_key(key);
                 tracing::warn!(method, key = %key, error = %error, "shadow read failed");
             }
@@ -278,22 +294,135 @@ impl<C> DualWriteCore<C> {
         unit < rate
     }
 
-    /// Blocks until every write handed to the lanes so far is applied or
-    /// dead-lettered; writes handed over while it waits are not waited for,
-    /// so it returns under a steady stream of writes too. Returns at once
-    /// without lanes.
-    ///
-    /// Inside an async runtime prefer [`DualWriteCore::flush_async`].
-    pub fn flush(&self) {
-        if let Some(lanes) = &self.lanes {
-            lanes.flush();
+    /// A look at the key's stripe before a shadow read; pass it to
+    /// [`DualWriteCore::shadow_comparable`] after the reads.
+    pub fn shadow_begin(&self, key: Option<&dyn RoutingKey>) -> ShadowWindow {
+        let stripe = KeyStripes::index(key.map(RoutingKey::route_hash));
+        ShadowWindow {
+            stripe,
+            before: self.shared.stripes.observe(stripe),
         }
     }
 
-    /// Like [`DualWriteCore::flush`], without blocking the thread.
-    pub async fn flush_async(&self) {
-        if let Some(lanes) = &self.lanes {
+    /// Whether the two answers of a shadow read can be compared: no write
+    /// of the key was in flight or pending in the lanes before the reads,
+    /// and none started while they ran. Otherwise the stores cannot agree
+    /// yet: the read is counted in `reads_skipped_pending`, not compared.
+    pub fn shadow_comparable(&self, window: ShadowWindow) -> bool {
+        let after = self.shared.stripes.observe(window.stripe);
+        let quiet = window.before.quiet() && after == window.before;
+        if !quiet {
+            self.shared.stats.record_read_skipped_pending();
+        }
+        quiet
+    }
+
+    // ---- flush, shutdown, dead letters ----
+
+    /// Blocks until every write handed to the lanes before the call is
+    /// applied or dead-lettered, or `timeout` passes. Writes handed over
+    /// while it waits are not waited for, so it returns under a steady
+    /// stream of writes too. Returns at once without lanes.
+    ///
+    /// Inside a multi-thread tokio runtime it waits in
+    /// `tokio::task::block_in_place`, so the runtime keeps running the
+    /// lanes' store futures; inside a current-thread runtime it fails at once
+    /// ([`FlushError::InsideCurrentThreadRuntime`]): use
+    /// [`DualWriteCore::flush_async`] there.
+    pub fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
+        let Some(lanes) = &self.lanes else {
+            return Ok(());
+        };
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future);
+        let finished = match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| lanes.flush(Some(deadline)))
+            }
+            Ok(_) => return Err(FlushError::InsideCurrentThreadRuntime),
+            Err(_) => lanes.flush(Some(deadline)),
+        };
+        if finished {
+            Ok(())
+        } else {
+            Err(FlushError::TimedOut {
+                pending: lanes.pending(),
+            })
+        }
+    }
+
+    /// Like [`DualWriteCore::flush`], without blocking the thread. The
+    /// deadline needs a tokio runtime with timers; elsewhere it waits for the
+    /// writes without one.
+    pub async fn flush_async(&self, timeout: Duration) -> Result<(), FlushError> {
+        let Some(lanes) = &self.lanes else {
+            return Ok(());
+        };
+        let timers = Handle::try_current().is_ok();
+        if timers {
+            if tokio::time::timeout(timeout, lanes.flush_async())
+                .await
+                .is_err()
+            {
+                return Err(FlushError::TimedOut {
+                    pending: lanes.pending(),
+                });
+            }
+        } else {
             lanes.flush_async().await;
+        }
+        Ok(())
+    }
+
+    /// Drains the lanes and stops them: new writes are held while every
+    /// write in flight hands off and every pending secondary write is
+    /// applied or dead-lettered, then the lane threads are joined. Writes
+    /// made afterwards still reach the primary, and their secondary writes
+    /// become dead letters ("the adapter is shut down").
+    ///
+    /// At the deadline, the lanes dead-letter what they still hold instead
+    /// of applying it; a lane blocked in a store call does so when the call
+    /// returns ([`ShutdownReport::still_pending`]). Returns every dead letter
+    /// kept, taken out of the adapter. Without lanes it only takes the dead
+    /// letters.
+    pub fn shutdown(&self, timeout: Duration) -> ShutdownReport<C> {
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future);
+        let mut complete = true;
+        let mut still_pending = 0;
+        if let Some(lanes) = &self.lanes {
+            match self.shared.stripes.fence(deadline) {
+                Ok(hold) => {
+                    self.shut_down.store(true, Ordering::SeqCst);
+                    drop(hold);
+                    complete = lanes.close_and_join(deadline);
+                }
+                Err(_) => {
+                    self.shut_down.store(true, Ordering::SeqCst);
+                    complete = false;
+                    lanes.abort();
+                    // Give the lanes a moment to dead-letter what they hold.
+                    let grace = Instant::now() + Duration::from_millis(100);
+                    lanes.flush(Some(grace));
+                }
+            }
+            still_pending = lanes.pending();
+            if still_pending > 0 {
+                complete = false;
+                tracing::error!(
+                    still_pending,
+                    "shutdown deadline passed with secondary writes held by a lane blocked in a store call; they become dead letters when it returns"
+                );
+            }
+        } else {
+            self.shut_down.store(true, Ordering::SeqCst);
+        }
+        ShutdownReport {
+            complete,
+            still_pending,
+            dead_letters: self.take_dead_letters(),
         }
     }
 
@@ -302,47 +431,60 @@ impl<C> DualWriteCore<C> {
     where
         C: Clone,
     {
-        self.lock_dead_letters().clone()
+        self.shared.dead_letters.snapshot()
     }
 
     /// Removes and returns the dead letters kept so far (e.g. to reconcile them).
     pub fn take_dead_letters(&self) -> Vec<DeadLetter<C>> {
-        std::mem::take(&mut *self.lock_dead_letters())
+        self.shared.dead_letters.take()
     }
 
     /// The number of dead letters kept.
     pub fn dead_letter_count(&self) -> usize {
-        self.lock_dead_letters().len()
+        self.shared.dead_letters.len()
     }
 
-    fn lock_dead_letters(&self) -> MutexGuard<'_, Vec<DeadLetter<C>>> {
-        // A push is the only mutation made under the lock; a panic cannot
-        // leave the vector half-updated.
-        self.dead_letters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Records a secondary write that failed on the caller's path of code
+    /// that makes its writes itself: logs it and keeps the command as a
+    /// [`DeadLetter`] with one attempt. Generated adapters record theirs
+    /// through their [`WriteTicket`](crate::WriteTicket).
+    pub fn secondary_failed_keyed(
+        &self,
+        method: &'static str,
+        key: Option<&dyn RoutingKey>,
+        target: Store,
+        error: String,
+        command: C,
+    ) {
+        let key = key.map(RoutingKey::render);
+        self.dead_letter_with(method, key, command, target, error, 1);
     }
 
-    /// Logs, counts and keeps a secondary write given up on.
-    fn dead_letter(
+    /// Keeps a write given up on, with its key rendered from the command.
+    pub(crate) fn dead_letter_command(
+        &self,
+        command: C,
+        target: Store,
+        error: String,
+        attempts: u32,
+    ) where
+        C: WriteCommand,
+    {
+        let key = command.key().map(RoutingKey::render);
+        self.dead_letter_with(command.method(), key, command, target, error, attempts);
+    }
+
+    /// Keeps a write given up on.
+    pub(crate) fn dead_letter_with(
         &self,
         method: &'static str,
         key: Option<String>,
-        target: Store,
         command: C,
+        target: Store,
         error: String,
         attempts: u32,
     ) {
-        tracing::warn!(
-            method,
-            key = key.as_deref().unwrap_or("-"),
-            target = %target,
-            error = %error,
-            attempts,
-            "secondary write failed, kept as a dead letter"
-        );
-        self.stats.record_dead_letter();
-        self.lock_dead_letters().push(DeadLetter {
+        self.shared.dead_letters.push(DeadLetter {
             method,
             key,
             target,
@@ -353,12 +495,39 @@ impl<C> DualWriteCore<C> {
         });
     }
 
+    /// A write that the command enum cannot carry (a generic method) was
+    /// given up on: logged and counted, with no replayable command.
+    pub(crate) fn dead_letter_untracked(
+        &self,
+        method: &'static str,
+        key: Option<String>,
+        target: Store,
+        error: String,
+    ) {
+        tracing::warn!(
+            method,
+            key = key.as_deref().unwrap_or("-"),
+            target = %target,
+            error = %error,
+            "secondary write failed; a generic method has no replayable command"
+        );
+        self.shared.stats.record_dead_letter();
+    }
+
     /// Drains and shuts down the lanes, if any run.
     fn stop_lanes(&mut self) {
         if let Some(lanes) = self.lanes.take() {
-            lanes.flush();
+            lanes.flush(None);
         }
     }
+}
+
+/// What a shadow read saw of its key's stripe before the reads; see
+/// [`DualWriteCore::shadow_begin`].
+#[derive(Debug, Clone, Copy)]
+pub struct ShadowWindow {
+    stripe: usize,
+    before: crate::stripes::Observation,
 }
 
 impl<C: Send + 'static> DualWriteCore<C> {
@@ -374,8 +543,7 @@ impl<C: Send + 'static> DualWriteCore<C> {
         self.stop_lanes();
         self.lanes = Some(SecondaryLanes::start(
             config.clone(),
-            self.stats.clone(),
-            Arc::clone(&self.dead_letters),
+            Arc::clone(&self.shared),
             apply,
         ));
         self.strategy = WriteStrategy::AsyncSecondary(config);
@@ -383,9 +551,10 @@ impl<C: Send + 'static> DualWriteCore<C> {
 }
 
 impl<C> DualWriteCore<C> {
-    /// Hands the command to the lane that owns its key (stats pending +1).
-    /// Never blocks and does not allocate: the key is rendered only if a log
-    /// or a dead letter needs it.
+    /// Hands the command to the lane that owns its key, holding the key's
+    /// stripe for the hand-off (stats pending +1). For code that makes the
+    /// primary write itself; generated adapters go through
+    /// [`DualWriteCore::begin_write`], which also orders the primary write.
     ///
     /// Without running lanes (a misuse) the command is kept as a dead letter
     /// with the error "no secondary lanes are running" and 0 attempts.
@@ -399,6 +568,7 @@ impl<C> DualWriteCore<C> {
             key: None,
             render_key: Some(|command: &C| command.key().map(RoutingKey::render)),
             key_hash,
+            stripe: KeyStripes::index(key_hash),
             target,
             command,
         });
@@ -413,31 +583,57 @@ impl<C> DualWriteCore<C> {
         target: Store,
         command: C,
     ) {
+        let key_hash = key.map(|key| key.route_hash());
         self.submit_job(Job {
             method,
             key: key.map(|key| key.render()),
             render_key: None,
-            key_hash: key.map(|key| key.route_hash()),
+            key_hash,
+            stripe: KeyStripes::index(key_hash),
             target,
             command,
         });
     }
 
     fn submit_job(&self, job: Job<C>) {
-        let Some(lanes) = &self.lanes else {
-            let error = "no secondary lanes are running".to_owned();
-            let key = job
-                .key
-                .or_else(|| job.render_key.and_then(|render| render(&job.command)));
-            self.dead_letter(job.method, key, job.target, job.command, error, 0);
-            return;
+        let _stripe = self.shared.stripes.lock(job.stripe);
+        let refusal = if self.is_shut_down() {
+            Some("the adapter is shut down")
+        } else if self.lanes.is_none() {
+            Some("no secondary lanes are running")
+        } else {
+            None
         };
-        if let Err(job) = lanes.submit(job) {
-            let error = "the secondary lane is not running".to_owned();
-            let key = job
-                .key
-                .or_else(|| job.render_key.and_then(|render| render(&job.command)));
-            self.dead_letter(job.method, key, job.target, job.command, error, 0);
+        let job = match (refusal, &self.lanes) {
+            (None, Some(lanes)) => match lanes.submit(lanes.lane_of(job.key_hash), job) {
+                Ok(()) => return,
+                Err(job) => (job, "the secondary lane is not running"),
+            },
+            (refusal, _) => (job, refusal.unwrap_or("no secondary lanes are running")),
+        };
+        let (job, error) = job;
+        let key = job
+            .key
+            .or_else(|| job.render_key.and_then(|render| render(&job.command)));
+        self.dead_letter_with(
+            job.method,
+            key,
+            job.command,
+            job.target,
+            error.to_owned(),
+            0,
+        );
+    }
+}
+
+impl<C> Drop for DualWriteCore<C> {
+    fn drop(&mut self) {
+        let pending = self.lanes.as_ref().map_or(0, SecondaryLanes::pending);
+        if pending > 0 {
+            tracing::warn!(
+                pending,
+                "dual-write adapter dropped with secondary writes pending and no shutdown: the lanes finish them in the background, and any left when the process exits are lost; call `shutdown(deadline)` before exiting"
+            );
         }
     }
 }
@@ -453,7 +649,7 @@ impl<C> fmt::Debug for DualWriteCore<C> {
             )
             .field("shadow_sample_rate", &self.shadow_sample_rate())
             .field("dead_letters", &self.dead_letter_count())
-            .field("stats", &self.stats)
+            .field("stats", &self.shared.stats)
             .finish()
     }
 }

@@ -21,27 +21,38 @@
 //! backoff and keep what they give up on as [`DeadLetter`]s
 //! ([`WriteStrategy::AsyncSecondary`]).
 //!
-//! Where is a write routed? In the generated adapter method, which asks
-//! [`DualWriteCore::write_route`] for the phase's [`WriteRoute`].
+//! Where is a write routed? In [`DualWriteCore::begin_write`] (module
+//! `write`), which every generated write method calls: it takes the key's
+//! stripe, asks [`Migration::write_route`] for the phase's [`WriteRoute`] and
+//! returns the [`WriteTicket`] that carries the write through the primary
+//! and the secondary store. Reads go through module `read`.
 
 mod command;
 mod core;
+mod dead_letter;
 mod key;
 mod lanes;
 mod migration;
 mod phase;
 mod ring;
+mod shared;
 mod stats;
+mod stripes;
+mod write;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use crate::core::{Comparison, DeadLetter, DualWriteCore, SyncMode, WriteStrategy};
+pub use crate::core::{
+    Comparison, DualWriteCore, FlushError, ShadowWindow, ShutdownReport, SyncMode, WriteStrategy,
+};
 pub use command::WriteCommand;
+pub use dead_letter::DeadLetter;
 pub use dualwrite_macros::dual_write;
 pub use key::RoutingKey;
-pub use lanes::{LaneConfig, LaneContext};
-pub use migration::{Migration, PhaseError};
+pub use lanes::{LaneConfig, LaneContext, WhenFull};
+pub use migration::{Migration, PhaseChange, PhaseError, Transition};
 pub use phase::{ParsePhaseError, Phase, ReadRoute, RouteOptions, Store, WriteRoute};
 pub use stats::{Role, Stats, StatsSnapshot};
+pub use write::{StripeHold, WriteRefused, WriteTicket};

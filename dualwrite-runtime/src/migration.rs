@@ -5,16 +5,25 @@
 //! only while an "any overrides?" flag is set. Changing phases is rare and
 //! takes a mutex so that read-modify-write of the map is serialised.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::key::{RoutingKey, hash_text};
+use crate::lanes::far_future;
 use crate::phase::{Phase, ReadRoute, RouteOptions, WriteRoute};
+use crate::stripes::KeyStripes;
+
+/// The default longest a phase change waits for the writes routed before it.
+pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many transitions [`Migration::history`] keeps.
+const HISTORY: usize = 1_000;
 
 /// A shared handle on the phase of one migration, globally and per key
 /// (tenant or entity), as the spec's "feature flags" component.
@@ -47,6 +56,12 @@ struct Inner {
     /// effective phase is checked against a global phase that cannot move
     /// under the check).
     writer: Mutex<()>,
+    /// The adapters routing by this migration, fenced on a route change.
+    fences: Mutex<Vec<Weak<KeyStripes>>>,
+    /// The default fence deadline, in nanoseconds.
+    fence_timeout: AtomicU64,
+    /// The latest transitions, oldest first.
+    history: Mutex<VecDeque<Transition>>,
 }
 
 impl Migration {
@@ -64,6 +79,9 @@ impl Migration {
                 has_overrides: AtomicBool::new(false),
                 overrides: ArcSwap::from_pointee(OverrideMap::default()),
                 writer: Mutex::new(()),
+                fences: Mutex::new(Vec::new()),
+                fence_timeout: AtomicU64::new(nanos(DEFAULT_FENCE_TIMEOUT)),
+                history: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -79,50 +97,215 @@ impl Migration {
         Phase::from_u8(self.inner.global.load(Ordering::Acquire)).unwrap_or(Phase::Prepare)
     }
 
-    /// Moves the global phase; returns the previous one. Any move is allowed except leaving
-    /// Cleanup (spec: "Cleanup: cannot roll back").
+    /// Moves the global phase; returns the previous one. Checked against
+    /// the spec's rules and fenced (see [`Migration::change`]).
     pub fn set_phase(&self, phase: Phase) -> Result<Phase, PhaseError> {
-        let _writer = self.lock_writer();
-        let previous = self.phase();
-        if previous == Phase::Cleanup && phase != Phase::Cleanup {
-            return Err(PhaseError::LeavingCleanup {
-                key: None,
-                to: phase,
-            });
-        }
-        self.inner.global.store(phase as u8, Ordering::Release);
-        tracing::info!(phase = %phase, previous = %previous, key = "*", "migration phase changed");
-        Ok(previous)
+        self.change(PhaseChange::to(phase)).map(|t| t.from)
     }
 
-    /// Per-tenant / per-entity override; returns the previous override. Leaving Cleanup is refused
-    /// per key too (the key's effective phase is Cleanup -> error).
+    /// Per-tenant / per-entity override; returns the previous override.
+    /// Checked against the spec's rules and fenced (see
+    /// [`Migration::change`]).
     pub fn set_phase_for<K: RoutingKey + ?Sized>(
         &self,
         key: &K,
         phase: Phase,
     ) -> Result<Option<Phase>, PhaseError> {
-        let key = key.render();
+        self.change(PhaseChange::to(phase).for_key(key))
+            .map(|t| t.previous_override)
+    }
+
+    /// Makes a phase change, and records it in [`Migration::history`].
+    ///
+    /// Rules (the spec's phase table and rollback table):
+    /// - nothing leaves Cleanup ("cannot roll back"), even forced;
+    /// - Prepare and DualWrite do not move straight to Cutover or Cleanup,
+    ///   and only Cutover moves to Cleanup, unless [`PhaseChange::forced`]
+    ///   (the backfill and shadow validation would be skipped);
+    /// - the global phase does not move to Cleanup while an override keeps a
+    ///   key in an earlier phase (lift it with
+    ///   [`Migration::clear_phase_for`]), unless forced;
+    /// - a rollback from Cutover (the writes' order reverses) is allowed,
+    ///   logged at warn level as needing reconciliation, and marked so in the
+    ///   record.
+    ///
+    /// Fence: when the change moves a route (the primary of writes or reads,
+    /// or the secondary of writes), it first holds every write of every
+    /// adapter routing by this migration, waits for those in flight to hand
+    /// off and for every queued secondary write to be applied or
+    /// dead-lettered, and only then switches. If that does not finish within
+    /// the fence deadline ([`PhaseChange::fence_timeout`], default
+    /// [`Migration::fence_timeout`]) the change fails with
+    /// [`PhaseError::FenceTimedOut`] and the phase stays as it was. While the
+    /// fence holds, writes wait.
+    pub fn change(&self, change: PhaseChange) -> Result<Transition, PhaseError> {
         let _writer = self.lock_writer();
+        let global = self.phase();
         let current = self.inner.overrides.load();
-        let previous = current.by_key.get(&key).copied();
-        let effective = previous.unwrap_or_else(|| self.phase());
-        if effective == Phase::Cleanup && phase != Phase::Cleanup {
-            return Err(PhaseError::LeavingCleanup {
-                key: Some(key),
-                to: phase,
-            });
+        let previous_override = change
+            .key
+            .as_ref()
+            .and_then(|key| current.by_key.get(key).copied());
+        let from = previous_override.unwrap_or(global);
+        let to = change.phase;
+        check_rules(from, to, change.key.as_deref(), change.forced)?;
+        if change.key.is_none() && to == Phase::Cleanup {
+            let behind: Vec<String> = current
+                .by_key
+                .iter()
+                .filter(|(_, phase)| **phase < Phase::Cleanup)
+                .map(|(key, _)| key.clone())
+                .collect();
+            if !behind.is_empty() && !change.forced {
+                let mut keys = behind;
+                keys.sort_unstable();
+                return Err(PhaseError::OverridesBehind { keys });
+            }
         }
-        let mut next = current.by_key.clone();
-        next.insert(key.clone(), phase);
-        self.publish(next);
-        tracing::info!(
-            phase = %phase,
-            previous = %effective,
-            key = %key,
-            "migration phase changed"
-        );
-        Ok(previous)
+        let moves_routes = routes_differ(from, to, &self.inner.options);
+        let fence_started = Instant::now();
+        if moves_routes {
+            let timeout = change.fence_timeout.unwrap_or_else(|| self.fence_timeout());
+            let deadline = fence_started
+                .checked_add(timeout)
+                .unwrap_or_else(far_future);
+            let fences = self.live_fences();
+            let mut holds = Vec::with_capacity(fences.len());
+            for stripes in &fences {
+                match stripes.fence(deadline) {
+                    Ok(hold) => holds.push(hold),
+                    Err(pending) => {
+                        let error = PhaseError::FenceTimedOut {
+                            key: change.key.clone(),
+                            from,
+                            to,
+                            waited: timeout,
+                            pending,
+                        };
+                        tracing::warn!(%error, "phase change refused");
+                        return Err(error);
+                    }
+                }
+            }
+            self.apply(&change, &current.by_key);
+            drop(holds);
+        } else {
+            self.apply(&change, &current.by_key);
+        }
+        let transition = Transition {
+            at: SystemTime::now(),
+            key: change.key,
+            from,
+            to,
+            previous_override,
+            reason: change.reason,
+            forced: change.forced,
+            needs_reconciliation: from == Phase::Cutover && to < Phase::Cutover,
+            fenced: moves_routes.then(|| fence_started.elapsed()),
+        };
+        self.record(&transition);
+        Ok(transition)
+    }
+
+    /// Installs a checked change. Call with the writer lock held (and the
+    /// fence, if routes move).
+    fn apply(&self, change: &PhaseChange, overrides: &HashMap<String, Phase>) {
+        match &change.key {
+            None => self
+                .inner
+                .global
+                .store(change.phase as u8, Ordering::Release),
+            Some(key) => {
+                let mut next = overrides.clone();
+                next.insert(key.clone(), change.phase);
+                self.publish(next);
+            }
+        }
+    }
+
+    fn record(&self, transition: &Transition) {
+        let key = transition.key.as_deref().unwrap_or("*");
+        let reason = transition.reason.as_deref().unwrap_or("-");
+        if transition.needs_reconciliation {
+            tracing::warn!(
+                previous = %transition.from,
+                phase = %transition.to,
+                key,
+                reason,
+                forced = transition.forced,
+                "migration rolled back from cutover: the writes' order reversed, run reconciliation"
+            );
+        } else if transition.forced {
+            tracing::warn!(
+                previous = %transition.from,
+                phase = %transition.to,
+                key,
+                reason,
+                "migration phase changed by force"
+            );
+        } else {
+            tracing::info!(
+                previous = %transition.from,
+                phase = %transition.to,
+                key,
+                reason,
+                "migration phase changed"
+            );
+        }
+        let mut history = self
+            .inner
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if history.len() >= HISTORY {
+            history.pop_front();
+        }
+        history.push_back(transition.clone());
+    }
+
+    /// The latest transitions (at most 1 000), oldest first.
+    pub fn history(&self) -> Vec<Transition> {
+        self.inner
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The default longest a phase change waits for the writes routed
+    /// before it (10 s unless set).
+    pub fn fence_timeout(&self) -> Duration {
+        Duration::from_nanos(self.inner.fence_timeout.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`Migration::fence_timeout`].
+    pub fn set_fence_timeout(&self, timeout: Duration) {
+        self.inner
+            .fence_timeout
+            .store(nanos(timeout), Ordering::Relaxed);
+    }
+
+    /// Registers an adapter's stripes, so route changes fence its writes.
+    pub(crate) fn register_fence(&self, stripes: &Arc<KeyStripes>) {
+        let mut fences = self
+            .inner
+            .fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        fences.retain(|fence| fence.strong_count() > 0);
+        fences.push(Arc::downgrade(stripes));
+    }
+
+    fn live_fences(&self) -> Vec<Arc<KeyStripes>> {
+        let mut fences = self
+            .inner
+            .fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        fences.retain(|fence| fence.strong_count() > 0);
+        fences.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Removes the key's override, so it follows the global phase again, and
@@ -143,7 +326,9 @@ impl Migration {
     }
 
     /// Like [`Migration::clear_phase_for`], but reports a refused removal
-    /// (the key would leave Cleanup) as [`PhaseError::LeavingCleanup`].
+    /// (the key would leave Cleanup, or the fence timed out) as an error.
+    /// Lifting an override is always allowed otherwise: the key returns to
+    /// the global phase, fenced like any change that moves a route.
     pub fn try_clear_phase_for<K: RoutingKey + ?Sized>(
         &self,
         key: &K,
@@ -163,13 +348,43 @@ impl Migration {
         }
         let mut next = current.by_key.clone();
         next.remove(&key);
-        self.publish(next);
-        tracing::info!(
-            phase = %global,
-            previous = %previous,
-            key = %key,
-            "migration phase changed"
-        );
+        let moves_routes = routes_differ(previous, global, &self.inner.options);
+        let started = Instant::now();
+        if moves_routes {
+            let timeout = self.fence_timeout();
+            let deadline = started.checked_add(timeout).unwrap_or_else(far_future);
+            let fences = self.live_fences();
+            let mut holds = Vec::with_capacity(fences.len());
+            for stripes in &fences {
+                match stripes.fence(deadline) {
+                    Ok(hold) => holds.push(hold),
+                    Err(pending) => {
+                        return Err(PhaseError::FenceTimedOut {
+                            key: Some(key),
+                            from: previous,
+                            to: global,
+                            waited: timeout,
+                            pending,
+                        });
+                    }
+                }
+            }
+            self.publish(next);
+            drop(holds);
+        } else {
+            self.publish(next);
+        }
+        self.record(&Transition {
+            at: SystemTime::now(),
+            key: Some(key),
+            from: previous,
+            to: global,
+            previous_override: Some(previous),
+            reason: Some("override lifted".to_owned()),
+            forced: false,
+            needs_reconciliation: previous == Phase::Cutover && global < Phase::Cutover,
+            fenced: moves_routes.then(|| started.elapsed()),
+        });
         Ok(Some(previous))
     }
 
@@ -295,7 +510,86 @@ impl fmt::Debug for Migration {
     }
 }
 
-/// A phase change the migration refused.
+/// A phase change to make with [`Migration::change`]: the global phase or
+/// one key's, with the options the plain setters leave at their defaults.
+#[derive(Debug, Clone)]
+pub struct PhaseChange {
+    phase: Phase,
+    key: Option<String>,
+    forced: bool,
+    reason: Option<String>,
+    fence_timeout: Option<Duration>,
+}
+
+impl PhaseChange {
+    /// A change of the global phase to `phase`.
+    pub fn to(phase: Phase) -> Self {
+        PhaseChange {
+            phase,
+            key: None,
+            forced: false,
+            reason: None,
+            fence_timeout: None,
+        }
+    }
+
+    /// Changes the phase of one tenant or entity (an override) instead.
+    #[must_use]
+    pub fn for_key<K: RoutingKey + ?Sized>(mut self, key: &K) -> Self {
+        self.key = Some(key.render());
+        self
+    }
+
+    /// Allows skipping phases and a global Cleanup while overrides are
+    /// behind; recorded as forced and logged at warn level. Leaving Cleanup
+    /// stays refused.
+    #[must_use]
+    pub fn forced(mut self) -> Self {
+        self.forced = true;
+        self
+    }
+
+    /// Why the change is made, for the log and the history.
+    #[must_use]
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// The longest to wait for the writes routed before the change.
+    #[must_use]
+    pub fn fence_timeout(mut self, timeout: Duration) -> Self {
+        self.fence_timeout = Some(timeout);
+        self
+    }
+}
+
+/// One phase change, as [`Migration::history`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// When the change took effect.
+    pub at: SystemTime,
+    /// The key whose override changed; `None` for the global phase.
+    pub key: Option<String>,
+    /// The phase in force before (the key's effective phase for a key).
+    pub from: Phase,
+    /// The phase in force after.
+    pub to: Phase,
+    /// The key's override before the change, if it had one.
+    pub previous_override: Option<Phase>,
+    /// The reason given, if any.
+    pub reason: Option<String>,
+    /// Whether the rules were overridden.
+    pub forced: bool,
+    /// A rollback from Cutover: writes reversed their order, so the stores
+    /// need reconciliation (spec: "Cutover (writes): may need
+    /// reconciliation").
+    pub needs_reconciliation: bool,
+    /// How long the fence held writes, when the change moved a route.
+    pub fenced: Option<Duration>,
+}
+
+/// A phase change the migration refused. The phase is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PhaseError {
     /// The global phase, or the phase of `key`, is Cleanup: the old store is
@@ -306,10 +600,46 @@ pub enum PhaseError {
         /// The phase that was requested.
         to: Phase,
     },
+    /// The change skips phases the spec requires (backfill and shadow
+    /// validation before Cutover, Cutover before Cleanup). Use
+    /// [`PhaseChange::forced`] to skip them anyway.
+    SkipsPhases {
+        /// The key whose phase was to change; `None` for the global phase.
+        key: Option<String>,
+        /// The phase in force.
+        from: Phase,
+        /// The phase requested.
+        to: Phase,
+    },
+    /// The global phase cannot move to Cleanup while overrides keep these
+    /// keys in earlier phases: those keys would still write the old store.
+    /// Lift the overrides first ([`Migration::clear_phase_for`]) or force.
+    OverridesBehind {
+        /// The keys whose override is before Cleanup, sorted.
+        keys: Vec<String>,
+    },
+    /// The writes routed before the change did not finish within the fence
+    /// deadline, so the route was not switched.
+    FenceTimedOut {
+        /// The key whose phase was to change; `None` for the global phase.
+        key: Option<String>,
+        /// The phase in force (kept).
+        from: Phase,
+        /// The phase requested.
+        to: Phase,
+        /// How long the fence waited.
+        waited: Duration,
+        /// Secondary writes still pending at the deadline.
+        pending: u64,
+    },
 }
 
 impl fmt::Display for PhaseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scope = |key: &Option<String>| match key {
+            None => "the migration".to_owned(),
+            Some(key) => format!("key `{key}`"),
+        };
         match self {
             PhaseError::LeavingCleanup { key: None, to } => write!(
                 f,
@@ -319,11 +649,76 @@ impl fmt::Display for PhaseError {
                 f,
                 "cannot move key `{key}` from `cleanup` to `{to}`: cleanup cannot roll back"
             ),
+            PhaseError::SkipsPhases { key, from, to } => write!(
+                f,
+                "cannot move {} from `{from}` straight to `{to}`: {}; force the change to skip it",
+                scope(key),
+                if *to == Phase::Cleanup {
+                    "only `cutover` moves to `cleanup`"
+                } else {
+                    "`backfill` and `shadow_read` come first"
+                }
+            ),
+            PhaseError::OverridesBehind { keys } => write!(
+                f,
+                "cannot move the migration to `cleanup` while {} key override(s) are in earlier phases ({}): lift them with `clear_phase_for` or force the change",
+                keys.len(),
+                keys.iter()
+                    .take(5)
+                    .map(|key| format!("`{key}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            PhaseError::FenceTimedOut {
+                key,
+                from,
+                to,
+                waited,
+                pending,
+            } => write!(
+                f,
+                "cannot move {} from `{from}` to `{to}`: the writes routed before the change did not finish within {waited:?} ({pending} secondary write(s) pending); the phase stays `{from}`",
+                scope(key)
+            ),
         }
     }
 }
 
 impl std::error::Error for PhaseError {}
+
+/// The spec's rules for a move of one scope from `from` to `to`.
+fn check_rules(from: Phase, to: Phase, key: Option<&str>, forced: bool) -> Result<(), PhaseError> {
+    if from == Phase::Cleanup && to != Phase::Cleanup {
+        return Err(PhaseError::LeavingCleanup {
+            key: key.map(str::to_owned),
+            to,
+        });
+    }
+    let skips = match to {
+        Phase::Cutover => from < Phase::Backfill,
+        Phase::Cleanup => from != Phase::Cutover && from != Phase::Cleanup,
+        _ => false,
+    };
+    if skips && !forced {
+        return Err(PhaseError::SkipsPhases {
+            key: key.map(str::to_owned),
+            from,
+            to,
+        });
+    }
+    Ok(())
+}
+
+/// Whether moving from `from` to `to` changes where writes go or which store
+/// answers reads: then the writes routed before must finish first.
+fn routes_differ(from: Phase, to: Phase, options: &RouteOptions) -> bool {
+    from.write_route(options) != to.write_route(options)
+        || from.read_route(options).primary != to.read_route(options).primary
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
 
 #[cfg(test)]
 mod tests {
@@ -334,10 +729,10 @@ mod tests {
         let migration = Migration::new(Phase::DualWrite);
         assert!(!migration.inner.has_overrides.load(Ordering::Acquire));
         migration
-            .set_phase_for(&1, Phase::Cutover)
+            .set_phase_for(&1, Phase::Backfill)
             .expect("allowed");
         assert!(migration.inner.has_overrides.load(Ordering::Acquire));
-        assert_eq!(migration.clear_phase_for(&1), Some(Phase::Cutover));
+        assert_eq!(migration.clear_phase_for(&1), Some(Phase::Backfill));
         assert!(!migration.inner.has_overrides.load(Ordering::Acquire));
     }
 

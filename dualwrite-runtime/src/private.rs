@@ -243,3 +243,59 @@ pub trait SharedReceivers {}
 /// serde, for command enums of traits marked `#[dual_write(serde)]`.
 #[cfg(feature = "serde")]
 pub use serde;
+
+/// Asks, from the method's return type alone, whether a refused write can be
+/// returned to the caller as an error: `Result<T, E>` with
+/// `E: From<WriteRefused>` can; anything else cannot (the write then falls
+/// back to a dead letter, see `WhenFull::FailCall`). Resolved by auto-ref
+/// like [`Probe`].
+pub struct RefuseProbe<R>(core::marker::PhantomData<fn() -> R>);
+
+impl<R> RefuseProbe<R> {
+    /// The probe for return type `R`.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        RefuseProbe(core::marker::PhantomData)
+    }
+}
+
+/// `Result<T, E>` whose error converts from [`crate::WriteRefused`].
+pub trait RefuseViaFrom {
+    /// The method's return type.
+    type Ret;
+    /// Whether a refusal can be returned.
+    fn dw_can_refuse(&self) -> bool;
+    /// The refusal as the method's return value.
+    fn dw_refuse(&self, refused: crate::WriteRefused) -> Option<Self::Ret>;
+}
+
+impl<T, E: From<crate::WriteRefused>> RefuseViaFrom for &RefuseProbe<Result<T, E>> {
+    type Ret = Result<T, E>;
+    fn dw_can_refuse(&self) -> bool {
+        true
+    }
+    fn dw_refuse(&self, refused: crate::WriteRefused) -> Option<Result<T, E>> {
+        Some(Err(E::from(refused)))
+    }
+}
+
+/// Any other return type: a refusal cannot be expressed.
+pub trait RefuseNever {
+    /// The method's return type.
+    type Ret;
+    /// Always false.
+    fn dw_can_refuse(&self) -> bool;
+    /// Always `None`.
+    fn dw_refuse(&self, refused: crate::WriteRefused) -> Option<Self::Ret>;
+}
+
+impl<R> RefuseNever for RefuseProbe<R> {
+    type Ret = R;
+    fn dw_can_refuse(&self) -> bool {
+        false
+    }
+    fn dw_refuse(&self, refused: crate::WriteRefused) -> Option<R> {
+        let _ = refused;
+        None
+    }
+}

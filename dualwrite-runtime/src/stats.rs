@@ -43,6 +43,10 @@ struct Counters {
     secondary_pending: Padded<AtomicI64>,
     reads_matched: Padded<AtomicU64>,
     reads_mismatched: Padded<AtomicU64>,
+    reads_skipped_pending: Padded<AtomicU64>,
+    dead_letters_evicted: Padded<AtomicU64>,
+    queue_full: Padded<AtomicU64>,
+    writes_refused: Padded<AtomicU64>,
 }
 
 /// The index of the write counter for one `(store, role, ok)` combination.
@@ -82,6 +86,37 @@ impl Stats {
     /// Counts one secondary write given up on and kept as a dead letter.
     pub fn record_dead_letter(&self) {
         self.counters.dead_letters.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one dead letter evicted from a full dead-letter list.
+    pub fn record_dead_letter_evicted(&self) {
+        self.counters
+            .dead_letters_evicted
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one shadow read not compared because a secondary write of its
+    /// key was still pending (the stores could not agree yet).
+    pub fn record_read_skipped_pending(&self) {
+        self.counters
+            .reads_skipped_pending
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one write that found its lane's queue full.
+    pub fn record_queue_full(&self) {
+        self.counters.queue_full.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one call refused before any store was written, because its
+    /// lane's queue stayed full (see `QueueFullPolicy::FailCall`).
+    pub fn record_write_refused(&self) {
+        self.counters
+            .writes_refused
+            .0
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one shadow-read comparison and whether both stores agreed.
@@ -134,6 +169,10 @@ impl Stats {
             reads_compared: reads_matched + reads_mismatched,
             reads_matched,
             reads_mismatched,
+            reads_skipped_pending: c.reads_skipped_pending.0.load(Ordering::Relaxed),
+            dead_letters_evicted: c.dead_letters_evicted.0.load(Ordering::Relaxed),
+            queue_full: c.queue_full.0.load(Ordering::Relaxed),
+            writes_refused: c.writes_refused.0.load(Ordering::Relaxed),
         }
     }
 }
@@ -175,6 +214,19 @@ pub struct StatsSnapshot {
     pub reads_matched: u64,
     /// Shadow reads where the stores disagreed or the shadow read failed.
     pub reads_mismatched: u64,
+    /// Shadow reads not compared because a secondary write of their key was
+    /// in flight or pending: the stores could not agree yet, so comparing
+    /// would count a false mismatch.
+    pub reads_skipped_pending: u64,
+    /// Dead letters evicted from a full dead-letter list (each logged at
+    /// error level).
+    pub dead_letters_evicted: u64,
+    /// Writes that found their lane's queue full (and waited, failed or
+    /// were dead-lettered, per the queue-full policy).
+    pub queue_full: u64,
+    /// Calls refused before any store was written because their lane's queue
+    /// stayed full.
+    pub writes_refused: u64,
 }
 
 impl StatsSnapshot {

@@ -100,7 +100,8 @@ fn check_ordered_delivery(jobs: &[(Option<u32>, u32)], lanes: usize, max_attempt
     for cmd in &commands {
         submit(&core, cmd.clone());
     }
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
 
     let store = lock(&store);
     let (delivered, given_up): (Vec<&Cmd>, Vec<&Cmd>) =
@@ -208,7 +209,8 @@ fn concurrent_submitters_keep_their_keys_in_order() {
     for submitter in submitters {
         submitter.join().expect("submitter finished");
     }
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     let store = lock(&store);
     assert_eq!(store.applied.len(), 200);
     assert_eq!(core.dead_letter_count(), 0);
@@ -245,17 +247,20 @@ fn flush_waits_for_every_job() {
             },
         );
     }
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     assert_eq!(lock(&store).applied.len(), 30);
     assert_eq!(core.snapshot().secondary_pending, 0);
     // A second flush with nothing pending returns at once.
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
 }
 
 #[test]
 fn flush_without_lanes_returns_at_once() {
     let core = new_core();
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     assert!(!core.is_async());
     assert_eq!(core.sync_mode(), Some(SyncMode::Tolerant));
 }
@@ -275,10 +280,14 @@ async fn flush_async_applies_everything() {
             },
         );
     }
-    core.flush_async().await;
+    core.flush_async(std::time::Duration::from_secs(60))
+        .await
+        .expect("flushed");
     assert_eq!(lock(&store).applied.len(), 25);
     assert_eq!(core.snapshot().secondary_pending, 0);
-    core.flush_async().await;
+    core.flush_async(std::time::Duration::from_secs(60))
+        .await
+        .expect("flushed");
 }
 
 #[tokio::test]
@@ -328,7 +337,8 @@ fn a_panicking_apply_is_a_failed_attempt_not_a_dead_lane() {
             failures: 0,
         },
     );
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
 
     let applied: Vec<usize> = lock(&store).applied.iter().map(|cmd| cmd.seq).collect();
     assert_eq!(applied, [0, 2]);
@@ -366,7 +376,24 @@ fn check_block_on_with_a_timer(expected_flavor: RuntimeFlavor) {
             },
         );
     }
-    core.flush();
+    let caller_runtime = Handle::try_current().map(|handle| handle.runtime_flavor());
+    if caller_runtime.ok() == Some(RuntimeFlavor::CurrentThread) {
+        // Blocking this runtime's only thread could starve the lanes: the
+        // blocking flush refuses at once, and works from another thread.
+        assert_eq!(
+            core.flush(Duration::from_secs(60)),
+            Err(dualwrite_runtime::FlushError::InsideCurrentThreadRuntime)
+        );
+        thread::scope(|scope| {
+            scope
+                .spawn(|| core.flush(Duration::from_secs(60)))
+                .join()
+                .expect("flush thread")
+        })
+        .expect("flushed");
+    } else {
+        core.flush(Duration::from_secs(60)).expect("flushed");
+    }
     assert_eq!(core.dead_letter_count(), 0);
     let flavors = flavors.lock().expect("not poisoned");
     assert_eq!(flavors.len(), 6);
@@ -409,7 +436,8 @@ fn attempt_timeout_turns_a_hung_write_into_a_timeout_error() {
             failures: 0,
         },
     );
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     let letters = core.take_dead_letters();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 2);
@@ -447,7 +475,8 @@ fn lanes_are_named_threads_and_keyless_jobs_use_lane_zero() {
             },
         );
     }
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     let seen = seen.lock().expect("not poisoned");
     assert_eq!(seen.len(), 12);
     for (key, lane, name) in seen.iter() {
@@ -542,7 +571,8 @@ fn restarting_lanes_drains_the_previous_ones() {
             },
         );
     }
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     assert_eq!(lock(&second).applied.len(), 5);
     assert_eq!(lock(&first).applied.len(), 10);
 }
@@ -586,7 +616,8 @@ fn debug_does_not_need_a_debug_command() {
         |_ctx, _target, _cmd| Ok(()),
     );
     core.submit_keyed("put", None, Store::New, Opaque);
-    core.flush();
+    core.flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     let debug = format!("{core:?}");
     assert!(
         debug.contains("DualWriteCore") && debug.contains("Backfill"),

@@ -5,7 +5,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
-use dualwrite_runtime::{Migration, Phase, PhaseError, RouteOptions, RoutingKey};
+use dualwrite_runtime::{Migration, Phase, PhaseChange, PhaseError, RouteOptions, RoutingKey};
+
+/// Moves the global phase past the ordering rules (a test setup step).
+fn force(migration: &Migration, phase: Phase) -> Result<Phase, PhaseError> {
+    migration
+        .change(PhaseChange::to(phase).forced())
+        .map(|t| t.from)
+}
+
+/// Moves a key's phase past the ordering rules.
+fn force_for(migration: &Migration, key: &str, phase: Phase) -> Result<Option<Phase>, PhaseError> {
+    migration
+        .change(PhaseChange::to(phase).for_key(key).forced())
+        .map(|t| t.previous_override)
+}
 
 #[test]
 fn set_phase_returns_the_previous_phase() {
@@ -20,11 +34,48 @@ fn set_phase_returns_the_previous_phase() {
 }
 
 #[test]
-fn any_move_but_leaving_cleanup_is_allowed() {
+fn any_forced_move_but_leaving_cleanup_is_allowed() {
     for from in Phase::ALL.into_iter().filter(|p| *p != Phase::Cleanup) {
         for to in Phase::ALL {
             let migration = Migration::new(from);
-            assert_eq!(migration.set_phase(to), Ok(from), "{from} -> {to}");
+            assert_eq!(force(&migration, to), Ok(from), "{from} -> {to}");
+        }
+    }
+}
+
+#[test]
+fn unforced_moves_follow_the_phase_order() {
+    for from in Phase::ALL.into_iter().filter(|p| *p != Phase::Cleanup) {
+        for to in Phase::ALL {
+            let skips = match to {
+                Phase::Cutover => from < Phase::Backfill,
+                Phase::Cleanup => from != Phase::Cutover,
+                _ => false,
+            };
+            let migration = Migration::new(from);
+            let result = migration.set_phase(to);
+            if skips {
+                assert_eq!(
+                    result,
+                    Err(PhaseError::SkipsPhases {
+                        key: None,
+                        from,
+                        to
+                    }),
+                    "{from} -> {to}"
+                );
+                assert_eq!(migration.phase(), from);
+                assert!(migration.history().is_empty());
+            } else {
+                assert_eq!(result, Ok(from), "{from} -> {to}");
+                let history = migration.history();
+                assert_eq!((history[0].from, history[0].to), (from, to));
+                // Rolling back from cutover reverses the writes' order.
+                assert_eq!(
+                    history[0].needs_reconciliation,
+                    from == Phase::Cutover && to < Phase::Cutover
+                );
+            }
         }
     }
 }
@@ -66,7 +117,7 @@ fn leaving_cleanup_is_refused_per_key_under_a_cleanup_global_phase() {
 #[test]
 fn leaving_cleanup_is_refused_per_key_under_an_override() {
     let migration = Migration::new(Phase::DualWrite);
-    assert_eq!(migration.set_phase_for(&9_u32, Phase::Cleanup), Ok(None));
+    assert_eq!(force_for(&migration, "9", Phase::Cleanup), Ok(None));
     assert_eq!(
         migration.set_phase_for(&9_u32, Phase::DualWrite),
         Err(PhaseError::LeavingCleanup {
@@ -85,7 +136,7 @@ fn leaving_cleanup_is_refused_per_key_under_an_override() {
     assert_eq!(migration.clear_phase_for(&9_u32), None);
     assert_eq!(migration.phase_for(Some(&9_u32)), Phase::Cleanup);
     // Once the whole migration is in Cleanup the override is redundant.
-    assert_eq!(migration.set_phase(Phase::Cleanup), Ok(Phase::DualWrite));
+    assert_eq!(force(&migration, Phase::Cleanup), Ok(Phase::DualWrite));
     assert_eq!(migration.clear_phase_for(&9_u32), Some(Phase::Cleanup));
     assert!(migration.overrides().is_empty());
 }
@@ -110,7 +161,7 @@ fn overrides_are_listed_sorted_by_key_and_cleared() {
         ("tenant-a", Phase::Backfill),
         ("tenant-b", Phase::Prepare),
     ] {
-        migration.set_phase_for(key, phase).expect("allowed");
+        force_for(&migration, key, phase).expect("allowed");
     }
     assert_eq!(
         migration.overrides(),
@@ -132,7 +183,7 @@ fn clones_share_state_and_keep_options() {
     let options = RouteOptions::default().with_shadow_after_cutover(true);
     let migration = Migration::with_options(Phase::Prepare, options);
     let clone = migration.clone();
-    clone.set_phase(Phase::Cutover).expect("allowed");
+    force(&clone, Phase::Cutover).expect("allowed");
     clone.set_phase_for("t", Phase::Backfill).expect("allowed");
     assert_eq!(migration.phase(), Phase::Cutover);
     assert_eq!(migration.overrides().len(), 1);
@@ -202,13 +253,9 @@ fn concurrent_readers_see_only_phases_that_were_set() {
         thread::yield_now();
     }
     for i in 0..5_000 {
-        migration
-            .set_phase(GLOBAL[i % GLOBAL.len()])
-            .expect("allowed");
+        force(&migration, GLOBAL[i % GLOBAL.len()]).expect("allowed");
         if i % 3 == 0 {
-            migration
-                .set_phase_for("hot", KEYED[i % KEYED.len()])
-                .expect("allowed");
+            force_for(&migration, "hot", KEYED[i % KEYED.len()]).expect("allowed");
         } else if i % 3 == 1 {
             migration.clear_phase_for("hot");
         }

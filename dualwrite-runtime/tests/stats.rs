@@ -55,6 +55,10 @@ fn a_scripted_sequence_gives_exact_counters() {
             reads_compared: 4,
             reads_matched: 3,
             reads_mismatched: 1,
+            reads_skipped_pending: 0,
+            dead_letters_evicted: 0,
+            queue_full: 0,
+            writes_refused: 0,
         }
     );
     assert_eq!(snapshot.match_rate(), Some(0.75));
@@ -68,7 +72,7 @@ fn the_core_counts_comparisons_and_shadow_failures_as_mismatches() {
     core.record_comparison("get", Some(&"tenant-1"), Comparison::Mismatched);
     core.record_comparison("get", None, Comparison::ShadowFailed("timeout".into()));
     core.record_comparison("get", None, Comparison::Matched);
-    core.record_write(Store::Old, Role::Primary, true);
+    core.stats().record_write(Store::Old, Role::Primary, true);
     let snapshot = core.stats().snapshot();
     assert_eq!(snapshot.reads_compared, 4);
     assert_eq!(snapshot.reads_matched, 2);

@@ -262,7 +262,10 @@ async fn orders_move_from_mariadb_to_postgres() {
         .save(&order(7, "customer-7", 700, "LOST"))
         .await
         .unwrap();
-    store.flush_async().await;
+    store
+        .flush_async(std::time::Duration::from_secs(60))
+        .await
+        .expect("flushed");
     assert_eq!(
         store.new_store().get(6).await.unwrap(),
         Some(order(6, "customer-6", 600, "SHIPPED"))
@@ -299,7 +302,10 @@ async fn orders_move_from_mariadb_to_postgres() {
 
     // Reconcile the drift, then cut over: PostgreSQL first, MariaDB kept in sync.
     store.delete(7).await.unwrap();
-    store.flush_async().await;
+    store
+        .flush_async(std::time::Duration::from_secs(60))
+        .await
+        .expect("flushed");
     migration.set_phase(Phase::Cutover).unwrap();
     let store = store.with_sync_mode(SyncMode::Strong);
     store

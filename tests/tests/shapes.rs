@@ -125,7 +125,9 @@ mod sync_fns {
         for id in 0..20 {
             store.insert(&User::new(id, "x")).unwrap();
         }
-        store.flush();
+        store
+            .flush(std::time::Duration::from_secs(60))
+            .expect("flushed");
         assert_eq!(store.new_store().0.rows().len(), 20);
         let stats = store.stats();
         assert_eq!(stats.secondary_retries, 2);
@@ -196,7 +198,10 @@ mod native_async {
         for id in 0..10 {
             store.insert(&User::new(id, "n")).await.unwrap();
         }
-        store.flush_async().await;
+        store
+            .flush_async(std::time::Duration::from_secs(60))
+            .await
+            .expect("flushed");
         assert_eq!(store.new_store().0.rows().len(), 10);
     }
 }
@@ -486,7 +491,9 @@ mod assoc_items {
         let store = KeyValueDualWrite::new(Kv::default(), Kv::default(), migration)
             .with_async_secondary(LaneConfig::default());
         store.put(5, "five").unwrap();
-        store.flush();
+        store
+            .flush(std::time::Duration::from_secs(60))
+            .expect("flushed");
         assert_eq!(store.new_store().get(&5), Some("five".into()));
         assert_eq!(<KeyValueDualWrite<Kv, Kv> as KeyValue>::NAME, "kv");
         let command: KeyValueWrite<u32> = KeyValueWrite::Put {

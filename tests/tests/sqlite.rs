@@ -231,7 +231,9 @@ fn migrates_between_two_sqlite_schemas() {
         .upsert(&customer(3, "Alan Turing", Some("alan@example.com")))
         .unwrap();
     store.upsert(&customer(4, "", None)).unwrap();
-    store.flush();
+    store
+        .flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     assert_eq!(
         store.new_store().get(3).unwrap(),
         Some(customer(3, "Alan Turing", Some("alan@example.com")))
@@ -250,7 +252,9 @@ fn migrates_between_two_sqlite_schemas() {
     store
         .upsert(&customer(2, "Grace B. Hopper", Some("grace@example.com")))
         .unwrap();
-    store.flush();
+    store
+        .flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     for c in store.old_store().list().unwrap() {
         if store.new_store().get(c.id).unwrap().is_none() && !c.name.is_empty() {
             store.new_store().upsert(&c).unwrap();
@@ -273,7 +277,9 @@ fn migrates_between_two_sqlite_schemas() {
 
     // Repair the drift, then cut over with strong consistency.
     store.delete(4).unwrap();
-    store.flush();
+    store
+        .flush(std::time::Duration::from_secs(60))
+        .expect("flushed");
     migration.set_phase(Phase::Cutover).unwrap();
     let store = store.with_sync_mode(SyncMode::Strong);
     store.upsert(&customer(5, "Edsger Dijkstra", None)).unwrap();

@@ -1,0 +1,373 @@
+//! One lane thread: takes jobs from its queue, applies them with retries,
+//! and dead-letters what it gives up on.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::runtime::{Handle, Runtime};
+
+use super::config::{LaneConfig, XorShift64, equal_jitter};
+use super::flush::{FinishGuard, Pending};
+use super::queue::{LaneReceiver, Take};
+use super::{Job, LaneShared};
+use crate::dead_letter::DeadLetter;
+use crate::phase::Store;
+use crate::stats::Role;
+
+/// A blocking call run on a helper thread, so the lane can stop waiting for
+/// it at its deadline.
+type HelperJob = Box<dyn FnOnce() + Send>;
+
+/// What an `apply` function gets besides the command: where it runs, which
+/// attempt this is, and a way to run async store code.
+///
+/// One context lives on each lane thread and is reused for all its jobs.
+pub struct LaneContext {
+    lane: usize,
+    attempt: Cell<u32>,
+    attempt_timeout: Option<Duration>,
+    /// The multi-thread runtime the lanes were started in, if any.
+    handle: Option<Handle>,
+    /// Otherwise a current-thread runtime of this lane, made on first use.
+    local: OnceCell<Runtime>,
+    /// The helper thread of [`LaneContext::run_blocking`], made on first use
+    /// and abandoned when a call overruns its deadline.
+    helper: RefCell<Option<mpsc::Sender<HelperJob>>>,
+}
+
+impl LaneContext {
+    pub(super) fn new(
+        lane: usize,
+        attempt_timeout: Option<Duration>,
+        handle: Option<Handle>,
+    ) -> Self {
+        LaneContext {
+            lane,
+            attempt: Cell::new(0),
+            attempt_timeout,
+            handle,
+            local: OnceCell::new(),
+            helper: RefCell::new(None),
+        }
+    }
+
+    /// The index of the lane running this job, `0..lanes`.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
+
+    /// The attempt being made at this job, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt.get()
+    }
+
+    /// Runs a future to completion on the lane thread. If the lanes were started inside a
+    /// multi-thread tokio runtime, use that runtime's Handle::block_on (so the store's I/O and
+    /// timers work); otherwise a current-thread runtime owned by this lane thread, created lazily
+    /// with enable_time (and enable_io only if you add tokio's "net" feature; not needed).
+    /// Applies `attempt_timeout` if set (Err("secondary write timed out after ..")).
+    pub fn block_on<F: Future<Output = Result<(), String>>>(&self, fut: F) -> Result<(), String> {
+        let timeout = self.attempt_timeout;
+        let attempt = async move {
+            match timeout {
+                None => fut.await,
+                Some(limit) => tokio::time::timeout(limit, fut)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("secondary write timed out after {limit:?}"))),
+            }
+        };
+        match &self.handle {
+            Some(handle) => handle.block_on(attempt),
+            None => self.local_runtime()?.block_on(attempt),
+        }
+    }
+
+    /// Runs a blocking store call under the attempt's deadline
+    /// ([`LaneConfig::attempt_timeout`]). Without a deadline it runs on the
+    /// lane thread. With one it runs on a helper thread of the lane, and the
+    /// lane stops waiting at the deadline: the attempt then fails with
+    /// "timed out" and the helper, still blocked in the store, is abandoned
+    /// (a new one serves the next call). A call that overran its deadline
+    /// may still complete later; its write then counts as failed, so its
+    /// dead letter (or the retry) repairs whatever it left.
+    pub fn run_blocking<F>(&self, call: F) -> Result<(), String>
+    where
+        F: FnOnce() -> Result<(), String> + Send + 'static,
+    {
+        let Some(limit) = self.attempt_timeout else {
+            return call();
+        };
+        let (reply, outcome) = mpsc::sync_channel(1);
+        let job: HelperJob = Box::new(move || {
+            let result = catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+                Err(format!(
+                    "secondary write panicked: {}",
+                    panic_message(payload.as_ref())
+                ))
+            });
+            let _ = reply.send(result);
+        });
+        let mut helper = self.helper.borrow_mut();
+        let sender = match helper.take() {
+            Some(sender) => sender,
+            None => spawn_helper(self.lane)?,
+        };
+        let job = match sender.send(job) {
+            Ok(()) => None,
+            Err(mpsc::SendError(job)) => Some(job),
+        };
+        let sender = match job {
+            // The helper died (it cannot, short of an abort): start another.
+            Some(job) => {
+                let sender = spawn_helper(self.lane)?;
+                sender
+                    .send(job)
+                    .map_err(|_| "cannot reach the lane's helper thread".to_owned())?;
+                sender
+            }
+            None => sender,
+        };
+        match outcome.recv_timeout(limit) {
+            Ok(result) => {
+                *helper = Some(sender);
+                result
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "secondary write timed out after {limit:?} (the call may still complete)"
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("the lane's helper thread stopped".to_owned())
+            }
+        }
+    }
+
+    fn local_runtime(&self) -> Result<&Runtime, String> {
+        if let Some(runtime) = self.local.get() {
+            return Ok(runtime);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|error| format!("cannot start a lane runtime: {error}"))?;
+        Ok(self.local.get_or_init(|| runtime))
+    }
+}
+
+/// Starts a helper thread that runs blocking calls for lane `lane`.
+fn spawn_helper(lane: usize) -> Result<mpsc::Sender<HelperJob>, String> {
+    let (sender, jobs) = mpsc::channel::<HelperJob>();
+    thread::Builder::new()
+        .name(format!("dualwrite-lane-{lane}-call"))
+        .spawn(move || {
+            for job in jobs {
+                job();
+            }
+        })
+        .map_err(|error| format!("cannot start a helper thread for lane {lane}: {error}"))?;
+    Ok(sender)
+}
+
+impl fmt::Debug for LaneContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaneContext")
+            .field("lane", &self.lane)
+            .field("attempt", &self.attempt.get())
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("uses_caller_runtime", &self.handle.is_some())
+            .finish()
+    }
+}
+
+/// The state of one lane thread.
+pub(super) struct Lane<C, F> {
+    pub(super) context: LaneContext,
+    pub(super) config: LaneConfig,
+    pub(super) apply: Arc<F>,
+    pub(super) shared: Arc<LaneShared<C>>,
+    pub(super) pending: Arc<Pending>,
+    pub(super) abort: Arc<AtomicBool>,
+    pub(super) rng: XorShift64,
+}
+
+impl<C, F> Lane<C, F>
+where
+    F: Fn(&LaneContext, Store, &C) -> Result<(), String>,
+{
+    /// Applies jobs until every sender is gone and the queue is drained.
+    pub(super) fn run(mut self, receiver: LaneReceiver<C>) {
+        while let Some(job) = self.next_job(&receiver) {
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.process(job)));
+            if outcome.is_err() {
+                // Only the bookkeeping around `apply` (e.g. a panicking log
+                // subscriber) can get here; keep the lane alive, even if
+                // logging this panics too.
+                let lane = self.context.lane;
+                let _ = catch_unwind(|| {
+                    tracing::error!(lane, "secondary lane recovered from a panic");
+                });
+            }
+        }
+    }
+
+    /// The next job, or `None` once every sender is gone and the queue is
+    /// drained. An empty queue is polled for `idle_poll` before the lane
+    /// blocks, so a submission right after another finds the lane awake.
+    fn next_job(&self, receiver: &LaneReceiver<C>) -> Option<Job<C>> {
+        match receiver.take() {
+            Take::Job(job) => return Some(job),
+            Take::Closed => return None,
+            Take::Empty => {}
+        }
+        if !self.config.idle_poll.is_zero() {
+            // `None` (an idle poll too long to add) polls for good.
+            let deadline = Instant::now().checked_add(self.config.idle_poll);
+            let mut polls = 0_u32;
+            while deadline.is_none_or(|deadline| Instant::now() < deadline) {
+                match receiver.take() {
+                    Take::Job(job) => return Some(job),
+                    Take::Closed => return None,
+                    Take::Empty => {}
+                }
+                polls += 1;
+                if polls.is_multiple_of(16) {
+                    // Let other threads run: on a small machine the caller
+                    // may be waiting for this core.
+                    thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        // Nap without registering as a waiter on the queue: a sender that
+        // finds no waiter makes no wake-up call, so handing a write over
+        // costs the caller no system call. The lane checks again after a short
+        // sleep that grows while it stays idle.
+        let mut nap = super::config::IDLE_NAP_MIN;
+        let mut napped = Duration::ZERO;
+        loop {
+            if self.config.idle_park.is_some_and(|park| napped >= park) {
+                // Long idle: block until a sender wakes the lane.
+                return receiver.wait();
+            }
+            thread::sleep(nap);
+            napped += nap;
+            match receiver.take() {
+                Take::Job(job) => return Some(job),
+                Take::Closed => return None,
+                Take::Empty => nap = (nap * 2).min(self.config.idle_nap_max()),
+            }
+        }
+    }
+
+    /// Applies one job, retrying with backoff; dead-letters it after the
+    /// last attempt, or at once when the adapter's shutdown deadline has
+    /// passed.
+    fn process(&mut self, job: Job<C>) {
+        let _finish = FinishGuard {
+            pending: &self.pending,
+            stripes: &self.shared.stripes,
+            lane: self.context.lane,
+            stripe: job.stripe,
+        };
+        let Job {
+            method,
+            key,
+            render_key,
+            key_hash: _,
+            stripe: _,
+            target,
+            command,
+        } = job;
+        // The key is rendered only if a failure has to be logged.
+        let render = |key: Option<String>, command: &C| {
+            // A key type whose rendering panics costs the log its key, not
+            // the job its dead letter.
+            key.or_else(|| {
+                let render = render_key?;
+                catch_unwind(AssertUnwindSafe(|| render(command))).unwrap_or(None)
+            })
+        };
+        let mut key = key;
+        let mut rendered = false;
+        let stats = &self.shared.stats;
+        let limit = self.config.attempt_limit();
+        let mut attempt = 0;
+        let error = loop {
+            if self.abort.load(Ordering::SeqCst) {
+                break "not applied: the adapter shut down before this write's turn".to_owned();
+            }
+            attempt += 1;
+            self.context.attempt.set(attempt);
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                (self.apply)(&self.context, target, &command)
+            }))
+            .unwrap_or_else(|payload| {
+                Err(format!(
+                    "secondary write panicked: {}",
+                    panic_message(payload.as_ref())
+                ))
+            });
+            stats.record_write(target, Role::Secondary, result.is_ok());
+            let Err(error) = result else {
+                return;
+            };
+            if attempt >= limit {
+                break error;
+            }
+            if !rendered {
+                key = render(key.take(), &command);
+                rendered = true;
+            }
+            tracing::warn!(
+                method,
+                key = key.as_deref().unwrap_or("-"),
+                target = %target,
+                attempt,
+                error = %error,
+                "secondary write failed, retrying"
+            );
+            let delay = equal_jitter(self.config.backoff(attempt), self.rng.next_u64());
+            thread::sleep(delay);
+            stats.record_secondary_retry();
+        };
+        let key = if rendered { key } else { render(key, &command) };
+        // Pushed before `_finish` runs, so a flush sees it.
+        self.shared.dead_letters.push(DeadLetter {
+            method,
+            key,
+            target,
+            command,
+            error,
+            attempts: attempt,
+            at: SystemTime::now(),
+        });
+    }
+}
+
+/// The message of a panic payload, for the dead letter's error.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "non-string panic payload"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages() {
+        assert_eq!(panic_message(&"boom"), "boom");
+        assert_eq!(panic_message(&String::from("bang")), "bang");
+        assert_eq!(panic_message(&42_u8), "non-string panic payload");
+    }
+}

@@ -1,0 +1,26 @@
+//! The state an adapter shares with its lanes: counters, dead letters and
+//! the per-key stripes.
+
+use std::sync::Arc;
+
+use crate::dead_letter::DeadLetterSink;
+use crate::stats::Stats;
+use crate::stripes::KeyStripes;
+
+/// What the caller's path and the lane threads of one adapter both use.
+pub(crate) struct Shared<C> {
+    pub(crate) stats: Stats,
+    pub(crate) dead_letters: DeadLetterSink<C>,
+    pub(crate) stripes: Arc<KeyStripes>,
+}
+
+impl<C> Shared<C> {
+    pub(crate) fn new(dead_letter_capacity: usize) -> Self {
+        let stats = Stats::new();
+        Shared {
+            dead_letters: DeadLetterSink::new(dead_letter_capacity, stats.clone()),
+            stats,
+            stripes: Arc::new(KeyStripes::new()),
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! Per-key sequencing: striped locks held from a write's routing through its
+//! primary call to the hand-off (or the call) of its secondary write.
+//!
+//! Why: two callers writing one key must reach the secondary in the order
+//! the primary committed them. Nothing orders them between the primary's
+//! reply and the secondary write unless the second caller waits for the
+//! first, so each write holds the stripe of its key for that span. Keys are
+//! hashed onto a fixed number of stripes: two keys that share a stripe wait
+//! for each other too (a cost, never a wrong order).
+//!
+//! Each stripe also counts the secondary writes of its keys that wait in the
+//! lanes, and a shadow read looks at its key's stripe before and after the
+//! reads: if a write was in flight or pending, the stores cannot agree yet
+//! and the comparison is skipped rather than counted as a mismatch.
+//!
+//! A phase change fences: it stops new writes from starting
+//! ([`KeyStripes::fence`]), waits for those in flight to hand off and for
+//! the lanes to finish every pending write, and only then lets the route
+//! change.
+//!
+//! The lock is a compare-and-swap on the stripe's state word when free (one
+//! atomic read-modify-write, no allocation, no system call); contended
+//! callers wait on a condition variable (blocking callers) or a
+//! [`tokio::sync::Notify`] (async callers), which works on any executor.
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// Stripes for keyed writes; one more stripe serialises keyless writes.
+pub(crate) const KEY_STRIPES: usize = 512;
+
+/// The stripe of keyless writes and reads.
+const KEYLESS: usize = KEY_STRIPES;
+
+/// One stripe: a lock whose state word also counts acquisitions, and the
+/// number of its keys' secondary writes pending in the lanes.
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe {
+    /// `acquisitions << 1 | held`.
+    state: AtomicU64,
+    pending: AtomicU64,
+}
+
+/// What a reader saw of a stripe; see [`KeyStripes::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Observation {
+    state: u64,
+    pending: u64,
+}
+
+impl Observation {
+    /// Whether no write of the stripe was in flight or pending.
+    pub(crate) fn quiet(self) -> bool {
+        self.state & 1 == 0 && self.pending == 0
+    }
+}
+
+/// The striped locks and pending counts of one adapter.
+pub(crate) struct KeyStripes {
+    stripes: Box<[Stripe]>,
+    /// Set while a fence holds (or is taking) every stripe: new callers
+    /// queue behind it instead of racing it for the stripes.
+    fencing: AtomicBool,
+    /// Callers (and fences) waiting for a stripe.
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    released: Condvar,
+    released_async: Notify,
+}
+
+impl Default for KeyStripes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyStripes {
+    pub(crate) fn new() -> Self {
+        KeyStripes {
+            stripes: (0..=KEY_STRIPES).map(|_| Stripe::default()).collect(),
+            fencing: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            released: Condvar::new(),
+            released_async: Notify::new(),
+        }
+    }
+
+    /// The stripe of a key with this route hash; keyless calls share one.
+    pub(crate) fn index(key_hash: Option<u64>) -> usize {
+        match key_hash {
+            // The remainder is below KEY_STRIPES, so it fits in usize.
+            Some(hash) => (hash % KEY_STRIPES as u64) as usize,
+            None => KEYLESS,
+        }
+    }
+
+    /// Takes the stripe if it is free and no fence is waiting.
+    fn try_take(&self, index: usize) -> bool {
+        if self.fencing.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.take_unfenced(index)
+    }
+
+    fn take_unfenced(&self, index: usize) -> bool {
+        let state = &self.stripes[index].state;
+        let current = state.load(Ordering::Relaxed) & !1;
+        state
+            .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes the stripe, blocking the thread while another write of the
+    /// stripe (or a fence) holds it.
+    pub(crate) fn lock(&self, index: usize) -> StripeGuard<'_> {
+        if !self.try_take(index) {
+            let _waiter = Waiter::register(self);
+            let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            while !self.try_take(index) {
+                guard = self
+                    .released
+                    .wait(guard)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        StripeGuard {
+            stripes: self,
+            index,
+        }
+    }
+
+    /// Takes the stripe without blocking the thread. Cancel-safe: a dropped
+    /// future holds nothing.
+    pub(crate) async fn lock_async(&self, index: usize) -> StripeGuard<'_> {
+        if !self.try_take(index) {
+            let _waiter = Waiter::register(self);
+            loop {
+                // Register before the check, so a release between the check
+                // and the await still wakes this future.
+                let mut released = pin!(self.released_async.notified());
+                released.as_mut().enable();
+                if self.try_take(index) {
+                    break;
+                }
+                released.await;
+            }
+        }
+        StripeGuard {
+            stripes: self,
+            index,
+        }
+    }
+
+    fn release(&self, index: usize) {
+        // `+ 1` turns `n << 1 | 1` into `(n + 1) << 1`: free, one more
+        // acquisition counted.
+        self.stripes[index].state.fetch_add(1, Ordering::SeqCst);
+        self.wake_waiters();
+    }
+
+    fn wake_waiters(&self) {
+        // Paired with the SeqCst increment of `waiters` before a waiter's
+        // last check: either this load sees the waiter, or its check sees the
+        // stripe free.
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            // Taking the lock orders this wake-up after a blocking waiter
+            // that saw the stripe held has started waiting.
+            drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
+            self.released.notify_all();
+            self.released_async.notify_waiters();
+        }
+    }
+
+    /// What a shadow read needs to know of its key's stripe now.
+    pub(crate) fn observe(&self, index: usize) -> Observation {
+        let stripe = &self.stripes[index];
+        Observation {
+            state: stripe.state.load(Ordering::SeqCst),
+            pending: stripe.pending.load(Ordering::SeqCst),
+        }
+    }
+
+    /// One more secondary write of the stripe waits in a lane.
+    pub(crate) fn add_pending(&self, index: usize) {
+        self.stripes[index].pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A lane finished (applied or dead-lettered) a write of the stripe.
+    pub(crate) fn finish_pending(&self, index: usize) {
+        self.stripes[index].pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Secondary writes pending in the lanes, over every stripe.
+    pub(crate) fn total_pending(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|stripe| stripe.pending.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Stops new writes and waits, until `deadline`, for the writes in
+    /// flight to hand off and for every pending secondary write to finish.
+    /// While the returned hold lives no write of this adapter starts.
+    ///
+    /// On timeout everything taken is released and the number of secondary
+    /// writes still pending is returned.
+    pub(crate) fn fence(&self, deadline: Instant) -> Result<FenceHold<'_>, u64> {
+        self.fencing.store(true, Ordering::SeqCst);
+        let mut hold = FenceHold {
+            stripes: self,
+            taken: 0,
+        };
+        let _waiter = Waiter::register(self);
+        for index in 0..self.stripes.len() {
+            if !self.take_until(index, deadline) {
+                return Err(self.total_pending());
+            }
+            hold.taken += 1;
+        }
+        // Nothing can start now; the lanes drain what is queued.
+        let mut nap = Duration::from_micros(20);
+        loop {
+            let pending = self.total_pending();
+            if pending == 0 {
+                return Ok(hold);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(pending);
+            }
+            thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Takes a stripe for a fence (ignoring `fencing`), waiting until
+    /// `deadline`.
+    fn take_until(&self, index: usize, deadline: Instant) -> bool {
+        let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.take_unfenced(index) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self
+                .released
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// A held stripe; released on drop (also when the caller's future is
+/// dropped or the call unwinds).
+pub(crate) struct StripeGuard<'a> {
+    stripes: &'a KeyStripes,
+    index: usize,
+}
+
+impl StripeGuard<'_> {
+    /// The stripe held.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl Drop for StripeGuard<'_> {
+    fn drop(&mut self) {
+        self.stripes.release(self.index);
+    }
+}
+
+/// Every stripe of an adapter, held by a fence; released on drop.
+pub(crate) struct FenceHold<'a> {
+    stripes: &'a KeyStripes,
+    taken: usize,
+}
+
+impl Drop for FenceHold<'_> {
+    fn drop(&mut self) {
+        for index in 0..self.taken {
+            self.stripes.stripes[index]
+                .state
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        self.stripes.fencing.store(false, Ordering::SeqCst);
+        // Waiters saw `fencing`; wake them whatever they wait for.
+        drop(
+            self.stripes
+                .lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.stripes.released.notify_all();
+        self.stripes.released_async.notify_waiters();
+    }
+}
+
+/// A waiter counted in `KeyStripes::waiters` while it lives.
+struct Waiter<'a>(&'a KeyStripes);
+
+impl<'a> Waiter<'a> {
+    fn register(stripes: &'a KeyStripes) -> Self {
+        stripes.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiter(stripes)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_stripe_admits_one_writer_at_a_time() {
+        let stripes = Arc::new(KeyStripes::new());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (stripes, inside) = (Arc::clone(&stripes), Arc::clone(&inside));
+                thread::spawn(move || {
+                    for _ in 0..2_000 {
+                        let _guard = stripes.lock(7);
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                        std::hint::spin_loop();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // Every acquisition is counted in the state word.
+        assert_eq!(stripes.observe(7).state, 8_000 << 1);
+    }
+
+    #[test]
+    fn observation_sees_holders_and_pending_writes() {
+        let stripes = KeyStripes::new();
+        assert!(stripes.observe(3).quiet());
+        let guard = stripes.lock(3);
+        assert!(!stripes.observe(3).quiet());
+        stripes.add_pending(guard.index());
+        drop(guard);
+        assert!(!stripes.observe(3).quiet());
+        stripes.finish_pending(3);
+        assert!(stripes.observe(3).quiet());
+        assert_ne!(
+            stripes.observe(3),
+            Observation {
+                state: 0,
+                pending: 0
+            }
+        );
+    }
+
+    #[test]
+    fn keyless_calls_have_their_own_stripe() {
+        assert_eq!(KeyStripes::index(None), KEY_STRIPES);
+        assert!(KeyStripes::index(Some(u64::MAX)) < KEY_STRIPES);
+    }
+
+    #[test]
+    fn a_fence_waits_for_holders_and_pending_writes_and_blocks_new_ones() {
+        let stripes = Arc::new(KeyStripes::new());
+        let guard = stripes.lock(1);
+        stripes.add_pending(1);
+        // Held and pending: a short fence times out and releases all.
+        let error = stripes
+            .fence(Instant::now() + Duration::from_millis(20))
+            .err();
+        assert_eq!(error, Some(1));
+        assert!(!stripes.fencing.load(Ordering::SeqCst));
+        drop(guard);
+        let drainer = {
+            let stripes = Arc::clone(&stripes);
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(20));
+                stripes.finish_pending(1);
+            })
+        };
+        let hold = stripes
+            .fence(Instant::now() + Duration::from_secs(10))
+            .expect("the pending write finishes");
+        drainer.join().unwrap();
+        // New writers wait while the fence holds.
+        let writer = {
+            let stripes = Arc::clone(&stripes);
+            thread::spawn(move || drop(stripes.lock(2)))
+        };
+        thread::sleep(Duration::from_millis(20));
+        assert!(!writer.is_finished());
+        drop(hold);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn async_waiters_are_woken_and_cancel_cleanly() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let stripes = Arc::new(KeyStripes::new());
+        runtime.block_on(async {
+            let guard = stripes.lock_async(5).await;
+            // A waiter that gives up deregisters.
+            let timed_out =
+                tokio::time::timeout(Duration::from_millis(5), stripes.lock_async(5)).await;
+            assert!(timed_out.is_err());
+            assert_eq!(stripes.waiters.load(Ordering::SeqCst), 0);
+            let waiter = {
+                let stripes = Arc::clone(&stripes);
+                std::thread::spawn(move || drop(stripes.lock(5)))
+            };
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(guard);
+            waiter.join().unwrap();
+            drop(stripes.lock_async(5).await);
+        });
+    }
+}
