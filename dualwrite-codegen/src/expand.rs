@@ -787,11 +787,18 @@ impl Expander<'_> {
             };
         }
         let any_async = m.commands().any(|c| c.flavor.is_async());
+        // Async stores run on the lane's runtime under the attempt timeout;
+        // blocking ones on the lane's helper thread, so the lane can stop
+        // waiting at the timeout (`LaneContext::run_blocking`).
         let apply = |store: TokenStream| {
             if any_async {
                 quote!(ctx.block_on(command.apply(&*#store)))
             } else {
-                quote!(command.apply(&*#store))
+                quote!({
+                    let __dw_store = ::std::sync::Arc::clone(&#store);
+                    let __dw_command = ::core::clone::Clone::clone(command);
+                    ctx.run_blocking(move || __dw_command.apply(&*__dw_store))
+                })
             }
         };
         let apply_old = apply(quote!(old));

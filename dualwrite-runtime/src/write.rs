@@ -470,3 +470,10 @@ fn panic_error(payload: &(dyn std::any::Any + Send)) -> String {
     };
     format!("secondary write panicked: {message}")
 }
+
+/// Lets a repository whose errors are plain strings return a refusal.
+impl From<WriteRefused> for String {
+    fn from(refused: WriteRefused) -> String {
+        refused.to_string()
+    }
+}
