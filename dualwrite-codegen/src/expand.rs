@@ -1056,7 +1056,7 @@ impl Expander<'_> {
         let begin = if is_async {
             quote! {
                 let __dw_hold = self.core.begin_write_async(self.core.key_hash(#key)).await;
-                __dw_hold.route(#name, #key, __dw_can_refuse)
+                __dw_hold.route(#name, #key).admit(__dw_can_refuse).await
             }
         } else {
             quote!(self.core.begin_write(#name, #key, __dw_can_refuse))

@@ -118,7 +118,8 @@ impl<C> DualWriteCore<C> {
     ) -> Result<WriteTicket<'_, C>, WriteRefused> {
         let key_hash = key.map(RoutingKey::route_hash);
         let stripe = self.shared().stripes.lock(KeyStripes::index(key_hash));
-        self.ticket(method, key, key_hash, stripe, can_refuse)
+        self.ticket(method, key, key_hash, stripe)
+            .admit_blocking(can_refuse)
     }
 
     /// The route hash of a key, for [`DualWriteCore::begin_write_async`]
@@ -129,7 +130,8 @@ impl<C> DualWriteCore<C> {
 
     /// Waits, without blocking the thread, for the stripe of a key with
     /// `key_hash` (see [`DualWriteCore::key_hash`]); then route the write
-    /// with [`StripeHold::route`]. Cancel-safe.
+    /// with [`StripeHold::route`] and admit it with [`WriteTicket::admit`].
+    /// Cancel-safe.
     pub async fn begin_write_async(&self, key_hash: Option<u64>) -> StripeHold<'_, C> {
         let stripe = self
             .shared()
@@ -149,39 +151,19 @@ impl<C> DualWriteCore<C> {
         key: Option<&dyn RoutingKey>,
         key_hash: Option<u64>,
         stripe: StripeGuard<'a>,
-        can_refuse: bool,
-    ) -> Result<WriteTicket<'a, C>, WriteRefused> {
+    ) -> WriteTicket<'a, C> {
         // Routed with the stripe held: a phase change either happened
         // before (this write takes the new route) or waits for this write.
-        let route = self.write_route(key);
-        let mut ticket = WriteTicket {
+        WriteTicket {
             core: self,
             _stripe: stripe,
-            route,
+            route: self.write_route(key),
             method,
             key_hash,
             lane: None,
             no_room: false,
             armed: Armed::None,
-        };
-        if route.secondary.is_none() {
-            return Ok(ticket);
         }
-        if let Some(lanes) = self.lanes() {
-            let lane = lanes.lane_of(key_hash);
-            if lanes.admit(lane) {
-                ticket.lane = Some(lane);
-            } else if can_refuse && lanes.config().when_full == WhenFull::FailCall {
-                self.stats().record_write_refused();
-                return Err(WriteRefused::QueueFull {
-                    method,
-                    waited: lanes.config().full_wait,
-                });
-            } else {
-                ticket.no_room = true;
-            }
-        }
-        Ok(ticket)
     }
 }
 
@@ -194,15 +176,95 @@ pub struct StripeHold<'a, C> {
 }
 
 impl<'a, C> StripeHold<'a, C> {
-    /// Routes the write (see [`DualWriteCore::begin_write`]).
-    pub fn route(
-        self,
-        method: &'static str,
-        key: Option<&dyn RoutingKey>,
-        can_refuse: bool,
-    ) -> Result<WriteTicket<'a, C>, WriteRefused> {
-        self.core
-            .ticket(method, key, self.key_hash, self.stripe, can_refuse)
+    /// Routes the write (see [`DualWriteCore::begin_write`]); admit it with
+    /// [`WriteTicket::admit`] next.
+    pub fn route(self, method: &'static str, key: Option<&dyn RoutingKey>) -> WriteTicket<'a, C> {
+        self.core.ticket(method, key, self.key_hash, self.stripe)
+    }
+}
+
+/// What the room check of a write decided.
+enum Room {
+    /// No lane is involved (no secondary, or the synchronous strategy).
+    NotNeeded,
+    /// The key's lane has room.
+    Lane(usize),
+    /// The key's lane is full.
+    Full(usize),
+}
+
+impl<'a, C> WriteTicket<'a, C> {
+    fn room(&self) -> Room {
+        let Some(lanes) = self.core.lanes() else {
+            return Room::NotNeeded;
+        };
+        if self.route.secondary.is_none() {
+            return Room::NotNeeded;
+        }
+        let lane = lanes.lane_of(self.key_hash);
+        if lanes.has_room(lane) {
+            Room::Lane(lane)
+        } else {
+            self.core.stats().record_queue_full();
+            Room::Full(lane)
+        }
+    }
+
+    /// Applies the queue-full policy after the wait for room.
+    fn settle(mut self, lane: usize, room: bool, can_refuse: bool) -> Result<Self, WriteRefused> {
+        if room {
+            self.lane = Some(lane);
+            return Ok(self);
+        }
+        let Some(lanes) = self.core.lanes() else {
+            return Ok(self);
+        };
+        if can_refuse && lanes.config().when_full == WhenFull::FailCall {
+            self.core.stats().record_write_refused();
+            return Err(WriteRefused::QueueFull {
+                method: self.method,
+                waited: lanes.config().full_wait,
+            });
+        }
+        self.no_room = true;
+        Ok(self)
+    }
+
+    /// Checks that the key's lane has room, blocking up to
+    /// [`crate::LaneConfig::full_wait`] for it, then applies
+    /// [`crate::LaneConfig::when_full`].
+    fn admit_blocking(self, can_refuse: bool) -> Result<Self, WriteRefused> {
+        match self.room() {
+            Room::NotNeeded => Ok(self),
+            Room::Lane(lane) => self.settle(lane, true, can_refuse),
+            Room::Full(lane) => {
+                let room = self
+                    .core
+                    .lanes()
+                    .is_some_and(|lanes| lanes.wait_for_room(lane));
+                self.settle(lane, room, can_refuse)
+            }
+        }
+    }
+
+    /// Checks, before the primary write, that the key's lane has room for
+    /// the secondary write, waiting without blocking the thread up to
+    /// [`crate::LaneConfig::full_wait`] (with a tokio runtime's timer; without
+    /// one a full lane is not waited for), then applies
+    /// [`crate::LaneConfig::when_full`]: `Err` when the call is to fail
+    /// (`can_refuse`: see [`DualWriteCore::begin_write`]).
+    pub async fn admit(self, can_refuse: bool) -> Result<Self, WriteRefused> {
+        match self.room() {
+            Room::NotNeeded => Ok(self),
+            Room::Lane(lane) => self.settle(lane, true, can_refuse),
+            Room::Full(lane) => {
+                let room = match self.core.lanes() {
+                    Some(lanes) => lanes.wait_for_room_async(lane).await,
+                    None => false,
+                };
+                self.settle(lane, room, can_refuse)
+            }
+        }
     }
 }
 

@@ -743,6 +743,62 @@ fn case06_a_full_queue_can_fail_the_call_before_any_write() {
     assert_eq!(old.contents(), new.contents());
 }
 
+/// Defect 6, async callers: a full lane is waited for without blocking the
+/// thread (a current-thread runtime keeps running other tasks meanwhile),
+/// and with `FailCall` the call fails before either store is written.
+#[test]
+fn case06_async_callers_wait_for_room_without_blocking_the_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let old = Arc::new(AsyncMem::default());
+        let new = Arc::new(AsyncMem::default());
+        new.sleep_ms.store(50, Ordering::SeqCst);
+        let kv = AsyncKvDualWrite::from_shared(
+            Arc::clone(&old),
+            Arc::clone(&new),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_async_secondary(
+            LaneConfig::default()
+                .with_lanes(1)
+                .with_max_queued(2)
+                .with_full_wait(Duration::from_millis(20))
+                .with_when_full(dualwrite_runtime::WhenFull::FailCall),
+        );
+        // A task that must keep running while a caller waits for room.
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let ticks = Arc::clone(&ticks);
+            tokio::spawn(async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let mut results = Vec::new();
+        for key in 0..5 {
+            results.push(kv.put(key, key).await);
+        }
+        ticker.abort();
+        let refused = results.iter().filter(|r| r.is_err()).count();
+        assert!(refused >= 1, "{results:?}");
+        assert!(ticks.load(Ordering::SeqCst) >= 10, "the runtime was blocked");
+        // A refused call wrote neither store.
+        let written = (0..5).filter(|key| old.value(*key).is_some()).count();
+        assert_eq!(written, 5 - refused);
+        kv.flush_async(Duration::from_secs(10))
+            .await
+            .expect("flushed");
+        for key in 0..5 {
+            assert_eq!(old.value(key), new.value(key), "key {key}");
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Case 7: no timeouts.
 // ---------------------------------------------------------------------------

@@ -98,6 +98,20 @@ impl Pending {
         self.wait_until(deadline, || self.has_room(lane, cap))
     }
 
+    /// Waits, without blocking the thread, until the lane holds fewer than
+    /// `cap` jobs. Cancel-safe.
+    pub(super) async fn wait_for_room_async(&self, lane: usize, cap: u64) {
+        let _waiter = Waiter::register(self);
+        loop {
+            let mut notified = pin!(self.idle_async.notified());
+            notified.as_mut().enable();
+            if self.has_room(lane, cap) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Jobs submitted and not finished. For each lane `finished` is read
     /// first: it never passes `submitted`, so no lane counts below zero.
     pub(super) fn count(&self) -> u64 {

@@ -138,17 +138,30 @@ impl<C> SecondaryLanes<C> {
         }
     }
 
-    /// Whether `lane` has room for one more write, waiting up to
-    /// `config.full_wait` for it.
-    pub(crate) fn admit(&self, lane: usize) -> bool {
-        if self.pending.has_room(lane, self.lane_cap) {
-            return true;
-        }
-        self.shared.stats.record_queue_full();
+    /// Whether `lane` has room for one more write now.
+    pub(crate) fn has_room(&self, lane: usize) -> bool {
+        self.pending.has_room(lane, self.lane_cap)
+    }
+
+    /// Blocks up to `config.full_wait` for room in `lane`; whether there is.
+    pub(crate) fn wait_for_room(&self, lane: usize) -> bool {
         let deadline = Instant::now()
             .checked_add(self.config.full_wait)
             .unwrap_or_else(far_future);
         self.pending.wait_for_room(lane, self.lane_cap, deadline)
+    }
+
+    /// Waits, without blocking the thread, up to `config.full_wait` for room
+    /// in `lane`; whether there is. Needs a tokio runtime's timer to wait:
+    /// without one, only looks.
+    pub(crate) async fn wait_for_room_async(&self, lane: usize) -> bool {
+        if self.config.full_wait.is_zero() || Handle::try_current().is_err() {
+            return self.has_room(lane);
+        }
+        let wait = self.pending.wait_for_room_async(lane, self.lane_cap);
+        tokio::time::timeout(self.config.full_wait, wait)
+            .await
+            .is_ok()
     }
 
     /// Queues `job` on `lane` (its key's). Never blocks. Gives the job back
