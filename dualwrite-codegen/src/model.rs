@@ -146,7 +146,11 @@ pub struct Method {
     /// Whether the write can be carried by the command enum (no method type
     /// parameters, `impl Trait` or method lifetimes in its arguments).
     pub in_command: bool,
-    /// The command enum's variant for this write.
+    /// Whether the read can be compared in the background: a `<Trait>Read`
+    /// variant can own its arguments and its answer (as `in_command` for
+    /// writes), and it takes `&self`.
+    pub in_shadow: bool,
+    /// The command enum's variant for this write (or the read enum's).
     pub variant: Ident,
     /// Whether the trait gives a default body.
     pub has_default: bool,
@@ -187,6 +191,8 @@ pub struct TraitModel {
     pub adapter: Ident,
     /// The command enum's name (`<Trait>Write` by default).
     pub command: Ident,
+    /// The read enum's name (`<Trait>Read`), for background shadow reads.
+    pub reads: Ident,
     /// Derive serde's traits on the command enum.
     pub serde: bool,
     /// The path of the runtime crate.
@@ -223,6 +229,13 @@ impl TraitModel {
         self.methods
             .iter()
             .filter(|m| m.kind != MethodKind::Inherited)
+    }
+
+    /// The reads carried by the read enum (background shadow comparison).
+    /// Only for traits without generics or associated types.
+    pub fn shadow_reads(&self) -> impl Iterator<Item = &Method> {
+        let simple = self.item.generics.params.is_empty() && self.assoc_types.is_empty();
+        self.methods.iter().filter(move |m| simple && m.in_shadow)
     }
 
     /// The writes carried by the command enum.
@@ -394,6 +407,7 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
         ident,
         vis: item.vis.clone(),
         adapter,
+        reads: format_ident!("{}Read", item.ident),
         command,
         serde: args.serde,
         krate,
@@ -686,10 +700,15 @@ fn build_method(
         Type::Reference(r) => r.lifetime.as_ref().is_some_and(|lt| lt.ident != "_"),
         _ => false,
     };
-    let in_command = kind == MethodKind::Write
-        && method_args
-            .iter()
-            .all(|a| !named_ref(a) && storable(item, sig, arg_owned_type(a)));
+    let args_storable = method_args
+        .iter()
+        .all(|a| !named_ref(a) && storable(item, sig, arg_owned_type(a)));
+    let in_command = kind == MethodKind::Write && args_storable;
+    let in_shadow = kind == MethodKind::Read
+        && args_storable
+        && !mut_receiver
+        && !matches!(compare, Compare::Skip)
+        && storable(item, sig, &output);
 
     Some(Method {
         variant: format_ident!("{}", camel_case(&ident.to_string()), span = ident.span()),
@@ -705,6 +724,7 @@ fn build_method(
         compare,
         output,
         in_command,
+        in_shadow,
         has_default,
     })
 }

@@ -262,20 +262,7 @@ impl<C> DualWriteCore<C> {
         key: Option<&dyn RoutingKey>,
         outcome: Comparison,
     ) {
-        let stats = &self.shared.stats;
-        match outcome {
-            Comparison::Matched => stats.record_comparison(true),
-            Comparison::Mismatched => {
-                stats.record_comparison(false);
-                let key = render_key(key);
-                tracing::warn!(method, key = %key, "shadow read mismatch (values redacted)");
-            }
-            Comparison::ShadowFailed(error) => {
-                stats.record_comparison(false);
-                let key = render_key(key);
-                tracing::warn!(method, key = %key, error = %error, "shadow read failed");
-            }
-        }
+        crate::read::record(&self.shared.stats, method, key, outcome);
     }
 
     /// Whether this read, routed with a shadow store, should actually be
@@ -309,12 +296,7 @@ impl<C> DualWriteCore<C> {
     /// and none started while they ran. Otherwise the stores cannot agree
     /// yet: the read is counted in `reads_skipped_pending`, not compared.
     pub fn shadow_comparable(&self, window: ShadowWindow) -> bool {
-        let after = self.shared.stripes.observe(window.stripe);
-        let quiet = window.before.quiet() && after == window.before;
-        if !quiet {
-            self.shared.stats.record_read_skipped_pending();
-        }
-        quiet
+        crate::read::comparable(&self.shared.stats, &self.shared.stripes, window)
     }
 
     // ---- flush, shutdown, dead letters ----
@@ -526,8 +508,8 @@ impl<C> DualWriteCore<C> {
 /// [`DualWriteCore::shadow_begin`].
 #[derive(Debug, Clone, Copy)]
 pub struct ShadowWindow {
-    stripe: usize,
-    before: crate::stripes::Observation,
+    pub(crate) stripe: usize,
+    pub(crate) before: crate::stripes::Observation,
 }
 
 impl<C: Send + 'static> DualWriteCore<C> {
@@ -652,11 +634,6 @@ impl<C> fmt::Debug for DualWriteCore<C> {
             .field("stats", &self.shared.stats)
             .finish()
     }
-}
-
-/// The key for a log line; `-` for keyless calls.
-fn render_key(key: Option<&dyn RoutingKey>) -> String {
-    key.map_or_else(|| "-".to_owned(), |key| key.render())
 }
 
 /// A pseudo-random value from a generator owned by the calling thread, so

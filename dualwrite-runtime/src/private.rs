@@ -299,3 +299,57 @@ impl<R> RefuseNever for RefuseProbe<R> {
         None
     }
 }
+
+/// Copies a read's answer for a background shadow comparison when its type
+/// is `Clone`; otherwise the comparison runs inline. Resolved by auto-ref
+/// like [`Probe`].
+pub struct CloneProbe<R>(core::marker::PhantomData<fn() -> R>);
+
+impl<R> CloneProbe<R> {
+    /// The probe for answer type `R`.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        CloneProbe(core::marker::PhantomData)
+    }
+}
+
+/// An answer type that is `Clone`.
+pub trait CloneViaClone {
+    /// The answer type.
+    type Answer;
+    /// Whether answers can be copied.
+    fn dw_can_clone(&self) -> bool;
+    /// A copy of the answer.
+    fn dw_try_clone(&self, answer: &Self::Answer) -> Option<Self::Answer>;
+}
+
+impl<R: Clone> CloneViaClone for &CloneProbe<R> {
+    type Answer = R;
+    fn dw_can_clone(&self) -> bool {
+        true
+    }
+    fn dw_try_clone(&self, answer: &R) -> Option<R> {
+        Some(answer.clone())
+    }
+}
+
+/// Any other answer type.
+pub trait CloneNever {
+    /// The answer type.
+    type Answer;
+    /// Always false.
+    fn dw_can_clone(&self) -> bool;
+    /// Always `None`.
+    fn dw_try_clone(&self, answer: &Self::Answer) -> Option<Self::Answer>;
+}
+
+impl<R> CloneNever for CloneProbe<R> {
+    type Answer = R;
+    fn dw_can_clone(&self) -> bool {
+        false
+    }
+    fn dw_try_clone(&self, answer: &R) -> Option<R> {
+        let _ = answer;
+        None
+    }
+}

@@ -47,6 +47,7 @@ struct Counters {
     dead_letters_evicted: Padded<AtomicU64>,
     queue_full: Padded<AtomicU64>,
     writes_refused: Padded<AtomicU64>,
+    shadow_dropped: Padded<AtomicU64>,
 }
 
 /// The index of the write counter for one `(store, role, ok)` combination.
@@ -119,6 +120,15 @@ impl Stats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one background shadow comparison dropped because its queue was
+    /// full.
+    pub fn record_shadow_dropped(&self) {
+        self.counters
+            .shadow_dropped
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one shadow-read comparison and whether both stores agreed.
     pub fn record_comparison(&self, matched: bool) {
         let counter = if matched {
@@ -173,6 +183,7 @@ impl Stats {
             dead_letters_evicted: c.dead_letters_evicted.0.load(Ordering::Relaxed),
             queue_full: c.queue_full.0.load(Ordering::Relaxed),
             writes_refused: c.writes_refused.0.load(Ordering::Relaxed),
+            shadow_dropped: c.shadow_dropped.0.load(Ordering::Relaxed),
         }
     }
 }
@@ -227,6 +238,9 @@ pub struct StatsSnapshot {
     /// Calls refused before any store was written because their lane's queue
     /// stayed full.
     pub writes_refused: u64,
+    /// Background shadow comparisons dropped because their queue was full
+    /// (the caller never waits for a comparison).
+    pub shadow_dropped: u64,
 }
 
 impl StatsSnapshot {

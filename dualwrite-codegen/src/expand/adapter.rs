@@ -46,6 +46,12 @@ impl Expander<'_> {
             rt = quote!(#rt).to_string().replace(' ', ""),
             command = m.command,
         );
+        let shadow_field = if self.has_read_enum() {
+            let reads = &m.reads;
+            quote!(shadow: ::core::option::Option<#rt::ShadowRunner<#reads>>,)
+        } else {
+            quote!()
+        };
         // Struct declarations take bounds in angle brackets or where clauses
         // alike; keep the trait's where clause.
         quote! {
@@ -54,6 +60,7 @@ impl Expander<'_> {
                 old: #old_ty,
                 new: #new_ty,
                 core: #rt::DualWriteCore<#cmd_ty>,
+                #shadow_field
             }
         }
     }
@@ -72,12 +79,29 @@ impl Expander<'_> {
         } else {
             quote!(where #(#preds),*)
         };
+        let shadow_init = if self.has_read_enum() {
+            quote!(shadow: ::core::option::Option::None)
+        } else {
+            quote!()
+        };
+        let shadow_flush = if self.has_read_enum() {
+            quote! {
+                /// Waits until the background shadow comparisons queued before this call are done,
+                /// or `timeout` passes; whether they are. True at once without
+                /// [`with_background_shadow`](Self::with_background_shadow).
+                #vis fn flush_shadow(&self, timeout: ::core::time::Duration) -> bool {
+                    self.shadow.as_ref().is_none_or(|runner| runner.flush(timeout))
+                }
+            }
+        } else {
+            quote!()
+        };
         let store_access = if self.owned {
             quote! {
                 /// Builds the adapter over the two stores, with the synchronous,
                 /// tolerant strategy (see [`with_sync_mode`](Self::with_sync_mode)).
                 #vis fn new(old: Old, new: New, migration: #rt::Migration) -> Self {
-                    Self { old, new, core: #rt::DualWriteCore::new(migration) }
+                    Self { old, new, core: #rt::DualWriteCore::new(migration), #shadow_init }
                 }
                 /// The old store.
                 #vis fn old_store(&self) -> &Old {
@@ -110,7 +134,7 @@ impl Expander<'_> {
                 }
                 /// Builds the adapter over stores that are shared elsewhere too.
                 #vis fn from_shared(old: ::std::sync::Arc<Old>, new: ::std::sync::Arc<New>, migration: #rt::Migration) -> Self {
-                    Self { old, new, core: #rt::DualWriteCore::new(migration) }
+                    Self { old, new, core: #rt::DualWriteCore::new(migration), #shadow_init }
                 }
                 /// The old store.
                 #vis fn old_store(&self) -> &Old {
@@ -156,6 +180,8 @@ impl Expander<'_> {
                     self.core.set_sync_mode(mode);
                     self
                 }
+
+                #shadow_flush
 
                 /// Blocks until every secondary write handed to the lanes before this call is
                 /// applied or dead-lettered, or `timeout` passes. Inside a current-thread tokio
@@ -251,6 +277,47 @@ impl Expander<'_> {
         };
         let apply_old = apply(quote!(old));
         let apply_new = apply(quote!(new));
+        let background_shadow = if self.has_read_enum() {
+            let reads = &m.reads;
+            let any_async = m.shadow_reads().any(|method| method.flavor.is_async());
+            let shadow = |store: TokenStream| {
+                if any_async {
+                    quote!(worker.block_on(read.shadow(&*#store)))
+                } else {
+                    quote!(read.shadow(&*#store))
+                }
+            };
+            let shadow_old = shadow(quote!(old));
+            let shadow_new = shadow(quote!(new));
+            quote! {
+                /// Compares shadow reads off the caller's path: the caller gets the
+                /// authoritative store's answer at once, and worker threads read the other
+                /// store and compare (a full queue drops the comparison and counts it in
+                /// `shadow_dropped`). Without it, both reads are made on the caller's path.
+                #[must_use]
+                #vis fn with_background_shadow(mut self, config: #rt::ShadowConfig) -> Self
+                where
+                    #reads: ::core::marker::Send + 'static,
+                {
+                    let old = ::std::sync::Arc::clone(&self.old);
+                    let new = ::std::sync::Arc::clone(&self.new);
+                    self.shadow = ::core::option::Option::Some(#rt::ShadowRunner::start(
+                        config,
+                        self.core.shadow_context(),
+                        move |worker: &#rt::ShadowWorker, read: &#reads, store: #rt::Store| {
+                            let _ = worker;
+                            match store {
+                                #rt::Store::Old => #shadow_old,
+                                #rt::Store::New => #shadow_new,
+                            }
+                        },
+                    ));
+                    self
+                }
+            }
+        } else {
+            quote!()
+        };
         quote! {
             impl #impl_generics #adapter #ty_generics where #(#preds),* {
                 #doc
@@ -270,6 +337,8 @@ impl Expander<'_> {
                     );
                     self
                 }
+
+                #background_shadow
             }
         }
     }

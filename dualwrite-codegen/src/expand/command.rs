@@ -15,7 +15,7 @@
 //! ```
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::quote;
 use syn::GenericParam;
 use syn::spanned::Spanned as _;
 
@@ -86,24 +86,7 @@ impl Expander<'_> {
             let variant = &method.variant;
             let cfg = &method.cfg_attrs;
             let doc = format!(" A call of [`{}::{}`].", trait_ident, method.ident);
-            let fields = method.args.iter().map(|arg| {
-                let id = &arg.ident;
-                let ty = match &arg.mode {
-                    ArgMode::Value | ArgMode::RefMut { .. } => {
-                        let ty = match &arg.mode {
-                            ArgMode::RefMut { elem } => elem,
-                            _ => &arg.ty,
-                        };
-                        let ty = replace_self_assoc(ty);
-                        quote!(#ty)
-                    }
-                    ArgMode::Ref { elem } => {
-                        let (owned, _) = owned_field_type(&replace_self_assoc(elem), rt);
-                        quote!(#owned)
-                    }
-                };
-                quote!(#id: #ty)
-            });
+            let fields = self.owned_fields(method);
             quote! {
                 #[doc = #doc]
                 #(#cfg)*
@@ -172,27 +155,7 @@ impl Expander<'_> {
             let cfg = &method.cfg_attrs;
             let ident = &method.ident;
             let bindings = method.args.iter().map(|a| &a.ident);
-            let mut prelude = Vec::new();
-            let call_args: Vec<TokenStream> = method
-                .args
-                .iter()
-                .map(|arg| {
-                    let id = &arg.ident;
-                    match &arg.mode {
-                        ArgMode::Value => self.keep(&replace_self_assoc(&arg.ty), quote!(#id)),
-                        ArgMode::Ref { elem } => {
-                            let elem = replace_self_assoc(elem);
-                            quote!(#rt::__private::borrow::<#elem, _>(#id))
-                        }
-                        ArgMode::RefMut { elem } => {
-                            let tmp = format_ident!("__dw_tmp_{}", id);
-                            let copy = self.keep(&replace_self_assoc(elem), quote!(#id));
-                            prelude.push(quote!(let mut #tmp = #copy;));
-                            quote!(&mut #tmp)
-                        }
-                    }
-                })
-                .collect();
+            let (prelude, call_args) = self.borrowed_call_args(method);
             let await_ = if method.flavor.is_async() {
                 quote!(.await)
             } else {

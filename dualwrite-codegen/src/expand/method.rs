@@ -73,7 +73,7 @@ impl Expander<'_> {
         };
         let body = quote! {
             #[allow(unused_imports)]
-            use #rt::__private::{ProbeAny as _, ProbeResult as _, ProbeResultDebug as _, RefuseNever as _, RefuseViaFrom as _};
+            use #rt::__private::{CloneNever as _, CloneViaClone as _, ProbeAny as _, ProbeResult as _, ProbeResultDebug as _, RefuseNever as _, RefuseViaFrom as _};
             #body
         };
         match method.flavor {
@@ -201,29 +201,40 @@ impl Expander<'_> {
     /// Builds the command value. `consume_copies`: by-value arguments are
     /// moved out of their copies (otherwise cloned from them).
     pub(super) fn command_value(&self, method: &Method, consume_copies: bool) -> TokenStream {
-        let rt = self.rt;
         let command = &self.m.command;
         let variant = &method.variant;
-        let fields = method.args.iter().map(|arg| {
-            let id = &arg.ident;
-            let copy = format_ident!("__dw_copy_{}", id);
-            let value = match &arg.mode {
-                ArgMode::Value | ArgMode::RefMut { .. } if consume_copies => quote!(#copy),
-                ArgMode::Value => self.keep(&arg.ty, quote!(&#copy)),
-                ArgMode::RefMut { elem } => self.keep(elem, quote!(&#copy)),
-                ArgMode::Ref { elem } => {
-                    if owned_field_type(elem, rt).1 {
-                        self.keep(elem, quote!(#id))
-                    } else {
-                        let span = elem.span();
-                        let rt = respan(quote!(#rt), span);
-                        quote_spanned!(span=> #rt::__private::to_owned::<#elem>(#id))
-                    }
-                }
-            };
-            quote!(#id: #value)
-        });
+        let fields = self.variant_fields(method, consume_copies);
         quote!(#command::#variant { #(#fields),* })
+    }
+
+    /// `id: value` for each argument of an enum variant. `consume_copies`:
+    /// by-value arguments are moved out of their copies (otherwise cloned
+    /// from them).
+    pub(super) fn variant_fields(&self, method: &Method, consume_copies: bool) -> Vec<TokenStream> {
+        let rt = self.rt;
+        method
+            .args
+            .iter()
+            .map(|arg| {
+                let id = &arg.ident;
+                let copy = format_ident!("__dw_copy_{}", id);
+                let value = match &arg.mode {
+                    ArgMode::Value | ArgMode::RefMut { .. } if consume_copies => quote!(#copy),
+                    ArgMode::Value => self.keep(&arg.ty, quote!(&#copy)),
+                    ArgMode::RefMut { elem } => self.keep(elem, quote!(&#copy)),
+                    ArgMode::Ref { elem } => {
+                        if owned_field_type(elem, rt).1 {
+                            self.keep(elem, quote!(#id))
+                        } else {
+                            let span = elem.span();
+                            let rt = respan(quote!(#rt), span);
+                            quote_spanned!(span=> #rt::__private::to_owned::<#elem>(#id))
+                        }
+                    }
+                };
+                quote!(#id: #value)
+            })
+            .collect()
     }
 
     /// The body of a write method: thin dispatch into the runtime's write
@@ -380,21 +391,35 @@ impl Expander<'_> {
                 let __dw_other: #out = #shadow;
             }
         };
-        let cmp = match &method.compare {
-            Compare::Custom(path) => quote_spanned!(path.span()=> #path(__dw_a, __dw_b)),
-            _ => {
-                let span = match &method.sig.output {
-                    syn::ReturnType::Type(_, ty) => ty.span(),
-                    syn::ReturnType::Default => method.ident.span(),
-                };
-                let rt = respan(quote!(#rt), span);
-                quote_spanned!(span=> #rt::__private::shadow_eq(__dw_a, __dw_b))
+        let cmp = self.comparator(method);
+        let background = if self.has_read_enum() && method.in_shadow {
+            let read_value = self.read_value(method);
+            quote! {
+                if let ::core::option::Option::Some(__dw_runner) = &self.shadow {
+                    if (&&#rt::__private::CloneProbe::<#out>::new()).dw_can_clone() {
+                        let __dw_window = self.core.shadow_begin(#key);
+                        #copies
+                        let __dw_ret: #out = #primary;
+                        #mut_copies
+                        if (&&&#rt::__private::Probe(&__dw_ret)).dw_value().is_some() {
+                            if let ::core::option::Option::Some(__dw_answer) =
+                                (&&#rt::__private::CloneProbe::<#out>::new()).dw_try_clone(&__dw_ret)
+                            {
+                                __dw_runner.submit(#read_value, __dw_shadow, __dw_window);
+                            }
+                        }
+                        return __dw_ret;
+                    }
+                }
             }
+        } else {
+            quote!()
         };
         quote! {
             let __dw_route = self.core.read_route(#key);
             if let ::core::option::Option::Some(__dw_shadow) = __dw_route.shadow {
                 if self.core.should_shadow() {
+                    #background
                     let __dw_key_text: ::core::option::Option<::std::string::String> = #key_text;
                     #copies
                     #mut_copies

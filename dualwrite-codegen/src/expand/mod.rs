@@ -28,13 +28,14 @@
 //! methods), [`method`] (the trait impl: thin dispatch into the runtime).
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
-use quote::{quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{GenericParam, Generics, ItemTrait, TypeParamBound};
 
 mod adapter;
 mod command;
 mod method;
+mod reads;
 
 use crate::model::{
     ArgMode, Compare, Flavor, Method, MethodKind, TraitModel, replace_self_assoc,
@@ -101,6 +102,7 @@ pub fn expand_model(m: &TraitModel) -> TokenStream {
     };
     let item = &m.item;
     let command_enum = e.command_enum();
+    let read_enum = e.read_enum();
     let adapter = e.adapter_struct();
     let inherent = e.adapter_inherent();
     let async_ctor = e.async_constructor();
@@ -108,6 +110,7 @@ pub fn expand_model(m: &TraitModel) -> TokenStream {
     quote! {
         #item
         #command_enum
+        #read_enum
         #adapter
         #inherent
         #async_ctor
@@ -227,6 +230,81 @@ impl Expander<'_> {
                 .is_some_and(|s| s.ident == "Send" || s.ident == "Sync"),
             _ => false,
         })
+    }
+
+    /// The owned fields of a method's arguments in the command or read
+    /// enum: `id: u64`, `name: String` for `name: &str`.
+    fn owned_fields(&self, method: &Method) -> Vec<TokenStream> {
+        let rt = self.rt;
+        method
+            .args
+            .iter()
+            .map(|arg| {
+                let id = &arg.ident;
+                let ty = match &arg.mode {
+                    ArgMode::Value => {
+                        let ty = replace_self_assoc(&arg.ty);
+                        quote!(#ty)
+                    }
+                    ArgMode::RefMut { elem } => {
+                        let ty = replace_self_assoc(elem);
+                        quote!(#ty)
+                    }
+                    ArgMode::Ref { elem } => {
+                        let (owned, _) = owned_field_type(&replace_self_assoc(elem), rt);
+                        quote!(#owned)
+                    }
+                };
+                quote!(#id: #ty)
+            })
+            .collect()
+    }
+
+    /// The arguments of a call made from an enum variant's owned fields
+    /// (bound by reference): clones, borrows, and `&mut` temporaries made
+    /// in the returned prelude.
+    fn borrowed_call_args(&self, method: &Method) -> (Vec<TokenStream>, Vec<TokenStream>) {
+        let rt = self.rt;
+        let mut prelude = Vec::new();
+        let call_args = method
+            .args
+            .iter()
+            .map(|arg| {
+                let id = &arg.ident;
+                match &arg.mode {
+                    ArgMode::Value => self.keep(&replace_self_assoc(&arg.ty), quote!(#id)),
+                    ArgMode::Ref { elem } => {
+                        let elem = replace_self_assoc(elem);
+                        quote!(#rt::__private::borrow::<#elem, _>(#id))
+                    }
+                    ArgMode::RefMut { elem } => {
+                        let tmp = format_ident!("__dw_tmp_{}", id);
+                        let copy = self.keep(&replace_self_assoc(elem), quote!(#id));
+                        prelude.push(quote!(let mut #tmp = #copy;));
+                        quote!(&mut #tmp)
+                    }
+                }
+            })
+            .collect();
+        (prelude, call_args)
+    }
+
+    /// Whether two answers `__dw_a` and `__dw_b` of a read agree: the
+    /// method's comparator, or `PartialEq` (errors spanned on the return
+    /// type).
+    fn comparator(&self, method: &Method) -> TokenStream {
+        let rt = self.rt;
+        match &method.compare {
+            Compare::Custom(path) => quote_spanned!(path.span()=> #path(__dw_a, __dw_b)),
+            _ => {
+                let span = match &method.sig.output {
+                    syn::ReturnType::Type(_, ty) => ty.span(),
+                    syn::ReturnType::Default => method.ident.span(),
+                };
+                let rt = respan(quote!(#rt), span);
+                quote_spanned!(span=> #rt::__private::shadow_eq(__dw_a, __dw_b))
+            }
+        }
     }
 
     /// Bounds every generated impl of the adapter needs.
