@@ -10,10 +10,10 @@ use crate::ctxt::Ctxt;
 /// The name of the macro and of its helper attribute.
 pub const ATTR: &str = "dual_write";
 
-/// A key named by `key = arg` or `key = arg.field.field`.
+/// One part of a key: `arg` or `arg.field.field`.
 #[derive(Debug, Clone)]
-pub struct KeyPath {
-    /// The argument the key is taken from.
+pub struct KeyPart {
+    /// The argument the part is taken from.
     pub arg: Ident,
     /// Field accesses applied to the argument, in order.
     pub fields: Vec<Member>,
@@ -21,22 +21,23 @@ pub struct KeyPath {
     pub expr: Expr,
 }
 
-impl KeyPath {
-    fn parse(expr: Expr) -> syn::Result<Self> {
+impl KeyPart {
+    fn parse(expr: &Expr, option: &str) -> syn::Result<Self> {
         let mut fields = Vec::new();
-        let mut cur = &expr;
+        let mut cur = expr;
         loop {
             match cur {
                 Expr::Field(field) => {
                     fields.push(field.member.clone());
                     cur = &field.base;
                 }
+                Expr::Paren(paren) => cur = &paren.expr,
                 Expr::Path(path) if path.qself.is_none() => {
                     let Some(arg) = path.path.get_ident() else {
                         break;
                     };
                     fields.reverse();
-                    return Ok(KeyPath {
+                    return Ok(KeyPart {
                         arg: arg.clone(),
                         fields,
                         expr: expr.clone(),
@@ -46,8 +47,10 @@ impl KeyPath {
             }
         }
         Err(syn::Error::new_spanned(
-            &expr,
-            "`key` in #[dual_write] takes an argument name or a field path, such as `key = id` or `key = user.id`",
+            expr,
+            format!(
+                "`{option}` in #[dual_write] takes an argument name, a field path or a tuple of them, such as `{option} = id`, `{option} = user.id` or `{option} = (tenant, id)`"
+            ),
         ))
     }
 
@@ -65,6 +68,55 @@ impl KeyPath {
     }
 }
 
+/// A key named by `key = arg`, `key = arg.field.field`, or a composite of
+/// 2 to 4 such parts, `key = (tenant, user.id)` (also `tenant = ..`).
+#[derive(Debug, Clone)]
+pub struct KeyPath {
+    /// The parts, in order; one for a plain key.
+    pub parts: Vec<KeyPart>,
+    /// The expression as written, for spans and display.
+    pub expr: Expr,
+}
+
+impl KeyPath {
+    fn parse(expr: Expr, option: &str) -> syn::Result<Self> {
+        let parts = match &expr {
+            Expr::Tuple(tuple) => {
+                if !(2..=4).contains(&tuple.elems.len()) {
+                    return Err(syn::Error::new_spanned(
+                        &expr,
+                        format!(
+                            "a composite `{option}` in #[dual_write] has 2 to 4 parts, such as `{option} = (tenant, id)`"
+                        ),
+                    ));
+                }
+                tuple
+                    .elems
+                    .iter()
+                    .map(|part| KeyPart::parse(part, option))
+                    .collect::<syn::Result<Vec<_>>>()?
+            }
+            single => vec![KeyPart::parse(single, option)?],
+        };
+        Ok(KeyPath { parts, expr })
+    }
+
+    /// `user.id` or `(tenant, user.id)` as text.
+    pub fn display(&self) -> String {
+        match self.parts.as_slice() {
+            [single] => single.display(),
+            parts => format!(
+                "({})",
+                parts
+                    .iter()
+                    .map(KeyPart::display)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
 /// Options given to the macro itself: `#[dual_write(adapter = X, command = Y, serde, key = id)]`.
 #[derive(Debug, Default, Clone)]
 pub struct TraitArgs {
@@ -76,6 +128,9 @@ pub struct TraitArgs {
     pub serde: bool,
     /// `key = arg`: the default key of every method with an argument of that name.
     pub key: Option<KeyPath>,
+    /// `tenant = arg`: the default tenant (what phase overrides apply to) of
+    /// every method with the arguments it names.
+    pub tenant: Option<KeyPath>,
     /// `crate = path`: where the runtime is, when it is re-exported elsewhere.
     pub krate: Option<Path>,
 }
@@ -101,9 +156,14 @@ pub fn parse_trait_args(cx: &mut Ctxt, args: TokenStream) -> TraitArgs {
             }
             out.serde = true;
         } else if path.is_ident("key") {
-            let key = KeyPath::parse(meta.value()?.parse()?)?;
+            let key = KeyPath::parse(meta.value()?.parse()?, "key")?;
             if out.key.replace(key).is_some() {
                 return Err(meta.error("duplicate `key` in #[dual_write]; keep one"));
+            }
+        } else if path.is_ident("tenant") {
+            let tenant = KeyPath::parse(meta.value()?.parse()?, "tenant")?;
+            if out.tenant.replace(tenant).is_some() {
+                return Err(meta.error("duplicate `tenant` in #[dual_write]; keep one"));
             }
         } else if path.is_ident("crate") {
             let krate: Path = meta.value()?.parse()?;
@@ -116,7 +176,7 @@ pub fn parse_trait_args(cx: &mut Ctxt, args: TokenStream) -> TraitArgs {
             )));
         } else {
             return Err(meta.error(format_args!(
-                "unknown #[dual_write] option `{}`; expected `adapter = Name`, `command = Name`, `serde`, `key = arg` or `crate = path`",
+                "unknown #[dual_write] option `{}`; expected `adapter = Name`, `command = Name`, `serde`, `key = arg`, `tenant = arg` or `crate = path`",
                 path_text(path)
             )));
         }
@@ -158,6 +218,8 @@ pub struct MethodAttrs {
     pub kind: Option<(ExplicitKind, Span)>,
     /// `key = arg.field`.
     pub key: Option<KeyPath>,
+    /// `tenant = arg.field`.
+    pub tenant: Option<KeyPath>,
     /// `compare = path::to::fn`.
     pub compare: Option<Path>,
     /// `no_compare`, with its span.
@@ -202,9 +264,14 @@ pub fn parse_method_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> MethodAttrs {
                 }
                 out.kind = Some((kind, path.span()));
             } else if path.is_ident("key") {
-                let key = KeyPath::parse(meta.value()?.parse()?)?;
+                let key = KeyPath::parse(meta.value()?.parse()?, "key")?;
                 if out.key.replace(key).is_some() {
                     return Err(meta.error("duplicate `key` in #[dual_write]; keep one"));
+                }
+            } else if path.is_ident("tenant") {
+                let tenant = KeyPath::parse(meta.value()?.parse()?, "tenant")?;
+                if out.tenant.replace(tenant).is_some() {
+                    return Err(meta.error("duplicate `tenant` in #[dual_write]; keep one"));
                 }
             } else if path.is_ident("compare") {
                 let compare: Path = meta.value()?.parse()?;
@@ -225,7 +292,7 @@ pub fn parse_method_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> MethodAttrs {
                 )));
             } else {
                 return Err(meta.error(format_args!(
-                    "unknown #[dual_write] option `{}`; expected `write`, `read`, `passthrough`, `key = arg`, `compare = path` or `no_compare`",
+                    "unknown #[dual_write] option `{}`; expected `write`, `read`, `passthrough`, `key = arg`, `tenant = arg`, `compare = path` or `no_compare`",
                     path_text(path)
                 )));
             }

@@ -137,8 +137,12 @@ pub struct Method {
     pub flavor: Flavor,
     /// The arguments after the receiver.
     pub args: Vec<Arg>,
-    /// The routing key, if any.
+    /// The routing key, if any: it orders writes (lane and stripe) and,
+    /// without a tenant, picks the phase override.
     pub key: Option<KeyPath>,
+    /// The tenant, if named apart from the key: it picks the phase
+    /// override, while the key orders writes.
+    pub tenant: Option<KeyPath>,
     /// How shadow reads compare.
     pub compare: Compare,
     /// The value the call produces (the future's output for async forms).
@@ -199,6 +203,8 @@ pub struct TraitModel {
     pub krate: Path,
     /// The trait-level default key.
     pub default_key: Option<KeyPath>,
+    /// The trait-level `tenant = ..`, if any.
+    pub default_tenant: Option<KeyPath>,
     /// The `#[async_trait]` attribute, when the trait carries one.
     pub async_trait: Option<Attribute>,
     /// Whether `#[async_trait]` futures are `Send` (not `?Send`).
@@ -384,19 +390,21 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
         }
     }
 
-    if let Some(key) = &args.key {
-        let used = methods.iter().any(|m| {
-            m.args
-                .iter()
-                .any(|a| a.user_ident.as_ref() == Some(&key.arg))
-        });
+    for (option, key) in [("key", &args.key), ("tenant", &args.tenant)] {
+        let Some(key) = key else { continue };
+        let used = methods.iter().any(|m| takes_all(&m.args, key));
         if !used {
+            let names = key
+                .parts
+                .iter()
+                .map(|part| format!("`{}`", part.arg))
+                .collect::<Vec<_>>()
+                .join(", ");
             cx.error_spanned_by(
                 &key.expr,
                 format_args!(
-                    "trait-level #[dual_write(key = {})] matches no method: none takes an argument named `{}`; name an argument that the methods take, or remove `key`",
+                    "trait-level #[dual_write({option} = {})] matches no method: none takes the argument(s) {names}; name arguments that the methods take, or remove `{option}`",
                     key.display(),
-                    key.arg
                 ),
             );
         }
@@ -412,6 +420,7 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
         serde: args.serde,
         krate,
         default_key: args.key,
+        default_tenant: args.tenant,
         async_trait,
         async_trait_send,
         assoc_types,
@@ -525,7 +534,7 @@ fn build_method(
         let message = format!(
             "`{ident}` keeps its default body, so `key`, `compare` and `no_compare` have no effect; add #[dual_write(write)] or #[dual_write(read)] to route it, or remove the option"
         );
-        if let Some(key) = &attrs.key {
+        if let Some(key) = attrs.key.as_ref().or(attrs.tenant.as_ref()) {
             cx.error_spanned_by(&key.expr, message);
         } else if let Some(path) = &attrs.compare {
             cx.error_spanned_by(path, message);
@@ -618,48 +627,23 @@ fn build_method(
         }
     }
 
-    // Key.
-    let key = match &attrs.key {
-        Some(key) => {
-            if !method_args
-                .iter()
-                .any(|a| a.user_ident.as_ref() == Some(&key.arg))
-            {
-                let names: Vec<String> = method_args
-                    .iter()
-                    .filter_map(|a| a.user_ident.as_ref().map(ToString::to_string))
-                    .collect();
-                let hint = if names.is_empty() {
-                    format!("`{ident}` takes no named argument, so remove `key`")
-                } else {
-                    format!(
-                        "name one of its arguments: {}",
-                        names
-                            .iter()
-                            .map(|name| format!("`{name}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                cx.error_spanned_by(
-                    &key.expr,
-                    format_args!(
-                        "#[dual_write(key = {})] names no argument of `{ident}`; {hint}",
-                        key.display(),
-                    ),
-                );
-                None
-            } else {
-                Some(key.clone())
-            }
-        }
-        None => args.key.as_ref().and_then(|key| {
-            method_args
-                .iter()
-                .any(|a| a.user_ident.as_ref() == Some(&key.arg))
-                .then(|| key.clone())
-        }),
-    };
+    // Key and tenant.
+    let key = method_key(
+        cx,
+        "key",
+        &ident,
+        &method_args,
+        attrs.key.as_ref(),
+        args.key.as_ref(),
+    );
+    let tenant = method_key(
+        cx,
+        "tenant",
+        &ident,
+        &method_args,
+        attrs.tenant.as_ref(),
+        args.tenant.as_ref(),
+    );
 
     // Comparison.
     let compare = match (&attrs.compare, attrs.no_compare) {
@@ -721,12 +705,75 @@ fn build_method(
         flavor,
         args: method_args,
         key,
+        tenant,
         compare,
         output,
         in_command,
         in_shadow,
         has_default,
     })
+}
+
+/// Whether `args` has every argument `key` is taken from.
+fn takes_all(args: &[Arg], key: &KeyPath) -> bool {
+    key.parts.iter().all(|part| {
+        args.iter()
+            .any(|a| a.user_ident.as_ref() == Some(&part.arg))
+    })
+}
+
+/// A method's `key` or `tenant` (`option`): its own, checked against its
+/// arguments, or the trait's default when the method takes every argument
+/// the default names.
+fn method_key(
+    cx: &mut Ctxt,
+    option: &str,
+    ident: &Ident,
+    args: &[Arg],
+    own: Option<&KeyPath>,
+    default: Option<&KeyPath>,
+) -> Option<KeyPath> {
+    let Some(key) = own else {
+        return default.filter(|key| takes_all(args, key)).cloned();
+    };
+    let missing = key.parts.iter().find(|part| {
+        !args
+            .iter()
+            .any(|a| a.user_ident.as_ref() == Some(&part.arg))
+    });
+    let Some(missing) = missing else {
+        return Some(key.clone());
+    };
+    let names: Vec<String> = args
+        .iter()
+        .filter_map(|a| a.user_ident.as_ref().map(ToString::to_string))
+        .collect();
+    let hint = if names.is_empty() {
+        format!("`{ident}` takes no named argument, so remove `{option}`")
+    } else {
+        format!(
+            "name one of its arguments: {}",
+            names
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let shown = if key.parts.len() == 1 {
+        format!("#[dual_write({option} = {})]", key.display())
+    } else {
+        format!(
+            "`{}` in #[dual_write({option} = {})]",
+            missing.display(),
+            key.display()
+        )
+    };
+    cx.error_spanned_by(
+        &missing.expr,
+        format_args!("{shown} names no argument of `{ident}`; {hint}"),
+    );
+    None
 }
 
 fn arg_owned_type(arg: &Arg) -> &Type {

@@ -70,6 +70,9 @@ pub trait Kv {
 
 const SLOTS: usize = 1024;
 
+/// The longest a flush outside the timed sections may take.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The cheapest possible store: one relaxed atomic store.
 pub struct AtomicStore(Box<[AtomicU64]>);
 
@@ -273,9 +276,7 @@ fn bench_handoff(c: &mut Criterion) {
                 }
                 let elapsed = start.elapsed();
                 // Drain the queue outside the timed section.
-                adapter
-                    .flush(std::time::Duration::from_secs(60))
-                    .expect("flushed");
+                adapter.flush(FLUSH_TIMEOUT).expect("flushed");
                 elapsed
             })
         });
@@ -495,7 +496,11 @@ where
             .with_async_secondary(lanes(count)),
     );
     let flusher = std::sync::Arc::clone(&adapter);
-    Mode::new(name, move |k| adapter.put(k, k), move || flusher.flush())
+    Mode::new(
+        name,
+        move |k| adapter.put(k, k),
+        move || flusher.flush(FLUSH_TIMEOUT).expect("flushed"),
+    )
 }
 
 /// direct, adapter primary-only, adapter async secondary with 1 and 2 lanes.

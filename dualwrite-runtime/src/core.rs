@@ -452,7 +452,7 @@ impl<C> DualWriteCore<C> {
     ) where
         C: WriteCommand,
     {
-        let key = command.key().map(RoutingKey::render);
+        let key = command.key_text();
         self.dead_letter_with(command.method(), key, command, target, error, attempts);
     }
 
@@ -544,11 +544,11 @@ impl<C> DualWriteCore<C> {
     where
         C: WriteCommand,
     {
-        let key_hash = command.key().map(RoutingKey::route_hash);
+        let key_hash = command.key_hash();
         self.submit_job(Job {
             method: command.method(),
             key: None,
-            render_key: Some(|command: &C| command.key().map(RoutingKey::render)),
+            render_key: Some(|command: &C| command.key_text()),
             key_hash,
             stripe: KeyStripes::index(key_hash),
             target,

@@ -89,6 +89,40 @@ impl<T: Hash + Display + ?Sized> RoutingKey for T {
     }
 }
 
+/// A routing key made of several parts: `Composite((tenant, id))`. It
+/// hashes every part and renders as the parts joined by `/` (`"acme/42"`),
+/// so a per-key override set with `Composite(("acme", 42))` or with the text
+/// `"acme/42"` applies to it. `#[dual_write(key = (a, b))]` builds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Composite<T>(pub T);
+
+macro_rules! composite {
+    ($($part:ident . $index:tt),+) => {
+        impl<$($part: Hash),+> Hash for Composite<($($part,)+)> {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                $(self.0.$index.hash(state);)+
+            }
+        }
+
+        impl<$($part: Display),+> Display for Composite<($($part,)+)> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut separator = "";
+                $(
+                    f.write_str(separator)?;
+                    self.0.$index.fmt(f)?;
+                    separator = "/";
+                )+
+                let _ = separator;
+                Ok(())
+            }
+        }
+    };
+}
+
+composite!(A.0, B.1);
+composite!(A.0, B.1, C.2);
+composite!(A.0, B.1, C.2, D.3);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +142,23 @@ mod tests {
         assert!(!42_u64.text_eq("4"));
         assert!(!42_u64.text_eq("420"));
         assert_eq!("tenant-a".render(), "tenant-a");
+    }
+
+    #[test]
+    fn composite_keys_hash_every_part_and_render_joined() {
+        let key = Composite(("acme", 42_u64));
+        assert_eq!(key.render(), "acme/42");
+        assert!(key.text_eq("acme/42"));
+        assert_eq!(key.text_hash(), "acme/42".text_hash());
+        assert_eq!(key.route_hash(), Composite(("acme", 42_u64)).route_hash());
+        assert_ne!(key.route_hash(), Composite(("acme", 43_u64)).route_hash());
+        // References to the parts key the same way as the parts.
+        let (tenant, id) = ("acme".to_owned(), 42_u64);
+        assert_eq!(
+            Composite((&tenant, &id)).route_hash(),
+            Composite((&tenant, &id)).route_hash()
+        );
+        assert_eq!(Composite((&tenant, &id, &7_u8)).render(), "acme/42/7");
     }
 
     #[test]

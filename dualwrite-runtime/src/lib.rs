@@ -51,7 +51,7 @@ pub use crate::core::{
 pub use command::WriteCommand;
 pub use dead_letter::DeadLetter;
 pub use dualwrite_macros::dual_write;
-pub use key::RoutingKey;
+pub use key::{Composite, RoutingKey};
 pub use lanes::{LaneConfig, LaneContext, WhenFull};
 pub use migration::{Migration, PhaseChange, PhaseError, Transition};
 pub use phase::{ParsePhaseError, Phase, ReadRoute, RouteOptions, Store, WriteRoute};

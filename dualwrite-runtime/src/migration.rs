@@ -35,6 +35,7 @@ const HISTORY: usize = 1_000;
 /// use dualwrite_runtime::{Migration, Phase, Store};
 ///
 /// let migration = Migration::new(Phase::DualWrite);
+/// migration.set_phase(Phase::ShadowRead)?;
 /// migration.set_phase_for("tenant-42", Phase::Cutover)?;
 /// assert_eq!(migration.phase_for(Some(&"tenant-42")), Phase::Cutover);
 /// assert_eq!(migration.write_route(Some(&"tenant-7")).primary, Store::Old);

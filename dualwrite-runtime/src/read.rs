@@ -38,8 +38,8 @@ use crate::stripes::KeyStripes;
 pub trait ShadowRead {
     /// The trait method read.
     fn method(&self) -> &'static str;
-    /// The read's routing key, if the method has one.
-    fn key(&self) -> Option<&dyn RoutingKey>;
+    /// The read's routing key as text, if the method has one.
+    fn key_text(&self) -> Option<String>;
 }
 
 /// How background shadow comparisons run.
@@ -245,7 +245,12 @@ fn run_task<R: ShadowRead>(
     if !context.comparable(task.window) {
         return;
     }
-    record(&context.stats, task.read.method(), task.read.key(), outcome);
+    record_text(
+        &context.stats,
+        task.read.method(),
+        task.read.key_text(),
+        outcome,
+    );
 }
 
 /// Records a shadow comparison. A mismatch is logged with the method and
@@ -257,7 +262,23 @@ pub(crate) fn record(
     key: Option<&dyn RoutingKey>,
     outcome: Comparison,
 ) {
-    let key_text = || key.map_or_else(|| "-".to_owned(), |key| key.render());
+    // Rendered only for a log line.
+    let key_text = || key.map(RoutingKey::render);
+    record_with(stats, method, key_text, outcome);
+}
+
+/// [`record`] for a key already rendered.
+fn record_text(stats: &Stats, method: &'static str, key: Option<String>, outcome: Comparison) {
+    record_with(stats, method, || key, outcome);
+}
+
+fn record_with(
+    stats: &Stats,
+    method: &'static str,
+    key: impl FnOnce() -> Option<String>,
+    outcome: Comparison,
+) {
+    let key_text = || key().unwrap_or_else(|| "-".to_owned());
     match outcome {
         Comparison::Matched => stats.record_comparison(true),
         Comparison::Mismatched => {
@@ -351,8 +372,8 @@ mod tests {
         fn method(&self) -> &'static str {
             "get"
         }
-        fn key(&self) -> Option<&dyn RoutingKey> {
-            Some(&self.0)
+        fn key_text(&self) -> Option<String> {
+            Some(self.0.to_string())
         }
     }
 
@@ -401,7 +422,7 @@ mod tests {
         let window = core.shadow_begin(Some(&7_u64));
         // A write of key 7 starts and ends between the two reads.
         drop(
-            core.begin_write("put", Some(&7_u64), false)
+            core.begin_write("put", Some(&7_u64), Some(&7_u64), false)
                 .expect("admitted"),
         );
         runner.submit(Read(7, false), Store::New, window);

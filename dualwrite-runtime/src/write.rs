@@ -5,7 +5,7 @@
 //! stores; every decision is made here, through a [`WriteTicket`]:
 //!
 //! ```text
-//! let mut ticket = core.begin_write("put", Some(&key), true)?; // stripe, route, room
+//! let mut ticket = core.begin_write("put", Some(&key), Some(&key), true)?; // stripe, route, room
 //! let ret = call(ticket.primary());                          // the primary store
 //! if !ticket.primary_done(failed(&ret)) { return ret }       // no secondary write
 //! match ticket.secondary() { None => return ret, Some(s) => s };
@@ -107,18 +107,21 @@ impl<C> DualWriteCore<C> {
     /// then routes it. `Err` when the key's lane stayed full and the policy
     /// is [`WhenFull::FailCall`]: nothing was written.
     ///
-    /// `can_refuse` says whether the method can return a refusal (its error
-    /// type converts from [`WriteRefused`]); when it cannot, a full lane
-    /// dead-letters the secondary write instead.
+    /// `key` orders the write (its stripe and lane); `route_key` picks the
+    /// phase override (the tenant, when a method names one apart from the
+    /// key; else the key again). `can_refuse` says whether the method can
+    /// return a refusal (its error type converts from [`WriteRefused`]);
+    /// when it cannot, a full lane dead-letters the secondary write instead.
     pub fn begin_write(
         &self,
         method: &'static str,
         key: Option<&dyn RoutingKey>,
+        route_key: Option<&dyn RoutingKey>,
         can_refuse: bool,
     ) -> Result<WriteTicket<'_, C>, WriteRefused> {
         let key_hash = key.map(RoutingKey::route_hash);
         let stripe = self.shared().stripes.lock(KeyStripes::index(key_hash));
-        self.ticket(method, key, key_hash, stripe)
+        self.ticket(method, route_key, key_hash, stripe)
             .admit_blocking(can_refuse)
     }
 
@@ -148,7 +151,7 @@ impl<C> DualWriteCore<C> {
     fn ticket<'a>(
         &'a self,
         method: &'static str,
-        key: Option<&dyn RoutingKey>,
+        route_key: Option<&dyn RoutingKey>,
         key_hash: Option<u64>,
         stripe: StripeGuard<'a>,
     ) -> WriteTicket<'a, C> {
@@ -157,7 +160,7 @@ impl<C> DualWriteCore<C> {
         WriteTicket {
             core: self,
             _stripe: stripe,
-            route: self.write_route(key),
+            route: self.write_route(route_key),
             method,
             key_hash,
             lane: None,
@@ -176,10 +179,16 @@ pub struct StripeHold<'a, C> {
 }
 
 impl<'a, C> StripeHold<'a, C> {
-    /// Routes the write (see [`DualWriteCore::begin_write`]); admit it with
-    /// [`WriteTicket::admit`] next.
-    pub fn route(self, method: &'static str, key: Option<&dyn RoutingKey>) -> WriteTicket<'a, C> {
-        self.core.ticket(method, key, self.key_hash, self.stripe)
+    /// Routes the write by the phase of `route_key` (see
+    /// [`DualWriteCore::begin_write`]); admit it with [`WriteTicket::admit`]
+    /// next.
+    pub fn route(
+        self,
+        method: &'static str,
+        route_key: Option<&dyn RoutingKey>,
+    ) -> WriteTicket<'a, C> {
+        self.core
+            .ticket(method, route_key, self.key_hash, self.stripe)
     }
 }
 
@@ -322,7 +331,7 @@ impl<'a, C> WriteTicket<'a, C> {
         let job = Job {
             method: command.method(),
             key: None,
-            render_key: Some(|command: &C| command.key().map(RoutingKey::render)),
+            render_key: Some(|command: &C| command.key_text()),
             key_hash: self.key_hash,
             stripe: KeyStripes::index(self.key_hash),
             target,
@@ -344,7 +353,7 @@ impl<'a, C> WriteTicket<'a, C> {
     where
         C: WriteCommand,
     {
-        self.armed = Armed::Command(command, |command| command.key().map(RoutingKey::render));
+        self.armed = Armed::Command(command, WriteCommand::key_text);
     }
 
     /// Like [`WriteTicket::arm`], for a write the command enum cannot

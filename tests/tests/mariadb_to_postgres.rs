@@ -263,7 +263,7 @@ async fn orders_move_from_mariadb_to_postgres() {
         .await
         .unwrap();
     store
-        .flush_async(std::time::Duration::from_secs(60))
+        .flush_async(Duration::from_secs(60))
         .await
         .expect("flushed");
     assert_eq!(
@@ -303,7 +303,7 @@ async fn orders_move_from_mariadb_to_postgres() {
     // Reconcile the drift, then cut over: PostgreSQL first, MariaDB kept in sync.
     store.delete(7).await.unwrap();
     store
-        .flush_async(std::time::Duration::from_secs(60))
+        .flush_async(Duration::from_secs(60))
         .await
         .expect("flushed");
     migration.set_phase(Phase::Cutover).unwrap();

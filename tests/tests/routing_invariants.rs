@@ -85,9 +85,7 @@ fn failed_primary_is_never_followed_by_a_secondary_write_async() {
     for id in 0..50 {
         assert!(store.save(&User::new(id, "x")).is_err());
     }
-    store
-        .flush(std::time::Duration::from_secs(60))
-        .expect("flushed");
+    store.flush(Duration::from_secs(60)).expect("flushed");
     assert!(store.new_store().0.log().is_empty());
     assert_eq!(store.stats().secondary_pending, 0);
 }
@@ -159,7 +157,7 @@ proptest! {
             prop_assert!(ok, "the primary never fails here");
             acknowledged.push(call);
         }
-        store.flush(std::time::Duration::from_secs(60)).expect("flushed");
+        store.flush(Duration::from_secs(60)).expect("flushed");
 
         let applied: Vec<String> = store.new_store().0.log().into_iter().filter(|c| !c.starts_with("FAILED")).collect();
         let dead: Vec<String> = store.dead_letters().iter().map(|d| match &d.command {

@@ -110,7 +110,11 @@ fn the_caller_does_not_wait_for_the_shadow_read() {
     let answer = answered.recv_timeout(Duration::from_secs(10));
     new.hold_reads(false);
     caller.join().expect("caller");
-    assert_eq!(answer, Ok(Ok(Some(10))), "the caller got Old's answer at once");
+    assert_eq!(
+        answer,
+        Ok(Ok(Some(10))),
+        "the caller got Old's answer at once"
+    );
     assert!(kv.flush_shadow(Duration::from_secs(10)));
     let stats = kv.stats();
     assert_eq!((stats.reads_compared, stats.reads_matched), (1, 1));

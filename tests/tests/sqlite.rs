@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use dualwrite_runtime::{LaneConfig, Migration, Phase, SyncMode, dual_write};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -215,7 +216,7 @@ fn migrates_between_two_sqlite_schemas() {
         LaneConfig::default()
             .with_lanes(2)
             .with_max_attempts(2)
-            .with_initial_backoff(std::time::Duration::from_millis(1)),
+            .with_initial_backoff(Duration::from_millis(1)),
     );
 
     // History written before the migration starts.
@@ -231,9 +232,7 @@ fn migrates_between_two_sqlite_schemas() {
         .upsert(&customer(3, "Alan Turing", Some("alan@example.com")))
         .unwrap();
     store.upsert(&customer(4, "", None)).unwrap();
-    store
-        .flush(std::time::Duration::from_secs(60))
-        .expect("flushed");
+    store.flush(Duration::from_secs(60)).expect("flushed");
     assert_eq!(
         store.new_store().get(3).unwrap(),
         Some(customer(3, "Alan Turing", Some("alan@example.com")))
@@ -252,9 +251,7 @@ fn migrates_between_two_sqlite_schemas() {
     store
         .upsert(&customer(2, "Grace B. Hopper", Some("grace@example.com")))
         .unwrap();
-    store
-        .flush(std::time::Duration::from_secs(60))
-        .expect("flushed");
+    store.flush(Duration::from_secs(60)).expect("flushed");
     for c in store.old_store().list().unwrap() {
         if store.new_store().get(c.id).unwrap().is_none() && !c.name.is_empty() {
             store.new_store().upsert(&c).unwrap();
@@ -277,9 +274,7 @@ fn migrates_between_two_sqlite_schemas() {
 
     // Repair the drift, then cut over with strong consistency.
     store.delete(4).unwrap();
-    store
-        .flush(std::time::Duration::from_secs(60))
-        .expect("flushed");
+    store.flush(Duration::from_secs(60)).expect("flushed");
     migration.set_phase(Phase::Cutover).unwrap();
     let store = store.with_sync_mode(SyncMode::Strong);
     store.upsert(&customer(5, "Edsger Dijkstra", None)).unwrap();

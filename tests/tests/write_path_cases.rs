@@ -786,7 +786,10 @@ fn case06_async_callers_wait_for_room_without_blocking_the_runtime() {
         ticker.abort();
         let refused = results.iter().filter(|r| r.is_err()).count();
         assert!(refused >= 1, "{results:?}");
-        assert!(ticks.load(Ordering::SeqCst) >= 10, "the runtime was blocked");
+        assert!(
+            ticks.load(Ordering::SeqCst) >= 10,
+            "the runtime was blocked"
+        );
         // A refused call wrote neither store.
         let written = (0..5).filter(|key| old.value(*key).is_some()).count();
         assert_eq!(written, 5 - refused);

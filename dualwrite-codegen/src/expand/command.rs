@@ -9,7 +9,7 @@
 //! pub enum UserStoreWrite { Insert { user: User } }
 //! impl UserStoreWrite {
 //!     pub fn method(&self) -> &'static str { match self { Self::Insert { .. } => "insert" } }
-//!     pub fn key(&self) -> Option<&dyn RoutingKey> { .. }
+//!     pub fn key_text(&self) -> Option<String> { .. }         // and key_hash()
 //!     pub fn apply<S: UserStore + ?Sized>(&self, store: &S) -> Result<(), String> { .. }
 //! }
 //! ```
@@ -17,7 +17,6 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::GenericParam;
-use syn::spanned::Spanned as _;
 
 use super::*;
 
@@ -101,35 +100,8 @@ impl Expander<'_> {
             let name = name.strip_prefix("r#").unwrap_or(&name);
             quote!(#(#cfg)* Self::#variant { .. } => #name,)
         });
-        let key_arms = commands.iter().map(|method| {
-            let variant = &method.variant;
-            let cfg = &method.cfg_attrs;
-            match &method.key {
-                Some(key) => {
-                    let root = method
-                        .args
-                        .iter()
-                        .find(|a| a.user_ident.as_ref() == Some(&key.arg))
-                        .map(|a| a.ident.clone())
-                        .unwrap_or_else(|| key.arg.clone());
-                    let fields = &key.fields;
-                    // `#root` is bound by reference already.
-                    let value = if fields.is_empty() {
-                        quote!(#root)
-                    } else {
-                        quote!(&#root #(.#fields)*)
-                    };
-                    let span = key.expr.span();
-                    let cast = respan(quote!(#value as &dyn #rt::RoutingKey), span);
-                    quote! {
-                        #(#cfg)* Self::#variant { #root, .. } =>
-                            ::core::option::Option::Some(#cast),
-                    }
-                }
-                None => quote!(#(#cfg)* Self::#variant { .. } => ::core::option::Option::None,),
-            }
-        });
-
+        let key_text_arms = self.key_arms(&commands, "render");
+        let key_hash_arms = self.key_arms(&commands, "route_hash");
         let any_async = commands.iter().any(|c| c.flavor.is_async());
         let any_mut = commands.iter().any(|c| c.mut_receiver);
         let store_ref = if any_mut {
@@ -236,10 +208,13 @@ impl Expander<'_> {
         } else {
             quote!(match self { #(#method_arms)* #phantom_arm })
         };
-        let key_body = if commands.is_empty() && !has_phantom {
-            empty_match.clone()
+        let (key_text_body, key_hash_body) = if commands.is_empty() && !has_phantom {
+            (empty_match.clone(), empty_match.clone())
         } else {
-            quote!(match self { #(#key_arms)* #phantom_arm })
+            (
+                quote!(match self { #(#key_text_arms)* #phantom_arm }),
+                quote!(match self { #(#key_hash_arms)* #phantom_arm }),
+            )
         };
         let apply_body = if commands.is_empty() && !has_phantom {
             quote!({ let _ = store; #empty_match })
@@ -265,9 +240,15 @@ impl Expander<'_> {
                     #method_body
                 }
 
-                /// The write's routing key, if the method has one.
-                #vis fn key(&self) -> ::core::option::Option<&dyn #rt::RoutingKey> {
-                    #key_body
+                /// The write's routing key as text, if the method has one
+                /// (`a/b` for a composite key).
+                #vis fn key_text(&self) -> ::core::option::Option<::std::string::String> {
+                    #key_text_body
+                }
+
+                /// The route hash of the write's key, which picks its lane.
+                #vis fn key_hash(&self) -> ::core::option::Option<u64> {
+                    #key_hash_body
                 }
 
                 /// Replays the write against `store`; a failure comes back as text.
@@ -295,8 +276,11 @@ impl Expander<'_> {
                 fn method(&self) -> &'static str {
                     #command::method(self)
                 }
-                fn key(&self) -> ::core::option::Option<&dyn #rt::RoutingKey> {
-                    #command::key(self)
+                fn key_text(&self) -> ::core::option::Option<::std::string::String> {
+                    #command::key_text(self)
+                }
+                fn key_hash(&self) -> ::core::option::Option<u64> {
+                    #command::key_hash(self)
                 }
             }
         }

@@ -102,21 +102,16 @@ impl Expander<'_> {
         quote!((#key).map(#rt::RoutingKey::render))
     }
 
+    /// The key that orders the method's writes (lane and stripe):
     /// `Some(&key as &dyn RoutingKey)` or `None`.
     pub(super) fn key_expr(&self, method: &Method) -> TokenStream {
-        let rt = self.rt;
-        match &method.key {
-            Some(key) => {
-                let root = &key.arg;
-                let fields = &key.fields;
-                let span = key.expr.span();
-                let rt = respan(quote!(#rt), span);
-                quote_spanned! {span=>
-                    ::core::option::Option::Some(&(#root #(.#fields)*) as &dyn #rt::RoutingKey)
-                }
-            }
-            None => quote!(::core::option::Option::None),
-        }
+        self.key_ref(method.key.as_ref())
+    }
+
+    /// The key whose phase routes the call: the tenant if the method names
+    /// one, else the key.
+    pub(super) fn route_key_expr(&self, method: &Method) -> TokenStream {
+        self.key_ref(method.tenant.as_ref().or(method.key.as_ref()))
     }
 
     /// A call of the method on one store, awaited when the method is async.
@@ -258,6 +253,7 @@ impl Expander<'_> {
         let rt = self.rt;
         let out = &method.output;
         let key = self.key_expr(method);
+        let route_key = self.route_key_expr(method);
         let name = method.ident.to_string();
         let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
         let is_async = method.flavor.is_async();
@@ -267,10 +263,10 @@ impl Expander<'_> {
         let begin = if is_async {
             quote! {
                 let __dw_hold = self.core.begin_write_async(self.core.key_hash(#key)).await;
-                __dw_hold.route(#name, #key).admit(__dw_can_refuse).await
+                __dw_hold.route(#name, #route_key).admit(__dw_can_refuse).await
             }
         } else {
-            quote!(self.core.begin_write(#name, #key, __dw_can_refuse))
+            quote!(self.core.begin_write(#name, #key, #route_key, __dw_can_refuse))
         };
         let async_branch = if method.in_command && !self.owned {
             let command = self.command_value(method, true);
@@ -360,12 +356,13 @@ impl Expander<'_> {
         let rt = self.rt;
         let out = &method.output;
         let key = self.key_expr(method);
+        let route_key = self.route_key_expr(method);
         let name = method.ident.to_string();
         let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
         let primary = self.dispatch(method, quote!(__dw_route.primary), ArgSet::Caller);
         if matches!(method.compare, Compare::Skip) {
             return quote! {
-                let __dw_route = self.core.read_route(#key);
+                let __dw_route = self.core.read_route(#route_key);
                 #primary
             };
         }
@@ -416,7 +413,7 @@ impl Expander<'_> {
             quote!()
         };
         quote! {
-            let __dw_route = self.core.read_route(#key);
+            let __dw_route = self.core.read_route(#route_key);
             if let ::core::option::Option::Some(__dw_shadow) = __dw_route.shadow {
                 if self.core.should_shadow() {
                     #background
@@ -458,10 +455,10 @@ impl Expander<'_> {
     }
 
     pub(super) fn passthrough_body(&self, method: &Method) -> TokenStream {
-        let key = self.key_expr(method);
+        let route_key = self.route_key_expr(method);
         let primary = self.dispatch(method, quote!(__dw_route.primary), ArgSet::Caller);
         quote! {
-            let __dw_route = self.core.read_route(#key);
+            let __dw_route = self.core.read_route(#route_key);
             #primary
         }
     }

@@ -30,13 +30,14 @@
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
-use syn::{GenericParam, Generics, ItemTrait, TypeParamBound};
+use syn::{GenericParam, Generics, Ident, ItemTrait, TypeParamBound};
 
 mod adapter;
 mod command;
 mod method;
 mod reads;
 
+use crate::attr::KeyPath;
 use crate::model::{
     ArgMode, Compare, Flavor, Method, MethodKind, TraitModel, replace_self_assoc,
     replace_self_assoc_in_bound,
@@ -304,6 +305,98 @@ impl Expander<'_> {
                 let rt = respan(quote!(#rt), span);
                 quote_spanned!(span=> #rt::__private::shadow_eq(__dw_a, __dw_b))
             }
+        }
+    }
+
+    /// A key's value from an enum variant's fields (bound by reference):
+    /// `root` or `&root.field` for one part, `&Composite((.., ..))` for
+    /// several. With the roots to bind.
+    fn key_from_fields(&self, method: &Method, key: &KeyPath) -> (Vec<Ident>, TokenStream) {
+        let rt = self.rt;
+        let mut roots: Vec<Ident> = Vec::new();
+        let values: Vec<TokenStream> = key
+            .parts
+            .iter()
+            .map(|part| {
+                let root = method
+                    .args
+                    .iter()
+                    .find(|a| a.user_ident.as_ref() == Some(&part.arg))
+                    .map(|a| a.ident.clone())
+                    .unwrap_or_else(|| part.arg.clone());
+                if !roots.contains(&root) {
+                    roots.push(root.clone());
+                }
+                let fields = &part.fields;
+                // `#root` is bound by reference already.
+                if fields.is_empty() {
+                    quote!(#root)
+                } else {
+                    quote!(&#root #(.#fields)*)
+                }
+            })
+            .collect();
+        let value = match values.as_slice() {
+            [single] => single.clone(),
+            parts => quote!(&#rt::Composite((#(#parts),*))),
+        };
+        (roots, respan(value, key.expr.span()))
+    }
+
+    /// The arms of an enum's `key_text` (`render`) or `key_hash`
+    /// (`route_hash`) method.
+    fn key_arms(&self, methods: &[&Method], op: &str) -> Vec<TokenStream> {
+        let rt = self.rt;
+        let op = Ident::new(op, Span::call_site());
+        methods
+            .iter()
+            .map(|method| {
+                let variant = &method.variant;
+                let cfg = &method.cfg_attrs;
+                match &method.key {
+                    Some(key) => {
+                        let (roots, value) = self.key_from_fields(method, key);
+                        // The cast reports a key that is no `RoutingKey`
+                        // with the same error as the method body's, once.
+                        let cast = respan(quote!(#value as &dyn #rt::RoutingKey), key.expr.span());
+                        quote! {
+                            #(#cfg)* Self::#variant { #(#roots,)* .. } =>
+                                ::core::option::Option::Some(#rt::RoutingKey::#op(#cast)),
+                        }
+                    }
+                    None => {
+                        quote!(#(#cfg)* Self::#variant { .. } => ::core::option::Option::None,)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// `Some(&key as &dyn RoutingKey)` for a key built from the method's
+    /// arguments, or `None`.
+    fn key_ref(&self, key: Option<&KeyPath>) -> TokenStream {
+        let rt = self.rt;
+        let Some(key) = key else {
+            return quote!(::core::option::Option::None);
+        };
+        let span = key.expr.span();
+        let rt = respan(quote!(#rt), span);
+        let values: Vec<TokenStream> = key
+            .parts
+            .iter()
+            .map(|part| {
+                let root = &part.arg;
+                let fields = &part.fields;
+                quote_spanned!(span=> (#root #(.#fields)*))
+            })
+            .collect();
+        match values.as_slice() {
+            [single] => quote_spanned! {span=>
+                ::core::option::Option::Some(&#single as &dyn #rt::RoutingKey)
+            },
+            parts => quote_spanned! {span=>
+                ::core::option::Option::Some(&#rt::Composite((#(&#parts),*)) as &dyn #rt::RoutingKey)
+            },
         }
     }
 

@@ -66,31 +66,7 @@ impl Expander<'_> {
             let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
             quote!(#(#cfg)* Self::#variant { .. } => #name,)
         });
-        let key_arms = methods.iter().map(|method| {
-            let variant = &method.variant;
-            let cfg = &method.cfg_attrs;
-            match &method.key {
-                Some(key) => {
-                    let root = method
-                        .args
-                        .iter()
-                        .find(|a| a.user_ident.as_ref() == Some(&key.arg))
-                        .map(|a| a.ident.clone())
-                        .unwrap_or_else(|| key.arg.clone());
-                    let fields = &key.fields;
-                    let value = if fields.is_empty() {
-                        quote!(#root)
-                    } else {
-                        quote!(&#root #(.#fields)*)
-                    };
-                    quote! {
-                        #(#cfg)* Self::#variant { #root, .. } =>
-                            ::core::option::Option::Some(#value as &dyn #rt::RoutingKey),
-                    }
-                }
-                None => quote!(#(#cfg)* Self::#variant { .. } => ::core::option::Option::None,),
-            }
-        });
+        let key_text_arms = self.key_arms(&methods, "render");
         let any_async = methods.iter().any(|method| method.flavor.is_async());
         let asyncness = if any_async { quote!(async) } else { quote!() };
         let shadow_arms = methods.iter().map(|method| {
@@ -148,9 +124,9 @@ impl Expander<'_> {
                     match self { #(#method_arms)* }
                 }
 
-                /// The read's routing key, if the method has one.
-                #vis fn key(&self) -> ::core::option::Option<&dyn #rt::RoutingKey> {
-                    match self { #(#key_arms)* }
+                /// The read's routing key as text, if the method has one.
+                #vis fn key_text(&self) -> ::core::option::Option<::std::string::String> {
+                    match self { #(#key_text_arms)* }
                 }
 
                 /// Reads `store` as the original call did and compares its answer with the
@@ -169,8 +145,8 @@ impl Expander<'_> {
                 fn method(&self) -> &'static str {
                     #reads::method(self)
                 }
-                fn key(&self) -> ::core::option::Option<&dyn #rt::RoutingKey> {
-                    #reads::key(self)
+                fn key_text(&self) -> ::core::option::Option<::std::string::String> {
+                    #reads::key_text(self)
                 }
             }
         }
