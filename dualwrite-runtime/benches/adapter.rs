@@ -26,7 +26,9 @@
 //! secondary write costs the caller on the machine. It runs
 //! `DW_LATENCY_ROUNDS` rounds (default 5) and prints the spread of its p99
 //! ratios. Set `DW_LATENCY=0` to skip part 2,
-//! `DW_LATENCY=sqlite` to run only its SQLite case, `DW_LATENCY_CALLS=N` to
+//! `DW_LATENCY=sqlite` to run only its SQLite case, `DW_LATENCY=shadow` only
+//! the shadow-read case (caller p99 of reads with shadow comparison off,
+//! inline and in the background), `DW_LATENCY_CALLS=N` to
 //! change the number of calls.
 
 use std::collections::HashMap;
@@ -39,7 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group};
 use dualwrite_runtime::{
-    LaneConfig, Migration, Phase, Role, RoutingKey, Stats, Store, SyncMode, dual_write,
+    LaneConfig, Migration, Phase, Role, RoutingKey, ShadowConfig, Stats, Store, SyncMode,
+    dual_write,
 };
 use rusqlite::{Connection, params};
 
@@ -47,7 +50,7 @@ use rusqlite::{Connection, params};
 // The repository and the stores
 // ---------------------------------------------------------------------------
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BenchError(String);
 
 impl fmt::Display for BenchError {
@@ -66,6 +69,8 @@ impl From<rusqlite::Error> for BenchError {
 pub trait Kv {
     #[dual_write(key = key)]
     fn put(&self, key: u64, value: u64) -> Result<(), BenchError>;
+    #[dual_write(key = key)]
+    fn get(&self, key: u64) -> Result<Option<u64>, BenchError>;
 }
 
 const SLOTS: usize = 1024;
@@ -87,6 +92,10 @@ impl Kv for AtomicStore {
         self.0[key as usize % SLOTS].store(value, Ordering::Relaxed);
         Ok(())
     }
+
+    fn get(&self, key: u64) -> Result<Option<u64>, BenchError> {
+        Ok(Some(self.0[key as usize % SLOTS].load(Ordering::Relaxed)))
+    }
 }
 
 /// A small but realistic in-memory store: a mutex-guarded hash map
@@ -101,6 +110,15 @@ impl Kv for MapStore {
             .map_err(|_| BenchError("poisoned".into()))?
             .insert(key % SLOTS as u64, value);
         Ok(())
+    }
+
+    fn get(&self, key: u64) -> Result<Option<u64>, BenchError> {
+        Ok(self
+            .0
+            .lock()
+            .map_err(|_| BenchError("poisoned".into()))?
+            .get(&(key % SLOTS as u64))
+            .copied())
     }
 }
 
@@ -137,14 +155,25 @@ fn spin_for(duration: Duration) {
     }
 }
 
-impl Kv for DelayStore {
-    fn put(&self, key: u64, value: u64) -> Result<(), BenchError> {
+impl DelayStore {
+    fn wait(&self) {
         match self.delay {
             Delay::None => {}
             Delay::Spin(duration) => spin_for(duration),
             Delay::Sleep(duration) => std::thread::sleep(duration),
         }
+    }
+}
+
+impl Kv for DelayStore {
+    fn put(&self, key: u64, value: u64) -> Result<(), BenchError> {
+        self.wait();
         self.slots.put(key, value)
+    }
+
+    fn get(&self, key: u64) -> Result<Option<u64>, BenchError> {
+        self.wait();
+        self.slots.get(key)
     }
 }
 
@@ -173,6 +202,16 @@ impl Kv for SqliteStore {
         // Keys and values stay far below i64::MAX.
         statement.execute(params![key as i64, value as i64])?;
         Ok(())
+    }
+
+    fn get(&self, key: u64) -> Result<Option<u64>, BenchError> {
+        let conn = self.0.lock().map_err(|_| BenchError("poisoned".into()))?;
+        let mut statement = conn.prepare_cached("SELECT v FROM kv WHERE k = ?1")?;
+        let mut rows = statement.query(params![key as i64])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(row.get::<_, i64>(0)? as u64)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -284,6 +323,96 @@ fn bench_handoff(c: &mut Criterion) {
     group.finish();
 }
 
+/// The hand-off while the lanes keep up (an instant secondary) and while
+/// they do not (a secondary that takes 1 µs a write, so a backlog builds up
+/// through the ring into the overflow). Each sample is a batch of 4 096
+/// calls; the queue drains, untimed, between batches, below the bound.
+fn bench_handoff_saturation(c: &mut Criterion) {
+    const BATCH: u64 = 4_096;
+    let mut group = c.benchmark_group("handoff/batch_4096");
+    let mut i = 0_u64;
+    for (name, delay) in [
+        ("unsaturated", Delay::None),
+        ("saturated", Delay::Spin(Duration::from_micros(1))),
+    ] {
+        let adapter = KvDualWrite::new(
+            AtomicStore::new(),
+            DelayStore::new(delay),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_async_secondary(lanes(1));
+        group.bench_function(format!("adapter_async_1_lane_{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let batch = left.min(BATCH);
+                    let start = Instant::now();
+                    for _ in 0..batch {
+                        i = i.wrapping_add(1);
+                        let _ = black_box(black_box(&adapter).put(black_box(i), i));
+                    }
+                    elapsed += start.elapsed();
+                    left -= batch;
+                    adapter.flush(FLUSH_TIMEOUT).expect("flushed");
+                }
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Per-key sequencing: the stripe held from routing to the hand-off. Alone
+/// (one caller), then with a second thread writing all the time, to the same
+/// key (every call waits for the other's) or to other keys (stripes rarely
+/// shared), in the synchronous strategy over instant stores.
+fn bench_sequencing(c: &mut Criterion) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let mut group = c.benchmark_group("sequencing");
+    let mut i = 0_u64;
+    let adapter = Arc::new(
+        KvDualWrite::new(
+            AtomicStore::new(),
+            AtomicStore::new(),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_sync_mode(SyncMode::Tolerant),
+    );
+    group.bench_function("one_caller", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&adapter).put(black_box(i), i)
+        })
+    });
+    for (name, same_key) in [("other_keys_busy", false), ("same_key_busy", true)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rival = {
+            let (adapter, stop) = (Arc::clone(&adapter), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut k = 1_u64 << 40;
+                while !stop.load(Ordering::Relaxed) {
+                    k = k.wrapping_add(1);
+                    let key = if same_key { 7 } else { k };
+                    let _ = black_box(adapter.put(key, k));
+                }
+            })
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let key = if same_key { 7 } else { i };
+                black_box(&adapter).put(black_box(key), i)
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+        rival.join().expect("rival thread");
+    }
+    group.finish();
+}
+
 /// The pieces of the hot path, alone (public runtime API).
 fn bench_hot_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("hot_path");
@@ -331,7 +460,14 @@ fn bench_overhead(c: &mut Criterion) {
     bench_pair(c, "hashmap", MapStore::default);
 }
 
-criterion_group!(overhead, bench_hot_path, bench_overhead, bench_handoff);
+criterion_group!(
+    overhead,
+    bench_hot_path,
+    bench_overhead,
+    bench_handoff,
+    bench_handoff_saturation,
+    bench_sequencing
+);
 
 // ---------------------------------------------------------------------------
 // Part 2: per-call latency distribution
@@ -444,15 +580,17 @@ fn measure(title: &str, modes: &mut [Mode], warmup: u64, calls: u64, gap: Durati
             mode.name, s.mean, s.p50, s.p90, s.p99, s.p999, s.max
         );
     }
-    // Mode 1 is primary-only through the adapter; the async ones follow.
+    // Mode 1 is the baseline (primary-only through the adapter, or shadow
+    // comparison off); the modes measured against it follow.
     let base = summaries[1];
     for (mode, s) in modes.iter().zip(&summaries).skip(2) {
         println!(
-            "  {:<34} p50 {:+} ns, p99 ratio {:.3}, p99.9 ratio {:.3} (vs adapter primary-only)",
+            "  {:<34} p50 {:+} ns, p99 ratio {:.3}, p99.9 ratio {:.3} (vs {})",
             mode.name,
             s.p50 as i64 - base.p50 as i64,
             s.p99 as f64 / base.p99 as f64,
             s.p999 as f64 / base.p999 as f64,
+            modes[1].name,
         );
     }
     for mode in modes.iter_mut() {
@@ -618,7 +756,61 @@ fn sqlite_modes(dir: &Path) -> Vec<Mode> {
     modes
 }
 
+/// Reads in `ShadowRead`: shadow comparison off (sample rate 0), inline (both
+/// reads on the caller's path) and in the background.
+fn shadow_modes(delay: Delay) -> Vec<Mode> {
+    let off = KvDualWrite::new(
+        DelayStore::new(delay),
+        DelayStore::new(delay),
+        Migration::new(Phase::ShadowRead),
+    );
+    off.core().set_shadow_sample_rate(0.0);
+    let inline = KvDualWrite::new(
+        DelayStore::new(delay),
+        DelayStore::new(delay),
+        Migration::new(Phase::ShadowRead),
+    );
+    let background = std::sync::Arc::new(
+        KvDualWrite::new(
+            DelayStore::new(delay),
+            DelayStore::new(delay),
+            Migration::new(Phase::ShadowRead),
+        )
+        .with_background_shadow(ShadowConfig::default()),
+    );
+    let flusher = std::sync::Arc::clone(&background);
+    let direct = DelayStore::new(delay);
+    vec![
+        // dualwrite-lint: allow(DW001) the baseline the adapter is measured against calls the store directly
+        Mode::new("get, direct", move |k| direct.get(k).map(drop), || {}),
+        Mode::new(
+            "get, shadow comparison off",
+            move |k| off.get(k).map(drop),
+            || {},
+        ),
+        Mode::new(
+            "get, shadow comparison inline",
+            move |k| inline.get(k).map(drop),
+            || {},
+        ),
+        Mode::new(
+            "get, shadow comparison in the background",
+            move |k| background.get(k).map(drop),
+            move || {
+                flusher.flush_shadow(FLUSH_TIMEOUT);
+            },
+        ),
+    ]
+}
+
 fn in_memory_cases(warmup: u64, calls: u64, delay: Duration) {
+    measure(
+        "(s) shadow reads, in-memory store, 200 us thread::sleep delay",
+        &mut shadow_modes(Delay::Sleep(delay)),
+        warmup,
+        calls,
+        Duration::ZERO,
+    );
     measure(
         "(hand-off) instant store, idle lanes between calls",
         &mut delay_modes(Delay::None),
@@ -658,8 +850,20 @@ fn latency() {
     let delay = Duration::from_micros(200);
 
     println!("\n==== caller latency: async secondary vs primary only ====");
-    println!("(direct = the store called directly; ratios are against the adapter in Prepare)");
+    println!(
+        "(direct = the store called directly; ratios are against the second mode: the adapter in Prepare, or reads with shadow comparison off)"
+    );
     let only_sqlite = std::env::var("DW_LATENCY").as_deref() == Ok("sqlite");
+    if std::env::var("DW_LATENCY").as_deref() == Ok("shadow") {
+        measure(
+            "(s) shadow reads, in-memory store, 200 us thread::sleep delay",
+            &mut shadow_modes(Delay::Sleep(delay)),
+            warmup,
+            calls,
+            Duration::ZERO,
+        );
+        return;
+    }
 
     if !only_sqlite {
         in_memory_cases(warmup, calls, delay);

@@ -48,6 +48,7 @@ struct Counters {
     queue_full: Padded<AtomicU64>,
     writes_refused: Padded<AtomicU64>,
     shadow_dropped: Padded<AtomicU64>,
+    late_completions: Padded<AtomicU64>,
 }
 
 /// The index of the write counter for one `(store, role, ok)` combination.
@@ -129,6 +130,15 @@ impl Stats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one secondary call that returned after it was abandoned at its
+    /// deadline (it may have written).
+    pub fn record_late_completion(&self) {
+        self.counters
+            .late_completions
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one shadow-read comparison and whether both stores agreed.
     pub fn record_comparison(&self, matched: bool) {
         let counter = if matched {
@@ -184,6 +194,7 @@ impl Stats {
             queue_full: c.queue_full.0.load(Ordering::Relaxed),
             writes_refused: c.writes_refused.0.load(Ordering::Relaxed),
             shadow_dropped: c.shadow_dropped.0.load(Ordering::Relaxed),
+            late_completions: c.late_completions.0.load(Ordering::Relaxed),
         }
     }
 }
@@ -241,6 +252,10 @@ pub struct StatsSnapshot {
     /// Background shadow comparisons dropped because their queue was full
     /// (the caller never waits for a comparison).
     pub shadow_dropped: u64,
+    /// Secondary calls abandoned at their attempt timeout that returned
+    /// later (they may have written after newer writes of their key: their
+    /// dead letters name the keys to reconcile).
+    pub late_completions: u64,
 }
 
 impl StatsSnapshot {

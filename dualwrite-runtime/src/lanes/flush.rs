@@ -27,6 +27,9 @@ const HINT_EVERY: u64 = 64;
 /// queued on that lane before the flush is done, however many came after.
 pub(super) struct Pending {
     lanes: Box<[LaneCounts]>,
+    /// Calls abandoned at their deadline that have not returned yet (they
+    /// may still write): flushes wait for them too.
+    abandoned: CacheLine<AtomicU64>,
     waiters: CacheLine<AtomicU64>,
     lock: Mutex<()>,
     idle: Condvar,
@@ -52,6 +55,7 @@ impl Pending {
     pub(super) fn new(lanes: usize) -> Self {
         Pending {
             lanes: (0..lanes).map(|_| LaneCounts::default()).collect(),
+            abandoned: CacheLine::default(),
             waiters: CacheLine::default(),
             lock: Mutex::new(()),
             idle: Condvar::new(),
@@ -63,12 +67,27 @@ impl Pending {
         self.lanes[lane].submitted.0.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// A call was abandoned at its deadline and may still write.
+    pub(super) fn start_abandoned(&self) {
+        self.abandoned.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An abandoned call returned.
+    pub(super) fn finish_abandoned(&self) {
+        self.abandoned.0.fetch_sub(1, Ordering::SeqCst);
+        self.wake();
+    }
+
     pub(super) fn finish(&self, lane: usize) {
         let counts = &self.lanes[lane];
         let finished = counts.finished.0.fetch_add(1, Ordering::SeqCst) + 1;
         if finished.is_multiple_of(HINT_EVERY) {
             counts.finished_hint.0.store(finished, Ordering::Relaxed);
         }
+        self.wake();
+    }
+
+    fn wake(&self) {
         // Paired with the SeqCst increment of `waiters` in `wait`: either
         // this load sees the flusher, or the flusher's load of `finished`
         // sees this job.
@@ -112,19 +131,22 @@ impl Pending {
         }
     }
 
-    /// Jobs submitted and not finished. For each lane `finished` is read
-    /// first: it never passes `submitted`, so no lane counts below zero.
+    /// Jobs submitted and not finished, and abandoned calls not returned.
+    /// For each lane `finished` is read first: it never passes `submitted`,
+    /// so no lane counts below zero.
     pub(super) fn count(&self) -> u64 {
-        self.lanes
-            .iter()
-            .map(|lane| {
-                let finished = lane.finished.0.load(Ordering::SeqCst);
-                lane.submitted
-                    .0
-                    .load(Ordering::SeqCst)
-                    .saturating_sub(finished)
-            })
-            .sum()
+        self.abandoned.0.load(Ordering::SeqCst)
+            + self
+                .lanes
+                .iter()
+                .map(|lane| {
+                    let finished = lane.finished.0.load(Ordering::SeqCst);
+                    lane.submitted
+                        .0
+                        .load(Ordering::SeqCst)
+                        .saturating_sub(finished)
+                })
+                .sum::<u64>()
     }
 
     /// Each lane's `submitted` now: what a flush starting now waits for.
@@ -135,12 +157,15 @@ impl Pending {
             .collect()
     }
 
-    /// Whether every lane has finished the jobs of `tickets`.
+    /// Whether every lane has finished the jobs of `tickets`, and no
+    /// abandoned call may still write.
     fn reached(&self, tickets: &[u64]) -> bool {
-        self.lanes
-            .iter()
-            .zip(tickets)
-            .all(|(lane, &ticket)| lane.finished.0.load(Ordering::SeqCst) >= ticket)
+        self.abandoned.0.load(Ordering::SeqCst) == 0
+            && self
+                .lanes
+                .iter()
+                .zip(tickets)
+                .all(|(lane, &ticket)| lane.finished.0.load(Ordering::SeqCst) >= ticket)
     }
 
     /// Blocks until the jobs submitted so far are finished or `deadline`

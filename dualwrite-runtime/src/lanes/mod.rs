@@ -39,7 +39,7 @@ use crate::phase::Store;
 use crate::shared::Shared;
 use flush::Pending;
 use queue::{LaneSender, lane_queue};
-use worker::Lane;
+use worker::{Abandoned, Lane};
 
 pub(crate) use crate::shared::Shared as LaneShared;
 
@@ -93,7 +93,16 @@ impl<C: Send + 'static> SecondaryLanes<C> {
         for index in 0..config.lane_count() {
             let (sender, receiver) = lane_queue(config.queue_capacity, Arc::clone(&exit));
             let lane = Lane {
-                context: LaneContext::new(index, config.attempt_timeout, handle.clone()),
+                context: LaneContext::new(
+                    index,
+                    config.attempt_timeout,
+                    handle.clone(),
+                    Some(Abandoned {
+                        pending: Arc::clone(&pending),
+                        stripes: Arc::clone(&shared.stripes),
+                        stats: shared.stats.clone(),
+                    }),
+                ),
                 config: config.clone(),
                 apply: Arc::clone(&apply),
                 shared: Arc::clone(&shared),

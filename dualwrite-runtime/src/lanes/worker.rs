@@ -4,7 +4,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +23,11 @@ use crate::stats::Role;
 /// it at its deadline.
 type HelperJob = Box<dyn FnOnce() + Send>;
 
+/// States of a call run by [`LaneContext::run_blocking`].
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const ABANDONED: u8 = 2;
+
 /// What an `apply` function gets besides the command: where it runs, which
 /// attempt this is, and a way to run async store code.
 ///
@@ -38,6 +43,21 @@ pub struct LaneContext {
     /// The helper thread of [`LaneContext::run_blocking`], made on first use
     /// and abandoned when a call overruns its deadline.
     helper: RefCell<Option<mpsc::Sender<HelperJob>>>,
+    /// Set when the current attempt timed out: its outcome is unknown.
+    timed_out: Cell<bool>,
+    /// The stripe of the job being applied.
+    pub(super) stripe: Cell<usize>,
+    /// Where an abandoned call is counted until it returns.
+    abandoned: Option<Abandoned>,
+}
+
+/// What counts a call abandoned at its deadline until it returns, so fences,
+/// flushes and shadow comparisons wait for a write that may still land.
+#[derive(Clone)]
+pub(super) struct Abandoned {
+    pub(super) pending: Arc<Pending>,
+    pub(super) stripes: Arc<crate::stripes::KeyStripes>,
+    pub(super) stats: crate::stats::Stats,
 }
 
 impl LaneContext {
@@ -45,6 +65,7 @@ impl LaneContext {
         lane: usize,
         attempt_timeout: Option<Duration>,
         handle: Option<Handle>,
+        abandoned: Option<Abandoned>,
     ) -> Self {
         LaneContext {
             lane,
@@ -53,7 +74,15 @@ impl LaneContext {
             handle,
             local: OnceCell::new(),
             helper: RefCell::new(None),
+            timed_out: Cell::new(false),
+            stripe: Cell::new(0),
+            abandoned,
         }
+    }
+
+    /// Whether the attempt just made timed out (and clears it).
+    pub(super) fn take_timed_out(&self) -> bool {
+        self.timed_out.replace(false)
     }
 
     /// The index of the lane running this job, `0..lanes`.
@@ -73,12 +102,16 @@ impl LaneContext {
     /// Applies `attempt_timeout` if set (Err("secondary write timed out after ..")).
     pub fn block_on<F: Future<Output = Result<(), String>>>(&self, fut: F) -> Result<(), String> {
         let timeout = self.attempt_timeout;
+        let timed_out = &self.timed_out;
         let attempt = async move {
             match timeout {
                 None => fut.await,
-                Some(limit) => tokio::time::timeout(limit, fut)
-                    .await
-                    .unwrap_or_else(|_| Err(format!("secondary write timed out after {limit:?}"))),
+                Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+                    timed_out.set(true);
+                    Err(format!(
+                        "secondary write timed out after {limit:?}: its outcome is unknown (the store may have applied it)"
+                    ))
+                }),
             }
         };
         match &self.handle {
@@ -92,9 +125,14 @@ impl LaneContext {
     /// lane thread. With one it runs on a helper thread of the lane, and the
     /// lane stops waiting at the deadline: the attempt then fails with
     /// "timed out" and the helper, still blocked in the store, is abandoned
-    /// (a new one serves the next call). A call that overran its deadline
-    /// may still complete later; its write then counts as failed, so its
-    /// dead letter (or the retry) repairs whatever it left.
+    /// (a new one serves the next call).
+    ///
+    /// A call that overran its deadline may still complete later, so its
+    /// outcome is unknown: the write is not retried (a retry could land
+    /// before it and be overwritten by it) but kept as a dead letter, and
+    /// the abandoned call counts as pending until it returns, so phase
+    /// changes, flushes and shadow comparisons wait for it. When it returns
+    /// late it is logged and counted (`late_completions`).
     pub fn run_blocking<F>(&self, call: F) -> Result<(), String>
     where
         F: FnOnce() -> Result<(), String> + Send + 'static,
@@ -103,6 +141,14 @@ impl LaneContext {
             return call();
         };
         let (reply, outcome) = mpsc::sync_channel(1);
+        // Running -> Done by the helper, or Running -> Abandoned by the lane
+        // at the deadline: whichever comes first decides who counts the call.
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let late = self
+            .abandoned
+            .clone()
+            .map(|abandoned| (abandoned, self.stripe.get(), self.lane));
+        let helper_state = Arc::clone(&state);
         let job: HelperJob = Box::new(move || {
             let result = catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|payload| {
                 Err(format!(
@@ -110,7 +156,24 @@ impl LaneContext {
                     panic_message(payload.as_ref())
                 ))
             });
-            let _ = reply.send(result);
+            let done = helper_state
+                .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            if done {
+                let _ = reply.send(result);
+            } else if let Some((abandoned, stripe, lane)) = late {
+                // Logging first: the count releases whoever waits for it.
+                abandoned.stats.record_late_completion();
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    tracing::warn!(
+                        lane,
+                        ok = result.is_ok(),
+                        "a secondary write abandoned at its deadline returned late; its dead letter names the key to reconcile"
+                    );
+                }));
+                abandoned.stripes.finish_pending(stripe);
+                abandoned.pending.finish_abandoned();
+            }
         });
         let mut helper = self.helper.borrow_mut();
         let sender = match helper.take() {
@@ -137,9 +200,26 @@ impl LaneContext {
                 *helper = Some(sender);
                 result
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
-                "secondary write timed out after {limit:?} (the call may still complete)"
-            )),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let abandoned = state
+                    .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+                if !abandoned {
+                    // It returned just now: an ordinary outcome.
+                    *helper = Some(sender);
+                    return outcome
+                        .recv()
+                        .unwrap_or_else(|_| Err("the lane's helper thread stopped".to_owned()));
+                }
+                if let Some(counts) = &self.abandoned {
+                    counts.stripes.add_pending(self.stripe.get());
+                    counts.pending.start_abandoned();
+                }
+                self.timed_out.set(true);
+                Err(format!(
+                    "secondary write timed out after {limit:?}: its outcome is unknown (the call may still complete)"
+                ))
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 Err("the lane's helper thread stopped".to_owned())
             }
@@ -279,7 +359,7 @@ where
             key,
             render_key,
             key_hash: _,
-            stripe: _,
+            stripe: job_stripe,
             target,
             command,
         } = job;
@@ -303,6 +383,7 @@ where
             }
             attempt += 1;
             self.context.attempt.set(attempt);
+            self.context.stripe.set(job_stripe);
             let result = catch_unwind(AssertUnwindSafe(|| {
                 (self.apply)(&self.context, target, &command)
             }))
@@ -316,7 +397,9 @@ where
             let Err(error) = result else {
                 return;
             };
-            if attempt >= limit {
+            // A timed-out attempt may still land: a retry could be
+            // overwritten by it, so its outcome is left to reconciliation.
+            if attempt >= limit || self.context.take_timed_out() {
                 break error;
             }
             if !rendered {
