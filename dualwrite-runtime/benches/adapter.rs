@@ -437,6 +437,21 @@ fn bench_hot_path(c: &mut Criterion) {
         })
     });
     let stats = Stats::new();
+    let core: dualwrite_runtime::DualWriteCore<()> =
+        dualwrite_runtime::DualWriteCore::new(Migration::new(Phase::Prepare));
+    group.bench_function("begin_write_prepare", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let key = black_box(i);
+            let ticket = core.begin_write(
+                "put",
+                Some(&key as &dyn RoutingKey),
+                Some(&key as &dyn RoutingKey),
+                false,
+            );
+            black_box(ticket.is_ok())
+        })
+    });
     group.bench_function("record_write", |b| {
         b.iter(|| black_box(&stats).record_write(Store::Old, Role::Primary, true))
     });

@@ -71,6 +71,7 @@ impl Stats {
     }
 
     /// Counts one write attempt on `store` in `role`, successful or not.
+    #[inline]
     pub fn record_write(&self, store: Store, role: Role, ok: bool) {
         self.counters.writes[write_cell(store, role, ok)]
             .0

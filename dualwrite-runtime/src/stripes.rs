@@ -93,6 +93,7 @@ impl KeyStripes {
     }
 
     /// The stripe of a key with this route hash; keyless calls share one.
+    #[inline]
     pub(crate) fn index(key_hash: Option<u64>) -> usize {
         match key_hash {
             // The remainder is below KEY_STRIPES, so it fits in usize.
@@ -102,6 +103,7 @@ impl KeyStripes {
     }
 
     /// Takes the stripe if it is free and no fence is waiting.
+    #[inline]
     fn try_take(&self, index: usize) -> bool {
         if self.fencing.load(Ordering::SeqCst) {
             return false;
@@ -109,6 +111,7 @@ impl KeyStripes {
         self.take_unfenced(index)
     }
 
+    #[inline]
     fn take_unfenced(&self, index: usize) -> bool {
         let state = &self.stripes[index].state;
         let current = state.load(Ordering::Relaxed) & !1;
@@ -119,20 +122,26 @@ impl KeyStripes {
 
     /// Takes the stripe, blocking the thread while another write of the
     /// stripe (or a fence) holds it.
+    #[inline]
     pub(crate) fn lock(&self, index: usize) -> StripeGuard<'_> {
         if !self.try_take(index) {
-            let _waiter = Waiter::register(self);
-            let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-            while !self.try_take(index) {
-                guard = self
-                    .released
-                    .wait(guard)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
+            self.lock_slow(index);
         }
         StripeGuard {
             stripes: self,
             index,
+        }
+    }
+
+    #[cold]
+    fn lock_slow(&self, index: usize) {
+        let _waiter = Waiter::register(self);
+        let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while !self.try_take(index) {
+            guard = self
+                .released
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -158,6 +167,7 @@ impl KeyStripes {
         }
     }
 
+    #[inline]
     fn release(&self, index: usize) {
         // `+ 1` turns `n << 1 | 1` into `(n + 1) << 1`: free, one more
         // acquisition counted.
@@ -165,20 +175,27 @@ impl KeyStripes {
         self.wake_waiters();
     }
 
+    #[inline]
     fn wake_waiters(&self) {
         // Paired with the SeqCst increment of `waiters` before a waiter's
         // last check: either this load sees the waiter, or its check sees the
         // stripe free.
         if self.waiters.load(Ordering::SeqCst) != 0 {
-            // Taking the lock orders this wake-up after a blocking waiter
-            // that saw the stripe held has started waiting.
-            drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
-            self.released.notify_all();
-            self.released_async.notify_waiters();
+            self.wake_waiters_slow();
         }
     }
 
+    #[cold]
+    fn wake_waiters_slow(&self) {
+        // Taking the lock orders this wake-up after a blocking waiter that
+        // saw the stripe held has started waiting.
+        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
+        self.released.notify_all();
+        self.released_async.notify_waiters();
+    }
+
     /// What a shadow read needs to know of its key's stripe now.
+    #[inline]
     pub(crate) fn observe(&self, index: usize) -> Observation {
         let stripe = &self.stripes[index];
         Observation {
@@ -276,6 +293,7 @@ impl StripeGuard<'_> {
 }
 
 impl Drop for StripeGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.stripes.release(self.index);
     }
