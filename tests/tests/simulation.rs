@@ -331,6 +331,13 @@ impl Scenario {
 }
 
 fn lane_config(rng: &mut Rng) -> LaneConfig {
+    let mut config = lane_config_drawn(rng);
+    // Blocking stores are bounded by the same deadline as async ones.
+    config.blocking_attempt_timeout = config.attempt_timeout;
+    config
+}
+
+fn lane_config_drawn(rng: &mut Rng) -> LaneConfig {
     let mut config = LaneConfig::default()
         .with_lanes(rng.between(1, 3) as usize)
         .with_max_attempts(rng.between(1, 3) as u32)

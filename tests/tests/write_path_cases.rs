@@ -817,7 +817,7 @@ fn case07_attempt_timeout_ignored_for_sync_trait() {
             LaneConfig::default()
                 .with_lanes(1)
                 .with_max_attempts(1)
-                .with_attempt_timeout(Some(Duration::from_millis(100))),
+                .with_blocking_attempt_timeout(Some(Duration::from_millis(100))),
         ),
     );
     let open = OpenOnDrop(Arc::clone(&new));
@@ -860,7 +860,7 @@ fn case07_a_timed_out_write_landing_late_is_recorded() {
                 .with_lanes(1)
                 .with_max_attempts(3)
                 .with_initial_backoff(Duration::from_millis(1))
-                .with_attempt_timeout(Some(Duration::from_millis(50))),
+                .with_blocking_attempt_timeout(Some(Duration::from_millis(50))),
         ),
     );
     let open = OpenOnDrop(Arc::clone(&new));

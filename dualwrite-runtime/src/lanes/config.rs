@@ -16,15 +16,29 @@ pub struct LaneConfig {
     pub initial_backoff: Duration,
     /// Upper bound of the retry delay; default 1 s.
     pub max_backoff: Duration,
-    /// Time limit of one attempt; default 30 s. An async store call run
-    /// through [`LaneContext::block_on`] is cancelled at the limit; a
-    /// blocking one run through [`LaneContext::run_blocking`] (what the
-    /// adapter of a sync trait does) is left on a helper thread and the
-    /// attempt fails. `None` waits for ever.
+    /// Time limit of one attempt of an async store call (run through
+    /// [`LaneContext::block_on`], what the adapter of an async trait does);
+    /// default 30 s. The call is cancelled at the limit, its outcome is
+    /// unknown, so the write is not retried but kept as a dead letter.
+    /// `None` waits for ever.
     ///
     /// [`LaneContext::block_on`]: crate::LaneContext::block_on
-    /// [`LaneContext::run_blocking`]: crate::LaneContext::run_blocking
     pub attempt_timeout: Option<Duration>,
+    /// Time limit of one attempt of a blocking store call (run through
+    /// [`LaneContext::run_blocking`], what the adapter of a sync trait
+    /// does); default none. A blocking call cannot be cancelled: with a
+    /// limit, each call runs on a helper thread of the lane and the lane
+    /// stops waiting at the limit (the write becomes a dead letter, and the
+    /// abandoned call counts as pending until it returns). That hand-off
+    /// costs two thread wake-ups a write, which on a small machine shows in
+    /// the callers' tail latency (see the README's benchmarks), so it is off
+    /// by default: a hung blocking call then holds its lane, whose queue
+    /// fills up to [`LaneConfig::max_queued`]; callers are still bounded by
+    /// [`LaneConfig::full_wait`], flushes and phase changes by their
+    /// deadlines.
+    ///
+    /// [`LaneContext::run_blocking`]: crate::LaneContext::run_blocking
+    pub blocking_attempt_timeout: Option<Duration>,
     /// How long an idle lane keeps polling its queue before it sleeps;
     /// default 200 µs. While a lane polls, handing it a write costs the
     /// caller no thread wake-up (a system call of several microseconds),
@@ -90,6 +104,7 @@ impl Default for LaneConfig {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_secs(1),
             attempt_timeout: Some(Duration::from_secs(30)),
+            blocking_attempt_timeout: None,
             idle_poll: Duration::from_micros(200),
             idle_sleep: Duration::from_millis(1),
             idle_park: Some(Duration::from_millis(20)),
@@ -139,6 +154,13 @@ impl LaneConfig {
     #[must_use]
     pub fn with_attempt_timeout(mut self, attempt_timeout: Option<Duration>) -> Self {
         self.attempt_timeout = attempt_timeout;
+        self
+    }
+
+    /// Sets [`LaneConfig::blocking_attempt_timeout`].
+    #[must_use]
+    pub fn with_blocking_attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.blocking_attempt_timeout = timeout;
         self
     }
 

@@ -96,6 +96,7 @@ impl<C: Send + 'static> SecondaryLanes<C> {
                 context: LaneContext::new(
                     index,
                     config.attempt_timeout,
+                    config.blocking_attempt_timeout,
                     handle.clone(),
                     Some(Abandoned {
                         pending: Arc::clone(&pending),

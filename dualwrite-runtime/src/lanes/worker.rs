@@ -36,6 +36,7 @@ pub struct LaneContext {
     lane: usize,
     attempt: Cell<u32>,
     attempt_timeout: Option<Duration>,
+    blocking_timeout: Option<Duration>,
     /// The multi-thread runtime the lanes were started in, if any.
     handle: Option<Handle>,
     /// Otherwise a current-thread runtime of this lane, made on first use.
@@ -64,6 +65,7 @@ impl LaneContext {
     pub(super) fn new(
         lane: usize,
         attempt_timeout: Option<Duration>,
+        blocking_timeout: Option<Duration>,
         handle: Option<Handle>,
         abandoned: Option<Abandoned>,
     ) -> Self {
@@ -71,6 +73,7 @@ impl LaneContext {
             lane,
             attempt: Cell::new(0),
             attempt_timeout,
+            blocking_timeout,
             handle,
             local: OnceCell::new(),
             helper: RefCell::new(None),
@@ -121,7 +124,7 @@ impl LaneContext {
     }
 
     /// Runs a blocking store call under the attempt's deadline
-    /// ([`LaneConfig::attempt_timeout`]). Without a deadline it runs on the
+    /// ([`LaneConfig::blocking_attempt_timeout`]). Without a deadline it runs on the
     /// lane thread. With one it runs on a helper thread of the lane, and the
     /// lane stops waiting at the deadline: the attempt then fails with
     /// "timed out" and the helper, still blocked in the store, is abandoned
@@ -137,7 +140,7 @@ impl LaneContext {
     where
         F: FnOnce() -> Result<(), String> + Send + 'static,
     {
-        let Some(limit) = self.attempt_timeout else {
+        let Some(limit) = self.blocking_timeout else {
             return call();
         };
         let (reply, outcome) = mpsc::sync_channel(1);
