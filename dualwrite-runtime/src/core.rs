@@ -152,10 +152,12 @@ impl<C> DualWriteCore<C> {
         &self.shared.stats
     }
 
+    #[inline]
     pub(crate) fn shared(&self) -> &Shared<C> {
         &self.shared
     }
 
+    #[inline]
     pub(crate) fn lanes(&self) -> Option<&SecondaryLanes<C>> {
         self.lanes.as_ref()
     }
@@ -183,6 +185,7 @@ impl<C> DualWriteCore<C> {
     }
 
     /// The synchronous mode; `None` when the strategy is AsyncSecondary.
+    #[inline]
     pub fn sync_mode(&self) -> Option<SyncMode> {
         match self.strategy {
             WriteStrategy::Sync(mode) => Some(mode),
@@ -191,6 +194,7 @@ impl<C> DualWriteCore<C> {
     }
 
     /// Whether secondary writes go through lanes.
+    #[inline]
     pub fn is_async(&self) -> bool {
         matches!(self.strategy, WriteStrategy::AsyncSecondary(_))
     }
@@ -244,6 +248,7 @@ impl<C> DualWriteCore<C> {
     // ---- hot path, called by generated code ----
 
     /// The write route for `key`; see [`Migration::write_route`].
+    #[inline]
     pub fn write_route(&self, key: Option<&dyn RoutingKey>) -> WriteRoute {
         self.migration.write_route(key)
     }

@@ -93,6 +93,7 @@ impl Migration {
     }
 
     /// The global phase: the phase of every key without an override.
+    #[inline]
     pub fn phase(&self) -> Phase {
         // Only `Phase as u8` values are ever stored.
         Phase::from_u8(self.inner.global.load(Ordering::Acquire)).unwrap_or(Phase::Prepare)
@@ -408,6 +409,7 @@ impl Migration {
     ///
     /// Lock-free and allocation-free: while some override exists, the key's
     /// text is hashed as it is formatted and looked up by that hash.
+    #[inline]
     pub fn phase_for(&self, key: Option<&dyn RoutingKey>) -> Phase {
         if let Some(key) = key
             && self.inner.has_overrides.load(Ordering::Acquire)
@@ -419,6 +421,7 @@ impl Migration {
     }
 
     /// The write route for `key` under its effective phase.
+    #[inline]
     pub fn write_route(&self, key: Option<&dyn RoutingKey>) -> WriteRoute {
         self.phase_for(key).write_route(&self.inner.options)
     }

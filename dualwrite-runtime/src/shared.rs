@@ -17,10 +17,12 @@ pub(crate) struct Shared<C> {
 impl<C> Shared<C> {
     pub(crate) fn new(dead_letter_capacity: usize) -> Self {
         let stats = Stats::new();
+        let stripes = Arc::new(KeyStripes::new());
+        stats.attach_stripes(Arc::clone(&stripes));
         Shared {
             dead_letters: DeadLetterSink::new(dead_letter_capacity, stats.clone()),
             stats,
-            stripes: Arc::new(KeyStripes::new()),
+            stripes,
         }
     }
 }

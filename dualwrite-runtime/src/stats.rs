@@ -7,10 +7,11 @@
 //! threads do not contend on unrelated counters.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::phase::Store;
+use crate::stripes::KeyStripes;
 
 /// Which part a store plays in one write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,10 +50,13 @@ struct Counters {
     writes_refused: Padded<AtomicU64>,
     shadow_dropped: Padded<AtomicU64>,
     late_completions: Padded<AtomicU64>,
+    /// The stripes whose own counters hold the writes made on the callers'
+    /// path (see `StripeGuard::record_write`).
+    stripes: OnceLock<Arc<KeyStripes>>,
 }
 
 /// The index of the write counter for one `(store, role, ok)` combination.
-fn write_cell(store: Store, role: Role, ok: bool) -> usize {
+pub(crate) fn write_cell(store: Store, role: Role, ok: bool) -> usize {
     let store = match store {
         Store::Old => 0,
         Store::New => 4,
@@ -68,6 +72,11 @@ impl Stats {
     /// Fresh counters, all zero.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Adds the write counts kept in an adapter's stripes to this one's.
+    pub(crate) fn attach_stripes(&self, stripes: Arc<KeyStripes>) {
+        let _ = self.counters.stripes.set(stripes);
     }
 
     /// Counts one write attempt on `store` in `role`, successful or not.
@@ -163,10 +172,13 @@ impl Stats {
     /// whole is not a single instant while writes are in flight.
     pub fn snapshot(&self) -> StatsSnapshot {
         let c = &self.counters;
+        let striped = c
+            .stripes
+            .get()
+            .map_or([0; 8], |stripes| stripes.write_counts());
         let write = |store, role, ok| {
-            c.writes[write_cell(store, role, ok)]
-                .0
-                .load(Ordering::Relaxed)
+            let cell = write_cell(store, role, ok);
+            c.writes[cell].0.load(Ordering::Relaxed) + striped[cell]
         };
         let cell = |store, ok| write(store, Role::Primary, ok) + write(store, Role::Secondary, ok);
         let role = |role, ok| write(Store::Old, role, ok) + write(Store::New, role, ok);

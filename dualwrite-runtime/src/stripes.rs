@@ -37,14 +37,20 @@ pub(crate) const KEY_STRIPES: usize = 512;
 /// The stripe of keyless writes and reads.
 const KEYLESS: usize = KEY_STRIPES;
 
-/// One stripe: a lock whose state word also counts acquisitions, and the
-/// number of its keys' secondary writes pending in the lanes.
+/// One stripe: a lock whose state word also counts acquisitions, the
+/// number of its keys' secondary writes pending in the lanes, and the write
+/// counters of the calls that held it (see [`StripeGuard::record_write`]).
 #[derive(Default)]
 #[repr(align(128))]
 struct Stripe {
     /// `acquisitions << 1 | held`.
     state: AtomicU64,
     pending: AtomicU64,
+    /// Writes made while holding the stripe, by `Stats` cell (store x role
+    /// x outcome). Only the holder writes them, so a count is a plain load
+    /// and store: no atomic read-modify-write, no line shared with other
+    /// keys' callers.
+    writes: [AtomicU64; 8],
 }
 
 /// What a reader saw of a stripe; see [`KeyStripes::observe`].
@@ -214,6 +220,17 @@ impl KeyStripes {
         self.stripes[index].pending.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// The write counts recorded under the stripes, by `Stats` cell.
+    pub(crate) fn write_counts(&self) -> [u64; 8] {
+        let mut counts = [0_u64; 8];
+        for stripe in self.stripes.iter() {
+            for (count, cell) in counts.iter_mut().zip(&stripe.writes) {
+                *count += cell.load(Ordering::Relaxed);
+            }
+        }
+        counts
+    }
+
     /// Secondary writes pending in the lanes, over every stripe.
     pub(crate) fn total_pending(&self) -> u64 {
         self.stripes
@@ -289,6 +306,15 @@ impl StripeGuard<'_> {
     /// The stripe held.
     pub(crate) fn index(&self) -> usize {
         self.index
+    }
+
+    /// Counts one write in `Stats` cell `cell`, in the held stripe's own
+    /// counters: holding the stripe makes this thread their only writer,
+    /// and the next holder's acquisition sees the count.
+    #[inline]
+    pub(crate) fn record_write(&self, cell: usize) {
+        let counter = &self.stripes.stripes[self.index].writes[cell];
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 }
 

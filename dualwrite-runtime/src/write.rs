@@ -42,7 +42,7 @@ use crate::core::{DualWriteCore, SyncMode};
 use crate::key::RoutingKey;
 use crate::lanes::{Job, WhenFull};
 use crate::phase::{Store, WriteRoute};
-use crate::stats::Role;
+use crate::stats::{Role, write_cell};
 use crate::stripes::{KeyStripes, StripeGuard};
 
 /// Why a write was refused before either store was written.
@@ -112,6 +112,7 @@ impl<C> DualWriteCore<C> {
     /// key; else the key again). `can_refuse` says whether the method can
     /// return a refusal (its error type converts from [`WriteRefused`]);
     /// when it cannot, a full lane dead-letters the secondary write instead.
+    #[inline]
     pub fn begin_write(
         &self,
         method: &'static str,
@@ -148,6 +149,7 @@ impl<C> DualWriteCore<C> {
         }
     }
 
+    #[inline]
     fn ticket<'a>(
         &'a self,
         method: &'static str,
@@ -203,6 +205,7 @@ enum Room {
 }
 
 impl<'a, C> WriteTicket<'a, C> {
+    #[inline]
     fn room(&self) -> Room {
         let Some(lanes) = self.core.lanes() else {
             return Room::NotNeeded;
@@ -242,6 +245,7 @@ impl<'a, C> WriteTicket<'a, C> {
     /// Checks that the key's lane has room, blocking up to
     /// [`crate::LaneConfig::full_wait`] for it, then applies
     /// [`crate::LaneConfig::when_full`].
+    #[inline]
     fn admit_blocking(self, can_refuse: bool) -> Result<Self, WriteRefused> {
         match self.room() {
             Room::NotNeeded => Ok(self),
@@ -279,11 +283,13 @@ impl<'a, C> WriteTicket<'a, C> {
 
 impl<'a, C> WriteTicket<'a, C> {
     /// The store to write first; its result is the caller's.
+    #[inline]
     pub fn primary(&self) -> Store {
         self.route.primary
     }
 
     /// The store that gets a copy after the primary succeeded, if any.
+    #[inline]
     pub fn secondary(&self) -> Option<Store> {
         self.route.secondary
     }
@@ -291,15 +297,16 @@ impl<'a, C> WriteTicket<'a, C> {
     /// Records the primary's outcome; `true` when it succeeded and a
     /// secondary write follows. A failed primary is never followed by a
     /// secondary write.
+    #[inline]
     pub fn primary_done(&mut self, ok: bool) -> bool {
-        self.core
-            .stats()
-            .record_write(self.route.primary, Role::Primary, ok);
+        self._stripe
+            .record_write(write_cell(self.route.primary, Role::Primary, ok));
         ok && self.route.secondary.is_some()
     }
 
     /// Whether the secondary write goes to a lane ([`WriteTicket::submit`])
     /// rather than being made on the caller's path.
+    #[inline]
     pub fn is_async(&self) -> bool {
         self.core.is_async()
     }
@@ -429,9 +436,8 @@ impl<'a, C> WriteTicket<'a, C> {
         match error {
             None => {
                 if let Some(target) = self.route.secondary {
-                    self.core
-                        .stats()
-                        .record_write(target, Role::Secondary, true);
+                    self._stripe
+                        .record_write(write_cell(target, Role::Secondary, true));
                 }
                 self.armed = Armed::None;
                 false
@@ -448,9 +454,8 @@ impl<'a, C> WriteTicket<'a, C> {
         let Some(target) = self.route.secondary else {
             return;
         };
-        self.core
-            .stats()
-            .record_write(target, Role::Secondary, false);
+        self._stripe
+            .record_write(write_cell(target, Role::Secondary, false));
         match std::mem::replace(&mut self.armed, Armed::None) {
             Armed::None => {}
             Armed::Command(command, render) => {
@@ -472,7 +477,20 @@ impl<'a, C> WriteTicket<'a, C> {
 }
 
 impl<C> Drop for WriteTicket<'_, C> {
+    #[inline]
     fn drop(&mut self) {
+        if matches!(self.armed, Armed::None) {
+            return;
+        }
+        self.dead_letter_armed();
+    }
+}
+
+impl<C> WriteTicket<'_, C> {
+    /// The ticket was dropped between the primary's success and the
+    /// secondary's outcome: its armed write becomes a dead letter.
+    #[cold]
+    fn dead_letter_armed(&mut self) {
         let armed = std::mem::replace(&mut self.armed, Armed::None);
         let Some(target) = self.route.secondary else {
             return;
