@@ -41,8 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group};
 use dualwrite_runtime::{
-    LaneConfig, Migration, Phase, Role, RoutingKey, ShadowConfig, Stats, Store, SyncMode,
-    dual_write,
+    LaneConfig, LaneQueue, Migration, Phase, Role, RoutingKey, ShadowConfig, Stats, Store,
+    SyncMode, dual_write,
 };
 use rusqlite::{Connection, params};
 
@@ -299,14 +299,23 @@ fn bench_handoff(c: &mut Criterion) {
             black_box(&direct).put(black_box(i), i)
         })
     });
-    for count in [1, 2] {
+    for (count, queue) in [
+        (1, LaneQueue::Ring),
+        (2, LaneQueue::Ring),
+        (1, LaneQueue::Channel),
+        (2, LaneQueue::Channel),
+    ] {
         let adapter = KvDualWrite::new(
             AtomicStore::new(),
             AtomicStore::new(),
             Migration::new(Phase::DualWrite),
         )
-        .with_async_secondary(lanes(count));
-        group.bench_function(format!("adapter_async_{count}_lanes"), |b| {
+        .with_async_secondary(lanes(count).with_queue(queue));
+        let name = match queue {
+            LaneQueue::Ring => format!("adapter_async_{count}_lanes"),
+            LaneQueue::Channel => format!("adapter_async_{count}_lanes_channel"),
+        };
+        group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
@@ -331,16 +340,26 @@ fn bench_handoff_saturation(c: &mut Criterion) {
     const BATCH: u64 = 4_096;
     let mut group = c.benchmark_group("handoff/batch_4096");
     let mut i = 0_u64;
-    for (name, delay) in [
-        ("unsaturated", Delay::None),
-        ("saturated", Delay::Spin(Duration::from_micros(1))),
+    for (name, delay, queue) in [
+        ("unsaturated", Delay::None, LaneQueue::Ring),
+        (
+            "saturated",
+            Delay::Spin(Duration::from_micros(1)),
+            LaneQueue::Ring,
+        ),
+        ("unsaturated_channel", Delay::None, LaneQueue::Channel),
+        (
+            "saturated_channel",
+            Delay::Spin(Duration::from_micros(1)),
+            LaneQueue::Channel,
+        ),
     ] {
         let adapter = KvDualWrite::new(
             AtomicStore::new(),
             DelayStore::new(delay),
             Migration::new(Phase::DualWrite),
         )
-        .with_async_secondary(lanes(1));
+        .with_async_secondary(lanes(1).with_queue(queue));
         group.bench_function(format!("adapter_async_1_lane_{name}"), |b| {
             b.iter_custom(|iters| {
                 let mut elapsed = Duration::ZERO;
@@ -644,9 +663,17 @@ where
     O: Kv + Send + Sync + 'static,
     N: Kv + Send + Sync + 'static,
 {
+    async_mode_with(name, old, new, lanes(count))
+}
+
+/// Like [`async_mode`], with the lanes' configuration given.
+fn async_mode_with<O, N>(name: &'static str, old: O, new: N, config: LaneConfig) -> Mode
+where
+    O: Kv + Send + Sync + 'static,
+    N: Kv + Send + Sync + 'static,
+{
     let adapter = std::sync::Arc::new(
-        KvDualWrite::new(old, new, Migration::new(Phase::DualWrite))
-            .with_async_secondary(lanes(count)),
+        KvDualWrite::new(old, new, Migration::new(Phase::DualWrite)).with_async_secondary(config),
     );
     let flusher = std::sync::Arc::clone(&adapter);
     Mode::new(
@@ -721,6 +748,13 @@ fn sqlite_modes(dir: &Path) -> Vec<Mode> {
             count,
         ));
     }
+    // The other lane queue, a crossbeam channel.
+    modes.push(async_mode_with(
+        "adapter async secondary, 1 lane, channel queue",
+        primary.clone(),
+        open("async1-channel-new.db"),
+        lanes(1).with_queue(LaneQueue::Channel),
+    ));
     // The same hand-off with an in-memory secondary: separates the cost of
     // the hand-off from two SQLite databases working at once in one process.
     modes.push(async_mode(

@@ -52,7 +52,7 @@ pub use command::WriteCommand;
 pub use dead_letter::DeadLetter;
 pub use dualwrite_macros::dual_write;
 pub use key::{Composite, RoutingKey};
-pub use lanes::{LaneConfig, LaneContext, WhenFull};
+pub use lanes::{LaneConfig, LaneContext, LaneQueue, WhenFull};
 pub use migration::{Migration, PhaseChange, PhaseError, Transition};
 pub use phase::{ParsePhaseError, Phase, ReadRoute, RouteOptions, Store, WriteRoute};
 pub use read::{ShadowConfig, ShadowContext, ShadowRead, ShadowRunner, ShadowWorker};

@@ -7,8 +7,8 @@
 //! threads do not contend on unrelated counters.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::phase::Store;
 use crate::stripes::KeyStripes;

@@ -334,6 +334,10 @@ fn lane_config(rng: &mut Rng) -> LaneConfig {
     let mut config = lane_config_drawn(rng);
     // Blocking stores are bounded by the same deadline as async ones.
     config.blocking_attempt_timeout = config.attempt_timeout;
+    // Both lane queues.
+    if rng.below(2) == 1 {
+        config.queue = dualwrite_runtime::LaneQueue::Channel;
+    }
     config
 }
 

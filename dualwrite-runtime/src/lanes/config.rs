@@ -77,6 +77,23 @@ pub struct LaneConfig {
     /// What happens to a write whose lane stayed full for `full_wait`;
     /// default [`WhenFull::DeadLetter`].
     pub when_full: WhenFull,
+    /// The queue in front of each lane; default [`LaneQueue::Ring`].
+    pub queue: LaneQueue,
+}
+
+/// The queue in front of each lane. Both keep the order of the writes handed
+/// over, and both are bounded by [`LaneConfig::max_queued`] through the
+/// caller's room check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LaneQueue {
+    /// A ring of [`LaneConfig::queue_capacity`] slots allocated once, with an
+    /// ordered overflow behind it (`ring.rs`): a hand-off stores into a slot
+    /// without reading any line the lane writes.
+    #[default]
+    Ring,
+    /// A crossbeam channel (unbounded in itself; its memory grows in blocks
+    /// and is bounded by the room check).
+    Channel,
 }
 
 /// What a write does when its lane's queue stays full (see
@@ -112,6 +129,7 @@ impl Default for LaneConfig {
             max_queued: 1 << 16,
             full_wait: Duration::from_secs(1),
             when_full: WhenFull::DeadLetter,
+            queue: LaneQueue::Ring,
         }
     }
 }
@@ -210,6 +228,13 @@ impl LaneConfig {
     #[must_use]
     pub fn with_when_full(mut self, when_full: WhenFull) -> Self {
         self.when_full = when_full;
+        self
+    }
+
+    /// Sets [`LaneConfig::queue`].
+    #[must_use]
+    pub fn with_queue(mut self, queue: LaneQueue) -> Self {
+        self.queue = queue;
         self
     }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 pub(crate) use config::XorShift64;
-pub use config::{LaneConfig, WhenFull};
+pub use config::{LaneConfig, LaneQueue, WhenFull};
 pub use worker::LaneContext;
 
 use crate::phase::Store;
@@ -91,7 +91,8 @@ impl<C: Send + 'static> SecondaryLanes<C> {
         let mut senders = Vec::with_capacity(config.lane_count());
         let mut threads = Vec::with_capacity(config.lane_count());
         for index in 0..config.lane_count() {
-            let (sender, receiver) = lane_queue(config.queue_capacity, Arc::clone(&exit));
+            let (sender, receiver) =
+                lane_queue(config.queue, config.queue_capacity, Arc::clone(&exit));
             let lane = Lane {
                 context: LaneContext::new(
                     index,
@@ -235,7 +236,7 @@ impl<C> SecondaryLanes<C> {
 
     fn wake_all(&self) {
         for sender in &self.senders {
-            sender.ring.wake();
+            sender.wake();
         }
     }
 
@@ -388,6 +389,47 @@ mod tests {
                 .collect();
             assert_eq!(own, (0..300).map(|n| sender * 1000 + n).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn the_channel_queue_keeps_each_senders_order_and_exits_on_close() {
+        let (lanes, applied) = recording_lanes(
+            LaneConfig::default()
+                .with_lanes(1)
+                .with_queue(LaneQueue::Channel)
+                .with_idle_poll(Duration::ZERO)
+                .with_idle_park(Some(Duration::from_millis(1))),
+        );
+        let lanes = Arc::new(lanes);
+        let senders: Vec<_> = (0..4_u64)
+            .map(|sender| {
+                let lanes = Arc::clone(&lanes);
+                thread::spawn(move || {
+                    for n in 0..300 {
+                        assert!(submit(&lanes, job(sender, sender * 1000 + n)).is_ok());
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.join().unwrap();
+        }
+        assert!(lanes.flush(Some(Instant::now() + Duration::from_secs(30))));
+        {
+            let applied = applied.lock().unwrap();
+            assert_eq!(applied.len(), 1200);
+            for sender in 0..4 {
+                let own: Vec<u64> = applied
+                    .iter()
+                    .copied()
+                    .filter(|c| c / 1000 == sender)
+                    .collect();
+                assert_eq!(own, (0..300).map(|n| sender * 1000 + n).collect::<Vec<_>>());
+            }
+        }
+        // A parked lane sees the exit flag within its recheck period.
+        thread::sleep(Duration::from_millis(20));
+        assert!(lanes.close_and_join(Instant::now() + Duration::from_secs(5)));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::Job;
+use super::config::LaneQueue;
 use crate::ring::{self, PopError, PushError, RingReceiver, RingSender};
 
 /// The longest a parked lane sleeps before it looks at its queue again: the
@@ -38,13 +39,13 @@ impl<C> Overflow<C> {
 
 /// The sending side of one lane's queue: a bounded ring allocated once,
 /// then the overflow.
-pub(super) struct LaneSender<C> {
+pub(super) struct RingLaneSender<C> {
     pub(super) ring: RingSender<Job<C>>,
     overflow: Arc<Overflow<C>>,
 }
 
 /// The lane's side of its queue.
-pub(super) struct LaneReceiver<C> {
+pub(super) struct RingLaneReceiver<C> {
     ring: RingReceiver<Job<C>>,
     overflow: Arc<Overflow<C>>,
     /// Set when the adapter shuts down: the lane exits once its queue is
@@ -61,20 +62,112 @@ pub(super) enum Take<C> {
 }
 
 pub(super) fn lane_queue<C>(
+    kind: LaneQueue,
     capacity: usize,
     exit: Arc<AtomicBool>,
 ) -> (LaneSender<C>, LaneReceiver<C>) {
+    if kind == LaneQueue::Channel {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        return (
+            LaneSender::Channel(sender),
+            LaneReceiver::Channel { receiver, exit },
+        );
+    }
+    let (sender, receiver) = ring_queue(capacity, exit);
+    (LaneSender::Ring(sender), LaneReceiver::Ring(receiver))
+}
+
+/// The sending side of a lane's queue.
+pub(super) enum LaneSender<C> {
+    Ring(RingLaneSender<C>),
+    Channel(crossbeam_channel::Sender<Job<C>>),
+}
+
+/// The lane's side of its queue.
+pub(super) enum LaneReceiver<C> {
+    Ring(RingLaneReceiver<C>),
+    Channel {
+        receiver: crossbeam_channel::Receiver<Job<C>>,
+        /// Set when the adapter shuts down: the lane exits once its queue
+        /// is empty.
+        exit: Arc<AtomicBool>,
+    },
+}
+
+impl<C> LaneSender<C> {
+    /// Queues `job` without blocking; gives it back if the lane is gone.
+    pub(super) fn push(&self, job: Job<C>) -> Result<(), Job<C>> {
+        match self {
+            LaneSender::Ring(ring) => ring.push(job),
+            LaneSender::Channel(sender) => sender
+                .send(job)
+                .map_err(|crossbeam_channel::SendError(job)| job),
+        }
+    }
+
+    /// Wakes the lane if it sleeps (to see the exit or abort flag).
+    pub(super) fn wake(&self) {
+        match self {
+            LaneSender::Ring(ring) => ring.ring.wake(),
+            // A waiting lane looks at its flags every `PARK_RECHECK`.
+            LaneSender::Channel(_) => {}
+        }
+    }
+}
+
+impl<C> LaneReceiver<C> {
+    /// The oldest write, if one is queued.
+    pub(super) fn take(&self) -> Take<C> {
+        match self {
+            LaneReceiver::Ring(ring) => ring.take(),
+            LaneReceiver::Channel { receiver, exit } => match receiver.try_recv() {
+                Ok(job) => Take::Job(job),
+                // Shut down and empty: no write can arrive any more (the
+                // adapter's fence holds every key).
+                Err(crossbeam_channel::TryRecvError::Empty) if exit.load(Ordering::SeqCst) => {
+                    Take::Closed
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => Take::Empty,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Take::Closed,
+            },
+        }
+    }
+
+    /// Blocks until a sender hands over a write; `None` once every sender
+    /// is gone (or the adapter shut down) and the queue is drained.
+    pub(super) fn wait(&self) -> Option<Job<C>> {
+        match self {
+            LaneReceiver::Ring(ring) => ring.wait(),
+            LaneReceiver::Channel { receiver, exit } => loop {
+                match receiver.recv_timeout(PARK_RECHECK) {
+                    Ok(job) => return Some(job),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if exit.load(Ordering::SeqCst) && receiver.is_empty() {
+                            return None;
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
+                }
+            },
+        }
+    }
+}
+
+fn ring_queue<C>(
+    capacity: usize,
+    exit: Arc<AtomicBool>,
+) -> (RingLaneSender<C>, RingLaneReceiver<C>) {
     let (sender, receiver) = ring::ring(capacity.min(MAX_RING), PARK_RECHECK);
     let overflow = Arc::new(Overflow {
         active: AtomicBool::new(false),
         jobs: Mutex::new(VecDeque::new()),
     });
     (
-        LaneSender {
+        RingLaneSender {
             ring: sender,
             overflow: Arc::clone(&overflow),
         },
-        LaneReceiver {
+        RingLaneReceiver {
             ring: receiver,
             overflow,
             exit,
@@ -82,7 +175,7 @@ pub(super) fn lane_queue<C>(
     )
 }
 
-impl<C> LaneSender<C> {
+impl<C> RingLaneSender<C> {
     /// Queues `job` without blocking; gives it back if the lane is gone.
     pub(super) fn push(&self, mut job: Job<C>) -> Result<(), Job<C>> {
         let mut ring_full = false;
@@ -115,7 +208,7 @@ impl<C> LaneSender<C> {
     }
 }
 
-impl<C> LaneReceiver<C> {
+impl<C> RingLaneReceiver<C> {
     /// The oldest write: the ring's first, since the overflow only holds
     /// writes queued after the ring filled up.
     pub(super) fn take(&self) -> Take<C> {
