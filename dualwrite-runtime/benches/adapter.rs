@@ -830,7 +830,6 @@ fn shadow_modes(delay: Delay) -> Vec<Mode> {
     let flusher = std::sync::Arc::clone(&background);
     let direct = DelayStore::new(delay);
     vec![
-        // dualwrite-lint: allow(DW001) the baseline the adapter is measured against calls the store directly
         Mode::new("get, direct", move |k| direct.get(k).map(drop), || {}),
         Mode::new(
             "get, shadow comparison off",
