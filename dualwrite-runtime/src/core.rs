@@ -10,7 +10,7 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -471,15 +471,9 @@ impl<C> DualWriteCore<C> {
         error: String,
         attempts: u32,
     ) {
-        self.shared.dead_letters.push(DeadLetter {
-            method,
-            key,
-            target,
-            command,
-            error,
-            attempts,
-            at: SystemTime::now(),
-        });
+        self.shared.dead_letters.push(DeadLetter::now(
+            method, key, target, command, error, attempts,
+        ));
     }
 
     /// A write that the command enum cannot carry (a generic method) was

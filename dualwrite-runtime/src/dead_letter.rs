@@ -35,6 +35,28 @@ pub struct DeadLetter<C> {
     pub at: SystemTime,
 }
 
+impl<C> DeadLetter<C> {
+    /// A write given up on now.
+    pub(crate) fn now(
+        method: &'static str,
+        key: Option<String>,
+        target: Store,
+        command: C,
+        error: String,
+        attempts: u32,
+    ) -> Self {
+        DeadLetter {
+            method,
+            key,
+            target,
+            command,
+            error,
+            attempts,
+            at: SystemTime::now(),
+        }
+    }
+}
+
 /// A bounded list of dead letters.
 ///
 /// When it is full the oldest letter is evicted to make room: the eviction

@@ -168,27 +168,18 @@ impl Migration {
         let fence_started = Instant::now();
         if moves_routes {
             let timeout = change.fence_timeout.unwrap_or_else(|| self.fence_timeout());
-            let deadline = fence_started
-                .checked_add(timeout)
-                .unwrap_or_else(far_future);
             let fences = self.live_fences();
-            let mut holds = Vec::with_capacity(fences.len());
-            for stripes in &fences {
-                match stripes.fence(deadline) {
-                    Ok(hold) => holds.push(hold),
-                    Err(pending) => {
-                        let error = PhaseError::FenceTimedOut {
-                            key: change.key.clone(),
-                            from,
-                            to,
-                            waited: timeout,
-                            pending,
-                        };
-                        tracing::warn!(%error, "phase change refused");
-                        return Err(error);
-                    }
-                }
-            }
+            let holds = fence_all(&fences, fence_started, timeout).map_err(|pending| {
+                let error = PhaseError::FenceTimedOut {
+                    key: change.key.clone(),
+                    from,
+                    to,
+                    waited: timeout,
+                    pending,
+                };
+                tracing::warn!(%error, "phase change refused");
+                error
+            })?;
             self.apply(&change, &current.by_key);
             drop(holds);
         } else {
@@ -354,23 +345,16 @@ impl Migration {
         let started = Instant::now();
         if moves_routes {
             let timeout = self.fence_timeout();
-            let deadline = started.checked_add(timeout).unwrap_or_else(far_future);
             let fences = self.live_fences();
-            let mut holds = Vec::with_capacity(fences.len());
-            for stripes in &fences {
-                match stripes.fence(deadline) {
-                    Ok(hold) => holds.push(hold),
-                    Err(pending) => {
-                        return Err(PhaseError::FenceTimedOut {
-                            key: Some(key),
-                            from: previous,
-                            to: global,
-                            waited: timeout,
-                            pending,
-                        });
-                    }
+            let holds = fence_all(&fences, started, timeout).map_err(|pending| {
+                PhaseError::FenceTimedOut {
+                    key: Some(key.clone()),
+                    from: previous,
+                    to: global,
+                    waited: timeout,
+                    pending,
                 }
-            }
+            })?;
             self.publish(next);
             drop(holds);
         } else {
@@ -711,6 +695,20 @@ fn check_rules(from: Phase, to: Phase, key: Option<&str>, forced: bool) -> Resul
         });
     }
     Ok(())
+}
+
+/// Fences every adapter in `fences` (see `KeyStripes::fence`) within
+/// `timeout` of `started`; the secondary writes still pending if one cannot.
+fn fence_all(
+    fences: &[Arc<KeyStripes>],
+    started: Instant,
+    timeout: Duration,
+) -> Result<Vec<crate::stripes::FenceHold<'_>>, u64> {
+    let deadline = started.checked_add(timeout).unwrap_or_else(far_future);
+    fences
+        .iter()
+        .map(|stripes| stripes.fence(deadline))
+        .collect()
 }
 
 /// Whether moving from `from` to `to` changes where writes go or which store

@@ -380,14 +380,21 @@ impl<'a, C> WriteTicket<'a, C> {
     {
         match catch_unwind(AssertUnwindSafe(call)) {
             Ok(ret) => Some(ret),
-            Err(payload) => {
-                self.secondary_failed_now(panic_error(payload.as_ref()));
-                if self.core.sync_mode() == Some(SyncMode::Strong) {
-                    resume_unwind(payload);
-                }
-                None
-            }
+            Err(payload) => self.secondary_panicked(payload),
         }
+    }
+
+    /// Records a panicking secondary call; resumes the panic in the strong
+    /// mode (see [`WriteTicket::run_secondary`]).
+    fn secondary_panicked<R>(&mut self, payload: Box<dyn std::any::Any + Send>) -> Option<R>
+    where
+        C: WriteCommand,
+    {
+        self.secondary_failed_now(panic_error(payload.as_ref()));
+        if self.core.sync_mode() == Some(SyncMode::Strong) {
+            resume_unwind(payload);
+        }
+        None
     }
 
     /// Like [`WriteTicket::run_secondary`], for an async secondary call.
@@ -416,13 +423,7 @@ impl<'a, C> WriteTicket<'a, C> {
         };
         match outcome {
             Ok(ret) => Some(ret),
-            Err(payload) => {
-                self.secondary_failed_now(panic_error(payload.as_ref()));
-                if self.core.sync_mode() == Some(SyncMode::Strong) {
-                    resume_unwind(payload);
-                }
-                None
-            }
+            Err(payload) => self.secondary_panicked(payload),
         }
     }
 

@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, Runtime};
 
@@ -423,15 +423,9 @@ where
         };
         let key = if rendered { key } else { render(key, &command) };
         // Pushed before `_finish` runs, so a flush sees it.
-        self.shared.dead_letters.push(DeadLetter {
-            method,
-            key,
-            target,
-            command,
-            error,
-            attempts: attempt,
-            at: SystemTime::now(),
-        });
+        self.shared.dead_letters.push(DeadLetter::now(
+            method, key, target, command, error, attempt,
+        ));
     }
 }
 
