@@ -1450,7 +1450,10 @@ fn analyse(scenario: &Scenario, obs: &Observed) -> Verdict {
                     secondaries.len()
                 ));
             }
-            if !noisy && sec_ok_in_time {
+            // A timed-out attempt's outcome is unknown: it may have applied
+            // (the machine was slow) and still be kept as a dead letter.
+            let unknown = letter.error.contains("outcome is unknown");
+            if !noisy && sec_ok_in_time && !unknown {
                 v.push(format!(
                     "[3 lost write] dead-lettered although applied: {what}"
                 ));
