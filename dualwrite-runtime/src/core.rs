@@ -316,6 +316,10 @@ impl<C> DualWriteCore<C> {
     /// lanes' store futures; inside a current-thread runtime it fails at once
     /// ([`FlushError::InsideCurrentThreadRuntime`]): use
     /// [`DualWriteCore::flush_async`] there.
+    ///
+    /// A blocking store call abandoned at its attempt timeout
+    /// ([`LaneConfig::blocking_attempt_timeout`]) counts until it returns:
+    /// it may still write.
     pub fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
         let Some(lanes) = &self.lanes else {
             return Ok(());

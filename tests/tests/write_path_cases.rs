@@ -896,6 +896,53 @@ fn case07_a_timed_out_write_landing_late_is_recorded() {
     assert_eq!(letters[0].attempts, 1, "a timed-out write is not retried");
 }
 
+/// Timeouts in the synchronous strategy: an async method's secondary call
+/// that hangs is dropped at the adapter's secondary timeout, the caller gets
+/// the primary's result (tolerant mode) and the write is a dead letter.
+#[tokio::test(flavor = "current_thread")]
+async fn case07_a_hung_secondary_call_is_bounded_in_the_sync_strategy() {
+    let old = Arc::new(AsyncMem::default());
+    let new = Arc::new(AsyncMem::default());
+    new.hang_on_put.store(true, Ordering::SeqCst);
+    let kv = AsyncKvDualWrite::from_shared(
+        Arc::clone(&old),
+        Arc::clone(&new),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_secondary_timeout(Some(Duration::from_millis(50)));
+    let answered = tokio::time::timeout(Duration::from_secs(10), kv.put(1, 1)).await;
+    assert_eq!(
+        answered,
+        Ok(Ok(())),
+        "the caller is not held by the hung secondary"
+    );
+    assert_eq!(old.value(1), Some(1));
+    let letters = kv.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].error.contains("timed out"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(kv.stats().secondary_writes_failed, 1);
+}
+
+/// The dead-letter list is bounded: beyond its capacity the oldest letters
+/// are evicted and counted, never dropped silently.
+#[test]
+fn case06_the_dead_letter_list_is_bounded() {
+    let (old, new) = stores();
+    new.panic_on_put.store(true, Ordering::SeqCst);
+    let kv = adapter(&old, &new, &Migration::new(Phase::DualWrite)).with_dead_letter_capacity(2);
+    for key in 0..5 {
+        kv.put(key, key).expect("tolerant: the primary's result");
+    }
+    let keys: Vec<Option<String>> = kv.dead_letters().into_iter().map(|l| l.key).collect();
+    assert_eq!(keys, vec![Some("3".to_owned()), Some("4".to_owned())]);
+    let stats = kv.stats();
+    assert_eq!((stats.dead_letters, stats.dead_letters_evicted), (5, 3));
+}
+
 // ---------------------------------------------------------------------------
 // Case 8: blocking flush inside a tokio runtime.
 // ---------------------------------------------------------------------------

@@ -181,6 +181,24 @@ impl Expander<'_> {
                     self
                 }
 
+                /// Keeps at most `capacity` dead letters (default 100 000): beyond that the
+                /// oldest is evicted, logged at error level and counted. Call it before
+                /// `with_async_secondary`.
+                #[must_use]
+                #vis fn with_dead_letter_capacity(mut self, capacity: usize) -> Self {
+                    self.core.set_dead_letter_capacity(capacity);
+                    self
+                }
+
+                /// Bounds the secondary call an async method makes on the caller's path in
+                /// the synchronous strategy (default 30 s; `None` waits for ever): at the
+                /// deadline the call is dropped and the write kept as a dead letter.
+                #[must_use]
+                #vis fn with_secondary_timeout(mut self, timeout: ::core::option::Option<::core::time::Duration>) -> Self {
+                    self.core.set_secondary_timeout(timeout);
+                    self
+                }
+
                 #shadow_flush
 
                 /// Blocks until every secondary write handed to the lanes before this call is
