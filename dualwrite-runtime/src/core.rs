@@ -57,6 +57,11 @@ pub enum Comparison {
     Matched,
     /// The stores returned different answers.
     Mismatched,
+    /// The stores returned different answers, which differ at these field
+    /// paths (`address.city`, `tags[2]`; found through `serde` when the
+    /// answer type is `Serialize` and the runtime's `serde` feature is on).
+    /// Only the paths are logged, never the values.
+    MismatchedFields(Vec<String>),
     /// The shadow read itself failed, with this error.
     ShadowFailed(String),
 }

@@ -353,3 +353,47 @@ impl<R> CloneNever for CloneProbe<R> {
         None
     }
 }
+
+/// The field paths at which two answers of a shadow read differ: through
+/// `serde` when the answer type is `Serialize` (runtime feature `serde`),
+/// else none. Resolved by auto-ref like [`Probe`].
+pub struct DiffProbe<'a, T: ?Sized>(pub &'a T, pub &'a T);
+
+/// An answer type that is `Serialize` (implemented with the runtime's
+/// `serde` feature).
+pub trait DiffViaSerde {
+    /// The differing paths (values are never included).
+    fn dw_diff(&self) -> Vec<String>;
+}
+
+#[cfg(feature = "serde")]
+impl<T: serde::Serialize + ?Sized> DiffViaSerde for &DiffProbe<'_, T> {
+    fn dw_diff(&self) -> Vec<String> {
+        match (serde_json::to_value(self.0), serde_json::to_value(self.1)) {
+            (Ok(a), Ok(b)) => crate::read::diff_paths(&a, &b),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Without `serde` (or for other types), the structure is not known.
+pub trait DiffNone {
+    /// Always empty.
+    fn dw_diff(&self) -> Vec<String>;
+}
+
+impl<T: ?Sized> DiffNone for DiffProbe<'_, T> {
+    fn dw_diff(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The comparison outcome of two answers that differ: with their differing
+/// field paths when they can be found.
+pub fn mismatch(fields: Vec<String>) -> crate::Comparison {
+    if fields.is_empty() {
+        crate::Comparison::Mismatched
+    } else {
+        crate::Comparison::MismatchedFields(fields)
+    }
+}

@@ -285,11 +285,63 @@ fn record_with(
             stats.record_comparison(false);
             tracing::warn!(method, key = %key_text(), "shadow read mismatch (values redacted)");
         }
+        Comparison::MismatchedFields(fields) => {
+            stats.record_comparison(false);
+            tracing::warn!(
+                method,
+                key = %key_text(),
+                fields = %fields.join(", "),
+                "shadow read mismatch (values redacted)"
+            );
+        }
         Comparison::ShadowFailed(error) => {
             stats.record_comparison(false);
             tracing::warn!(method, key = %key_text(), error = %error, "shadow read failed");
         }
     }
+}
+
+/// The paths at which two JSON trees differ: `a.b`, `items[2]`, `(value)`
+/// for two different scalars at the top. At most 20 paths.
+#[cfg(feature = "serde")]
+pub(crate) fn diff_paths(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        use serde_json::Value;
+        if out.len() >= 20 || a == b {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(left), Value::Object(right)) => {
+                let mut keys: Vec<&String> = left.keys().chain(right.keys()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                for key in keys {
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    match (left.get(key), right.get(key)) {
+                        (Some(x), Some(y)) => walk(x, y, &child, out),
+                        _ => out.push(child),
+                    }
+                }
+            }
+            (Value::Array(left), Value::Array(right)) if left.len() == right.len() => {
+                for (index, (x, y)) in left.iter().zip(right).enumerate() {
+                    walk(x, y, &format!("{path}[{index}]"), out);
+                }
+            }
+            _ => out.push(if path.is_empty() {
+                "(value)".to_owned()
+            } else {
+                path.to_owned()
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    walk(a, b, "", &mut out);
+    out
 }
 
 impl<R> ShadowRunner<R> {
@@ -409,6 +461,20 @@ mod tests {
         // One read is with the blocked worker, two wait: three dropped.
         assert!(stats.shadow_dropped >= 3, "{stats:?}");
         assert_eq!(stats.reads_compared + stats.shadow_dropped, 6, "{stats:?}");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn diff_paths_name_fields_not_values() {
+        let a =
+            serde_json::json!({"id": 1, "name": "x", "tags": ["a", "b"], "address": {"city": "P"}});
+        let b = serde_json::json!({"id": 1, "name": "y", "tags": ["a", "c"], "address": {"city": "P", "zip": 7}});
+        assert_eq!(diff_paths(&a, &b), vec!["address.zip", "name", "tags[1]"]);
+        assert_eq!(
+            diff_paths(&serde_json::json!(1), &serde_json::json!(2)),
+            vec!["(value)"]
+        );
+        assert!(diff_paths(&a, &a).is_empty());
     }
 
     #[test]

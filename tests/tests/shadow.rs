@@ -240,3 +240,48 @@ async fn async_reads_are_compared_in_the_background() {
     assert_eq!(flushed.1.reads_compared, 5);
     assert_eq!(flushed.1.reads_mismatched, 1);
 }
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct Profile {
+    name: String,
+    city: String,
+    tags: Vec<String>,
+}
+
+#[dual_write]
+trait Profiles {
+    #[dual_write(key = id)]
+    fn get(&self, id: u64) -> Result<Option<Profile>, String>;
+}
+
+struct Fixed(Profile);
+
+impl Profiles for Fixed {
+    fn get(&self, _id: u64) -> Result<Option<Profile>, String> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+#[test]
+fn a_mismatch_names_the_differing_fields_not_their_values() {
+    let profile = |city: &str, tag: &str| Profile {
+        name: "ada".to_owned(),
+        city: city.to_owned(),
+        tags: vec!["a".to_owned(), tag.to_owned()],
+    };
+    let read = ProfilesRead::Get {
+        id: 1,
+        __dw_answer: Ok(Some(profile("Paris", "x"))),
+    };
+    assert_eq!(
+        read.shadow(&Fixed(profile("Lyon", "y"))),
+        dualwrite_runtime::Comparison::MismatchedFields(vec![
+            "city".to_owned(),
+            "tags[1]".to_owned()
+        ])
+    );
+    assert_eq!(
+        read.shadow(&Fixed(profile("Paris", "x"))),
+        dualwrite_runtime::Comparison::Matched
+    );
+}

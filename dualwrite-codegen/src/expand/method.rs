@@ -73,7 +73,7 @@ impl Expander<'_> {
         };
         let body = quote! {
             #[allow(unused_imports)]
-            use #rt::__private::{CloneNever as _, CloneViaClone as _, ProbeAny as _, ProbeResult as _, ProbeResultDebug as _, RefuseNever as _, RefuseViaFrom as _};
+            use #rt::__private::{CloneNever as _, CloneViaClone as _, DiffNone as _, DiffViaSerde as _, ProbeAny as _, ProbeResult as _, ProbeResultDebug as _, RefuseNever as _, RefuseViaFrom as _};
             #body
         };
         match method.flavor {
@@ -434,7 +434,7 @@ impl Expander<'_> {
                                 if #cmp {
                                     #rt::Comparison::Matched
                                 } else {
-                                    #rt::Comparison::Mismatched
+                                    #rt::__private::mismatch((&&#rt::__private::DiffProbe(__dw_a, __dw_b)).dw_diff())
                                 }
                             }
                             ::core::option::Option::None => #rt::Comparison::ShadowFailed(

@@ -95,7 +95,7 @@ impl Expander<'_> {
                             if #cmp {
                                 #rt::Comparison::Matched
                             } else {
-                                #rt::Comparison::Mismatched
+                                #rt::__private::mismatch((&&#rt::__private::DiffProbe(__dw_a, __dw_b)).dw_diff())
                             }
                         }
                         (_, ::core::option::Option::None) => #rt::Comparison::ShadowFailed(
@@ -136,7 +136,7 @@ impl Expander<'_> {
                     __DwStore: #trait_path + ?::core::marker::Sized,
                 {
                     #[allow(unused_imports)]
-                    use #rt::__private::{ProbeAny as _, ProbeResult as _, ProbeResultDebug as _};
+                    use #rt::__private::{DiffNone as _, DiffViaSerde as _, ProbeAny as _, ProbeResult as _, ProbeResultDebug as _};
                     match self { #(#shadow_arms)* }
                 }
             }
