@@ -393,6 +393,92 @@ fn case01_queued_secondary_write_lands_after_rollback() {
     );
 }
 
+/// A fence that cannot complete within its deadline fails the phase change
+/// with a clear error and leaves the phase as it was; once the queued write
+/// is applied, the same change goes through.
+#[test]
+fn case01_a_fence_that_times_out_leaves_the_phase() {
+    let (old, new) = stores();
+    let migration = Migration::new(Phase::ShadowRead);
+    let kv =
+        adapter(&old, &new, &migration).with_async_secondary(LaneConfig::default().with_lanes(1));
+    let open = OpenOnDrop(Arc::clone(&new));
+    new.gate.hold_next(1);
+    kv.put(1, 1).expect("first write");
+    assert!(new.gate.wait_entered(1, Duration::from_secs(5)));
+    let refused = migration.change(
+        dualwrite_runtime::PhaseChange::to(Phase::Cutover)
+            .reason("cut over tenant batch 1")
+            .fence_timeout(Duration::from_millis(50)),
+    );
+    match refused {
+        Err(error @ dualwrite_runtime::PhaseError::FenceTimedOut { pending: 1, .. }) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("the phase stays `shadow_read`"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a fence timeout, got {other:?}"),
+    }
+    assert_eq!(migration.phase(), Phase::ShadowRead);
+    assert!(
+        migration.history().is_empty(),
+        "a refused change is not a transition"
+    );
+    drop(open);
+    let transition = migration
+        .change(dualwrite_runtime::PhaseChange::to(Phase::Cutover).reason("retry"))
+        .expect("the queued write is applied first");
+    assert_eq!(transition.reason.as_deref(), Some("retry"));
+    assert!(transition.fenced.is_some());
+    assert_eq!(new.value(1), Some(1));
+    kv.put(1, 2).expect("write after cutover");
+    kv.flush(Duration::from_secs(10)).expect("flushed");
+    assert_eq!((old.value(1), new.value(1)), (Some(2), Some(2)));
+}
+
+/// `shutdown` with a lane stuck in a store call: the report says it did not
+/// finish and how many writes the lane still holds; writes after shutdown
+/// reach the primary and leave dead letters, never silently lost.
+#[test]
+fn case03_shutdown_reports_what_it_could_not_drain() {
+    let (old, new) = stores();
+    let kv = adapter(&old, &new, &Migration::new(Phase::DualWrite))
+        .with_async_secondary(LaneConfig::default().with_lanes(1));
+    let open = OpenOnDrop(Arc::clone(&new));
+    new.gate.hold_next(1);
+    kv.put(1, 1).expect("held write");
+    assert!(new.gate.wait_entered(1, Duration::from_secs(5)));
+    kv.put(2, 2).expect("queued behind it");
+    let report = kv.shutdown(Duration::from_millis(100));
+    assert!(!report.complete);
+    // Both are held by the lane blocked in the store call.
+    assert_eq!(report.still_pending, 2);
+    assert!(report.dead_letters.is_empty());
+    kv.put(3, 3).expect("the primary is still written");
+    // When the call returns, the lane gives up what it still holds.
+    drop(open);
+    kv.flush(Duration::from_secs(10)).expect("the lane drained");
+    let letters = kv.take_dead_letters();
+    let seen: Vec<(Option<String>, String)> = letters
+        .iter()
+        .map(|l| (l.key.clone(), l.error.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some("3".to_owned()), "the adapter is shut down".to_owned()),
+            (
+                Some("2".to_owned()),
+                "not applied: the adapter shut down before this write's turn".to_owned()
+            ),
+        ]
+    );
+    assert_eq!((old.value(1), new.value(1)), (Some(1), Some(1)));
+    assert_eq!((old.value(3), new.value(3)), (Some(3), None));
+}
+
 // ---------------------------------------------------------------------------
 // Case 2: two callers writing one key.
 // ---------------------------------------------------------------------------
