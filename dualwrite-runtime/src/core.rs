@@ -122,6 +122,8 @@ pub struct ShutdownReport<C> {
 pub struct DualWriteCore<C> {
     migration: Migration,
     shared: Arc<Shared<C>>,
+    /// `shared.stripes`, one pointer closer to the hot path.
+    stripes: Arc<KeyStripes>,
     strategy: WriteStrategy,
     lanes: Option<SecondaryLanes<C>>,
     /// The shadow sample rate, as `f64` bits.
@@ -138,6 +140,7 @@ impl<C> DualWriteCore<C> {
         migration.register_fence(&shared.stripes);
         DualWriteCore {
             migration,
+            stripes: Arc::clone(&shared.stripes),
             shared,
             strategy: WriteStrategy::default(),
             lanes: None,
@@ -160,6 +163,11 @@ impl<C> DualWriteCore<C> {
     #[inline]
     pub(crate) fn shared(&self) -> &Shared<C> {
         &self.shared
+    }
+
+    #[inline]
+    pub(crate) fn stripes(&self) -> &KeyStripes {
+        &self.stripes
     }
 
     #[inline]

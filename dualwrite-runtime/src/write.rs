@@ -121,7 +121,7 @@ impl<C> DualWriteCore<C> {
         can_refuse: bool,
     ) -> Result<WriteTicket<'_, C>, WriteRefused> {
         let key_hash = key.map(RoutingKey::route_hash);
-        let stripe = self.shared().stripes.lock(KeyStripes::index(key_hash));
+        let stripe = self.stripes().lock(KeyStripes::index(key_hash));
         self.ticket(method, route_key, key_hash, stripe)
             .admit_blocking(can_refuse)
     }
