@@ -935,8 +935,10 @@ fn case07_attempt_timeout_ignored_for_sync_trait() {
 /// still completes later could land after the lane's successful retry and
 /// after newer writes of its key, leaving the secondary stale with no
 /// record. Now a timed-out write is not retried: it is kept as a dead letter
-/// (outcome unknown), and the abandoned call counts as pending until it
-/// returns, so a flush waits for it and its late return is counted.
+/// (outcome unknown), the abandoned call counts as pending until it returns
+/// (a flush waits for it, its late return is counted), and later writes of
+/// its key are not applied before it returns (they could land before it)
+/// but kept as dead letters too.
 #[test]
 fn case07_a_timed_out_write_landing_late_is_recorded() {
     let (old, new) = stores();
@@ -974,12 +976,21 @@ fn case07_a_timed_out_write_landing_late_is_recorded() {
         new.value(1)
     );
     assert_eq!(stats.late_completions, 1, "{stats:?}");
-    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters.len(), 2, "{letters:?}");
     assert!(
         letters[0].error.contains("outcome is unknown"),
         "{letters:?}"
     );
     assert_eq!(letters[0].attempts, 1, "a timed-out write is not retried");
+    // The later write of the key is not applied before the abandoned one
+    // returns (it could be overwritten by it): New never sees 2 then 1.
+    assert!(
+        letters[1]
+            .error
+            .contains("an earlier write of this key timed out"),
+        "{letters:?}"
+    );
+    assert_eq!(new.value(1), Some(1));
 }
 
 /// Timeouts in the synchronous strategy: an async method's secondary call

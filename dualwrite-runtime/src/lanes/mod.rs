@@ -103,6 +103,7 @@ impl<C: Send + 'static> SecondaryLanes<C> {
                         pending: Arc::clone(&pending),
                         stripes: Arc::clone(&shared.stripes),
                         stats: shared.stats.clone(),
+                        outstanding: Arc::default(),
                     }),
                 ),
                 config: config.clone(),

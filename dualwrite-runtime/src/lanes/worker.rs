@@ -59,6 +59,43 @@ pub(super) struct Abandoned {
     pub(super) pending: Arc<Pending>,
     pub(super) stripes: Arc<crate::stripes::KeyStripes>,
     pub(super) stats: crate::stats::Stats,
+    /// The lane's stripes with an abandoned call outstanding, and how many:
+    /// the lane applies no later write of those stripes until the calls
+    /// return (a later write could land before the abandoned one).
+    pub(super) outstanding: Arc<std::sync::Mutex<std::collections::HashMap<usize, usize>>>,
+}
+
+impl Abandoned {
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<usize, usize>> {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether an abandoned call of `stripe` has not returned yet.
+    pub(super) fn blocks(&self, stripe: usize) -> bool {
+        self.outstanding().contains_key(&stripe)
+    }
+
+    fn start(&self, stripe: usize) {
+        *self.outstanding().entry(stripe).or_insert(0) += 1;
+        self.stripes.add_pending(stripe);
+        self.pending.start_abandoned();
+    }
+
+    fn finish(&self, stripe: usize) {
+        {
+            let mut outstanding = self.outstanding();
+            if let Some(count) = outstanding.get_mut(&stripe) {
+                *count -= 1;
+                if *count == 0 {
+                    outstanding.remove(&stripe);
+                }
+            }
+        }
+        self.stripes.finish_pending(stripe);
+        self.pending.finish_abandoned();
+    }
 }
 
 impl LaneContext {
@@ -174,8 +211,7 @@ impl LaneContext {
                         "a secondary write abandoned at its deadline returned late; its dead letter names the key to reconcile"
                     );
                 }));
-                abandoned.stripes.finish_pending(stripe);
-                abandoned.pending.finish_abandoned();
+                abandoned.finish(stripe);
             }
         });
         let mut helper = self.helper.borrow_mut();
@@ -204,19 +240,23 @@ impl LaneContext {
                 result
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Counted before the call can be seen abandoned, so its late
+                // return never uncounts what was not counted yet.
+                if let Some(counts) = &self.abandoned {
+                    counts.start(self.stripe.get());
+                }
                 let abandoned = state
                     .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok();
                 if !abandoned {
                     // It returned just now: an ordinary outcome.
+                    if let Some(counts) = &self.abandoned {
+                        counts.finish(self.stripe.get());
+                    }
                     *helper = Some(sender);
                     return outcome
                         .recv()
                         .unwrap_or_else(|_| Err("the lane's helper thread stopped".to_owned()));
-                }
-                if let Some(counts) = &self.abandoned {
-                    counts.stripes.add_pending(self.stripe.get());
-                    counts.pending.start_abandoned();
                 }
                 self.timed_out.set(true);
                 Err(format!(
@@ -384,6 +424,17 @@ where
             if self.abort.load(Ordering::SeqCst) {
                 break "not applied: the adapter shut down before this write's turn".to_owned();
             }
+            if self.context.blocking_timeout.is_some()
+                && self
+                    .context
+                    .abandoned
+                    .as_ref()
+                    .is_some_and(|abandoned| abandoned.blocks(job_stripe))
+            {
+                // Applying it could land before an earlier write of its key
+                // that timed out and may still complete: keep the order.
+                break "not applied: an earlier write of this key timed out and may still land; reconcile the key".to_owned();
+            }
             attempt += 1;
             self.context.attempt.set(attempt);
             self.context.stripe.set(job_stripe);
@@ -402,7 +453,8 @@ where
             };
             // A timed-out attempt may still land: a retry could be
             // overwritten by it, so its outcome is left to reconciliation.
-            if attempt >= limit || self.context.take_timed_out() {
+            let timed_out = self.context.take_timed_out();
+            if attempt >= limit || timed_out {
                 break error;
             }
             if !rendered {
