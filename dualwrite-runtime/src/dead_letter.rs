@@ -86,32 +86,52 @@ impl<C> DeadLetterSink<C> {
         self.capacity
     }
 
-    /// Logs, counts and keeps a write given up on.
+    /// Keeps, counts and logs a write given up on. The letter is stored
+    /// before anything is logged, so a panicking log subscriber cannot lose
+    /// it.
     pub(crate) fn push(&self, letter: DeadLetter<C>) {
-        tracing::warn!(
-            method = letter.method,
-            key = letter.key.as_deref().unwrap_or("-"),
-            target = %letter.target,
-            error = %letter.error,
-            attempts = letter.attempts,
-            "secondary write failed, kept as a dead letter"
-        );
         self.stats.record_dead_letter();
-        let mut letters = self.lock();
-        if letters.len() >= self.capacity
-            && let Some(evicted) = letters.pop_front()
-        {
-            self.stats.record_dead_letter_evicted();
-            tracing::error!(
-                method = evicted.method,
-                key = evicted.key.as_deref().unwrap_or("-"),
-                target = %evicted.target,
-                error = %evicted.error,
-                capacity = self.capacity,
-                "dead-letter list full: the oldest letter was evicted; take dead letters out to reconcile them"
+        let line = (
+            letter.method,
+            letter.key.clone(),
+            letter.target,
+            letter.error.clone(),
+            letter.attempts,
+        );
+        let evicted = {
+            let mut letters = self.lock();
+            let evicted = if letters.len() >= self.capacity {
+                letters.pop_front()
+            } else {
+                None
+            };
+            letters.push_back(letter);
+            evicted
+        };
+        let _ = std::panic::catch_unwind(|| {
+            let (method, key, target, error, attempts) = &line;
+            tracing::warn!(
+                method,
+                key = key.as_deref().unwrap_or("-"),
+                target = %target,
+                error = %error,
+                attempts,
+                "secondary write failed, kept as a dead letter"
             );
+        });
+        if let Some(evicted) = evicted {
+            self.stats.record_dead_letter_evicted();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tracing::error!(
+                    method = evicted.method,
+                    key = evicted.key.as_deref().unwrap_or("-"),
+                    target = %evicted.target,
+                    error = %evicted.error,
+                    capacity = self.capacity,
+                    "dead-letter list full: the oldest letter was evicted; take dead letters out to reconcile them"
+                );
+            }));
         }
-        letters.push_back(letter);
     }
 
     /// The number of letters kept.

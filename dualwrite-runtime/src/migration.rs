@@ -282,6 +282,10 @@ impl Migration {
 
     /// Registers an adapter's stripes, so route changes fence its writes.
     pub(crate) fn register_fence(&self, stripes: &Arc<KeyStripes>) {
+        // Under the writer lock: an adapter made while a phase change runs
+        // waits for it, so it cannot route by the old phase across the
+        // switch unfenced.
+        let _writer = self.lock_writer();
         let mut fences = self
             .inner
             .fences

@@ -24,7 +24,7 @@
 //! [`tokio::sync::Notify`] (async callers), which works on any executor.
 
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -70,9 +70,9 @@ impl Observation {
 /// The striped locks and pending counts of one adapter.
 pub(crate) struct KeyStripes {
     stripes: Box<[Stripe]>,
-    /// Set while a fence holds (or is taking) every stripe: new callers
-    /// queue behind it instead of racing it for the stripes.
-    fencing: AtomicBool,
+    /// Fences holding (or taking) every stripe: while any does, new callers
+    /// queue behind them instead of racing them for the stripes.
+    fencing: AtomicUsize,
     /// Callers (and fences) waiting for a stripe.
     waiters: AtomicUsize,
     lock: Mutex<()>,
@@ -90,7 +90,7 @@ impl KeyStripes {
     pub(crate) fn new() -> Self {
         KeyStripes {
             stripes: (0..=KEY_STRIPES).map(|_| Stripe::default()).collect(),
-            fencing: AtomicBool::new(false),
+            fencing: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             released: Condvar::new(),
@@ -111,7 +111,7 @@ impl KeyStripes {
     /// Takes the stripe if it is free and no fence is waiting.
     #[inline]
     fn try_take(&self, index: usize) -> bool {
-        if self.fencing.load(Ordering::SeqCst) {
+        if self.fencing.load(Ordering::SeqCst) != 0 {
             return false;
         }
         self.take_unfenced(index)
@@ -120,9 +120,11 @@ impl KeyStripes {
     #[inline]
     fn take_unfenced(&self, index: usize) -> bool {
         let state = &self.stripes[index].state;
-        let current = state.load(Ordering::Relaxed) & !1;
+        // SeqCst on both sides of the check, for the waiter/releaser
+        // handshake (see `wake_waiters`).
+        let current = state.load(Ordering::SeqCst) & !1;
         state
-            .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::Relaxed)
+            .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }
 
@@ -246,7 +248,7 @@ impl KeyStripes {
     /// On timeout everything taken is released and the number of secondary
     /// writes still pending is returned.
     pub(crate) fn fence(&self, deadline: Instant) -> Result<FenceHold<'_>, u64> {
-        self.fencing.store(true, Ordering::SeqCst);
+        self.fencing.fetch_add(1, Ordering::SeqCst);
         let mut hold = FenceHold {
             stripes: self,
             taken: 0,
@@ -338,7 +340,7 @@ impl Drop for FenceHold<'_> {
                 .state
                 .fetch_add(1, Ordering::SeqCst);
         }
-        self.stripes.fencing.store(false, Ordering::SeqCst);
+        self.stripes.fencing.fetch_sub(1, Ordering::SeqCst);
         // Waiters saw `fencing`; wake them whatever they wait for.
         drop(
             self.stripes
@@ -432,7 +434,7 @@ mod tests {
             .fence(Instant::now() + Duration::from_millis(20))
             .err();
         assert_eq!(error, Some(1));
-        assert!(!stripes.fencing.load(Ordering::SeqCst));
+        assert_eq!(stripes.fencing.load(Ordering::SeqCst), 0);
         drop(guard);
         let drainer = {
             let stripes = Arc::clone(&stripes);
