@@ -302,10 +302,14 @@ impl<C> DualWriteCore<C> {
     /// A look at the key's stripe before a shadow read; pass it to
     /// [`DualWriteCore::shadow_comparable`] after the reads.
     pub fn shadow_begin(&self, key: Option<&dyn RoutingKey>) -> ShadowWindow {
-        let stripe = KeyStripes::index(key.map(RoutingKey::route_hash));
+        // A keyless read may see any key: it watches every stripe.
+        let stripe = match key {
+            Some(key) => KeyStripes::index(Some(key.route_hash())),
+            None => KeyStripes::ALL,
+        };
         ShadowWindow {
             stripe,
-            before: self.shared.stripes.observe(stripe),
+            before: self.shared.stripes.observe_window(stripe),
         }
     }
 

@@ -140,6 +140,13 @@ impl Migration {
     /// [`Migration::fence_timeout`]) the change fails with
     /// [`PhaseError::FenceTimedOut`] and the phase stays as it was. While the
     /// fence holds, writes wait.
+    ///
+    /// The fence blocks its thread. Inside a multi-thread tokio runtime it
+    /// lets the runtime move that worker's other tasks elsewhere; on a
+    /// current-thread runtime, async writers of that thread that hold a
+    /// stripe across an await cannot finish while it waits, so the change
+    /// would time out: make phase changes there from `spawn_blocking` or
+    /// another thread.
     pub fn change(&self, change: PhaseChange) -> Result<Transition, PhaseError> {
         let _writer = self.lock_writer();
         let global = self.phase();

@@ -397,3 +397,13 @@ pub fn mismatch(fields: Vec<String>) -> crate::Comparison {
         crate::Comparison::MismatchedFields(fields)
     }
 }
+
+/// Strong mode: the secondary call timed out but the method's error type
+/// cannot carry a [`crate::WriteRefused`]; the call returns the primary's
+/// result, and this says so loudly.
+pub fn strong_unreported(method: &'static str) {
+    tracing::error!(
+        method,
+        "strong mode: the secondary call timed out but the method's error type cannot report it (implement From<WriteRefused>); the call returns the primary's result, the write is a dead letter"
+    );
+}

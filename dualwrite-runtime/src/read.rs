@@ -96,7 +96,7 @@ impl ShadowContext {
 
 /// See [`DualWriteCore::shadow_comparable`].
 pub(crate) fn comparable(stats: &Stats, stripes: &KeyStripes, window: ShadowWindow) -> bool {
-    let after = stripes.observe(window.stripe);
+    let after = stripes.observe_window(window.stripe);
     let quiet = window.before.quiet() && after == window.before;
     if !quiet {
         stats.record_read_skipped_pending();

@@ -212,6 +212,39 @@ impl KeyStripes {
         }
     }
 
+    /// What a keyless shadow read needs to know: every stripe at once (a
+    /// keyless read may see any key). Held if any stripe is held; the
+    /// acquisitions and pending writes summed.
+    pub(crate) fn observe_all(&self) -> Observation {
+        let mut acquisitions = 0_u64;
+        let mut held = false;
+        let mut pending = 0_u64;
+        for stripe in self.stripes.iter() {
+            let state = stripe.state.load(Ordering::SeqCst);
+            acquisitions = acquisitions.wrapping_add(state >> 1);
+            held |= state & 1 == 1;
+            pending += stripe.pending.load(Ordering::SeqCst);
+        }
+        Observation {
+            state: (acquisitions << 1) | u64::from(held),
+            pending,
+        }
+    }
+
+    /// The [`ShadowWindow`](crate::ShadowWindow) stripe that stands for all
+    /// of them (keyless reads).
+    pub(crate) const ALL: usize = usize::MAX;
+
+    /// [`KeyStripes::observe`], or [`KeyStripes::observe_all`] for
+    /// [`KeyStripes::ALL`].
+    pub(crate) fn observe_window(&self, stripe: usize) -> Observation {
+        if stripe == Self::ALL {
+            self.observe_all()
+        } else {
+            self.observe(stripe)
+        }
+    }
+
     /// One more secondary write of the stripe waits in a lane.
     pub(crate) fn add_pending(&self, index: usize) {
         self.stripes[index].pending.fetch_add(1, Ordering::SeqCst);
@@ -248,6 +281,18 @@ impl KeyStripes {
     /// On timeout everything taken is released and the number of secondary
     /// writes still pending is returned.
     pub(crate) fn fence(&self, deadline: Instant) -> Result<FenceHold<'_>, u64> {
+        // Inside a multi-thread tokio runtime, let the runtime move this
+        // worker's other tasks (async writers holding stripes across an
+        // await) to other threads while the fence waits.
+        match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.fence_blocking(deadline))
+            }
+            _ => self.fence_blocking(deadline),
+        }
+    }
+
+    fn fence_blocking(&self, deadline: Instant) -> Result<FenceHold<'_>, u64> {
         self.fencing.fetch_add(1, Ordering::SeqCst);
         let mut hold = FenceHold {
             stripes: self,
@@ -415,6 +460,24 @@ mod tests {
                 state: 0,
                 pending: 0
             }
+        );
+    }
+
+    #[test]
+    fn a_keyless_window_watches_every_stripe() {
+        let stripes = KeyStripes::new();
+        let before = stripes.observe_all();
+        assert!(before.quiet());
+        drop(stripes.lock(9));
+        assert_ne!(stripes.observe_all(), before, "an acquisition anywhere");
+        let guard = stripes.lock(300);
+        assert!(!stripes.observe_all().quiet(), "a holder anywhere");
+        drop(guard);
+        stripes.add_pending(4);
+        assert!(!stripes.observe_all().quiet(), "a pending write anywhere");
+        assert_eq!(
+            stripes.observe_window(KeyStripes::ALL),
+            stripes.observe_all()
         );
     }
 

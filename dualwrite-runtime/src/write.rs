@@ -56,6 +56,15 @@ pub enum WriteRefused {
         /// How long the write waited for room.
         waited: Duration,
     },
+    /// [`crate::SyncMode::Strong`]: the primary was written, but the
+    /// secondary call did not answer within the secondary timeout, so the
+    /// call fails (the write is kept as a dead letter).
+    SecondaryTimedOut {
+        /// The method.
+        method: &'static str,
+        /// The timeout.
+        after: Duration,
+    },
 }
 
 impl fmt::Display for WriteRefused {
@@ -64,6 +73,10 @@ impl fmt::Display for WriteRefused {
             WriteRefused::QueueFull { method, waited } => write!(
                 f,
                 "`{method}` refused before any store was written: the secondary queue stayed full for {waited:?}"
+            ),
+            WriteRefused::SecondaryTimedOut { method, after } => write!(
+                f,
+                "`{method}` failed: the primary store was written but the secondary did not answer within {after:?} (kept as a dead letter)"
             ),
         }
     }
@@ -99,6 +112,9 @@ pub struct WriteTicket<'a, C> {
     /// The async strategy applies but the lane had no room.
     no_room: bool,
     armed: Armed<C>,
+    /// Why the call fails although its secondary call returned nothing
+    /// (strong mode, timed out).
+    refusal: Option<WriteRefused>,
 }
 
 impl<C> DualWriteCore<C> {
@@ -168,6 +184,7 @@ impl<C> DualWriteCore<C> {
             lane: None,
             no_room: false,
             armed: Armed::None,
+            refusal: None,
         }
     }
 }
@@ -415,6 +432,12 @@ impl<'a, C> WriteTicket<'a, C> {
                         self.secondary_failed_now(format!(
                             "secondary write timed out after {limit:?}"
                         ));
+                        if self.core.sync_mode() == Some(SyncMode::Strong) {
+                            self.refusal = Some(WriteRefused::SecondaryTimedOut {
+                                method: self.method,
+                                after: limit,
+                            });
+                        }
                         return None;
                     }
                 }
@@ -425,6 +448,13 @@ impl<'a, C> WriteTicket<'a, C> {
             Ok(ret) => Some(ret),
             Err(payload) => self.secondary_panicked(payload),
         }
+    }
+
+    /// Why the call must fail although its secondary call returned no
+    /// value: strong mode, and the call timed out. Convert it into the
+    /// method's error type where it has `From<WriteRefused>`.
+    pub fn take_refusal(&mut self) -> Option<WriteRefused> {
+        self.refusal.take()
     }
 
     /// Records the secondary's outcome (`error` is `None` on success) and

@@ -1024,6 +1024,30 @@ async fn case07_a_hung_secondary_call_is_bounded_in_the_sync_strategy() {
     assert_eq!(kv.stats().secondary_writes_failed, 1);
 }
 
+/// Strong mode: a secondary call that times out fails the call (found in
+/// review: it returned the primary's success), with the refusal converted
+/// into the method's error type; the write is a dead letter.
+#[tokio::test(flavor = "current_thread")]
+async fn case07_a_timed_out_secondary_fails_a_strong_call() {
+    let old = Arc::new(AsyncMem::default());
+    let new = Arc::new(AsyncMem::default());
+    new.hang_on_put.store(true, Ordering::SeqCst);
+    let kv = AsyncKvDualWrite::from_shared(
+        Arc::clone(&old),
+        Arc::clone(&new),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_sync_mode(SyncMode::Strong)
+    .with_secondary_timeout(Some(Duration::from_millis(50)));
+    let answered = tokio::time::timeout(Duration::from_secs(10), kv.put(1, 1))
+        .await
+        .expect("bounded");
+    let error = answered.expect_err("strong mode fails the call");
+    assert!(error.contains("did not answer within"), "{error}");
+    assert_eq!(old.value(1), Some(1), "the primary was written");
+    assert_eq!(kv.dead_letters().len(), 1);
+}
+
 /// The dead-letter list is bounded: beyond its capacity the oldest letters
 /// are evicted and counted, never dropped silently.
 #[test]

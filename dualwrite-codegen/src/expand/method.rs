@@ -340,7 +340,20 @@ impl Expander<'_> {
             #arm
             let __dw_ret2: ::core::option::Option<#out> = #secondary_call;
             match __dw_ret2 {
-                ::core::option::Option::None => __dw_ret,
+                ::core::option::Option::None => match __dw_w.take_refusal() {
+                    // Strong mode, timed out: fail the call if the error
+                    // type can say so.
+                    ::core::option::Option::Some(__dw_refused) => {
+                        match (&&#rt::__private::RefuseProbe::<#out>::new()).dw_refuse(__dw_refused) {
+                            ::core::option::Option::Some(__dw_err) => __dw_err,
+                            ::core::option::Option::None => {
+                                #rt::__private::strong_unreported(#name);
+                                __dw_ret
+                            }
+                        }
+                    }
+                    ::core::option::Option::None => __dw_ret,
+                },
                 ::core::option::Option::Some(__dw_ret2) => {
                     if __dw_w.secondary_done((&&&#rt::__private::Probe(&__dw_ret2)).dw_error()) {
                         __dw_ret2

@@ -18,7 +18,8 @@ pub struct LaneConfig {
     pub max_backoff: Duration,
     /// Time limit of one attempt of an async store call (run through
     /// [`LaneContext::block_on`], what the adapter of an async trait does);
-    /// default 30 s. The call is cancelled at the limit, its outcome is
+    /// default 30 s. Needs timers in the runtime the lanes run the store's
+    /// futures on (a tokio runtime built with `enable_time`). The call is cancelled at the limit, its outcome is
     /// unknown, so the write is not retried but kept as a dead letter.
     /// `None` waits for ever.
     ///
@@ -68,8 +69,9 @@ pub struct LaneConfig {
     /// The most secondary writes the lanes hold in all, ring and overflow;
     /// default 65 536, split evenly over the lanes (at least 1 each). The
     /// check is made before the primary write, so a write refused for lack
-    /// of room never reaches either store; callers admitted at the same
-    /// moment may pass the bound by one write each.
+    /// of room never reaches either store. The check reserves nothing (the
+    /// slot is taken at the hand-off, after the primary call), so the bound
+    /// can be passed by as many writes as have their primary call in flight.
     pub max_queued: usize,
     /// How long a write waits for room in a full lane, before its primary
     /// write; default 1 s. Then [`LaneConfig::when_full`] applies.
