@@ -50,6 +50,7 @@ struct Counters {
     writes_refused: Padded<AtomicU64>,
     shadow_dropped: Padded<AtomicU64>,
     late_completions: Padded<AtomicU64>,
+    primary_outcome_unknown: Padded<AtomicU64>,
     /// The stripes whose own counters hold the writes made on the callers'
     /// path (see `StripeGuard::record_write`).
     stripes: OnceLock<Arc<KeyStripes>>,
@@ -149,6 +150,15 @@ impl Stats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one call that ended (cancelled or unwinding) during its
+    /// primary write, whose secondary write was due.
+    pub fn record_primary_outcome_unknown(&self) {
+        self.counters
+            .primary_outcome_unknown
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one shadow-read comparison and whether both stores agreed.
     pub fn record_comparison(&self, matched: bool) {
         let counter = if matched {
@@ -208,6 +218,7 @@ impl Stats {
             writes_refused: c.writes_refused.0.load(Ordering::Relaxed),
             shadow_dropped: c.shadow_dropped.0.load(Ordering::Relaxed),
             late_completions: c.late_completions.0.load(Ordering::Relaxed),
+            primary_outcome_unknown: c.primary_outcome_unknown.0.load(Ordering::Relaxed),
         }
     }
 }
@@ -269,6 +280,10 @@ pub struct StatsSnapshot {
     /// later (they may have written after newer writes of their key: their
     /// dead letters name the keys to reconcile).
     pub late_completions: u64,
+    /// Calls that ended (their future cancelled, or a panic) during their
+    /// primary write while a secondary write was due: the primary may have
+    /// committed without it. Each is logged at warn level with its method.
+    pub primary_outcome_unknown: u64,
 }
 
 impl StatsSnapshot {

@@ -88,6 +88,11 @@ impl std::error::Error for WriteRefused {}
 /// outcome, so a dropped ticket can still leave a dead letter.
 enum Armed<C> {
     None,
+    /// The primary call is under way: if the ticket is dropped now (the
+    /// caller's future cancelled, or a panic), the primary may have
+    /// committed with no secondary write. No command exists yet, so this is
+    /// counted and logged (`primary_outcome_unknown`), not dead-lettered.
+    PrimaryInFlight,
     Command(C, fn(&C) -> Option<String>),
     /// A write the command enum cannot carry (a generic method): only its
     /// key can be recorded.
@@ -175,15 +180,20 @@ impl<C> DualWriteCore<C> {
     ) -> WriteTicket<'a, C> {
         // Routed with the stripe held: a phase change either happened
         // before (this write takes the new route) or waits for this write.
+        let route = self.write_route(route_key);
         WriteTicket {
             core: self,
             _stripe: stripe,
-            route: self.write_route(route_key),
+            route,
             method,
             key_hash,
             lane: None,
             no_room: false,
-            armed: Armed::None,
+            armed: if route.secondary.is_some() {
+                Armed::PrimaryInFlight
+            } else {
+                Armed::None
+            },
             refusal: None,
         }
     }
@@ -316,6 +326,7 @@ impl<'a, C> WriteTicket<'a, C> {
     /// secondary write.
     #[inline]
     pub fn primary_done(&mut self, ok: bool) -> bool {
+        self.armed = Armed::None;
         self._stripe
             .record_write(write_cell(self.route.primary, Role::Primary, ok));
         ok && self.route.secondary.is_some()
@@ -488,7 +499,9 @@ impl<'a, C> WriteTicket<'a, C> {
         self._stripe
             .record_write(write_cell(target, Role::Secondary, false));
         match std::mem::replace(&mut self.armed, Armed::None) {
-            Armed::None => {}
+            // The secondary failed, so the primary answered: nothing is in
+            // flight any more.
+            Armed::None | Armed::PrimaryInFlight => {}
             Armed::Command(command, render) => {
                 self.core.dead_letter_with(
                     self.method,
@@ -533,6 +546,16 @@ impl<C> WriteTicket<'_, C> {
         };
         match armed {
             Armed::None => {}
+            Armed::PrimaryInFlight => {
+                self.core.stats().record_primary_outcome_unknown();
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    tracing::warn!(
+                        method = self.method,
+                        target = %target,
+                        "the call ended during its primary write: the primary may have committed with no secondary write; reconcile"
+                    );
+                }));
+            }
             Armed::Command(command, render) => {
                 let key = catch_unwind(AssertUnwindSafe(|| render(&command))).unwrap_or(None);
                 self.core

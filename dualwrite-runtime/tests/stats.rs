@@ -61,6 +61,7 @@ fn a_scripted_sequence_gives_exact_counters() {
             writes_refused: 0,
             shadow_dropped: 0,
             late_completions: 0,
+            primary_outcome_unknown: 0,
         }
     );
     assert_eq!(snapshot.match_rate(), Some(0.75));

@@ -1048,6 +1048,25 @@ async fn case07_a_timed_out_secondary_fails_a_strong_call() {
     assert_eq!(kv.dead_letters().len(), 1);
 }
 
+/// A caller's future cancelled during its primary write (found in review:
+/// no record): the primary may commit with no secondary write, so the call
+/// is counted and logged.
+#[tokio::test(flavor = "current_thread")]
+async fn case05_a_call_cancelled_during_its_primary_write_is_counted() {
+    let old = Arc::new(AsyncMem::default());
+    let new = Arc::new(AsyncMem::default());
+    old.hang_on_put.store(true, Ordering::SeqCst);
+    let kv = AsyncKvDualWrite::from_shared(
+        Arc::clone(&old),
+        Arc::clone(&new),
+        Migration::new(Phase::DualWrite),
+    );
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), kv.put(1, 1)).await;
+    assert!(cancelled.is_err());
+    assert_eq!(kv.stats().primary_outcome_unknown, 1);
+    assert!(kv.dead_letters().is_empty());
+}
+
 /// The dead-letter list is bounded: beyond its capacity the oldest letters
 /// are evicted and counted, never dropped silently.
 #[test]
