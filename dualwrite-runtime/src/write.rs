@@ -117,9 +117,9 @@ pub struct WriteTicket<'a, C> {
     /// The async strategy applies but the lane had no room.
     no_room: bool,
     armed: Armed<C>,
-    /// Why the call fails although its secondary call returned nothing
-    /// (strong mode, timed out).
-    refusal: Option<WriteRefused>,
+    /// Strong mode: the secondary call timed out, so the call fails
+    /// although the call returned nothing (see `take_refusal`).
+    strong_timed_out: bool,
 }
 
 impl<C> DualWriteCore<C> {
@@ -194,7 +194,7 @@ impl<C> DualWriteCore<C> {
             } else {
                 Armed::None
             },
-            refusal: None,
+            strong_timed_out: false,
         }
     }
 }
@@ -444,10 +444,7 @@ impl<'a, C> WriteTicket<'a, C> {
                             "secondary write timed out after {limit:?}"
                         ));
                         if self.core.sync_mode() == Some(SyncMode::Strong) {
-                            self.refusal = Some(WriteRefused::SecondaryTimedOut {
-                                method: self.method,
-                                after: limit,
-                            });
+                            self.strong_timed_out = true;
                         }
                         return None;
                     }
@@ -465,7 +462,10 @@ impl<'a, C> WriteTicket<'a, C> {
     /// value: strong mode, and the call timed out. Convert it into the
     /// method's error type where it has `From<WriteRefused>`.
     pub fn take_refusal(&mut self) -> Option<WriteRefused> {
-        self.refusal.take()
+        std::mem::take(&mut self.strong_timed_out).then(|| WriteRefused::SecondaryTimedOut {
+            method: self.method,
+            after: self.core.secondary_timeout().unwrap_or_default(),
+        })
     }
 
     /// Records the secondary's outcome (`error` is `None` on success) and
