@@ -468,20 +468,6 @@ impl<C> DualWriteCore<C> {
         self.dead_letter_with(method, key, command, target, error, 1);
     }
 
-    /// Keeps a write given up on, with its key rendered from the command.
-    pub(crate) fn dead_letter_command(
-        &self,
-        command: C,
-        target: Store,
-        error: String,
-        attempts: u32,
-    ) where
-        C: WriteCommand,
-    {
-        let key = command.key_text();
-        self.dead_letter_with(command.method(), key, command, target, error, attempts);
-    }
-
     /// Keeps a write given up on.
     pub(crate) fn dead_letter_with(
         &self,
@@ -599,21 +585,26 @@ impl<C> DualWriteCore<C> {
 
     fn submit_job(&self, job: Job<C>) {
         let _stripe = self.shared.stripes.lock(job.stripe);
-        let refusal = if self.is_shut_down() {
-            Some("the adapter is shut down")
-        } else if self.lanes.is_none() {
-            Some("no secondary lanes are running")
-        } else {
-            None
-        };
-        let job = match (refusal, &self.lanes) {
-            (None, Some(lanes)) => match lanes.submit(lanes.lane_of(job.key_hash), job) {
+        let lane = self.lanes.as_ref().map(|lanes| lanes.lane_of(job.key_hash));
+        self.hand_off(job, lane, None);
+    }
+
+    /// Queues a secondary write on `lane`, with its key's stripe held by the
+    /// caller; keeps it as a dead letter (0 attempts) instead when `refusal`
+    /// says why not, the adapter is shut down, or no lane runs.
+    pub(crate) fn hand_off(&self, job: Job<C>, lane: Option<usize>, refusal: Option<&'static str>) {
+        let refusal = refusal.or_else(|| self.is_shut_down().then_some("the adapter is shut down"));
+        let error = match (&self.lanes, lane, refusal) {
+            (Some(lanes), Some(lane), None) => match lanes.submit(lane, job) {
                 Ok(()) => return,
-                Err(job) => (job, "the secondary lane is not running"),
+                Err(job) => return self.refuse(job, "the secondary lane is not running"),
             },
-            (refusal, _) => (job, refusal.unwrap_or("no secondary lanes are running")),
+            (_, _, refusal) => refusal.unwrap_or("no secondary lanes are running"),
         };
-        let (job, error) = job;
+        self.refuse(job, error);
+    }
+
+    fn refuse(&self, job: Job<C>, error: &str) {
         let key = job
             .key
             .or_else(|| job.render_key.and_then(|render| render(&job.command)));

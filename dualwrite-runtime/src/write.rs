@@ -349,20 +349,6 @@ impl<'a, C> WriteTicket<'a, C> {
         let Some(target) = self.route.secondary else {
             return;
         };
-        let core = self.core;
-        let refusal = if self.no_room {
-            Some("the secondary queue stayed full")
-        } else if core.is_shut_down() {
-            Some("the adapter is shut down")
-        } else {
-            None
-        };
-        let lanes = core.lanes();
-        let (Some(lanes), Some(lane), None) = (lanes, self.lane, refusal) else {
-            let error = refusal.unwrap_or("no secondary lanes are running");
-            core.dead_letter_command(command, target, error.to_owned(), 0);
-            return;
-        };
         let job = Job {
             method: command.method(),
             key: None,
@@ -372,14 +358,8 @@ impl<'a, C> WriteTicket<'a, C> {
             target,
             command,
         };
-        if let Err(job) = lanes.submit(lane, job) {
-            core.dead_letter_command(
-                job.command,
-                target,
-                "the secondary lane is not running".to_owned(),
-                0,
-            );
-        }
+        let refusal = self.no_room.then_some("the secondary queue stayed full");
+        self.core.hand_off(job, self.lane, refusal);
     }
 
     /// Keeps the write's command until [`WriteTicket::secondary_done`]: if

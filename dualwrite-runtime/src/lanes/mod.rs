@@ -41,8 +41,6 @@ use flush::Pending;
 use queue::{LaneSender, lane_queue};
 use worker::{Abandoned, Lane};
 
-pub(crate) use crate::shared::Shared as LaneShared;
-
 /// One secondary write waiting in a lane.
 pub(crate) struct Job<C> {
     pub(crate) method: &'static str,
@@ -356,21 +354,14 @@ mod tests {
         assert_eq!(applied.lock().unwrap().len(), 501);
     }
 
-    #[test]
-    fn concurrent_senders_keep_their_own_order_through_the_overflow() {
-        let (lanes, applied) = recording_lanes(
-            LaneConfig::default()
-                .with_lanes(1)
-                .with_queue_capacity(4)
-                .with_idle_poll(Duration::ZERO),
-        );
-        let lanes = Arc::new(lanes);
+    /// Four threads each hand 300 jobs to `lanes`, the command encoding the
+    /// sender and its sequence.
+    fn four_senders(lanes: &Arc<SecondaryLanes<u64>>) {
         let senders: Vec<_> = (0..4_u64)
             .map(|sender| {
-                let lanes = Arc::clone(&lanes);
+                let lanes = Arc::clone(lanes);
                 thread::spawn(move || {
                     for n in 0..300 {
-                        // The command encodes the sender and its sequence.
                         assert!(submit(&lanes, job(sender, sender * 1000 + n)).is_ok());
                     }
                 })
@@ -379,8 +370,10 @@ mod tests {
         for sender in senders {
             sender.join().unwrap();
         }
-        lanes.flush(None);
-        let applied = applied.lock().unwrap();
+    }
+
+    /// Every job of `four_senders` was applied, each sender's in its order.
+    fn assert_each_senders_order(applied: &[u64]) {
         assert_eq!(applied.len(), 1200);
         for sender in 0..4 {
             let own: Vec<u64> = applied
@@ -393,6 +386,20 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_senders_keep_their_own_order_through_the_overflow() {
+        let (lanes, applied) = recording_lanes(
+            LaneConfig::default()
+                .with_lanes(1)
+                .with_queue_capacity(4)
+                .with_idle_poll(Duration::ZERO),
+        );
+        let lanes = Arc::new(lanes);
+        four_senders(&lanes);
+        lanes.flush(None);
+        assert_each_senders_order(&applied.lock().unwrap());
+    }
+
+    #[test]
     fn the_channel_queue_keeps_each_senders_order_and_exits_on_close() {
         let (lanes, applied) = recording_lanes(
             LaneConfig::default()
@@ -402,32 +409,9 @@ mod tests {
                 .with_idle_park(Some(Duration::from_millis(1))),
         );
         let lanes = Arc::new(lanes);
-        let senders: Vec<_> = (0..4_u64)
-            .map(|sender| {
-                let lanes = Arc::clone(&lanes);
-                thread::spawn(move || {
-                    for n in 0..300 {
-                        assert!(submit(&lanes, job(sender, sender * 1000 + n)).is_ok());
-                    }
-                })
-            })
-            .collect();
-        for sender in senders {
-            sender.join().unwrap();
-        }
+        four_senders(&lanes);
         assert!(lanes.flush(Some(Instant::now() + Duration::from_secs(30))));
-        {
-            let applied = applied.lock().unwrap();
-            assert_eq!(applied.len(), 1200);
-            for sender in 0..4 {
-                let own: Vec<u64> = applied
-                    .iter()
-                    .copied()
-                    .filter(|c| c / 1000 == sender)
-                    .collect();
-                assert_eq!(own, (0..300).map(|n| sender * 1000 + n).collect::<Vec<_>>());
-            }
-        }
+        assert_each_senders_order(&applied.lock().unwrap());
         // A parked lane sees the exit flag within its recheck period.
         thread::sleep(Duration::from_millis(20));
         assert!(lanes.close_and_join(Instant::now() + Duration::from_secs(5)));

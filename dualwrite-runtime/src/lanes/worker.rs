@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, Runtime};
 
+use super::Job;
 use super::config::{LaneConfig, XorShift64, equal_jitter};
 use super::flush::{FinishGuard, Pending};
 use super::queue::{LaneReceiver, Take};
-use super::{Job, LaneShared};
 use crate::dead_letter::DeadLetter;
 use crate::phase::Store;
+use crate::shared::Shared;
 use crate::stats::Role;
 
 /// A blocking call run on a helper thread, so the lane can stop waiting for
@@ -311,7 +312,7 @@ pub(super) struct Lane<C, F> {
     pub(super) context: LaneContext,
     pub(super) config: LaneConfig,
     pub(super) apply: Arc<F>,
-    pub(super) shared: Arc<LaneShared<C>>,
+    pub(super) shared: Arc<Shared<C>>,
     pub(super) pending: Arc<Pending>,
     pub(super) abort: Arc<AtomicBool>,
     pub(super) rng: XorShift64,
