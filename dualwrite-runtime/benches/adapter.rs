@@ -468,7 +468,7 @@ fn bench_hot_path(c: &mut Criterion) {
                 Some(&key as &dyn RoutingKey),
                 false,
             );
-            black_box(ticket.is_ok())
+            black_box(ticket.refused().is_none())
         })
     });
     group.bench_function("record_write", |b| {

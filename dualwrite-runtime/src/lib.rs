@@ -57,4 +57,4 @@ pub use migration::{Migration, PhaseChange, PhaseError, Transition};
 pub use phase::{ParsePhaseError, Phase, ReadRoute, RouteOptions, Store, WriteRoute};
 pub use read::{ShadowConfig, ShadowContext, ShadowRead, ShadowRunner, ShadowWorker};
 pub use stats::{Role, Stats, StatsSnapshot};
-pub use write::{StripeHold, WriteRefused, WriteTicket};
+pub use write::{ArmedWrite, StripeHold, WriteRefused, WriteTicket};

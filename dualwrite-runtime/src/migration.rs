@@ -408,11 +408,21 @@ impl Migration {
     pub fn phase_for(&self, key: Option<&dyn RoutingKey>) -> Phase {
         if let Some(key) = key
             && self.inner.has_overrides.load(Ordering::Acquire)
-            && let Some(phase) = self.inner.overrides.load().get(key)
         {
-            return phase;
+            return self.override_or_global(key);
         }
         self.phase()
+    }
+
+    /// The override of `key`, or the global phase: the slow path of
+    /// [`Migration::phase_for`], out of line so the common case inlines.
+    #[inline(never)]
+    fn override_or_global(&self, key: &dyn RoutingKey) -> Phase {
+        self.inner
+            .overrides
+            .load()
+            .get(key)
+            .unwrap_or_else(|| self.phase())
     }
 
     /// The write route for `key` under its effective phase.

@@ -487,10 +487,7 @@ mod tests {
         );
         let window = core.shadow_begin(Some(&7_u64));
         // A write of key 7 starts and ends between the two reads.
-        drop(
-            core.begin_write("put", Some(&7_u64), Some(&7_u64), false)
-                .expect("admitted"),
-        );
+        drop(core.begin_write("put", Some(&7_u64), Some(&7_u64), false));
         runner.submit(Read(7, false), Store::New, window);
         assert!(runner.flush(Duration::from_secs(10)));
         let stats = core.snapshot();

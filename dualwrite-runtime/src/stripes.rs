@@ -69,7 +69,9 @@ impl Observation {
 
 /// The striped locks and pending counts of one adapter.
 pub(crate) struct KeyStripes {
-    stripes: Box<[Stripe]>,
+    /// A fixed-size array, so that indexing by a stripe number reduced
+    /// modulo `KEY_STRIPES` needs no bounds check.
+    stripes: Box<[Stripe; KEY_STRIPES + 1]>,
     /// Fences holding (or taking) every stripe: while any does, new callers
     /// queue behind them instead of racing them for the stripes.
     fencing: AtomicUsize,
@@ -89,7 +91,11 @@ impl Default for KeyStripes {
 impl KeyStripes {
     pub(crate) fn new() -> Self {
         KeyStripes {
-            stripes: (0..=KEY_STRIPES).map(|_| Stripe::default()).collect(),
+            stripes: (0..=KEY_STRIPES)
+                .map(|_| Stripe::default())
+                .collect::<Box<[Stripe]>>()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("KEY_STRIPES + 1 stripes were made")),
             fencing: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),

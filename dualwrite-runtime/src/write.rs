@@ -5,14 +5,15 @@
 //! stores; every decision is made here, through a [`WriteTicket`]:
 //!
 //! ```text
-//! let mut ticket = core.begin_write("put", Some(&key), Some(&key), true)?; // stripe, route, room
+//! let mut ticket = core.begin_write("put", Some(&key), Some(&key), true); // stripe, route, room
+//! if let Some(refused) = ticket.refused() { return refused.into() }  // lane full, FailCall
 //! let ret = call(ticket.primary());                          // the primary store
 //! if !ticket.primary_done(failed(&ret)) { return ret }       // no secondary write
 //! match ticket.secondary() { None => return ret, Some(s) => s };
 //! if ticket.is_async() { ticket.submit(command); return ret } // to the key's lane
-//! ticket.arm(command);                                       // kept until the outcome
-//! let ret2 = ticket.run_secondary(|| call(secondary));       // panics caught
-//! if ticket.secondary_done(error(&ret2)) { ret2 } else { ret }
+//! let mut armed = ticket.arm(command);                       // kept until the outcome
+//! let ret2 = armed.run_secondary(|| call(secondary));        // panics caught
+//! if armed.secondary_done(error(&ret2)) { ret2 } else { ret }
 //! ```
 //!
 //! Invariants, each held here rather than in generated code:
@@ -84,15 +85,10 @@ impl fmt::Display for WriteRefused {
 
 impl std::error::Error for WriteRefused {}
 
-/// What the ticket holds between the primary's success and the secondary's
-/// outcome, so a dropped ticket can still leave a dead letter.
+/// What an [`ArmedWrite`] holds until the secondary's outcome, so a dropped
+/// write can still leave a dead letter.
 enum Armed<C> {
     None,
-    /// The primary call is under way: if the ticket is dropped now (the
-    /// caller's future cancelled, or a panic), the primary may have
-    /// committed with no secondary write. No command exists yet, so this is
-    /// counted and logged (`primary_outcome_unknown`), not dead-lettered.
-    PrimaryInFlight,
     Command(C, fn(&C) -> Option<String>),
     /// A write the command enum cannot carry (a generic method): only its
     /// key can be recorded.
@@ -101,21 +97,38 @@ enum Armed<C> {
 
 /// One write in progress through an adapter; see the module docs.
 ///
-/// Holds the stripe of the write's key while it lives. Dropped between a
-/// successful primary write and the secondary's outcome, it records the
-/// armed command as a dead letter, so a cancelled or unwinding call leaves
-/// a record.
+/// Holds the stripe of the write's key while it lives. It is small and
+/// does not hold the write's command (the primary-only path moves it
+/// around and never builds one): [`WriteTicket::arm`] turns it into an
+/// [`ArmedWrite`] for the secondary call.
 #[must_use = "a write ticket holds its key's stripe: finish the write through it"]
 pub struct WriteTicket<'a, C> {
     core: &'a DualWriteCore<C>,
-    _stripe: StripeGuard<'a>,
-    route: WriteRoute,
+    stripe: StripeGuard<'a>,
     method: &'static str,
     key_hash: Option<u64>,
     /// The lane of the key, when the strategy is async and it had room.
     lane: Option<usize>,
+    route: WriteRoute,
     /// The async strategy applies but the lane had no room.
     no_room: bool,
+    /// The lane had no room and the policy refuses the call.
+    refused: bool,
+    /// The primary call is under way and a secondary write is due: if the
+    /// ticket is dropped now (the caller's future cancelled, or a panic),
+    /// the primary may have committed with no secondary write. No command
+    /// exists yet, so this is counted and logged
+    /// (`primary_outcome_unknown`), not dead-lettered.
+    primary_in_flight: bool,
+}
+
+/// A write whose primary succeeded, with its command kept until the
+/// secondary's outcome: dropped before [`ArmedWrite::secondary_done`] (the
+/// caller's future was cancelled, or the secondary panicked), it records
+/// the command as a dead letter. Made by [`WriteTicket::arm`].
+#[must_use = "an armed write dead-letters its command unless finished with `secondary_done`"]
+pub struct ArmedWrite<'a, C> {
+    ticket: WriteTicket<'a, C>,
     armed: Armed<C>,
     /// Strong mode: the secondary call timed out, so the call fails
     /// although the call returned nothing (see `take_refusal`).
@@ -125,26 +138,33 @@ pub struct WriteTicket<'a, C> {
 impl<C> DualWriteCore<C> {
     /// Starts a write of `method` for `key`, blocking while another write of
     /// the key's stripe is in flight or a phase change fences the adapter,
-    /// then routes it. `Err` when the key's lane stayed full and the policy
-    /// is [`WhenFull::FailCall`]: nothing was written.
+    /// then routes it. When the key's lane stayed full and the policy is
+    /// [`WhenFull::FailCall`], the ticket is refused
+    /// ([`WriteTicket::refused`]): return that, and write nothing.
     ///
     /// `key` orders the write (its stripe and lane); `route_key` picks the
     /// phase override (the tenant, when a method names one apart from the
     /// key; else the key again). `can_refuse` says whether the method can
     /// return a refusal (its error type converts from [`WriteRefused`]);
     /// when it cannot, a full lane dead-letters the secondary write instead.
-    #[inline]
+    // Always inlined, and no `Result`: the ticket is then built where the
+    // caller keeps it rather than copied out (measured: 20 instructions of
+    // the primary-only path).
+    #[inline(always)]
     pub fn begin_write(
         &self,
         method: &'static str,
         key: Option<&dyn RoutingKey>,
         route_key: Option<&dyn RoutingKey>,
         can_refuse: bool,
-    ) -> Result<WriteTicket<'_, C>, WriteRefused> {
+    ) -> WriteTicket<'_, C> {
         let key_hash = key.map(RoutingKey::route_hash);
         let stripe = self.stripes().lock(KeyStripes::index(key_hash));
-        self.ticket(method, route_key, key_hash, stripe)
-            .admit_blocking(can_refuse)
+        let mut ticket = self.ticket(method, route_key, key_hash, stripe);
+        if ticket.needs_room() {
+            ticket.admit_blocking(can_refuse);
+        }
+        ticket
     }
 
     /// The route hash of a key, for [`DualWriteCore::begin_write_async`]
@@ -170,7 +190,7 @@ impl<C> DualWriteCore<C> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn ticket<'a>(
         &'a self,
         method: &'static str,
@@ -183,18 +203,14 @@ impl<C> DualWriteCore<C> {
         let route = self.write_route(route_key);
         WriteTicket {
             core: self,
-            _stripe: stripe,
-            route,
+            stripe,
             method,
             key_hash,
             lane: None,
+            route,
             no_room: false,
-            armed: if route.secondary.is_some() {
-                Armed::PrimaryInFlight
-            } else {
-                Armed::None
-            },
-            strong_timed_out: false,
+            refused: false,
+            primary_in_flight: route.secondary.is_some(),
         }
     }
 }
@@ -221,70 +237,75 @@ impl<'a, C> StripeHold<'a, C> {
     }
 }
 
-/// What the room check of a write decided.
-enum Room {
-    /// No lane is involved (no secondary, or the synchronous strategy).
-    NotNeeded,
-    /// The key's lane has room.
-    Lane(usize),
-    /// The key's lane is full.
-    Full(usize),
-}
-
 impl<'a, C> WriteTicket<'a, C> {
+    /// Whether admitting the write checks a lane for room: a secondary
+    /// write is due and the strategy is async.
     #[inline]
-    fn room(&self) -> Room {
-        let Some(lanes) = self.core.lanes() else {
-            return Room::NotNeeded;
-        };
-        if self.route.secondary.is_none() {
-            return Room::NotNeeded;
-        }
+    fn needs_room(&self) -> bool {
+        self.route.secondary.is_some() && self.core.lanes().is_some()
+    }
+
+    /// The key's lane, and whether it has room now (a full lane is counted).
+    fn room(&self) -> Option<(usize, bool)> {
+        let lanes = self.core.lanes()?;
         let lane = lanes.lane_of(self.key_hash);
-        if lanes.has_room(lane) {
-            Room::Lane(lane)
-        } else {
+        let room = lanes.has_room(lane);
+        if !room {
             self.core.stats().record_queue_full();
-            Room::Full(lane)
         }
+        Some((lane, room))
     }
 
     /// Applies the queue-full policy after the wait for room.
-    fn settle(mut self, lane: usize, room: bool, can_refuse: bool) -> Result<Self, WriteRefused> {
+    fn settle(&mut self, lane: usize, room: bool, can_refuse: bool) {
         if room {
             self.lane = Some(lane);
-            return Ok(self);
+            return;
         }
         let Some(lanes) = self.core.lanes() else {
-            return Ok(self);
+            return;
         };
         if can_refuse && lanes.config().when_full == WhenFull::FailCall {
             self.core.stats().record_write_refused();
-            return Err(WriteRefused::QueueFull {
-                method: self.method,
-                waited: lanes.config().full_wait,
-            });
+            // Refused before the primary call: nothing is in flight.
+            self.primary_in_flight = false;
+            self.refused = true;
+            return;
         }
         self.no_room = true;
-        Ok(self)
     }
 
     /// Checks that the key's lane has room, blocking up to
     /// [`crate::LaneConfig::full_wait`] for it, then applies
     /// [`crate::LaneConfig::when_full`].
+    #[cold]
+    fn admit_blocking(&mut self, can_refuse: bool) {
+        let Some((lane, room)) = self.room() else {
+            return;
+        };
+        let room = room
+            || self
+                .core
+                .lanes()
+                .is_some_and(|lanes| lanes.wait_for_room(lane));
+        self.settle(lane, room, can_refuse);
+    }
+
+    /// Why the write must not be made: its lane stayed full and the policy
+    /// is [`WhenFull::FailCall`]. Nothing was written; return it (converted
+    /// into the method's error type) at once.
     #[inline]
-    fn admit_blocking(self, can_refuse: bool) -> Result<Self, WriteRefused> {
-        match self.room() {
-            Room::NotNeeded => Ok(self),
-            Room::Lane(lane) => self.settle(lane, true, can_refuse),
-            Room::Full(lane) => {
-                let room = self
-                    .core
-                    .lanes()
-                    .is_some_and(|lanes| lanes.wait_for_room(lane));
-                self.settle(lane, room, can_refuse)
-            }
+    pub fn refused(&self) -> Option<WriteRefused> {
+        if !self.refused {
+            return None;
         }
+        Some(WriteRefused::QueueFull {
+            method: self.method,
+            waited: self
+                .core
+                .lanes()
+                .map_or(Duration::ZERO, |lanes| lanes.config().full_wait),
+        })
     }
 
     /// Checks, before the primary write, that the key's lane has room for
@@ -293,17 +314,22 @@ impl<'a, C> WriteTicket<'a, C> {
     /// one a full lane is not waited for), then applies
     /// [`crate::LaneConfig::when_full`]: `Err` when the call is to fail
     /// (`can_refuse`: see [`DualWriteCore::begin_write`]).
-    pub async fn admit(self, can_refuse: bool) -> Result<Self, WriteRefused> {
-        match self.room() {
-            Room::NotNeeded => Ok(self),
-            Room::Lane(lane) => self.settle(lane, true, can_refuse),
-            Room::Full(lane) => {
-                let room = match self.core.lanes() {
-                    Some(lanes) => lanes.wait_for_room_async(lane).await,
-                    None => false,
-                };
-                self.settle(lane, room, can_refuse)
-            }
+    pub async fn admit(mut self, can_refuse: bool) -> Result<Self, WriteRefused> {
+        if !self.needs_room() {
+            return Ok(self);
+        }
+        let Some((lane, room)) = self.room() else {
+            return Ok(self);
+        };
+        let room = room
+            || match self.core.lanes() {
+                Some(lanes) => lanes.wait_for_room_async(lane).await,
+                None => false,
+            };
+        self.settle(lane, room, can_refuse);
+        match self.refused() {
+            Some(refused) => Err(refused),
+            None => Ok(self),
         }
     }
 }
@@ -326,8 +352,8 @@ impl<'a, C> WriteTicket<'a, C> {
     /// secondary write.
     #[inline]
     pub fn primary_done(&mut self, ok: bool) -> bool {
-        self.armed = Armed::None;
-        self._stripe
+        self.primary_in_flight = false;
+        self.stripe
             .record_write(write_cell(self.route.primary, Role::Primary, ok));
         ok && self.route.secondary.is_some()
     }
@@ -362,21 +388,32 @@ impl<'a, C> WriteTicket<'a, C> {
         self.core.hand_off(job, self.lane, refusal);
     }
 
-    /// Keeps the write's command until [`WriteTicket::secondary_done`]: if
-    /// the ticket is dropped first, the command becomes a dead letter.
-    pub fn arm(&mut self, command: C)
+    /// Keeps the write's command until [`ArmedWrite::secondary_done`]: if
+    /// the armed write is dropped first, the command becomes a dead letter.
+    pub fn arm(self, command: C) -> ArmedWrite<'a, C>
     where
         C: WriteCommand,
     {
-        self.armed = Armed::Command(command, WriteCommand::key_text);
+        self.armed_with(Armed::Command(command, WriteCommand::key_text))
     }
 
     /// Like [`WriteTicket::arm`], for a write the command enum cannot
-    /// carry: a dropped ticket records its key only.
-    pub fn arm_untracked(&mut self, key: Option<String>) {
-        self.armed = Armed::Untracked(key);
+    /// carry: a dropped armed write records its key only.
+    pub fn arm_untracked(self, key: Option<String>) -> ArmedWrite<'a, C> {
+        self.armed_with(Armed::Untracked(key))
     }
 
+    fn armed_with(mut self, armed: Armed<C>) -> ArmedWrite<'a, C> {
+        self.primary_in_flight = false;
+        ArmedWrite {
+            ticket: self,
+            armed,
+            strong_timed_out: false,
+        }
+    }
+}
+
+impl<C> ArmedWrite<'_, C> {
     /// Makes the secondary call on the caller's path. A panic in it is
     /// caught and recorded as a failed secondary write with a dead letter;
     /// then `None` is returned in the tolerant mode (the caller gets the
@@ -393,19 +430,19 @@ impl<'a, C> WriteTicket<'a, C> {
     }
 
     /// Records a panicking secondary call; resumes the panic in the strong
-    /// mode (see [`WriteTicket::run_secondary`]).
+    /// mode (see [`ArmedWrite::run_secondary`]).
     fn secondary_panicked<R>(&mut self, payload: Box<dyn std::any::Any + Send>) -> Option<R>
     where
         C: WriteCommand,
     {
         self.secondary_failed_now(panic_error(payload.as_ref()));
-        if self.core.sync_mode() == Some(SyncMode::Strong) {
+        if self.ticket.core.sync_mode() == Some(SyncMode::Strong) {
             resume_unwind(payload);
         }
         None
     }
 
-    /// Like [`WriteTicket::run_secondary`], for an async secondary call.
+    /// Like [`ArmedWrite::run_secondary`], for an async secondary call.
     /// With a secondary timeout ([`DualWriteCore::set_secondary_timeout`])
     /// and a tokio runtime with timers, a call that overruns it is dropped
     /// and recorded as a failed write with a dead letter (`None`).
@@ -415,7 +452,8 @@ impl<'a, C> WriteTicket<'a, C> {
         F: Future<Output = R>,
     {
         let caught = catch_unwind_async(call);
-        let outcome = match self.core.secondary_timeout() {
+        let core = self.ticket.core;
+        let outcome = match core.secondary_timeout() {
             Some(limit) if tokio::runtime::Handle::try_current().is_ok() => {
                 match tokio::time::timeout(limit, caught).await {
                     Ok(outcome) => outcome,
@@ -423,7 +461,7 @@ impl<'a, C> WriteTicket<'a, C> {
                         self.secondary_failed_now(format!(
                             "secondary write timed out after {limit:?}"
                         ));
-                        if self.core.sync_mode() == Some(SyncMode::Strong) {
+                        if core.sync_mode() == Some(SyncMode::Strong) {
                             self.strong_timed_out = true;
                         }
                         return None;
@@ -443,8 +481,8 @@ impl<'a, C> WriteTicket<'a, C> {
     /// method's error type where it has `From<WriteRefused>`.
     pub fn take_refusal(&mut self) -> Option<WriteRefused> {
         std::mem::take(&mut self.strong_timed_out).then(|| WriteRefused::SecondaryTimedOut {
-            method: self.method,
-            after: self.core.secondary_timeout().unwrap_or_default(),
+            method: self.ticket.method,
+            after: self.ticket.core.secondary_timeout().unwrap_or_default(),
         })
     }
 
@@ -457,8 +495,9 @@ impl<'a, C> WriteTicket<'a, C> {
     {
         match error {
             None => {
-                if let Some(target) = self.route.secondary {
-                    self._stripe
+                if let Some(target) = self.ticket.route.secondary {
+                    self.ticket
+                        .stripe
                         .record_write(write_cell(target, Role::Secondary, true));
                 }
                 self.armed = Armed::None;
@@ -466,25 +505,25 @@ impl<'a, C> WriteTicket<'a, C> {
             }
             Some(error) => {
                 self.secondary_failed_now(error);
-                self.core.sync_mode() == Some(SyncMode::Strong)
+                self.ticket.core.sync_mode() == Some(SyncMode::Strong)
             }
         }
     }
 
     /// Counts a failed secondary attempt and dead-letters what is armed.
     fn secondary_failed_now(&mut self, error: String) {
-        let Some(target) = self.route.secondary else {
+        let ticket = &self.ticket;
+        let Some(target) = ticket.route.secondary else {
             return;
         };
-        self._stripe
+        ticket
+            .stripe
             .record_write(write_cell(target, Role::Secondary, false));
         match std::mem::replace(&mut self.armed, Armed::None) {
-            // The secondary failed, so the primary answered: nothing is in
-            // flight any more.
-            Armed::None | Armed::PrimaryInFlight => {}
+            Armed::None => {}
             Armed::Command(command, render) => {
-                self.core.dead_letter_with(
-                    self.method,
+                ticket.core.dead_letter_with(
+                    ticket.method,
                     render(&command),
                     command,
                     target,
@@ -493,8 +532,9 @@ impl<'a, C> WriteTicket<'a, C> {
                 );
             }
             Armed::Untracked(key) => {
-                self.core
-                    .dead_letter_untracked(self.method, key, target, error)
+                ticket
+                    .core
+                    .dead_letter_untracked(ticket.method, key, target, error)
             }
         }
     }
@@ -503,20 +543,48 @@ impl<'a, C> WriteTicket<'a, C> {
 impl<C> Drop for WriteTicket<'_, C> {
     #[inline]
     fn drop(&mut self) {
-        if matches!(self.armed, Armed::None) {
-            return;
+        if self.primary_in_flight {
+            self.primary_outcome_unknown();
         }
-        self.dead_letter_armed();
     }
 }
 
 impl<C> WriteTicket<'_, C> {
-    /// The ticket was dropped between the primary's success and the
-    /// secondary's outcome: its armed write becomes a dead letter.
+    /// The ticket was dropped during its primary call with a secondary
+    /// write due: the primary may have committed with no secondary write.
+    #[cold]
+    fn primary_outcome_unknown(&mut self) {
+        let Some(target) = self.route.secondary else {
+            return;
+        };
+        self.core.stats().record_primary_outcome_unknown();
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            tracing::warn!(
+                method = self.method,
+                target = %target,
+                "the call ended during its primary write: the primary may have committed with no secondary write; reconcile"
+            );
+        }));
+    }
+}
+
+impl<C> Drop for ArmedWrite<'_, C> {
+    #[inline]
+    fn drop(&mut self) {
+        if !matches!(self.armed, Armed::None) {
+            self.dead_letter_armed();
+        }
+    }
+}
+
+impl<C> ArmedWrite<'_, C> {
+    /// Dropped between the primary's success and the secondary's outcome:
+    /// the armed write becomes a dead letter.
     #[cold]
     fn dead_letter_armed(&mut self) {
         let armed = std::mem::replace(&mut self.armed, Armed::None);
-        let Some(target) = self.route.secondary else {
+        let ticket = &self.ticket;
+        let Some(target) = ticket.route.secondary else {
             return;
         };
         let error = if std::thread::panicking() {
@@ -526,24 +594,21 @@ impl<C> WriteTicket<'_, C> {
         };
         match armed {
             Armed::None => {}
-            Armed::PrimaryInFlight => {
-                self.core.stats().record_primary_outcome_unknown();
-                let _ = catch_unwind(AssertUnwindSafe(|| {
-                    tracing::warn!(
-                        method = self.method,
-                        target = %target,
-                        "the call ended during its primary write: the primary may have committed with no secondary write; reconcile"
-                    );
-                }));
-            }
             Armed::Command(command, render) => {
                 let key = catch_unwind(AssertUnwindSafe(|| render(&command))).unwrap_or(None);
-                self.core
-                    .dead_letter_with(self.method, key, command, target, error.to_owned(), 0);
+                ticket.core.dead_letter_with(
+                    ticket.method,
+                    key,
+                    command,
+                    target,
+                    error.to_owned(),
+                    0,
+                );
             }
             Armed::Untracked(key) => {
-                self.core
-                    .dead_letter_untracked(self.method, key, target, error.to_owned());
+                ticket
+                    .core
+                    .dead_letter_untracked(ticket.method, key, target, error.to_owned());
             }
         }
     }
@@ -556,6 +621,14 @@ impl<C> fmt::Debug for WriteTicket<'_, C> {
             .field("route", &self.route)
             .field("lane", &self.lane)
             .field("no_room", &self.no_room)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> fmt::Debug for ArmedWrite<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArmedWrite")
+            .field("ticket", &self.ticket)
             .finish_non_exhaustive()
     }
 }

@@ -821,9 +821,11 @@ fn case06_a_full_queue_can_fail_the_call_before_any_write() {
         "{}",
         refused[0]
     );
-    // A refused call wrote neither store.
+    // A refused call wrote neither store, and is not reported as a call
+    // that may have written its primary.
     assert_eq!(old.len() as u64, ok);
     assert_eq!(stats.dead_letters, 0);
+    assert_eq!(stats.primary_outcome_unknown, 0, "{stats:?}");
     drop(open);
     kv.flush(Duration::from_secs(30)).expect("flushed");
     assert_eq!(old.contents(), new.contents());
@@ -879,6 +881,7 @@ fn case06_async_callers_wait_for_room_without_blocking_the_runtime() {
         // A refused call wrote neither store.
         let written = (0..5).filter(|key| old.value(*key).is_some()).count();
         assert_eq!(written, 5 - refused);
+        assert_eq!(kv.stats().primary_outcome_unknown, 0);
         kv.flush_async(Duration::from_secs(10))
             .await
             .expect("flushed");

@@ -5,7 +5,8 @@
 //! ```text
 //! impl<Old: UserStore, New: UserStore> UserStore for UserStoreDualWrite<Old, New> {
 //!     fn insert(&self, user: &User) -> Result<(), Error> {
-//!         let mut __dw_w = self.core.begin_write("insert", Some(&user.id), ..)?;
+//!         let mut __dw_w = self.core.begin_write("insert", Some(&user.id), ..);
+//!         if let Some(refused) = __dw_w.refused() { return refused.into() }
 //!         /* primary call, then submit / arm + secondary call */
 //!     }
 //!     fn get(&self, id: u64) -> Result<Option<User>, Error> {
@@ -237,16 +238,14 @@ impl Expander<'_> {
     /// counts and dead-letters. For `fn put(&self, key: u64, value: u64)`:
     ///
     /// ```text
-    /// let mut __dw_w = match self.core.begin_write("put", Some(&key), can_refuse) {
-    ///     Ok(w) => w,
-    ///     Err(refused) => return <refusal as the return type>,
-    /// };
+    /// let mut __dw_w = self.core.begin_write("put", Some(&key), Some(&key), can_refuse);
+    /// if let Some(refused) = __dw_w.refused() { return <refusal as the return type> }
     /// let Some(_) = __dw_w.secondary() else { /* primary only */ };
     /// let __dw_copy_value = keep(&value);                 // for the second store
     /// let __dw_ret = match __dw_w.primary() { Old => old.put(key, value), New => .. };
     /// if !__dw_w.primary_done(ok(&__dw_ret)) { return __dw_ret; }
     /// if __dw_w.is_async() { __dw_w.submit(KvWrite::Put { .. }); return __dw_ret; }
-    /// __dw_w.arm(KvWrite::Put { .. });                    // dead letter if dropped
+    /// let mut __dw_w = __dw_w.arm(KvWrite::Put { .. });   // dead letter if dropped
     /// match __dw_w.run_secondary(|| match secondary { .. }) { .. }
     /// ```
     pub(super) fn write_body(&self, method: &Method) -> TokenStream {
@@ -260,13 +259,28 @@ impl Expander<'_> {
         let primary = self.dispatch(method, quote!(__dw_w.primary()), ArgSet::Caller);
         let copies = self.copies_of_values(method);
         let mut_copies = self.copies_of_mut_refs(method);
+        // A refusal is returned at once, in the method's error type.
+        let refuse = quote! {
+            match (&&#rt::__private::RefuseProbe::<#out>::new()).dw_refuse(__dw_refused) {
+                ::core::option::Option::Some(__dw_ret) => return __dw_ret,
+                ::core::option::Option::None => ::core::unreachable!("a refusal is only returned when the method can return it"),
+            }
+        };
         let begin = if is_async {
             quote! {
                 let __dw_hold = self.core.begin_write_async(self.core.key_hash(#key)).await;
-                __dw_hold.route(#name, #route_key).admit(__dw_can_refuse).await
+                let mut __dw_w = match __dw_hold.route(#name, #route_key).admit(__dw_can_refuse).await {
+                    ::core::result::Result::Ok(__dw_w) => __dw_w,
+                    ::core::result::Result::Err(__dw_refused) => #refuse,
+                };
             }
         } else {
-            quote!(self.core.begin_write(#name, #key, #route_key, __dw_can_refuse))
+            quote! {
+                let mut __dw_w = self.core.begin_write(#name, #key, #route_key, __dw_can_refuse);
+                if let ::core::option::Option::Some(__dw_refused) = __dw_w.refused() {
+                    #refuse
+                }
+            }
         };
         let async_branch = if method.in_command && !self.owned {
             let command = self.command_value(method, true);
@@ -279,13 +293,6 @@ impl Expander<'_> {
         } else {
             quote!()
         };
-        let arm = if method.in_command {
-            let command = self.command_value(method, false);
-            quote!(__dw_w.arm(#command);)
-        } else {
-            let text = self.key_text(method);
-            quote!(__dw_w.arm_untracked(#text);)
-        };
         let key_text_early = if method.in_command {
             quote!()
         } else {
@@ -294,9 +301,10 @@ impl Expander<'_> {
             quote!(let __dw_key_text: ::core::option::Option<::std::string::String> = #text;)
         };
         let arm = if method.in_command {
-            arm
+            let command = self.command_value(method, false);
+            quote!(let mut __dw_w = __dw_w.arm(#command);)
         } else {
-            quote!(__dw_w.arm_untracked(__dw_key_text);)
+            quote!(let mut __dw_w = __dw_w.arm_untracked(__dw_key_text);)
         };
         let secondary_call = if is_async {
             let old = self.call_inner(method, Side::Old, ArgSet::Copies, false);
@@ -315,15 +323,7 @@ impl Expander<'_> {
         };
         quote! {
             let __dw_can_refuse = (&&#rt::__private::RefuseProbe::<#out>::new()).dw_can_refuse();
-            let mut __dw_w = match { #begin } {
-                ::core::result::Result::Ok(__dw_w) => __dw_w,
-                ::core::result::Result::Err(__dw_refused) => {
-                    match (&&#rt::__private::RefuseProbe::<#out>::new()).dw_refuse(__dw_refused) {
-                        ::core::option::Option::Some(__dw_ret) => return __dw_ret,
-                        ::core::option::Option::None => ::core::unreachable!("a refusal is only returned when the method can return it"),
-                    }
-                }
-            };
+            #begin
             let ::core::option::Option::Some(__dw_secondary) = __dw_w.secondary() else {
                 let __dw_ret: #out = #primary;
                 let _ = __dw_w.primary_done(!(&&&#rt::__private::Probe(&__dw_ret)).dw_failed());
