@@ -16,6 +16,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::command::WriteCommand;
 use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
+use crate::helpers::Helpers;
 use crate::key::RoutingKey;
 use crate::lanes::{Job, LaneConfig, LaneContext, SecondaryLanes, XorShift64, far_future};
 use crate::migration::Migration;
@@ -130,7 +131,26 @@ pub struct DualWriteCore<C> {
     shadow_sample_rate: AtomicU64,
     shut_down: AtomicBool,
     secondary_timeout: Option<Duration>,
+    blocking: Option<BlockingSecondary<C>>,
 }
+
+/// The synchronous strategy's bound on a blocking secondary call; see
+/// [`DualWriteCore::set_blocking_secondary_timeout`].
+pub(crate) struct BlockingSecondary<C> {
+    pub(crate) timeout: Duration,
+    /// Makes the job that applies a copy of a command to a store, on a
+    /// helper thread.
+    pub(crate) job: JobFn<C>,
+    pub(crate) helpers: Helpers,
+}
+
+/// A secondary write made on a helper thread.
+pub(crate) type BlockingJob = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// Makes the [`BlockingJob`] of a command for a store: the bounds the job
+/// needs (`C: Clone + Send + 'static`) are checked once, where the bound is
+/// set, so the write path itself needs none.
+pub(crate) type JobFn<C> = Box<dyn Fn(Store, &C) -> BlockingJob + Send + Sync>;
 
 impl<C> DualWriteCore<C> {
     /// A core routing by `migration`, with synchronous tolerant secondary
@@ -147,6 +167,7 @@ impl<C> DualWriteCore<C> {
             shadow_sample_rate: AtomicU64::new(1.0_f64.to_bits()),
             shut_down: AtomicBool::new(false),
             secondary_timeout: Some(Duration::from_secs(30)),
+            blocking: None,
         }
     }
 
@@ -179,8 +200,10 @@ impl<C> DualWriteCore<C> {
     /// lanes.
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut snapshot = self.shared.stats.snapshot();
-        if let Some(lanes) = &self.lanes {
-            snapshot.secondary_pending += lanes.pending();
+        match &self.lanes {
+            Some(lanes) => snapshot.secondary_pending += lanes.pending(),
+            // Synchronous strategy: calls abandoned at their deadline.
+            None => snapshot.secondary_pending += self.stripes.total_pending(),
         }
         snapshot
     }
@@ -222,6 +245,46 @@ impl<C> DualWriteCore<C> {
     /// Sets [`DualWriteCore::secondary_timeout`]; `None` waits for ever.
     pub fn set_secondary_timeout(&mut self, timeout: Option<Duration>) {
         self.secondary_timeout = timeout;
+    }
+
+    /// Bounds the secondary call a *blocking* method makes on the caller's
+    /// path in the synchronous strategy (`None`, the default, waits for
+    /// ever). With a bound, the call is made through `apply` (the write's
+    /// command on the shared store) on a helper thread, and the caller stops
+    /// waiting at the deadline: the write is then kept as a dead letter, in
+    /// the strong mode the call fails with [`WriteRefused::SecondaryTimedOut`](crate::WriteRefused::SecondaryTimedOut),
+    /// and the abandoned call counts as pending until it returns (phase
+    /// changes, flushes and shadow comparisons wait for it; later writes of
+    /// its key's stripe are dead-lettered, not applied, until then, so they
+    /// cannot land before it). The hop to a helper thread costs a few
+    /// microseconds a write; see the README.
+    pub fn set_blocking_secondary_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+        apply: impl Fn(Store, C) -> Result<(), String> + Send + Sync + 'static,
+    ) where
+        C: Clone + Send + 'static,
+    {
+        let apply = Arc::new(apply);
+        self.blocking = timeout.map(|timeout| BlockingSecondary {
+            timeout,
+            job: Box::new(move |target: Store, command: &C| -> BlockingJob {
+                let apply = Arc::clone(&apply);
+                let command = command.clone();
+                Box::new(move || apply(target, command))
+            }),
+            helpers: Helpers::new("dualwrite-secondary"),
+        });
+    }
+
+    /// The bound of blocking secondary calls, if set.
+    pub fn blocking_secondary_timeout(&self) -> Option<Duration> {
+        self.blocking.as_ref().map(|blocking| blocking.timeout)
+    }
+
+    #[inline]
+    pub(crate) fn blocking(&self) -> Option<&BlockingSecondary<C>> {
+        self.blocking.as_ref()
     }
 
     /// Sets how many dead letters are kept in memory (default 100 000); when
@@ -326,7 +389,10 @@ impl<C> DualWriteCore<C> {
     /// Blocks until every write handed to the lanes before the call is
     /// applied or dead-lettered, or `timeout` passes. Writes handed over
     /// while it waits are not waited for, so it returns under a steady
-    /// stream of writes too. Returns at once without lanes.
+    /// stream of writes too. Without lanes it waits only for blocking
+    /// secondary calls abandoned at their deadline
+    /// ([`DualWriteCore::set_blocking_secondary_timeout`]), which may still
+    /// write.
     ///
     /// Inside a multi-thread tokio runtime it waits in
     /// `tokio::task::block_in_place`, so the runtime keeps running the
@@ -338,12 +404,12 @@ impl<C> DualWriteCore<C> {
     /// ([`LaneConfig::blocking_attempt_timeout`]) counts until it returns:
     /// it may still write.
     pub fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
-        let Some(lanes) = &self.lanes else {
-            return Ok(());
-        };
         let deadline = Instant::now()
             .checked_add(timeout)
             .unwrap_or_else(far_future);
+        let Some(lanes) = &self.lanes else {
+            return self.wait_abandoned(deadline);
+        };
         let finished = match Handle::try_current().map(|handle| handle.runtime_flavor()) {
             Ok(RuntimeFlavor::MultiThread) => {
                 tokio::task::block_in_place(|| lanes.flush(Some(deadline)))
@@ -365,7 +431,22 @@ impl<C> DualWriteCore<C> {
     /// writes without one.
     pub async fn flush_async(&self, timeout: Duration) -> Result<(), FlushError> {
         let Some(lanes) = &self.lanes else {
-            return Ok(());
+            // Abandoned blocking calls of the synchronous strategy: polled
+            // without blocking the thread.
+            let deadline = Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(far_future);
+            let timers = Handle::try_current().is_ok();
+            loop {
+                let pending = self.stripes.total_pending();
+                if pending == 0 {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline || !timers {
+                    return Err(FlushError::TimedOut { pending });
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         };
         let timers = Handle::try_current().is_ok();
         if timers {
@@ -392,8 +473,9 @@ impl<C> DualWriteCore<C> {
     /// At the deadline, the lanes dead-letter what they still hold instead
     /// of applying it; a lane blocked in a store call does so when the call
     /// returns ([`ShutdownReport::still_pending`]). Returns every dead letter
-    /// kept, taken out of the adapter. Without lanes it only takes the dead
-    /// letters.
+    /// kept, taken out of the adapter. Without lanes it waits (until the
+    /// deadline) for blocking secondary calls abandoned at their deadline,
+    /// then takes the dead letters.
     pub fn shutdown(&self, timeout: Duration) -> ShutdownReport<C> {
         let deadline = Instant::now()
             .checked_add(timeout)
@@ -426,6 +508,10 @@ impl<C> DualWriteCore<C> {
             }
         } else {
             self.shut_down.store(true, Ordering::SeqCst);
+            if let Err(FlushError::TimedOut { pending }) = self.wait_abandoned(deadline) {
+                complete = false;
+                still_pending = pending;
+            }
         }
         ShutdownReport {
             complete,
@@ -500,6 +586,24 @@ impl<C> DualWriteCore<C> {
             "secondary write failed; a generic method has no replayable command"
         );
         self.shared.stats.record_dead_letter();
+    }
+
+    /// Waits until no blocking secondary call abandoned at its deadline
+    /// (synchronous strategy) is outstanding, or `deadline` passes.
+    fn wait_abandoned(&self, deadline: Instant) -> Result<(), FlushError> {
+        let mut nap = Duration::from_micros(50);
+        loop {
+            let pending = self.stripes.total_pending();
+            if pending == 0 {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(FlushError::TimedOut { pending });
+            }
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(5));
+        }
     }
 
     /// Drains and shuts down the lanes, if any run.

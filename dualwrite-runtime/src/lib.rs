@@ -30,6 +30,7 @@
 mod command;
 mod core;
 mod dead_letter;
+mod helpers;
 mod key;
 mod lanes;
 mod migration;

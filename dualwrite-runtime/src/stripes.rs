@@ -251,6 +251,12 @@ impl KeyStripes {
         }
     }
 
+    /// Secondary writes of the stripe pending (in a lane, or abandoned at
+    /// their deadline and not returned yet).
+    pub(crate) fn pending_of(&self, index: usize) -> u64 {
+        self.stripes[index].pending.load(Ordering::SeqCst)
+    }
+
     /// One more secondary write of the stripe waits in a lane.
     pub(crate) fn add_pending(&self, index: usize) {
         self.stripes[index].pending.fetch_add(1, Ordering::SeqCst);

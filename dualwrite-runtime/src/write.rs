@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use crate::command::WriteCommand;
 use crate::core::{DualWriteCore, SyncMode};
+use crate::helpers::Deadline;
 use crate::key::RoutingKey;
 use crate::lanes::{Job, WhenFull};
 use crate::phase::{Store, WriteRoute};
@@ -66,6 +67,17 @@ pub enum WriteRefused {
         /// The timeout.
         after: Duration,
     },
+    /// [`crate::SyncMode::Strong`] with a bounded blocking secondary call
+    /// ([`DualWriteCore::set_blocking_secondary_timeout`]): the primary was
+    /// written, but the secondary write failed (or was not made, to keep the
+    /// key's order behind an earlier call still outstanding), so the call
+    /// fails (the write is kept as a dead letter).
+    SecondaryFailed {
+        /// The method.
+        method: &'static str,
+        /// What the secondary write reported.
+        error: String,
+    },
 }
 
 impl fmt::Display for WriteRefused {
@@ -78,6 +90,10 @@ impl fmt::Display for WriteRefused {
             WriteRefused::SecondaryTimedOut { method, after } => write!(
                 f,
                 "`{method}` failed: the primary store was written but the secondary did not answer within {after:?} (kept as a dead letter)"
+            ),
+            WriteRefused::SecondaryFailed { method, error } => write!(
+                f,
+                "`{method}` failed: the primary store was written but the secondary write failed (kept as a dead letter): {error}"
             ),
         }
     }
@@ -423,6 +439,10 @@ impl<C> ArmedWrite<'_, C> {
     where
         C: WriteCommand,
     {
+        if self.behind_abandoned() {
+            self.secondary_failed_now(BEHIND_ABANDONED.to_owned(), 0);
+            return None;
+        }
         match catch_unwind(AssertUnwindSafe(call)) {
             Ok(ret) => Some(ret),
             Err(payload) => self.secondary_panicked(payload),
@@ -435,7 +455,7 @@ impl<C> ArmedWrite<'_, C> {
     where
         C: WriteCommand,
     {
-        self.secondary_failed_now(panic_error(payload.as_ref()));
+        self.secondary_failed_now(panic_error(payload.as_ref()), 1);
         if self.ticket.core.sync_mode() == Some(SyncMode::Strong) {
             resume_unwind(payload);
         }
@@ -458,9 +478,10 @@ impl<C> ArmedWrite<'_, C> {
                 match tokio::time::timeout(limit, caught).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
-                        self.secondary_failed_now(format!(
-                            "secondary write timed out after {limit:?}"
-                        ));
+                        self.secondary_failed_now(
+                            format!("secondary write timed out after {limit:?}"),
+                            1,
+                        );
                         if core.sync_mode() == Some(SyncMode::Strong) {
                             self.strong_timed_out = true;
                         }
@@ -473,6 +494,97 @@ impl<C> ArmedWrite<'_, C> {
         match outcome {
             Ok(ret) => Some(ret),
             Err(payload) => self.secondary_panicked(payload),
+        }
+    }
+
+    /// Whether an earlier blocking secondary call of this key's stripe was
+    /// abandoned at its deadline and has not returned: a secondary write
+    /// made now could land before it and then be overwritten by it.
+    #[inline]
+    fn behind_abandoned(&self) -> bool {
+        let ticket = &self.ticket;
+        ticket.core.blocking().is_some()
+            && ticket.core.stripes().pending_of(ticket.stripe.index()) > 0
+    }
+
+    /// Whether the secondary call is bounded
+    /// ([`DualWriteCore::set_blocking_secondary_timeout`]): make it with
+    /// [`ArmedWrite::run_secondary_bounded`] rather than on this thread.
+    #[inline]
+    pub fn is_bounded(&self) -> bool {
+        self.ticket.core.blocking().is_some()
+    }
+
+    /// Makes the secondary write by applying the armed command on a helper
+    /// thread, and waits for it up to the bound (see
+    /// [`DualWriteCore::set_blocking_secondary_timeout`]). A failure, a panic
+    /// or the deadline is recorded with a dead letter; `Some` when the call
+    /// must fail (the strong mode): return it in the method's error type.
+    pub fn run_secondary_bounded(mut self) -> Option<WriteRefused>
+    where
+        C: WriteCommand,
+    {
+        let core = self.ticket.core;
+        let method = self.ticket.method;
+        let strong = core.sync_mode() == Some(SyncMode::Strong);
+        let (Some(blocking), Some(target), Armed::Command(command, _)) =
+            (core.blocking(), self.ticket.route.secondary, &self.armed)
+        else {
+            // Nothing to bound (no command: a generic method's write is
+            // made on this thread by `run_secondary`).
+            return None;
+        };
+        let fail = |this: &mut Self, error: String, attempts: u32| {
+            this.secondary_failed_now(error.clone(), attempts);
+            strong.then_some(WriteRefused::SecondaryFailed { method, error })
+        };
+        if self.behind_abandoned() {
+            return fail(&mut self, BEHIND_ABANDONED.to_owned(), 0);
+        }
+        let stripe = self.ticket.stripe.index();
+        let stripes = std::sync::Arc::clone(&core.shared().stripes);
+        let late_stripes = std::sync::Arc::clone(&stripes);
+        let stats = core.stats().clone();
+        let job = (blocking.job)(target, command);
+        let outcome = blocking.helpers.run(
+            blocking.timeout,
+            job,
+            |payload| Err(panic_error(payload)),
+            move |result: Result<(), String>| {
+                // Logging first: the count releases whoever waits for it.
+                stats.record_late_completion();
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    tracing::warn!(
+                        method,
+                        target = %target,
+                        ok = result.is_ok(),
+                        "a secondary write abandoned at its deadline returned late; its dead letter names the key to reconcile"
+                    );
+                }));
+                late_stripes.finish_pending(stripe);
+            },
+            || stripes.add_pending(stripe),
+            || stripes.finish_pending(stripe),
+        );
+        match outcome {
+            Ok(Deadline::Returned(Ok(()))) => {
+                let _ = self.secondary_done(None);
+                None
+            }
+            Ok(Deadline::Returned(Err(error))) | Err(error) => fail(&mut self, error, 1),
+            Ok(Deadline::Abandoned) => {
+                self.secondary_failed_now(
+                    format!(
+                        "secondary write timed out after {:?}: its outcome is unknown (the call may still complete)",
+                        blocking.timeout
+                    ),
+                    1,
+                );
+                strong.then_some(WriteRefused::SecondaryTimedOut {
+                    method,
+                    after: blocking.timeout,
+                })
+            }
         }
     }
 
@@ -504,14 +616,15 @@ impl<C> ArmedWrite<'_, C> {
                 false
             }
             Some(error) => {
-                self.secondary_failed_now(error);
+                self.secondary_failed_now(error, 1);
                 self.ticket.core.sync_mode() == Some(SyncMode::Strong)
             }
         }
     }
 
-    /// Counts a failed secondary attempt and dead-letters what is armed.
-    fn secondary_failed_now(&mut self, error: String) {
+    /// Counts a failed secondary write and dead-letters what is armed, with
+    /// the number of attempts made.
+    fn secondary_failed_now(&mut self, error: String, attempts: u32) {
         let ticket = &self.ticket;
         let Some(target) = ticket.route.secondary else {
             return;
@@ -528,7 +641,7 @@ impl<C> ArmedWrite<'_, C> {
                     command,
                     target,
                     error,
-                    1,
+                    attempts,
                 );
             }
             Armed::Untracked(key) => {
@@ -655,16 +768,16 @@ async fn catch_unwind_async<F: Future>(future: F) -> std::thread::Result<F::Outp
     .await
 }
 
+/// The dead letter's error for a write not made because an earlier call of
+/// its stripe is still outstanding.
+const BEHIND_ABANDONED: &str = "not applied: an earlier secondary write of this key's stripe was abandoned at its deadline and has not returned, and this one could land before it";
+
 /// The dead letter's error for a panicking secondary call.
 fn panic_error(payload: &(dyn std::any::Any + Send)) -> String {
-    let message = if let Some(message) = payload.downcast_ref::<&'static str>() {
-        message
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message
-    } else {
-        "non-string panic payload"
-    };
-    format!("secondary write panicked: {message}")
+    format!(
+        "secondary write panicked: {}",
+        crate::helpers::panic_message(payload)
+    )
 }
 
 /// Lets a repository whose errors are plain strings return a refusal.

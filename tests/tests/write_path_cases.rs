@@ -1027,6 +1027,96 @@ async fn case07_a_hung_secondary_call_is_bounded_in_the_sync_strategy() {
     assert_eq!(kv.stats().secondary_writes_failed, 1);
 }
 
+/// Timeouts in the synchronous strategy, blocking trait: a secondary call
+/// that hangs holds the caller only until the bound
+/// (`with_blocking_secondary_timeout`); the caller gets the primary's result
+/// (tolerant mode) and the write is a dead letter. While the abandoned call
+/// is outstanding it counts as pending (flush waits for it), and a later
+/// write of the same key is dead-lettered rather than applied before it;
+/// its late return is counted.
+#[test]
+fn case07_a_hung_blocking_secondary_is_bounded_in_the_sync_strategy() {
+    let (old, new) = stores();
+    let kv = Arc::new(
+        adapter(&old, &new, &Migration::new(Phase::DualWrite))
+            .with_blocking_secondary_timeout(Some(Duration::from_millis(50))),
+    );
+    let open = OpenOnDrop(Arc::clone(&new));
+    new.gate.hold_next(1);
+    let writer = Arc::clone(&kv);
+    let answered = with_watchdog(Duration::from_secs(5), move || writer.put(1, 1));
+    assert_eq!(
+        answered,
+        Ok(Ok(())),
+        "the caller is not held by the hung secondary"
+    );
+    assert_eq!(old.value(1), Some(1));
+    let stats = kv.stats();
+    assert_eq!(
+        (stats.secondary_writes_failed, stats.secondary_pending),
+        (1, 1),
+        "{stats:?}"
+    );
+    // A later write of key 1 must not land before the abandoned one.
+    kv.put(1, 2).expect("primary");
+    // Another key is not held back.
+    kv.put(2, 2).expect("primary");
+    assert_eq!(new.value(2), Some(2));
+    assert_eq!(
+        kv.flush(Duration::from_millis(50)),
+        Err(dualwrite_runtime::FlushError::TimedOut { pending: 1 }),
+        "the abandoned call may still write"
+    );
+    drop(open);
+    kv.flush(Duration::from_secs(5))
+        .expect("the abandoned call returned");
+    assert_eq!(
+        new.value(1),
+        Some(1),
+        "the late call landed; the newer write did not overtake it"
+    );
+    let letters: Vec<(u64, String)> = kv
+        .dead_letters()
+        .into_iter()
+        .map(|letter| (u64::from(letter.attempts), letter.error))
+        .collect();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters[0].1.contains("timed out"), "{letters:?}");
+    assert!(letters[1].1.contains("abandoned"), "{letters:?}");
+    assert_eq!(letters[1].0, 0, "the later write was not attempted");
+    assert_eq!(kv.stats().late_completions, 1);
+}
+
+/// The same in the strong mode: the call fails with the refusal converted
+/// into the method's error type, and a store error fails the call too.
+#[test]
+fn case07_a_bounded_blocking_secondary_fails_a_strong_call() {
+    let (old, new) = stores();
+    let kv = Arc::new(
+        adapter(&old, &new, &Migration::new(Phase::DualWrite))
+            .with_sync_mode(SyncMode::Strong)
+            .with_blocking_secondary_timeout(Some(Duration::from_secs(1))),
+    );
+    let open = OpenOnDrop(Arc::clone(&new));
+    new.gate.hold_next(1);
+    let writer = Arc::clone(&kv);
+    let answered =
+        with_watchdog(Duration::from_secs(5), move || writer.put(1, 1)).expect("bounded");
+    let error = answered.expect_err("strong mode fails the call");
+    assert!(error.contains("did not answer within"), "{error}");
+    drop(open);
+    kv.flush(Duration::from_secs(5)).expect("returned");
+    // In time, the write goes through the helper and succeeds.
+    assert_eq!(kv.put(3, 3), Ok(()));
+    assert_eq!(new.value(3), Some(3));
+    // A panicking secondary fails the strong call instead of unwinding (the
+    // bound is generous: a panic prints its backtrace before it is caught).
+    new.panic_on_put.store(true, Ordering::SeqCst);
+    let error = kv.put(4, 4).expect_err("strong mode fails the call");
+    assert!(error.contains("panicked"), "{error}");
+    assert_eq!(kv.dead_letters().len(), 2);
+}
+
 /// Strong mode: a secondary call that times out fails the call (found in
 /// review: it returned the primary's success), with the refusal converted
 /// into the method's error type; the write is a dead letter.

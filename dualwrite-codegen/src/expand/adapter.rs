@@ -336,8 +336,43 @@ impl Expander<'_> {
         } else {
             quote!()
         };
+        // Blocking traits: the synchronous strategy's secondary call can be
+        // bounded by running it on a helper thread.
+        let blocking_timeout = if any_async {
+            quote!()
+        } else {
+            quote! {
+                /// Bounds the secondary call of the synchronous strategy (default: none).
+                /// With a bound, each secondary write is made on a helper thread (a
+                /// copy of the write's command applied to the shared store) and the
+                /// caller stops waiting at the deadline: the write is kept as a dead
+                /// letter, the strong mode fails the call with
+                /// `WriteRefused::SecondaryTimedOut`, and the abandoned call counts as
+                /// pending until it returns (later writes of its key are dead-lettered
+                /// until then, so they cannot land before it). The hop costs a few
+                /// microseconds a write.
+                #[must_use]
+                #vis fn with_blocking_secondary_timeout(
+                    mut self,
+                    timeout: ::core::option::Option<::core::time::Duration>,
+                ) -> Self {
+                    let old = ::std::sync::Arc::clone(&self.old);
+                    let new = ::std::sync::Arc::clone(&self.new);
+                    self.core.set_blocking_secondary_timeout(
+                        timeout,
+                        move |target: #rt::Store, command: #cmd_ty| match target {
+                            #rt::Store::Old => command.apply(&*old),
+                            #rt::Store::New => command.apply(&*new),
+                        },
+                    );
+                    self
+                }
+            }
+        };
         quote! {
             impl #impl_generics #adapter #ty_generics where #(#preds),* {
+                #blocking_timeout
+
                 #doc
                 #[must_use]
                 #vis fn with_async_secondary(mut self, config: #rt::LaneConfig) -> Self {

@@ -306,6 +306,29 @@ impl Expander<'_> {
         } else {
             quote!(let mut __dw_w = __dw_w.arm_untracked(__dw_key_text);)
         };
+        // A blocking method whose secondary call is bounded
+        // (`with_blocking_secondary_timeout`): the runtime applies a copy of
+        // the command on a helper thread and stops waiting at the deadline.
+        let bounded = if !is_async && method.in_command && !self.owned {
+            quote! {
+                if __dw_w.is_bounded() {
+                    return match __dw_w.run_secondary_bounded() {
+                        ::core::option::Option::None => __dw_ret,
+                        ::core::option::Option::Some(__dw_refused) => {
+                            match (&&#rt::__private::RefuseProbe::<#out>::new()).dw_refuse(__dw_refused) {
+                                ::core::option::Option::Some(__dw_err) => __dw_err,
+                                ::core::option::Option::None => {
+                                    #rt::__private::strong_unreported(#name);
+                                    __dw_ret
+                                }
+                            }
+                        }
+                    };
+                }
+            }
+        } else {
+            quote!()
+        };
         let secondary_call = if is_async {
             let old = self.call_inner(method, Side::Old, ArgSet::Copies, false);
             let new = self.call_inner(method, Side::New, ArgSet::Copies, false);
@@ -338,6 +361,7 @@ impl Expander<'_> {
             #mut_copies
             #async_branch
             #arm
+            #bounded
             let __dw_ret2: ::core::option::Option<#out> = #secondary_call;
             match __dw_ret2 {
                 ::core::option::Option::None => match __dw_w.take_refusal() {

@@ -1,11 +1,11 @@
 //! One lane thread: takes jobs from its queue, applies them with retries,
 //! and dead-letters what it gives up on.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, OnceCell};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,18 +16,10 @@ use super::config::{LaneConfig, XorShift64, equal_jitter};
 use super::flush::{FinishGuard, Pending};
 use super::queue::{LaneReceiver, Take};
 use crate::dead_letter::DeadLetter;
+use crate::helpers::{Deadline, Helpers, panic_message};
 use crate::phase::Store;
 use crate::shared::Shared;
 use crate::stats::Role;
-
-/// A blocking call run on a helper thread, so the lane can stop waiting for
-/// it at its deadline.
-type HelperJob = Box<dyn FnOnce() + Send>;
-
-/// States of a call run by [`LaneContext::run_blocking`].
-const RUNNING: u8 = 0;
-const DONE: u8 = 1;
-const ABANDONED: u8 = 2;
 
 /// What an `apply` function gets besides the command: where it runs, which
 /// attempt this is, and a way to run async store code.
@@ -42,9 +34,8 @@ pub struct LaneContext {
     handle: Option<Handle>,
     /// Otherwise a current-thread runtime of this lane, made on first use.
     local: OnceCell<Runtime>,
-    /// The helper thread of [`LaneContext::run_blocking`], made on first use
-    /// and abandoned when a call overruns its deadline.
-    helper: RefCell<Option<mpsc::Sender<HelperJob>>>,
+    /// The helper threads of [`LaneContext::run_blocking`].
+    helpers: Helpers,
     /// Set when the current attempt timed out: its outcome is unknown.
     timed_out: Cell<bool>,
     /// The stripe of the job being applied.
@@ -114,7 +105,7 @@ impl LaneContext {
             blocking_timeout,
             handle,
             local: OnceCell::new(),
-            helper: RefCell::new(None),
+            helpers: Helpers::new(format!("dualwrite-lane-{lane}")),
             timed_out: Cell::new(false),
             stripe: Cell::new(0),
             abandoned,
@@ -181,91 +172,52 @@ impl LaneContext {
         let Some(limit) = self.blocking_timeout else {
             return call();
         };
-        let (reply, outcome) = mpsc::sync_channel(1);
-        // Running -> Done by the helper, or Running -> Abandoned by the lane
-        // at the deadline: whichever comes first decides who counts the call.
-        let state = Arc::new(AtomicU8::new(RUNNING));
+        let stripe = self.stripe.get();
         let late = self
             .abandoned
             .clone()
-            .map(|abandoned| (abandoned, self.stripe.get(), self.lane));
-        let helper_state = Arc::clone(&state);
-        let job: HelperJob = Box::new(move || {
-            let result = catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+            .map(|abandoned| (abandoned, stripe, self.lane));
+        let outcome = self.helpers.run(
+            limit,
+            call,
+            |payload| {
                 Err(format!(
                     "secondary write panicked: {}",
-                    panic_message(payload.as_ref())
+                    panic_message(payload)
                 ))
-            });
-            let done = helper_state
-                .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok();
-            if done {
-                let _ = reply.send(result);
-            } else if let Some((abandoned, stripe, lane)) = late {
-                // Logging first: the count releases whoever waits for it.
-                abandoned.stats.record_late_completion();
-                let _ = catch_unwind(AssertUnwindSafe(|| {
-                    tracing::warn!(
-                        lane,
-                        ok = result.is_ok(),
-                        "a secondary write abandoned at its deadline returned late; its dead letter names the key to reconcile"
-                    );
-                }));
-                abandoned.finish(stripe);
-            }
-        });
-        let mut helper = self.helper.borrow_mut();
-        let sender = match helper.take() {
-            Some(sender) => sender,
-            None => spawn_helper(self.lane)?,
-        };
-        let job = match sender.send(job) {
-            Ok(()) => None,
-            Err(mpsc::SendError(job)) => Some(job),
-        };
-        let sender = match job {
-            // The helper died (it cannot, short of an abort): start another.
-            Some(job) => {
-                let sender = spawn_helper(self.lane)?;
-                sender
-                    .send(job)
-                    .map_err(|_| "cannot reach the lane's helper thread".to_owned())?;
-                sender
-            }
-            None => sender,
-        };
-        match outcome.recv_timeout(limit) {
-            Ok(result) => {
-                *helper = Some(sender);
-                result
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Counted before the call can be seen abandoned, so its late
-                // return never uncounts what was not counted yet.
+            },
+            move |result: Result<(), String>| {
+                if let Some((abandoned, stripe, lane)) = late {
+                    // Logging first: the count releases whoever waits for it.
+                    abandoned.stats.record_late_completion();
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        tracing::warn!(
+                            lane,
+                            ok = result.is_ok(),
+                            "a secondary write abandoned at its deadline returned late; its dead letter names the key to reconcile"
+                        );
+                    }));
+                    abandoned.finish(stripe);
+                }
+            },
+            || {
                 if let Some(counts) = &self.abandoned {
-                    counts.start(self.stripe.get());
+                    counts.start(stripe);
                 }
-                let abandoned = state
-                    .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok();
-                if !abandoned {
-                    // It returned just now: an ordinary outcome.
-                    if let Some(counts) = &self.abandoned {
-                        counts.finish(self.stripe.get());
-                    }
-                    *helper = Some(sender);
-                    return outcome
-                        .recv()
-                        .unwrap_or_else(|_| Err("the lane's helper thread stopped".to_owned()));
+            },
+            || {
+                if let Some(counts) = &self.abandoned {
+                    counts.finish(stripe);
                 }
+            },
+        )?;
+        match outcome {
+            Deadline::Returned(result) => result,
+            Deadline::Abandoned => {
                 self.timed_out.set(true);
                 Err(format!(
                     "secondary write timed out after {limit:?}: its outcome is unknown (the call may still complete)"
                 ))
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err("the lane's helper thread stopped".to_owned())
             }
         }
     }
@@ -280,20 +232,6 @@ impl LaneContext {
             .map_err(|error| format!("cannot start a lane runtime: {error}"))?;
         Ok(self.local.get_or_init(|| runtime))
     }
-}
-
-/// Starts a helper thread that runs blocking calls for lane `lane`.
-fn spawn_helper(lane: usize) -> Result<mpsc::Sender<HelperJob>, String> {
-    let (sender, jobs) = mpsc::channel::<HelperJob>();
-    thread::Builder::new()
-        .name(format!("dualwrite-lane-{lane}-call"))
-        .spawn(move || {
-            for job in jobs {
-                job();
-            }
-        })
-        .map_err(|error| format!("cannot start a helper thread for lane {lane}: {error}"))?;
-    Ok(sender)
 }
 
 impl fmt::Debug for LaneContext {
@@ -479,28 +417,5 @@ where
         self.shared.dead_letters.push(DeadLetter::now(
             method, key, target, command, error, attempt,
         ));
-    }
-}
-
-/// The message of a panic payload, for the dead letter's error.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(message) = payload.downcast_ref::<&'static str>() {
-        message
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message
-    } else {
-        "non-string panic payload"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn panic_messages() {
-        assert_eq!(panic_message(&"boom"), "boom");
-        assert_eq!(panic_message(&String::from("bang")), "bang");
-        assert_eq!(panic_message(&42_u8), "non-string panic payload");
     }
 }
