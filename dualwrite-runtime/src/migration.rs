@@ -145,8 +145,7 @@ impl Migration {
     /// lets the runtime move that worker's other tasks elsewhere; on a
     /// current-thread runtime, async writers of that thread that hold a
     /// stripe across an await cannot finish while it waits, so the change
-    /// would time out: make phase changes there from `spawn_blocking` or
-    /// another thread.
+    /// would time out: use [`Migration::change_async`] there.
     pub fn change(&self, change: PhaseChange) -> Result<Transition, PhaseError> {
         let _writer = self.lock_writer();
         let global = self.phase();
@@ -205,6 +204,25 @@ impl Migration {
         };
         self.record(&transition);
         Ok(transition)
+    }
+
+    /// [`Migration::change`] from async code: the fence waits on a blocking
+    /// thread of the tokio runtime (`spawn_blocking`), so the runtime's own
+    /// threads, a current-thread runtime's included, keep running the async
+    /// writers it waits for. Outside a runtime it is [`Migration::change`].
+    pub async fn change_async(&self, change: PhaseChange) -> Result<Transition, PhaseError> {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return self.change(change);
+        };
+        let migration = self.clone();
+        handle
+            .spawn_blocking(move || migration.change(change))
+            .await
+            .unwrap_or_else(|error| {
+                Err(PhaseError::Interrupted {
+                    reason: error.to_string(),
+                })
+            })
     }
 
     /// Installs a checked change. Call with the writer lock held (and the
@@ -641,6 +659,13 @@ pub enum PhaseError {
         /// Secondary writes still pending at the deadline.
         pending: u64,
     },
+    /// [`Migration::change_async`]: the thread making the change stopped
+    /// before it finished (the runtime is shutting down, or the change
+    /// panicked). Look at [`Migration::history`] for whether it was made.
+    Interrupted {
+        /// What stopped it.
+        reason: String,
+    },
 }
 
 impl fmt::Display for PhaseError {
@@ -688,6 +713,10 @@ impl fmt::Display for PhaseError {
                 f,
                 "cannot move {} from `{from}` to `{to}`: the writes routed before the change did not finish within {waited:?} ({pending} secondary write(s) pending); the phase stays `{from}`",
                 scope(key)
+            ),
+            PhaseError::Interrupted { reason } => write!(
+                f,
+                "the phase change was interrupted ({reason}); see the migration's history for whether it was made"
             ),
         }
     }

@@ -1117,6 +1117,54 @@ fn case07_a_bounded_blocking_secondary_fails_a_strong_call() {
     assert_eq!(kv.dead_letters().len(), 2);
 }
 
+/// A phase change made from a current-thread runtime while an async writer
+/// of that runtime holds its key's stripe across an await: the blocking
+/// `change` holds the only thread, so the writer cannot finish and the fence
+/// times out; `change_async` fences on a blocking thread and succeeds once
+/// the writer is done, which then reaches both stores.
+#[tokio::test(flavor = "current_thread")]
+async fn case01_a_phase_change_from_a_current_thread_runtime_waits_for_async_writers() {
+    use dualwrite_runtime::{PhaseChange, PhaseError};
+    let old = Arc::new(AsyncMem::default());
+    let new = Arc::new(AsyncMem::default());
+    old.sleep_ms.store(100, Ordering::SeqCst);
+    let migration = Migration::new(Phase::ShadowRead);
+    let kv = Arc::new(AsyncKvDualWrite::from_shared(
+        Arc::clone(&old),
+        Arc::clone(&new),
+        migration.clone(),
+    ));
+    let write = |key: u64| {
+        let kv = Arc::clone(&kv);
+        tokio::spawn(async move { kv.put(key, key).await })
+    };
+    // Blocking: the writer cannot run while the fence holds the thread.
+    let writer = write(1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let blocked =
+        migration.change(PhaseChange::to(Phase::Cutover).fence_timeout(Duration::from_millis(200)));
+    assert!(
+        matches!(blocked, Err(PhaseError::FenceTimedOut { .. })),
+        "{blocked:?}"
+    );
+    assert_eq!(migration.phase(), Phase::ShadowRead);
+    assert_eq!(writer.await.expect("writer"), Ok(()));
+    // Async: the runtime keeps running the writer while the fence waits.
+    old.sleep_ms.store(100, Ordering::SeqCst);
+    let writer = write(2);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let moved = migration
+        .change_async(PhaseChange::to(Phase::Cutover).fence_timeout(Duration::from_secs(10)))
+        .await
+        .expect("the fence finished");
+    assert_eq!((moved.from, moved.to), (Phase::ShadowRead, Phase::Cutover));
+    assert!(writer.is_finished(), "the change waited for the writer");
+    assert_eq!(writer.await.expect("writer"), Ok(()));
+    for key in [1, 2] {
+        assert_eq!((old.value(key), new.value(key)), (Some(key), Some(key)));
+    }
+}
+
 /// Strong mode: a secondary call that times out fails the call (found in
 /// review: it returned the primary's success), with the refusal converted
 /// into the method's error type; the write is a dead letter.
