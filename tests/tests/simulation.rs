@@ -176,6 +176,9 @@ struct Scenario {
     cancel_after_us: (u64, u64),
     /// Shadow reads compared by background workers instead of inline.
     background_shadow: Option<ShadowConfig>,
+    /// Synchronous strategy, blocking trait: the secondary call's bound
+    /// (`with_blocking_secondary_timeout`); its calls may hang past it.
+    bound: Option<Duration>,
 }
 
 impl Scenario {
@@ -196,6 +199,8 @@ impl Scenario {
                 _ => Mode::Lanes(lane_config(&mut rng)),
             },
         };
+        let bound = (family == Family::SyncPath && rng.per_mille(400))
+            .then(|| Duration::from_millis(rng.between(4, 8)));
         let callers = rng.between(1, 4) as usize;
         let keys = rng.between(1, 8);
         let ops = (0..callers).map(|_| rng.between(20, 60) as usize).collect();
@@ -216,7 +221,11 @@ impl Scenario {
             if faulty {
                 rates.err = rng.between(0, 60);
                 rates.panic = rng.between(0, 25);
-                rates.hang = if lanes { rng.between(0, 25) } else { 0 };
+                rates.hang = if lanes || bound.is_some() {
+                    rng.between(0, 25)
+                } else {
+                    0
+                };
                 rates.get_err = rng.between(0, 30);
             }
             rates
@@ -225,7 +234,7 @@ impl Scenario {
             Mode::Lanes(config) => {
                 config.attempt_timeout.unwrap_or(Duration::ZERO) + Duration::from_millis(3)
             }
-            Mode::Sync(_) => Duration::ZERO,
+            Mode::Sync(_) => bound.unwrap_or(Duration::ZERO) + Duration::from_millis(3),
         };
         let start = [
             Phase::DualWrite,
@@ -267,7 +276,15 @@ impl Scenario {
             cancel_share,
             cancel_after_us,
             background_shadow,
+            bound,
         }
+    }
+
+    /// Whether secondary attempts run off the caller's thread under a
+    /// deadline (lanes, or a bounded blocking secondary): they may hang and
+    /// be abandoned.
+    fn off_path(&self) -> bool {
+        self.lanes().is_some() || self.bound.is_some()
     }
 
     fn lanes(&self) -> Option<&LaneConfig> {
@@ -286,7 +303,7 @@ impl Scenario {
 
     fn describe(&self) -> String {
         let mode = match &self.mode {
-            Mode::Sync(mode) => format!("sync {mode:?}"),
+            Mode::Sync(mode) => format!("sync {mode:?}, blocking bound {:?}", self.bound),
             Mode::Lanes(c) => format!(
                 "lanes(lanes {}, attempts {}, backoff {:?}..{:?}, attempt timeout {:?}, ring {}, \
                  max_queued {}, full_wait {:?}, {:?}, idle_poll {:?}, idle_park {:?})",
@@ -416,10 +433,12 @@ fn current_tag() -> u64 {
 }
 
 /// Whether the calling thread is a secondary lane (or a lane's helper).
+/// Whether this store call runs off the caller's path: on a lane, or on the
+/// helper thread of a bounded blocking secondary call.
 fn on_lane_thread() -> bool {
-    thread::current()
-        .name()
-        .is_some_and(|name| name.starts_with("dualwrite-lane"))
+    thread::current().name().is_some_and(|name| {
+        name.starts_with("dualwrite-lane") || name.starts_with("dualwrite-secondary")
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,7 +511,7 @@ impl Recorder {
         Recorder {
             seed: scenario.seed,
             rates: scenario.rates,
-            hang: scenario.lanes().map(|_| scenario.hang),
+            hang: scenario.off_path().then_some(scenario.hang),
             async_trait: scenario.async_trait,
             puts: Mutex::new(PutLog::default()),
             gets: Mutex::new(Vec::new()),
@@ -1083,7 +1102,9 @@ fn run_sync_trait(scenario: &Scenario) -> Observed {
     let migration = scenario.migration();
     let kv = KvDualWrite::from_shared(Arc::clone(&old), Arc::clone(&new), migration.clone());
     let kv = match &scenario.mode {
-        Mode::Sync(mode) => kv.with_sync_mode(*mode),
+        Mode::Sync(mode) => kv
+            .with_sync_mode(*mode)
+            .with_blocking_secondary_timeout(scenario.bound),
         Mode::Lanes(config) => kv.with_async_secondary(config.clone()),
     };
     let kv = match &scenario.background_shadow {
@@ -1330,7 +1351,7 @@ fn analyse(scenario: &Scenario, obs: &Observed) -> Verdict {
     // thread and stop waiting at the attempt timeout. An attempt counted as
     // failed beyond the injected failures and hangs timed out because the
     // machine was slow, and its call may land late, unmarked.
-    verdict.noisy = lanes.is_some()
+    verdict.noisy = scenario.off_path()
         && !scenario.async_trait
         && stats.secondary_writes_failed > sec_failed + sec_hung;
     let noisy = verdict.noisy;
@@ -1486,7 +1507,16 @@ fn analyse(scenario: &Scenario, obs: &Observed) -> Verdict {
             Some(Seen::Err(error)) => {
                 let from_primary =
                     primary.end == CallEnd::Failed && error.contains(INJECTED_FAILURE);
-                if !from_primary && !strong_failure(CallEnd::Failed) {
+                // A bounded blocking secondary fails a Strong call with an
+                // error whatever became of it (failed, panicked, timed out,
+                // or not made behind an abandoned call), and keeps it as a
+                // dead letter.
+                let bounded_failure = strong
+                    && scenario.bound.is_some()
+                    && applied
+                    && !letters.is_empty()
+                    && error.contains("primary store was written");
+                if !from_primary && !strong_failure(CallEnd::Failed) && !bounded_failure {
                     v.push(format!(
                         "[3 lost write] error {error:?} not explained: {what}"
                     ));
@@ -1758,7 +1788,7 @@ fn analyse(scenario: &Scenario, obs: &Observed) -> Verdict {
         .values()
         .map(|calls| calls.len().saturating_sub(2) as u64)
         .sum();
-    let (ok_range, failed_range) = match (lanes.is_some(), scenario.async_trait) {
+    let (ok_range, failed_range) = match (scenario.off_path(), scenario.async_trait) {
         // Sync strategy: one attempt, counted as it ended (a cancelled one
         // is dead-lettered, not counted).
         (false, _) => ((sec_applied, sec_applied), (sec_failed, sec_failed)),
@@ -1767,8 +1797,10 @@ fn analyse(scenario: &Scenario, obs: &Observed) -> Verdict {
             (sec_applied, sec_applied),
             (sec_failed + sec_dropped, sec_failed + sec_dropped),
         ),
-        // Lanes over blocking stores: a hung attempt may or may not be
-        // seen in time, and a slow one may time out (noise).
+        // Lanes over blocking stores, or a bounded blocking secondary: a
+        // hung attempt may or may not be seen in time, a slow one may time
+        // out (noise), and a write behind an abandoned call is counted
+        // failed without a store call.
         (true, false) => (
             (if noisy { 0 } else { sec_applied_in_time }, sec_applied),
             (sec_failed, u64::MAX),
