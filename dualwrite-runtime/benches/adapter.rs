@@ -9,7 +9,8 @@
 //!
 //! * `prepare/*`: `Phase::Prepare` (primary only) vs one direct call;
 //! * `dual_write_sync/*`: `Phase::DualWrite`, synchronous tolerant secondary,
-//!   vs two direct calls;
+//!   vs two direct calls; `adapter_bounded` with the blocking secondary call bounded
+//!   (`with_blocking_secondary_timeout`: a hop to a helper thread);
 //! * `handoff/*`: `Phase::DualWrite` with async secondary lanes on an instant
 //!   store vs one direct call (back-to-back calls: the lane stays awake).
 //!
@@ -284,6 +285,16 @@ fn bench_pair<S: Kv + Send + Sync + 'static>(c: &mut Criterion, name: &str, make
         b.iter(|| {
             i = i.wrapping_add(1);
             black_box(&adapter).put(black_box(i), i)
+        })
+    });
+    // The secondary call bounded: made on a helper thread, waited for.
+    let bounded = KvDualWrite::new(make(), make(), Migration::new(Phase::DualWrite))
+        .with_sync_mode(SyncMode::Tolerant)
+        .with_blocking_secondary_timeout(Some(Duration::from_secs(5)));
+    group.bench_function("adapter_bounded", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&bounded).put(black_box(i), i)
         })
     });
     group.finish();
