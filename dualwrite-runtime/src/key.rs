@@ -7,13 +7,17 @@ use std::hash::{BuildHasher as _, DefaultHasher, Hash, Hasher};
 ///
 /// The key picks the secondary lane (so writes to one key stay in order) and
 /// the per-key phase override (see [`Migration::set_phase_for`]). Every type
-/// that is [`Hash`] and [`Display`] is a routing key.
+/// that is [`Hash`] and [`Display`] is a routing key; a type that is
+/// [`Hash`] and only [`Debug`](fmt::Debug) becomes one, rendered in its
+/// `Debug` form, with [`routing_key_via_debug!`](crate::routing_key_via_debug);
+/// several values make one with [`Composite`].
 ///
 /// [`Migration::set_phase_for`]: crate::Migration::set_phase_for
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a dual-write routing key",
     label = "this key must implement `Hash` and `Display`",
-    note = "name an argument or field that does with #[dual_write(key = arg)] or #[dual_write(key = arg.field)]"
+    note = "name an argument or field that does with #[dual_write(key = arg)] or #[dual_write(key = arg.field)]",
+    note = "a type of your crate that is `Hash + Debug` only becomes a key with `dualwrite_runtime::routing_key_via_debug!(Type);`"
 )]
 pub trait RoutingKey {
     /// Stable within a process: same key, same hash (used to pick the secondary lane).
@@ -97,6 +101,57 @@ impl<T: Hash + Display + ?Sized> RoutingKey for T {
 /// `"acme/42"` applies to it. `#[dual_write(key = (a, b))]` builds one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Composite<T>(pub T);
+
+/// A `Hash + Debug` value seen as `Hash + Display` through its `Debug`
+/// form; what [`routing_key_via_debug!`](crate::routing_key_via_debug)
+/// implements [`RoutingKey`] with.
+#[doc(hidden)]
+pub struct ViaDebug<'a, T: ?Sized>(pub &'a T);
+
+impl<T: Hash + ?Sized> Hash for ViaDebug<'_, T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl<T: fmt::Debug + ?Sized> Display for ViaDebug<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
+}
+
+/// Makes types that are `Hash + Debug` (and not `Display`) routing keys,
+/// rendered in their `Debug` form, so `#[dual_write(key = id)]` accepts an
+/// argument of such a type and `Migration::set_phase_for(&id, ..)` an
+/// override for it:
+///
+/// ```
+/// #[derive(Hash, Debug)]
+/// struct OrderId(u64);
+/// dualwrite_runtime::routing_key_via_debug!(OrderId);
+///
+/// use dualwrite_runtime::RoutingKey;
+/// assert_eq!(OrderId(7).render(), "OrderId(7)");
+/// ```
+#[macro_export]
+macro_rules! routing_key_via_debug {
+    ($($ty:ty),+ $(,)?) => {$(
+        impl $crate::RoutingKey for $ty {
+            fn route_hash(&self) -> u64 {
+                $crate::RoutingKey::route_hash(&$crate::__private::ViaDebug(self))
+            }
+            fn render(&self) -> ::std::string::String {
+                $crate::RoutingKey::render(&$crate::__private::ViaDebug(self))
+            }
+            fn text_hash(&self) -> u64 {
+                $crate::RoutingKey::text_hash(&$crate::__private::ViaDebug(self))
+            }
+            fn text_eq(&self, text: &str) -> bool {
+                $crate::RoutingKey::text_eq(&$crate::__private::ViaDebug(self), text)
+            }
+        }
+    )+};
+}
 
 macro_rules! composite {
     ($($part:ident . $index:tt),+) => {

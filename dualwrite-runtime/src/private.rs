@@ -5,6 +5,7 @@ use core::fmt::Debug;
 use std::borrow::Borrow;
 
 pub use crate::command::WriteCommand;
+pub use crate::key::ViaDebug;
 
 /// Wraps a method's return value so generated code can ask, without knowing
 /// its type by name, whether it is a failure and what its success value is.

@@ -186,3 +186,58 @@ fn a_tenant_picks_the_phase_while_the_key_orders() {
     assert_eq!(letters[0].target, Store::Old);
     assert_eq!(orders.new_store().calls(), vec!["cancel acme/3"]);
 }
+
+/// A key type that is `Hash + Debug` only: `routing_key_via_debug!` makes
+/// it a routing key, rendered in its `Debug` form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SkuId(u32);
+
+dualwrite_runtime::routing_key_via_debug!(SkuId);
+
+#[dual_write]
+trait Skus {
+    #[dual_write(key = id)]
+    fn put_sku(&self, id: SkuId, stock: u32) -> Result<(), String>;
+}
+
+#[derive(Default)]
+struct SkuMem(Mutex<HashMap<SkuId, u32>>);
+
+impl Skus for SkuMem {
+    fn put_sku(&self, id: SkuId, stock: u32) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, stock);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_debug_only_key_routes_and_takes_overrides() {
+    let migration = Migration::new(Phase::DualWrite);
+    migration
+        .set_phase_for(&SkuId(7), Phase::Backfill)
+        .expect("allowed");
+    assert_eq!(migration.phase_for(Some(&SkuId(7))), Phase::Backfill);
+    assert_eq!(migration.phase_for(Some(&SkuId(8))), Phase::DualWrite);
+    assert_eq!(SkuId(7).render(), "SkuId(7)");
+    let skus = SkusDualWrite::new(SkuMem::default(), SkuMem::default(), migration);
+    skus.put_sku(SkuId(7), 3).expect("written");
+    let old = skus
+        .old_store()
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let new = skus
+        .new_store()
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert_eq!(
+        (old.get(&SkuId(7)), new.get(&SkuId(7))),
+        (Some(&3), Some(&3))
+    );
+}
