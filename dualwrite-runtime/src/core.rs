@@ -19,6 +19,7 @@ use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::helpers::Helpers;
 use crate::key::RoutingKey;
 use crate::lanes::{Job, LaneConfig, LaneContext, SecondaryLanes, XorShift64, far_future};
+use crate::latency::LatencySnapshot;
 use crate::migration::Migration;
 use crate::phase::{ReadRoute, Store, WriteRoute};
 use crate::shared::Shared;
@@ -206,6 +207,18 @@ impl<C> DualWriteCore<C> {
             None => snapshot.secondary_pending += self.stripes.total_pending(),
         }
         snapshot
+    }
+
+    /// The latency of this adapter's dual-write calls against their primary
+    /// call alone (the cutover gate's p99 impact); see [`LatencySnapshot`].
+    pub fn latency(&self) -> LatencySnapshot {
+        self.shared.latency.snapshot()
+    }
+
+    /// Starts the latency histograms afresh (e.g. after a warm-up, or when a
+    /// phase moves).
+    pub fn reset_latency(&self) {
+        self.shared.latency.reset();
     }
 
     /// The current write strategy.

@@ -30,9 +30,11 @@
 mod command;
 mod core;
 mod dead_letter;
+pub mod gate;
 mod helpers;
 mod key;
 mod lanes;
+mod latency;
 mod migration;
 mod phase;
 mod read;
@@ -52,9 +54,11 @@ pub use crate::core::{
 pub use command::WriteCommand;
 pub use dead_letter::DeadLetter;
 pub use dualwrite_macros::dual_write;
+pub use gate::{CutoverGate, GateInputs, GateReport, GateThresholds};
 pub use key::{Composite, RoutingKey};
 pub use lanes::{LaneConfig, LaneContext, LaneQueue, WhenFull};
-pub use migration::{Migration, PhaseChange, PhaseError, Transition};
+pub use latency::{LatencySnapshot, SAMPLE_EVERY};
+pub use migration::{AdvanceError, Migration, PhaseChange, PhaseError, Transition};
 pub use phase::{ParsePhaseError, Phase, ReadRoute, RouteOptions, Store, WriteRoute};
 pub use read::{ShadowConfig, ShadowContext, ShadowRead, ShadowRunner, ShadowWorker};
 pub use stats::{Role, Stats, StatsSnapshot};

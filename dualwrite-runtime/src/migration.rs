@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::gate::{CutoverGate, GateInputs, GateReport};
 use crate::key::{RoutingKey, hash_text};
 use crate::lanes::far_future;
 use crate::phase::{Phase, ReadRoute, RouteOptions, WriteRoute};
@@ -156,6 +157,15 @@ impl Migration {
             .and_then(|key| current.by_key.get(key).copied());
         let from = previous_override.unwrap_or(global);
         let to = change.phase;
+        if let Some((expected, _)) = &change.gated
+            && *expected != from
+        {
+            return Err(PhaseError::ChangedMeanwhile {
+                key: change.key.clone(),
+                expected: *expected,
+                found: from,
+            });
+        }
         check_rules(from, to, change.key.as_deref(), change.forced)?;
         if change.key.is_none() && to == Phase::Cleanup {
             let behind: Vec<String> = current
@@ -201,9 +211,92 @@ impl Migration {
             forced: change.forced,
             needs_reconciliation: from == Phase::Cutover && to < Phase::Cutover,
             fenced: moves_routes.then(|| fence_started.elapsed()),
+            gate: change.gated.map(|(_, report)| report),
         };
         self.record(&transition);
         Ok(transition)
+    }
+
+    /// Moves the global phase one step forward if the cutover gate of that
+    /// step passes (see [`crate::gate`]); otherwise returns
+    /// [`AdvanceError::Refused`] with the report of each unmet criterion,
+    /// and the phase stays. The report is kept in the transition's record.
+    pub fn advance(
+        &self,
+        gate: &CutoverGate,
+        inputs: &GateInputs,
+    ) -> Result<Transition, AdvanceError> {
+        self.advance_step(None, gate, inputs, None)
+    }
+
+    /// Like [`Migration::advance`], for one tenant or entity (its override).
+    pub fn advance_for<K: RoutingKey + ?Sized>(
+        &self,
+        key: &K,
+        gate: &CutoverGate,
+        inputs: &GateInputs,
+    ) -> Result<Transition, AdvanceError> {
+        self.advance_step(Some(key.render()), gate, inputs, None)
+    }
+
+    /// Moves the global phase one step forward even if the gate refuses:
+    /// recorded as forced, with the reason and the gate's report, and
+    /// logged at warn level.
+    pub fn advance_forced(
+        &self,
+        gate: &CutoverGate,
+        inputs: &GateInputs,
+        reason: impl Into<String>,
+    ) -> Result<Transition, AdvanceError> {
+        self.advance_step(None, gate, inputs, Some(reason.into()))
+    }
+
+    fn advance_step(
+        &self,
+        key: Option<String>,
+        gate: &CutoverGate,
+        inputs: &GateInputs,
+        forced_because: Option<String>,
+    ) -> Result<Transition, AdvanceError> {
+        let global = self.phase();
+        let from = match &key {
+            Some(key) => self
+                .inner
+                .overrides
+                .load()
+                .by_key
+                .get(key)
+                .copied()
+                .unwrap_or(global),
+            None => global,
+        };
+        let to = from
+            .next()
+            .ok_or(AdvanceError::AtLastPhase { phase: from })?;
+        let report = gate.evaluate(from, to, inputs);
+        let passed = report.passed();
+        let mut change = PhaseChange::to(to);
+        change.key = key;
+        match forced_because {
+            None if !passed => {
+                tracing::warn!(
+                    previous = %from,
+                    phase = %to,
+                    key = change.key.as_deref().unwrap_or("*"),
+                    unmet = %report.unmet().map(|c| c.criterion.to_string()).collect::<Vec<_>>().join(", "),
+                    "phase advance refused by the cutover gate"
+                );
+                return Err(AdvanceError::Refused(report));
+            }
+            None => change.reason = Some("cutover gate passed".to_owned()),
+            Some(reason) => {
+                // A passing gate needs no force: record it as a plain advance.
+                change.forced = !passed;
+                change.reason = Some(reason);
+            }
+        }
+        change.gated = Some((from, report));
+        self.change(change).map_err(AdvanceError::Phase)
     }
 
     /// [`Migration::change`] from async code: the fence waits on a blocking
@@ -399,6 +492,7 @@ impl Migration {
             forced: false,
             needs_reconciliation: previous == Phase::Cutover && global < Phase::Cutover,
             fenced: moves_routes.then(|| started.elapsed()),
+            gate: None,
         });
         Ok(Some(previous))
     }
@@ -546,6 +640,9 @@ pub struct PhaseChange {
     forced: bool,
     reason: Option<String>,
     fence_timeout: Option<Duration>,
+    /// [`Migration::advance`]: the phase the gate was evaluated from (the
+    /// change is refused if another moved it meanwhile), and the report.
+    gated: Option<(Phase, GateReport)>,
 }
 
 impl PhaseChange {
@@ -557,6 +654,7 @@ impl PhaseChange {
             forced: false,
             reason: None,
             fence_timeout: None,
+            gated: None,
         }
     }
 
@@ -592,7 +690,7 @@ impl PhaseChange {
 }
 
 /// One phase change, as [`Migration::history`] records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     /// When the change took effect.
     pub at: SystemTime,
@@ -614,7 +712,53 @@ pub struct Transition {
     pub needs_reconciliation: bool,
     /// How long the fence held writes, when the change moved a route.
     pub fenced: Option<Duration>,
+    /// The gate's report, for a change made by [`Migration::advance`] (a
+    /// forced advance keeps the report that refused it).
+    pub gate: Option<GateReport>,
 }
+
+/// Why [`Migration::advance`] did not move the phase. The phase is
+/// unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdvanceError {
+    /// The step's cutover gate refused; the report gives each criterion's
+    /// value and threshold.
+    Refused(GateReport),
+    /// The phase is the last one.
+    AtLastPhase {
+        /// The phase in force.
+        phase: Phase,
+    },
+    /// The change itself was refused (a fence that timed out, a concurrent
+    /// change).
+    Phase(PhaseError),
+}
+
+impl fmt::Display for AdvanceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdvanceError::Refused(report) => {
+                let unmet: Vec<String> = report.unmet().map(|c| c.to_string()).collect();
+                write!(
+                    f,
+                    "the cutover gate refused `{}` -> `{}`: {}",
+                    report.from,
+                    report.to,
+                    unmet.join("; ")
+                )
+            }
+            AdvanceError::AtLastPhase { phase } => {
+                write!(
+                    f,
+                    "`{phase}` is the last phase: there is nothing to advance to"
+                )
+            }
+            AdvanceError::Phase(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for AdvanceError {}
 
 /// A phase change the migration refused. The phase is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -658,6 +802,16 @@ pub enum PhaseError {
         waited: Duration,
         /// Secondary writes still pending at the deadline.
         pending: u64,
+    },
+    /// [`Migration::advance`]: another change moved the phase after the
+    /// gate was evaluated, so its report is about another step.
+    ChangedMeanwhile {
+        /// The key whose phase was to change; `None` for the global phase.
+        key: Option<String>,
+        /// The phase the gate was evaluated from.
+        expected: Phase,
+        /// The phase in force now.
+        found: Phase,
     },
     /// [`Migration::change_async`]: the thread making the change stopped
     /// before it finished (the runtime is shutting down, or the change
@@ -712,6 +866,15 @@ impl fmt::Display for PhaseError {
             } => write!(
                 f,
                 "cannot move {} from `{from}` to `{to}`: the writes routed before the change did not finish within {waited:?} ({pending} secondary write(s) pending); the phase stays `{from}`",
+                scope(key)
+            ),
+            PhaseError::ChangedMeanwhile {
+                key,
+                expected,
+                found,
+            } => write!(
+                f,
+                "cannot advance {} from `{expected}`: another change moved it to `{found}` meanwhile; evaluate the gate again",
                 scope(key)
             ),
             PhaseError::Interrupted { reason } => write!(

@@ -29,6 +29,12 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase after this one in migration order; `None` for Cleanup.
+    pub fn next(self) -> Option<Phase> {
+        let at = Phase::ALL.iter().position(|phase| *phase == self)?;
+        Phase::ALL.get(at + 1).copied()
+    }
+
     /// Every phase, in migration order.
     pub const ALL: [Phase; 6] = [
         Phase::Prepare,

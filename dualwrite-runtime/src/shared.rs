@@ -1,9 +1,10 @@
-//! The state an adapter shares with its lanes: counters, dead letters and
-//! the per-key stripes.
+//! The state an adapter shares with its lanes: counters, dead letters, the
+//! per-key stripes and the latency histograms.
 
 use std::sync::Arc;
 
 use crate::dead_letter::DeadLetterSink;
+use crate::latency::LatencyRecorder;
 use crate::stats::Stats;
 use crate::stripes::KeyStripes;
 
@@ -12,6 +13,7 @@ pub(crate) struct Shared<C> {
     pub(crate) stats: Stats,
     pub(crate) dead_letters: DeadLetterSink<C>,
     pub(crate) stripes: Arc<KeyStripes>,
+    pub(crate) latency: LatencyRecorder,
 }
 
 impl<C> Shared<C> {
@@ -23,6 +25,7 @@ impl<C> Shared<C> {
             dead_letters: DeadLetterSink::new(dead_letter_capacity, stats.clone()),
             stats,
             stripes,
+            latency: LatencyRecorder::new(),
         }
     }
 }

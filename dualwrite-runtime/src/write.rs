@@ -136,6 +136,9 @@ pub struct WriteTicket<'a, C> {
     /// exists yet, so this is counted and logged
     /// (`primary_outcome_unknown`), not dead-lettered.
     primary_in_flight: bool,
+    /// When a timed call started (see [`crate::latency`]); `0` when the
+    /// call is not timed.
+    started: u64,
 }
 
 /// A write whose primary succeeded, with its command kept until the
@@ -175,8 +178,11 @@ impl<C> DualWriteCore<C> {
         can_refuse: bool,
     ) -> WriteTicket<'_, C> {
         let key_hash = key.map(RoutingKey::route_hash);
+        // Timed from before the wait for the stripe: that wait is latency the
+        // adapter adds too.
+        let started = self.shared().latency.start();
         let stripe = self.stripes().lock(KeyStripes::index(key_hash));
-        let mut ticket = self.ticket(method, route_key, key_hash, stripe);
+        let mut ticket = self.ticket(method, route_key, key_hash, stripe, started);
         if ticket.needs_room() {
             ticket.admit_blocking(can_refuse);
         }
@@ -194,6 +200,7 @@ impl<C> DualWriteCore<C> {
     /// with [`StripeHold::route`] and admit it with [`WriteTicket::admit`].
     /// Cancel-safe.
     pub async fn begin_write_async(&self, key_hash: Option<u64>) -> StripeHold<'_, C> {
+        let started = self.shared().latency.start();
         let stripe = self
             .shared()
             .stripes
@@ -203,6 +210,7 @@ impl<C> DualWriteCore<C> {
             core: self,
             key_hash,
             stripe,
+            started,
         }
     }
 
@@ -213,6 +221,7 @@ impl<C> DualWriteCore<C> {
         route_key: Option<&dyn RoutingKey>,
         key_hash: Option<u64>,
         stripe: StripeGuard<'a>,
+        started: u64,
     ) -> WriteTicket<'a, C> {
         // Routed with the stripe held: a phase change either happened
         // before (this write takes the new route) or waits for this write.
@@ -227,6 +236,11 @@ impl<C> DualWriteCore<C> {
             no_room: false,
             refused: false,
             primary_in_flight: route.secondary.is_some(),
+            started: if route.secondary.is_some() {
+                started
+            } else {
+                0
+            },
         }
     }
 }
@@ -237,6 +251,7 @@ pub struct StripeHold<'a, C> {
     core: &'a DualWriteCore<C>,
     key_hash: Option<u64>,
     stripe: StripeGuard<'a>,
+    started: u64,
 }
 
 impl<'a, C> StripeHold<'a, C> {
@@ -249,7 +264,7 @@ impl<'a, C> StripeHold<'a, C> {
         route_key: Option<&dyn RoutingKey>,
     ) -> WriteTicket<'a, C> {
         self.core
-            .ticket(method, route_key, self.key_hash, self.stripe)
+            .ticket(method, route_key, self.key_hash, self.stripe, self.started)
     }
 }
 
@@ -371,6 +386,13 @@ impl<'a, C> WriteTicket<'a, C> {
         self.primary_in_flight = false;
         self.stripe
             .record_write(write_cell(self.route.primary, Role::Primary, ok));
+        if self.started != 0 {
+            if ok {
+                self.core.shared().latency.primary_done(self.started);
+            } else {
+                self.started = 0;
+            }
+        }
         ok && self.route.secondary.is_some()
     }
 
@@ -658,6 +680,8 @@ impl<C> Drop for WriteTicket<'_, C> {
     fn drop(&mut self) {
         if self.primary_in_flight {
             self.primary_outcome_unknown();
+        } else if self.started != 0 {
+            self.core.shared().latency.call_done(self.started);
         }
     }
 }
