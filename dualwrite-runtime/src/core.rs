@@ -221,6 +221,16 @@ impl<C> DualWriteCore<C> {
         self.shared.latency.reset();
     }
 
+    /// A handle that holds this adapter's writes of chosen keys while a
+    /// job (a backfill, a repair) reads the primary and writes the
+    /// secondary, so live writes and the job never interleave on a key; see
+    /// [`KeyGuard`].
+    pub fn key_guard(&self) -> KeyGuard {
+        KeyGuard {
+            stripes: Arc::clone(&self.stripes),
+        }
+    }
+
     /// The current write strategy.
     pub fn strategy(&self) -> &WriteStrategy {
         &self.strategy
@@ -624,6 +634,59 @@ impl<C> DualWriteCore<C> {
         if let Some(lanes) = self.lanes.take() {
             lanes.flush(None);
         }
+    }
+}
+
+/// Holds the writes of chosen keys of one adapter (their stripes) while a
+/// job reads one store and writes the other: a live write of those keys
+/// waits, so it lands either before the job's read (and the job copies its
+/// value) or after the job's write (and overwrites it). `Clone + Send`, for
+/// a job's own thread. Made by [`DualWriteCore::key_guard`].
+#[derive(Clone)]
+pub struct KeyGuard {
+    stripes: Arc<KeyStripes>,
+}
+
+impl KeyGuard {
+    /// Blocks until no write of these keys is in flight and holds new ones
+    /// until the returned hold is dropped. Keys are taken in a fixed order,
+    /// so two jobs cannot deadlock; keep the hold short (one batch).
+    pub fn hold(&self, keys: &[&dyn RoutingKey]) -> KeysHold<'_> {
+        let mut indices: Vec<usize> = keys
+            .iter()
+            .map(|key| KeyStripes::index(Some(key.route_hash())))
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        KeysHold {
+            _hold: self.stripes.lock_many(&indices),
+        }
+    }
+
+    /// Whether any secondary write of `key` is pending (in a lane, or a
+    /// blocking call abandoned at its deadline).
+    pub fn pending(&self, key: &dyn RoutingKey) -> bool {
+        self.stripes
+            .pending_of(KeyStripes::index(Some(key.route_hash())))
+            > 0
+    }
+}
+
+impl fmt::Debug for KeyGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyGuard").finish_non_exhaustive()
+    }
+}
+
+/// Keys held by [`KeyGuard::hold`]; their writes resume when it is dropped.
+#[must_use = "the keys are held only while this lives"]
+pub struct KeysHold<'a> {
+    _hold: crate::stripes::ManyHold<'a>,
+}
+
+impl fmt::Debug for KeysHold<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeysHold").finish_non_exhaustive()
     }
 }
 

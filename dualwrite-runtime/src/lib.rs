@@ -27,6 +27,7 @@
 //! returns the [`WriteTicket`] that carries the write through the primary
 //! and the secondary store. Reads go through module `read`.
 
+pub mod backfill;
 mod command;
 mod core;
 mod dead_letter;
@@ -49,7 +50,8 @@ mod write;
 pub mod __private;
 
 pub use crate::core::{
-    Comparison, DualWriteCore, FlushError, ShadowWindow, ShutdownReport, SyncMode, WriteStrategy,
+    Comparison, DualWriteCore, FlushError, KeyGuard, KeysHold, ShadowWindow, ShutdownReport,
+    SyncMode, WriteStrategy,
 };
 pub use command::WriteCommand;
 pub use dead_letter::DeadLetter;

@@ -354,6 +354,54 @@ impl KeyStripes {
     }
 }
 
+impl KeyStripes {
+    /// Takes the stripes at `indices` (sorted, distinct), blocking until
+    /// all are held. The first is taken as a write takes it (behind a fence
+    /// that is waiting); the rest are taken even while a fence waits, since
+    /// the fence, which takes stripes in ascending order, may already be
+    /// waiting for one of those held, and the writers holding the others
+    /// finish without taking another.
+    pub(crate) fn lock_many(&self, indices: &[usize]) -> ManyHold<'_> {
+        let mut hold = ManyHold {
+            stripes: self,
+            held: Vec::with_capacity(indices.len()),
+        };
+        let Some((first, rest)) = indices.split_first() else {
+            return hold;
+        };
+        std::mem::forget(self.lock(*first));
+        hold.held.push(*first);
+        for &index in rest {
+            if !self.take_unfenced(index) {
+                let _waiter = Waiter::register(self);
+                let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+                while !self.take_unfenced(index) {
+                    guard = self
+                        .released
+                        .wait(guard)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            hold.held.push(index);
+        }
+        hold
+    }
+}
+
+/// Stripes held by [`KeyStripes::lock_many`]; released on drop.
+pub(crate) struct ManyHold<'a> {
+    stripes: &'a KeyStripes,
+    held: Vec<usize>,
+}
+
+impl Drop for ManyHold<'_> {
+    fn drop(&mut self) {
+        for &index in &self.held {
+            self.stripes.release(index);
+        }
+    }
+}
+
 /// A held stripe; released on drop (also when the caller's future is
 /// dropped or the call unwinds).
 pub(crate) struct StripeGuard<'a> {

@@ -1,0 +1,236 @@
+//! Backfill sources, sinks and checkpoints over rusqlite tables (feature
+//! `sqlite`).
+//!
+//! A [`SqliteSource`] reads `key, columns..` of a table in key order with a
+//! keyset query (`WHERE key > ? ORDER BY key LIMIT ?`, so each batch is an
+//! index range scan, not an offset); a [`SqliteSink`] inserts a batch in
+//! one transaction with `ON CONFLICT (key) DO NOTHING`, so a row a live
+//! write put there first is kept; a [`SqliteCheckpoint`] keeps the job's
+//! position in a table of its own, committed after each batch.
+
+use std::marker::PhantomData;
+
+use rusqlite::types::{FromSql, ToSql, Value};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
+
+use super::{BackfillError, BackfillKey, BackfillSink, BackfillSource, Checkpoint};
+
+/// A row as read: the values of the source's columns, in order.
+pub type SqliteRow = Vec<Value>;
+
+/// `"name"`, with embedded quotes doubled.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn source_error(error: rusqlite::Error) -> BackfillError {
+    BackfillError::Source(error.to_string())
+}
+
+fn sink_error(error: rusqlite::Error) -> BackfillError {
+    BackfillError::Sink(error.to_string())
+}
+
+/// Reads a table in key order.
+pub struct SqliteSource<K> {
+    conn: Connection,
+    select: String,
+    select_first: String,
+    select_range: String,
+    select_upto: String,
+    count: String,
+    columns: usize,
+    key: PhantomData<fn() -> K>,
+}
+
+impl<K> SqliteSource<K> {
+    /// Reads `columns` of `table` (with `key` as the ordering key, which
+    /// should be its primary key or indexed) through `conn`.
+    pub fn new(conn: Connection, table: &str, key: &str, columns: &[&str]) -> Self {
+        let list = std::iter::once(key)
+            .chain(columns.iter().copied())
+            .map(quoted)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (table, key) = (quoted(table), quoted(key));
+        SqliteSource {
+            conn,
+            select: format!("SELECT {list} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"),
+            select_first: format!("SELECT {list} FROM {table} ORDER BY {key} LIMIT ?1"),
+            select_range: format!(
+                "SELECT {list} FROM {table} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}"
+            ),
+            select_upto: format!("SELECT {list} FROM {table} WHERE {key} <= ?1 ORDER BY {key}"),
+            count: format!("SELECT COUNT(*) FROM {table}"),
+            columns: columns.len(),
+            key: PhantomData,
+        }
+    }
+
+    fn rows(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<(K, SqliteRow)>, BackfillError>
+    where
+        K: FromSql,
+    {
+        let mut statement = self.conn.prepare_cached(sql).map_err(source_error)?;
+        let rows = statement
+            .query_map(params, |row| {
+                let key = row.get::<_, K>(0)?;
+                let values = (1..=self.columns)
+                    .map(|i| row.get::<_, Value>(i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((key, values))
+            })
+            .map_err(source_error)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(source_error)
+    }
+}
+
+impl<K: BackfillKey + FromSql + ToSql> BackfillSource for SqliteSource<K> {
+    type Key = K;
+    type Row = SqliteRow;
+
+    fn scan(
+        &mut self,
+        after: Option<&K>,
+        limit: usize,
+    ) -> Result<Vec<(K, SqliteRow)>, BackfillError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match after {
+            Some(after) => self.rows(&self.select, &[after, &limit]),
+            None => self.rows(&self.select_first, &[&limit]),
+        }
+    }
+
+    fn reread(
+        &mut self,
+        after: Option<&K>,
+        keys: &[K],
+    ) -> Result<Vec<(K, SqliteRow)>, BackfillError> {
+        let Some(last) = keys.last() else {
+            return Ok(Vec::new());
+        };
+        let rows = match after {
+            Some(after) => self.rows(&self.select_range, &[after, last])?,
+            None => self.rows(&self.select_upto, &[last])?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter(|(key, _)| keys.binary_search(key).is_ok())
+            .collect())
+    }
+
+    fn count(&mut self) -> Result<Option<u64>, BackfillError> {
+        let count: i64 = self
+            .conn
+            .query_row(&self.count, [], |row| row.get(0))
+            .map_err(source_error)?;
+        Ok(Some(u64::try_from(count).unwrap_or(0)))
+    }
+}
+
+/// Inserts rows that are not in a table yet.
+pub struct SqliteSink<K> {
+    conn: Connection,
+    insert: String,
+    key: PhantomData<fn(K)>,
+}
+
+impl<K> SqliteSink<K> {
+    /// Writes `columns` of `table` (`key` must be its primary key or carry
+    /// a unique index, for the conflict clause) through `conn`.
+    pub fn new(conn: Connection, table: &str, key: &str, columns: &[&str]) -> Self {
+        let names = std::iter::once(key)
+            .chain(columns.iter().copied())
+            .map(quoted)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let marks = (1..=columns.len() + 1)
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        SqliteSink {
+            conn,
+            insert: format!(
+                "INSERT INTO {} ({names}) VALUES ({marks}) ON CONFLICT ({}) DO NOTHING",
+                quoted(table),
+                quoted(key)
+            ),
+            key: PhantomData,
+        }
+    }
+}
+
+impl<K: ToSql> BackfillSink for SqliteSink<K> {
+    type Key = K;
+    type Row = SqliteRow;
+
+    fn write_if_absent(&mut self, rows: &[(K, SqliteRow)]) -> Result<u64, BackfillError> {
+        let transaction = self.conn.transaction().map_err(sink_error)?;
+        let mut written = 0;
+        {
+            let mut statement = transaction
+                .prepare_cached(&self.insert)
+                .map_err(sink_error)?;
+            for (key, values) in rows {
+                let params = std::iter::once(key as &dyn ToSql)
+                    .chain(values.iter().map(|value| value as &dyn ToSql));
+                written += statement
+                    .execute(params_from_iter(params))
+                    .map_err(sink_error)? as u64;
+            }
+        }
+        transaction.commit().map_err(sink_error)?;
+        Ok(written)
+    }
+}
+
+/// A backfill's position, in table `dualwrite_backfill_checkpoint` of a
+/// SQLite database (the new store's, or a file of its own), one row per job.
+pub struct SqliteCheckpoint {
+    conn: Connection,
+    job: String,
+}
+
+impl SqliteCheckpoint {
+    /// The checkpoint of job `job`; creates its table if needed.
+    pub fn new(conn: Connection, job: impl Into<String>) -> Result<Self, BackfillError> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS dualwrite_backfill_checkpoint (
+                job TEXT PRIMARY KEY,
+                last_key TEXT NOT NULL,
+                rows INTEGER NOT NULL
+            )",
+            [],
+        )
+        .map_err(|error| BackfillError::Checkpoint(error.to_string()))?;
+        Ok(SqliteCheckpoint {
+            conn,
+            job: job.into(),
+        })
+    }
+}
+
+impl Checkpoint for SqliteCheckpoint {
+    fn load(&mut self) -> Result<Option<(String, u64)>, BackfillError> {
+        self.conn
+            .query_row(
+                "SELECT last_key, rows FROM dualwrite_backfill_checkpoint WHERE job = ?1",
+                [&self.job],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map(|found| found.map(|(key, rows)| (key, u64::try_from(rows).unwrap_or(0))))
+            .map_err(|error| BackfillError::Checkpoint(error.to_string()))
+    }
+
+    fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
+        self.conn
+            .execute(
+                "INSERT INTO dualwrite_backfill_checkpoint (job, last_key, rows) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (job) DO UPDATE SET last_key = excluded.last_key, rows = excluded.rows",
+                (&self.job, key, i64::try_from(rows).unwrap_or(i64::MAX)),
+            )
+            .map(drop)
+            .map_err(|error| BackfillError::Checkpoint(error.to_string()))
+    }
+}
