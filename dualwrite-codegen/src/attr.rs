@@ -306,19 +306,6 @@ pub fn parse_method_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> MethodAttrs {
     out
 }
 
-/// Reports `#[dual_write(...)]` where it has no meaning (associated types,
-/// constants, arguments).
-pub fn reject_misplaced(cx: &mut Ctxt, attrs: &[Attribute], what: &str) {
-    for attr in attrs.iter().filter(|attr| is_dual_write_attr(attr)) {
-        cx.error_spanned_by(
-            attr,
-            format_args!(
-                "#[dual_write] has no meaning on {what}; put it on the trait or on a method"
-            ),
-        );
-    }
-}
-
 /// Removes our helper attributes, keeping every other attribute (docs, cfg).
 pub fn strip(attrs: &mut Vec<Attribute>) {
     attrs.retain(|attr| !is_dual_write_attr(attr));

@@ -6,14 +6,16 @@
 //! they always agree on which methods are writes and which argument is a key.
 //!
 //! The stages, one module each: [`attr`] reads the options, [`model`] builds
-//! and validates the model (collecting every error in a [`ctxt::Ctxt`]),
-//! [`expand`](crate::expand) generates the code.
+//! the model from the syntax, `valid` checks every rule on it
+//! (both collect their errors in a [`ctxt::Ctxt`]), [`expand`](crate::expand)
+//! generates the code.
 
 pub mod attr;
 pub mod classify;
 pub mod ctxt;
 mod expand;
 pub mod model;
+mod valid;
 
 use proc_macro2::TokenStream;
 use quote::quote;

@@ -1,6 +1,11 @@
 //! The model of a `#[dual_write]` trait: which methods write, which read,
 //! their keys and comparators. Built once, used by the macro's expansion and
 //! by the lint.
+//!
+//! `ItemTrait` + [`TraitArgs`] -> [`TraitModel`]: `build` reads the syntax
+//! and the options into the model, recording only options that do not parse;
+//! `valid::check` then runs every rule on what was read, and
+//! [`TraitModel::parse`] returns the model only when neither found an error.
 
 use proc_macro2::TokenStream;
 use quote::format_ident;
@@ -11,9 +16,10 @@ use syn::{
     Signature, TraitItem, TraitItemFn, Type, TypeParamBound, Visibility,
 };
 
-use crate::attr::{self, ExplicitKind, KeyPath, TraitArgs};
+use crate::attr::{self, ExplicitKind, KeyPart, KeyPath, MethodAttrs, TraitArgs};
 use crate::classify::{NameClass, classify_name};
-use crate::ctxt::Ctxt;
+use crate::ctxt::{Ctxt, Place};
+use crate::valid;
 
 /// What the adapter does with a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,12 +225,19 @@ pub struct TraitModel {
 
 impl TraitModel {
     /// Parses and validates a trait; returns every error found.
+    ///
+    /// Errors come in the order of the trait (see [`Place`]): the trait's
+    /// own, then each item's in declaration order (an option that does not
+    /// parse first), then those about every method.
     pub fn parse(args: TokenStream, item: &ItemTrait) -> Result<TraitModel, Vec<syn::Error>> {
         let mut cx = Ctxt::new();
+        // Options that do not parse are reported while reading them: the
+        // model is built from what they say.
         let trait_args = attr::parse_trait_args(&mut cx, args);
-        let model = build(&mut cx, trait_args, item);
+        let built = build(&mut cx, trait_args, item);
+        valid::check(&mut cx, item, &built);
         if cx.is_empty() {
-            Ok(model)
+            Ok(built.model)
         } else {
             Err(cx.into_errors())
         }
@@ -280,7 +293,48 @@ pub fn strip_helper_attrs(item: &ItemTrait) -> ItemTrait {
     item
 }
 
-fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
+/// What [`build`] returns: the model, and what the checks in
+/// [`valid`](crate::valid) need beyond it to point at what the user wrote.
+pub(crate) struct Built {
+    /// The model, with a [`Method`] for every `fn` that could be modelled.
+    pub(crate) model: TraitModel,
+    /// The trait's options as written.
+    pub(crate) args: TraitArgs,
+    /// One entry per `fn` of the trait, in declaration order.
+    pub(crate) fns: Vec<FnRead>,
+}
+
+/// What [`build`] read from one `fn` of the trait.
+pub(crate) struct FnRead {
+    /// Its `#[dual_write(...)]` options as written, with their spans.
+    pub(crate) attrs: MethodAttrs,
+    /// Its index in [`TraitModel::methods`], or why it has no [`Method`].
+    pub(crate) built: Result<usize, Unbuilt>,
+}
+
+/// Why a `fn` has no [`Method`]: the model leaves it out, and
+/// [`valid`](crate::valid) reports why (among the other rules of that method,
+/// in their order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unbuilt {
+    /// `#[async_trait]` rewrote it before `#[dual_write]` ran.
+    RewrittenByAsyncTrait,
+    /// It must be routed but takes neither `&self` nor `&mut self`.
+    Receiver,
+    /// Neither an option, nor its name, nor its receiver tells its kind.
+    UnknownKind,
+    /// It returns an `impl Future` without `Output = T`. The kind is kept
+    /// for the rules that hold for any method of that kind.
+    FutureOutput(MethodKind),
+}
+
+/// Builds the model of `item` from its syntax and its options.
+///
+/// The only errors recorded here are those of options that do not parse
+/// (through [`attr::parse_method_attrs`]): the model cannot be built from an
+/// option that cannot be read. Every rule about what was read runs afterwards,
+/// in [`valid::check`](crate::valid::check).
+pub(crate) fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> Built {
     let ident = item.ident.clone();
     let adapter = args
         .adapter
@@ -290,16 +344,6 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
         .command
         .clone()
         .unwrap_or_else(|| format_ident!("{}Write", ident));
-    if adapter == command {
-        // Point at a name the user wrote: a default name has no span of its own.
-        let written = args.command.as_ref().or(args.adapter.as_ref());
-        cx.error_spanned_by(
-            written.unwrap_or(&command),
-            format_args!(
-                "#[dual_write] would name both the adapter struct and the command enum `{adapter}`; give them different names with `adapter = ..` and `command = ..`"
-            ),
-        );
-    }
     let krate = args
         .krate
         .clone()
@@ -320,97 +364,40 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
             .require_list()
             .is_ok_and(|list| list.tokens.to_string().replace(' ', "") == "?Send")
     });
-    if item.modifiers != Default::default() {
-        cx.error_spanned_by(&item.ident, "#[dual_write] supports plain traits only");
-    }
-    for param in item.generics.type_params() {
-        if param.ident == "Old" || param.ident == "New" {
-            cx.error_spanned_by(
-                &param.ident,
-                format_args!(
-                    "#[dual_write] names the adapter's store parameters `Old` and `New`; rename the trait parameter `{}`",
-                    param.ident
-                ),
-            );
-        }
-    }
-
-    // `#[async_trait]` above `#[dual_write]` has rewritten every `async fn`:
-    // say so once, on the first rewritten method, not once per method.
-    if let Some(first) = item.items.iter().find_map(|trait_item| match trait_item {
-        TraitItem::Fn(f) if rewritten_by_async_trait(&f.sig) => Some(&f.sig.ident),
-        _ => None,
-    }) {
-        cx.error_spanned_by(
-            first,
-            "#[async_trait] ran before #[dual_write] and rewrote the `async fn`s; put #[dual_write] above #[async_trait]",
-        );
-    }
 
     let mut assoc_types = Vec::new();
     let mut assoc_consts = Vec::new();
     let mut methods = Vec::new();
-    for trait_item in &item.items {
+    let mut fns = Vec::new();
+    for (index, trait_item) in item.items.iter().enumerate() {
         match trait_item {
             TraitItem::Fn(f) => {
-                if let Some(method) = build_method(cx, &args, item, async_trait.is_some(), f) {
-                    methods.push(method);
-                }
+                // Options that do not parse are reported here: the model is
+                // built from the options, so it cannot wait for `valid`.
+                cx.at(Place::Item(index));
+                let attrs = attr::parse_method_attrs(cx, &f.attrs);
+                let built =
+                    build_method(&args, item, async_trait.is_some(), f, &attrs).map(|method| {
+                        methods.push(method);
+                        methods.len() - 1
+                    });
+                fns.push(FnRead { attrs, built });
             }
-            TraitItem::Type(t) => {
-                attr::reject_misplaced(cx, &t.attrs, "an associated type");
-                if !t.generics.params.is_empty() || t.generics.where_clause.is_some() {
-                    cx.error_spanned_by(
-                        &t.ident,
-                        "#[dual_write] does not support generic associated types; use a plain associated type or a trait parameter",
-                    );
-                }
-                assoc_types.push(AssocType {
-                    ident: t.ident.clone(),
-                    bounds: t.bounds.clone(),
-                    cfg_attrs: kept_attrs(&t.attrs),
-                });
-            }
-            TraitItem::Const(c) => {
-                attr::reject_misplaced(cx, &c.attrs, "an associated constant");
-                if !c.generics.params.is_empty() {
-                    cx.error_spanned_by(&c.ident, "#[dual_write] does not support generic associated constants");
-                }
-                assoc_consts.push(AssocConst {
-                    ident: c.ident.clone(),
-                    ty: c.ty.clone(),
-                    cfg_attrs: kept_attrs(&c.attrs),
-                });
-            }
-            TraitItem::Macro(m) => cx.error_spanned_by(
-                &m.mac,
-                "#[dual_write] cannot see inside a macro invocation in a trait; write the methods out",
-            ),
-            other => cx.error_spanned_by(other, "#[dual_write] does not understand this trait item"),
+            TraitItem::Type(t) => assoc_types.push(AssocType {
+                ident: t.ident.clone(),
+                bounds: t.bounds.clone(),
+                cfg_attrs: kept_attrs(&t.attrs),
+            }),
+            TraitItem::Const(c) => assoc_consts.push(AssocConst {
+                ident: c.ident.clone(),
+                ty: c.ty.clone(),
+                cfg_attrs: kept_attrs(&c.attrs),
+            }),
+            _ => {}
         }
     }
 
-    for (option, key) in [("key", &args.key), ("tenant", &args.tenant)] {
-        let Some(key) = key else { continue };
-        let used = methods.iter().any(|m| takes_all(&m.args, key));
-        if !used {
-            let names = key
-                .parts
-                .iter()
-                .map(|part| format!("`{}`", part.arg))
-                .collect::<Vec<_>>()
-                .join(", ");
-            cx.error_spanned_by(
-                &key.expr,
-                format_args!(
-                    "trait-level #[dual_write({option} = {})] matches no method: none takes the argument(s) {names}; name arguments that the methods take, or remove `{option}`",
-                    key.display(),
-                ),
-            );
-        }
-    }
-
-    TraitModel {
+    let model = TraitModel {
         item: strip_helper_attrs(item),
         ident,
         vis: item.vis.clone(),
@@ -419,19 +406,20 @@ fn build(cx: &mut Ctxt, args: TraitArgs, item: &ItemTrait) -> TraitModel {
         command,
         serde: args.serde,
         krate,
-        default_key: args.key,
-        default_tenant: args.tenant,
+        default_key: args.key.clone(),
+        default_tenant: args.tenant.clone(),
         async_trait,
         async_trait_send,
         assoc_types,
         assoc_consts,
         methods,
-    }
+    };
+    Built { model, args, fns }
 }
 
 /// Whether `#[async_trait]` already rewrote this method (it adds an
 /// `'async_trait` lifetime to every `async fn` it boxes).
-fn rewritten_by_async_trait(sig: &Signature) -> bool {
+pub(crate) fn rewritten_by_async_trait(sig: &Signature) -> bool {
     sig.generics
         .lifetimes()
         .any(|lt| lt.lifetime.ident == "async_trait")
@@ -446,118 +434,58 @@ fn kept_attrs(attrs: &[Attribute]) -> Vec<Attribute> {
         .collect()
 }
 
-fn build_method(
-    cx: &mut Ctxt,
-    args: &TraitArgs,
-    item: &ItemTrait,
-    has_async_trait: bool,
-    f: &TraitItemFn,
-) -> Option<Method> {
-    let attrs = attr::parse_method_attrs(cx, &f.attrs);
-    let sig = &f.sig;
-    let ident = sig.ident.clone();
-    let has_default = f.default.is_some();
-
-    for input in &sig.inputs {
-        let attrs = match input {
-            FnArg::Receiver(r) => &r.attrs,
-            FnArg::Typed(t) => &t.attrs,
-        };
-        attr::reject_misplaced(cx, attrs, "an argument");
-    }
-
-    if rewritten_by_async_trait(sig) {
-        // Reported once for the whole trait by `build`.
-        return None;
-    }
-
-    // Receiver.
-    let receiver = sig.receiver();
-    let mut_receiver = match receiver.map(|r| &r.kind) {
-        Some(ReceiverKind::Reference(_, _, mutability)) => mutability.is_some(),
-        Some(_) => {
-            if !has_default || attrs.kind.is_some() {
-                cx.error_spanned_by(
-                    receiver,
-                    format_args!(
-                        "#[dual_write] cannot route `{ident}` between two stores through this receiver; take `&self` or `&mut self`{}",
-                        if attrs.kind.is_some() { "" } else { ", or give the method a default body" }
-                    ),
-                );
-                return None;
-            }
-            false
-        }
-        None => {
-            if !has_default || attrs.kind.is_some() {
-                cx.error_spanned_by(
-                    &ident,
-                    format_args!(
-                        "#[dual_write] cannot route `{ident}`: it has no `self` receiver; take `&self` or `&mut self`{}, or move it out of the trait",
-                        if attrs.kind.is_some() { "" } else { ", give it a default body" }
-                    ),
-                );
-                return None;
-            }
-            false
-        }
-    };
-
-    // Kind.
-    let name_class = classify_name(&ident.to_string());
-    let (kind, kind_source) = match (attrs.kind, has_default) {
+/// A method's kind and why: its explicit option, else a default body, else
+/// its name, else a `&mut self` receiver; `None` when nothing tells.
+fn method_kind(
+    attrs: &MethodAttrs,
+    has_default: bool,
+    name: &Ident,
+    mut_receiver: bool,
+) -> Option<(MethodKind, KindSource)> {
+    Some(match (attrs.kind, has_default) {
         (Some((ExplicitKind::Write, _)), _) => (MethodKind::Write, KindSource::Attribute),
         (Some((ExplicitKind::Read, _)), _) => (MethodKind::Read, KindSource::Attribute),
         (Some((ExplicitKind::Passthrough, _)), _) => {
             (MethodKind::Passthrough, KindSource::Attribute)
         }
         (None, true) => (MethodKind::Inherited, KindSource::DefaultBody),
-        (None, false) => match name_class {
+        (None, false) => match classify_name(&name.to_string()) {
             NameClass::Write => (MethodKind::Write, KindSource::Name),
             NameClass::Read => (MethodKind::Read, KindSource::Name),
             NameClass::Unknown if mut_receiver => (MethodKind::Write, KindSource::MutReceiver),
-            NameClass::Unknown if attrs.invalid => return None,
-            NameClass::Unknown => {
-                cx.error_spanned_by(
-                    &ident,
-                    format_args!(
-                        "cannot tell whether `{ident}` reads or writes; mark it #[dual_write(write)], #[dual_write(read)] or #[dual_write(passthrough)]"
-                    ),
-                );
-                return None;
-            }
+            NameClass::Unknown => return None,
         },
+    })
+}
+
+fn build_method(
+    args: &TraitArgs,
+    item: &ItemTrait,
+    has_async_trait: bool,
+    f: &TraitItemFn,
+    attrs: &MethodAttrs,
+) -> Result<Method, Unbuilt> {
+    let sig = &f.sig;
+    let ident = sig.ident.clone();
+    let has_default = f.default.is_some();
+
+    if rewritten_by_async_trait(sig) {
+        return Err(Unbuilt::RewrittenByAsyncTrait);
+    }
+
+    // Receiver. A method the adapter leaves alone (a default body without
+    // an option) may take any receiver, or none.
+    let mut_receiver = match sig.receiver().map(|r| &r.kind) {
+        Some(ReceiverKind::Reference(_, _, mutability)) => mutability.is_some(),
+        Some(_) | None if !has_default || attrs.kind.is_some() => {
+            return Err(Unbuilt::Receiver);
+        }
+        Some(_) | None => false,
     };
 
-    if kind == MethodKind::Inherited {
-        // Point at the first option that has no effect.
-        let message = format!(
-            "`{ident}` keeps its default body, so `key`, `compare` and `no_compare` have no effect; add #[dual_write(write)] or #[dual_write(read)] to route it, or remove the option"
-        );
-        if let Some(key) = attrs.key.as_ref().or(attrs.tenant.as_ref()) {
-            cx.error_spanned_by(&key.expr, message);
-        } else if let Some(path) = &attrs.compare {
-            cx.error_spanned_by(path, message);
-        } else if let Some(span) = attrs.no_compare {
-            cx.syn_error(syn::Error::new(span, message));
-        }
-    }
-
-    // Qualifiers the adapter cannot reproduce.
-    if kind != MethodKind::Inherited {
-        if sig.constness.is_some() {
-            cx.error_spanned_by(sig.constness, "#[dual_write] cannot route a `const fn`");
-        }
-        if !matches!(sig.safety, syn::Safety::Default) {
-            cx.error_spanned_by(
-                &ident,
-                "#[dual_write] cannot route an `unsafe fn`; wrap the unsafe call in a safe method",
-            );
-        }
-        if sig.abi.is_some() {
-            cx.error_spanned_by(&sig.abi, "#[dual_write] cannot route an `extern` method");
-        }
-    }
+    // Kind.
+    let (kind, kind_source) =
+        method_kind(attrs, has_default, &ident, mut_receiver).ok_or(Unbuilt::UnknownKind)?;
 
     // Flavor and output.
     let (flavor, output) = if sig.asyncness.is_some() {
@@ -570,13 +498,7 @@ fn build_method(
     } else if let Some((send, out)) = impl_future_output(&sig.output) {
         match out {
             Some(out) => (Flavor::ImplFuture { send }, out),
-            None => {
-                cx.error_spanned_by(
-                    &sig.output,
-                    "the returned future must name its output: `impl Future<Output = T>`",
-                );
-                return None;
-            }
+            None => return Err(Unbuilt::FutureOutput(kind)),
         }
     } else {
         (Flavor::Sync, return_type(&sig.output))
@@ -627,56 +549,26 @@ fn build_method(
         }
     }
 
-    // Key and tenant.
-    let key = method_key(
-        cx,
-        "key",
-        &ident,
-        &method_args,
-        attrs.key.as_ref(),
-        args.key.as_ref(),
-    );
-    let tenant = method_key(
-        cx,
-        "tenant",
-        &ident,
-        &method_args,
-        attrs.tenant.as_ref(),
-        args.tenant.as_ref(),
-    );
+    // Key and tenant: the method's own when it names its arguments (else
+    // `valid` reports it), or the trait's default when the method takes
+    // every argument the default names.
+    let method_key = |own: Option<&KeyPath>, default: Option<&KeyPath>| match own {
+        Some(own) => missing_part(&method_args, own)
+            .is_none()
+            .then(|| own.clone()),
+        None => default
+            .filter(|default| takes_all(&method_args, default))
+            .cloned(),
+    };
+    let key = method_key(attrs.key.as_ref(), args.key.as_ref());
+    let tenant = method_key(attrs.tenant.as_ref(), args.tenant.as_ref());
 
-    // Comparison.
+    // Comparison. With both options (which `valid` reports), `compare` wins.
     let compare = match (&attrs.compare, attrs.no_compare) {
-        (Some(path), Some(span)) => {
-            cx.syn_error(syn::Error::new(
-                span,
-                "#[dual_write] `compare` and `no_compare` contradict each other: keep `compare = ..` to compare with a function, or `no_compare` to skip the comparison",
-            ));
-            Compare::Custom(path.clone())
-        }
-        (Some(path), None) => Compare::Custom(path.clone()),
+        (Some(path), _) => Compare::Custom(path.clone()),
         (None, Some(_)) => Compare::Skip,
         (None, None) => Compare::Eq,
     };
-    if kind != MethodKind::Read && kind != MethodKind::Inherited {
-        let why = match kind_source {
-            KindSource::Name => " (by its name)",
-            KindSource::MutReceiver => " (it takes `&mut self`)",
-            KindSource::Attribute | KindSource::DefaultBody => "",
-        };
-        let message = |option: &str| {
-            format!(
-                "`{option}` applies to read methods only, and #[dual_write] routes `{ident}` as a {}{why}; remove `{option}`, or mark the method #[dual_write(read)] if it only reads",
-                kind.as_str()
-            )
-        };
-        if let Some(path) = &attrs.compare {
-            cx.error_spanned_by(path, message("compare"));
-        }
-        if let Some(span) = attrs.no_compare {
-            cx.syn_error(syn::Error::new(span, message("no_compare")));
-        }
-    }
 
     // A reference with a named lifetime (`&'a str`) must outlive that
     // lifetime, which a borrow of the command's owned copy cannot.
@@ -694,7 +586,7 @@ fn build_method(
         && !matches!(compare, Compare::Skip)
         && storable(item, sig, &output);
 
-    Some(Method {
+    Ok(Method {
         variant: format_ident!("{}", camel_case(&ident.to_string()), span = ident.span()),
         ident,
         sig: renamed,
@@ -715,65 +607,17 @@ fn build_method(
 }
 
 /// Whether `args` has every argument `key` is taken from.
-fn takes_all(args: &[Arg], key: &KeyPath) -> bool {
-    key.parts.iter().all(|part| {
-        args.iter()
-            .any(|a| a.user_ident.as_ref() == Some(&part.arg))
-    })
+pub(crate) fn takes_all(args: &[Arg], key: &KeyPath) -> bool {
+    missing_part(args, key).is_none()
 }
 
-/// A method's `key` or `tenant` (`option`): its own, checked against its
-/// arguments, or the trait's default when the method takes every argument
-/// the default names.
-fn method_key(
-    cx: &mut Ctxt,
-    option: &str,
-    ident: &Ident,
-    args: &[Arg],
-    own: Option<&KeyPath>,
-    default: Option<&KeyPath>,
-) -> Option<KeyPath> {
-    let Some(key) = own else {
-        return default.filter(|key| takes_all(args, key)).cloned();
-    };
-    let missing = key.parts.iter().find(|part| {
+/// The first part of `key` taken from no argument in `args`.
+pub(crate) fn missing_part<'k>(args: &[Arg], key: &'k KeyPath) -> Option<&'k KeyPart> {
+    key.parts.iter().find(|part| {
         !args
             .iter()
             .any(|a| a.user_ident.as_ref() == Some(&part.arg))
-    });
-    let Some(missing) = missing else {
-        return Some(key.clone());
-    };
-    let names: Vec<String> = args
-        .iter()
-        .filter_map(|a| a.user_ident.as_ref().map(ToString::to_string))
-        .collect();
-    let hint = if names.is_empty() {
-        format!("`{ident}` takes no named argument, so remove `{option}`")
-    } else {
-        format!(
-            "name one of its arguments: {}",
-            names
-                .iter()
-                .map(|name| format!("`{name}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let shown = if key.parts.len() == 1 {
-        format!("#[dual_write({option} = {})]", key.display())
-    } else {
-        format!(
-            "`{}` in #[dual_write({option} = {})]",
-            missing.display(),
-            key.display()
-        )
-    };
-    cx.error_spanned_by(
-        &missing.expr,
-        format_args!("{shown} names no argument of `{ident}`; {hint}"),
-    );
-    None
+    })
 }
 
 fn arg_owned_type(arg: &Arg) -> &Type {
