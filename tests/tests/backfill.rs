@@ -119,7 +119,7 @@ fn live_writers(
                     state ^= state >> 7;
                     state ^= state << 17;
                     let id = (state % ROWS as u64) as i64;
-                    if state % 5 == 0 {
+                    if state.is_multiple_of(5) {
                         kv.delete(id).expect("delete");
                     } else {
                         kv.put(id, ROWS + writes as i64).expect("put");

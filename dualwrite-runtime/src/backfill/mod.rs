@@ -92,6 +92,9 @@ pub trait BackfillKey: Clone + Ord + Hash + fmt::Display + FromStr + Send + 'sta
 
 impl<T: Clone + Ord + Hash + fmt::Display + FromStr + Send + 'static> BackfillKey for T {}
 
+/// Rows with their keys, in key order.
+pub type Batch<K, R> = Vec<(K, R)>;
+
 /// Where the history comes from: the old store, read in key order.
 pub trait BackfillSource {
     /// The row key.
@@ -105,7 +108,7 @@ pub trait BackfillSource {
         &mut self,
         after: Option<&Self::Key>,
         limit: usize,
-    ) -> Result<Vec<(Self::Key, Self::Row)>, BackfillError>;
+    ) -> Result<Batch<Self::Key, Self::Row>, BackfillError>;
 
     /// The rows of `keys` (ascending, all above `after`) as they are now: a
     /// key deleted since the scan is missing from the answer. A guarded job
@@ -115,7 +118,7 @@ pub trait BackfillSource {
         &mut self,
         after: Option<&Self::Key>,
         keys: &[Self::Key],
-    ) -> Result<Vec<(Self::Key, Self::Row)>, BackfillError> {
+    ) -> Result<Batch<Self::Key, Self::Row>, BackfillError> {
         let Some(last) = keys.last() else {
             return Ok(Vec::new());
         };
@@ -178,6 +181,16 @@ impl Checkpoint for MemoryCheckpoint {
     fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
         self.0 = Some((key.to_owned(), rows));
         Ok(())
+    }
+}
+
+impl<T: Checkpoint + ?Sized> Checkpoint for &mut T {
+    fn load(&mut self) -> Result<Option<(String, u64)>, BackfillError> {
+        (**self).load()
+    }
+
+    fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
+        (**self).save(key, rows)
     }
 }
 
@@ -790,15 +803,5 @@ mod tests {
         let report = job.run().expect("ran");
         // 200 rows at 1 000 rows/s: at least 150 ms (the first batch is free).
         assert!(report.elapsed >= Duration::from_millis(150), "{report:?}");
-    }
-}
-
-impl<T: Checkpoint + ?Sized> Checkpoint for &mut T {
-    fn load(&mut self) -> Result<Option<(String, u64)>, BackfillError> {
-        (**self).load()
-    }
-
-    fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
-        (**self).save(key, rows)
     }
 }
