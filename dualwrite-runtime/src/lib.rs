@@ -39,6 +39,7 @@ mod latency;
 mod migration;
 mod phase;
 mod read;
+pub mod reconcile;
 mod ring;
 mod shared;
 mod stats;

@@ -6,7 +6,9 @@
 //! index range scan, not an offset); a [`SqliteSink`] inserts a batch in
 //! one transaction with `ON CONFLICT (key) DO NOTHING`, so a row a live
 //! write put there first is kept; a [`SqliteCheckpoint`] keeps the job's
-//! position in a table of its own, committed after each batch.
+//! position in a table of its own, committed after each batch; a
+//! [`SqliteRepair`] upserts and deletes rows for reconciliation, and
+//! [`column_diff`] names the columns in which two rows differ.
 
 use std::marker::PhantomData;
 
@@ -37,7 +39,6 @@ pub struct SqliteSource<K> {
     select: String,
     select_first: String,
     select_range: String,
-    select_upto: String,
     count: String,
     columns: usize,
     key: PhantomData<fn() -> K>,
@@ -58,9 +59,8 @@ impl<K> SqliteSource<K> {
             select: format!("SELECT {list} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"),
             select_first: format!("SELECT {list} FROM {table} ORDER BY {key} LIMIT ?1"),
             select_range: format!(
-                "SELECT {list} FROM {table} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}"
+                "SELECT {list} FROM {table} WHERE {key} >= ?1 AND {key} <= ?2 ORDER BY {key}"
             ),
-            select_upto: format!("SELECT {list} FROM {table} WHERE {key} <= ?1 ORDER BY {key}"),
             count: format!("SELECT COUNT(*) FROM {table}"),
             columns: columns.len(),
             key: PhantomData,
@@ -109,10 +109,11 @@ impl<K: BackfillKey + FromSql + ToSql> BackfillSource for SqliteSource<K> {
         let Some(last) = keys.last() else {
             return Ok(Vec::new());
         };
-        let rows = match after {
-            Some(after) => self.rows(&self.select_range, &[after, last])?,
-            None => self.rows(&self.select_upto, &[last])?,
-        };
+        // The range of the keys asked for (an index range scan), whatever
+        // `after` says.
+        let _ = after;
+        let first = &keys[0];
+        let rows = self.rows(&self.select_range, &[first, last])?;
         Ok(rows
             .into_iter()
             .filter(|(key, _)| keys.binary_search(key).is_ok())
@@ -232,5 +233,103 @@ impl Checkpoint for SqliteCheckpoint {
             )
             .map(drop)
             .map_err(|error| BackfillError::Checkpoint(error.to_string()))
+    }
+}
+
+/// Repairs a table for reconciliation ([`crate::reconcile::RepairSink`]):
+/// upserts rows and deletes keys, one transaction per batch.
+pub struct SqliteRepair<K> {
+    conn: Connection,
+    upsert: String,
+    delete: String,
+    key: PhantomData<fn(K)>,
+}
+
+impl<K> SqliteRepair<K> {
+    /// Repairs `columns` of `table` (`key` is its primary key) through
+    /// `conn`.
+    pub fn new(conn: Connection, table: &str, key: &str, columns: &[&str]) -> Self {
+        let names = std::iter::once(key)
+            .chain(columns.iter().copied())
+            .map(quoted)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let marks = (1..=columns.len() + 1)
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates = if columns.is_empty() {
+            "NOTHING".to_owned()
+        } else {
+            format!(
+                "UPDATE SET {}",
+                columns
+                    .iter()
+                    .map(|c| format!("{} = excluded.{}", quoted(c), quoted(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let (table, key) = (quoted(table), quoted(key));
+        SqliteRepair {
+            conn,
+            upsert: format!(
+                "INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({key}) DO {updates}"
+            ),
+            delete: format!("DELETE FROM {table} WHERE {key} = ?1"),
+            key: PhantomData,
+        }
+    }
+}
+
+impl<K: ToSql> crate::reconcile::RepairSink for SqliteRepair<K> {
+    type Key = K;
+    type Row = SqliteRow;
+
+    fn upsert(&mut self, rows: &[(K, SqliteRow)]) -> Result<(), BackfillError> {
+        let transaction = self.conn.transaction().map_err(sink_error)?;
+        {
+            let mut statement = transaction
+                .prepare_cached(&self.upsert)
+                .map_err(sink_error)?;
+            for (key, values) in rows {
+                let params = std::iter::once(key as &dyn ToSql)
+                    .chain(values.iter().map(|value| value as &dyn ToSql));
+                statement
+                    .execute(params_from_iter(params))
+                    .map_err(sink_error)?;
+            }
+        }
+        transaction.commit().map_err(sink_error)
+    }
+
+    fn delete(&mut self, keys: &[K]) -> Result<(), BackfillError> {
+        let transaction = self.conn.transaction().map_err(sink_error)?;
+        {
+            let mut statement = transaction
+                .prepare_cached(&self.delete)
+                .map_err(sink_error)?;
+            for key in keys {
+                statement.execute([key]).map_err(sink_error)?;
+            }
+        }
+        transaction.commit().map_err(sink_error)
+    }
+}
+
+/// A reconciliation comparator for rows of these columns: `None` when
+/// equal, else the names of the columns that differ.
+pub fn column_diff(
+    columns: &[&str],
+) -> impl FnMut(&SqliteRow, &SqliteRow) -> Option<Vec<String>> + use<> {
+    let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+    move |a: &SqliteRow, b: &SqliteRow| {
+        let differ: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| a.get(*i) != b.get(*i))
+            .map(|(_, name)| name.clone())
+            .collect();
+        (!differ.is_empty() || a.len() != b.len()).then_some(differ)
     }
 }

@@ -1,0 +1,682 @@
+//! Reconciliation: finds where the two stores differ, and repairs it.
+//!
+//! ```text
+//! old.scan ─┐                                    ┌─ missing in new
+//!           ├─ merge-join by key ─ compare rows ─┼─ extra in new       ─ re-check ─ report (gap) ─ repair (opt-in)
+//! new.scan ─┘   (old rows mapped to new's form)  └─ different (fields)
+//! ```
+//!
+//! Both stores are read in key order in batches (the [`BackfillSource`]
+//! trait of the backfill), so the scan is one pass over each, in memory
+//! proportional to a batch. Old rows go through the same mapping as the
+//! backfill, so rows are compared in the new store's form; the comparator
+//! names the fields that differ (values are never logged).
+//!
+//! Live writes keep flowing while a scan runs, so a row can change between
+//! the read of one store and the read of the other: every difference found
+//! is read again from both stores (under the adapter's [`KeyGuard`] when one
+//! is given, so no write of the key is in flight) before it is counted;
+//! one that went away counts as `settled`, not as a difference.
+//!
+//! Repair is opt-in (dry run by default): [`Reconcile::repair_into`] copies
+//! the authoritative side's row to the other store through a
+//! [`RepairSink`] (upsert or delete), in batches. The count of differences
+//! left unresolved is the reconciliation gap the cutover gate checks.
+//! [`Reconcile::recheck`] does the same for a list of keys, such as the keys
+//! of the adapter's dead letters.
+
+use std::fmt;
+
+use crate::backfill::{BackfillError, BackfillSource};
+use crate::core::KeyGuard;
+use crate::key::RoutingKey;
+use crate::phase::Store;
+
+/// What reconciliation found for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", rename_all = "snake_case"))]
+pub enum Difference {
+    /// The old store has the row, the new one does not.
+    MissingInNew {
+        /// The key, as text.
+        key: String,
+    },
+    /// The new store has a row the old one does not.
+    ExtraInNew {
+        /// The key, as text.
+        key: String,
+    },
+    /// Both have the row, with different values in these fields (empty
+    /// when the comparator cannot name them).
+    Different {
+        /// The key, as text.
+        key: String,
+        /// The fields that differ.
+        fields: Vec<String>,
+    },
+}
+
+impl Difference {
+    /// The key of the row.
+    pub fn key(&self) -> &str {
+        match self {
+            Difference::MissingInNew { key }
+            | Difference::ExtraInNew { key }
+            | Difference::Different { key, .. } => key,
+        }
+    }
+}
+
+/// What one reconciliation run found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ReconcileReport {
+    /// Rows read from the old store.
+    pub old_rows: u64,
+    /// Rows read from the new store.
+    pub new_rows: u64,
+    /// Rows equal in both stores.
+    pub equal: u64,
+    /// Differences seen in the scan that were gone when read again (a live
+    /// write was in flight).
+    pub settled: u64,
+    /// Differences found: missing in new, extra in new, different.
+    pub missing_in_new: u64,
+    /// See [`ReconcileReport::missing_in_new`].
+    pub extra_in_new: u64,
+    /// See [`ReconcileReport::missing_in_new`].
+    pub different: u64,
+    /// Differences repaired (0 in a dry run).
+    pub repaired: u64,
+    /// Whether this was a dry run (nothing written).
+    pub dry_run: bool,
+    /// The differences, up to [`Reconcile::with_max_listed`] of them.
+    pub differences: Vec<Difference>,
+}
+
+impl ReconcileReport {
+    /// Differences found.
+    pub fn found(&self) -> u64 {
+        self.missing_in_new + self.extra_in_new + self.different
+    }
+
+    /// Differences left unresolved: the gap the cutover gate checks.
+    pub fn gap(&self) -> u64 {
+        self.found() - self.repaired
+    }
+
+    /// The report as JSON (feature `serde`).
+    #[cfg(feature = "serde")]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
+    }
+}
+
+impl fmt::Display for ReconcileReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "reconciliation{}: {} old row(s), {} new row(s)",
+            if self.dry_run { " (dry run)" } else { "" },
+            self.old_rows,
+            self.new_rows
+        )?;
+        writeln!(f, "  {:<22} {:>10}", "equal", self.equal)?;
+        writeln!(f, "  {:<22} {:>10}", "missing in new", self.missing_in_new)?;
+        writeln!(f, "  {:<22} {:>10}", "extra in new", self.extra_in_new)?;
+        writeln!(f, "  {:<22} {:>10}", "different", self.different)?;
+        writeln!(f, "  {:<22} {:>10}", "settled while compared", self.settled)?;
+        writeln!(f, "  {:<22} {:>10}", "repaired", self.repaired)?;
+        writeln!(f, "  {:<22} {:>10}", "gap (unresolved)", self.gap())?;
+        for difference in &self.differences {
+            match difference {
+                Difference::MissingInNew { key } => writeln!(f, "  - {key}: missing in new")?,
+                Difference::ExtraInNew { key } => writeln!(f, "  - {key}: extra in new")?,
+                Difference::Different { key, fields } if fields.is_empty() => {
+                    writeln!(f, "  - {key}: different")?
+                }
+                Difference::Different { key, fields } => {
+                    writeln!(f, "  - {key}: different in {}", fields.join(", "))?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a repair writes: the store that is not authoritative.
+pub trait RepairSink {
+    /// The row key.
+    type Key;
+    /// One row, in this store's form.
+    type Row;
+
+    /// Writes these rows, replacing what is there.
+    fn upsert(&mut self, rows: &[(Self::Key, Self::Row)]) -> Result<(), BackfillError>;
+    /// Deletes the rows of these keys.
+    fn delete(&mut self, keys: &[Self::Key]) -> Result<(), BackfillError>;
+}
+
+/// A reconciliation job over two stores; see the module docs.
+pub struct Reconcile<O, N, M, C>
+where
+    O: BackfillSource,
+    N: BackfillSource<Key = O::Key>,
+{
+    old: O,
+    new: N,
+    map: M,
+    compare: C,
+    batch: usize,
+    guard: Option<KeyGuard>,
+    authoritative: Store,
+    max_listed: usize,
+}
+
+impl<O, N> Reconcile<O, N, fn(O::Row) -> O::Row, fn(&O::Row, &O::Row) -> Option<Vec<String>>>
+where
+    O: BackfillSource,
+    N: BackfillSource<Key = O::Key, Row = O::Row>,
+    O::Row: PartialEq,
+{
+    /// Compares two stores whose rows have the same form, with `==`.
+    pub fn new(old: O, new: N) -> Self {
+        Reconcile::mapped(old, new, |row| row, |a, b| (a != b).then(Vec::new))
+    }
+}
+
+impl<O, N, M, C> Reconcile<O, N, M, C>
+where
+    O: BackfillSource,
+    N: BackfillSource<Key = O::Key>,
+    M: FnMut(O::Row) -> N::Row,
+    C: FnMut(&N::Row, &N::Row) -> Option<Vec<String>>,
+{
+    /// Compares `old` rows mapped by `map` (the backfill's mapping) with
+    /// `new` rows; `compare` returns `None` for equal rows, else the fields
+    /// that differ (may be empty).
+    pub fn mapped(old: O, new: N, map: M, compare: C) -> Self {
+        Reconcile {
+            old,
+            new,
+            map,
+            compare,
+            batch: 1_000,
+            guard: None,
+            authoritative: Store::Old,
+            max_listed: 1_000,
+        }
+    }
+
+    /// Rows read per batch from each store.
+    #[must_use]
+    pub fn with_batch(mut self, rows: usize) -> Self {
+        self.batch = rows.max(1);
+        self
+    }
+
+    /// Re-checks (and repairs) each difference with its key held in the
+    /// live adapter, so no write of it is in flight.
+    #[must_use]
+    pub fn guarded_by(mut self, guard: KeyGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// The store whose rows are right (default Old; New after cutover).
+    #[must_use]
+    pub fn authoritative(mut self, store: Store) -> Self {
+        self.authoritative = store;
+        self
+    }
+
+    /// Lists at most this many differences in the report (all are counted).
+    #[must_use]
+    pub fn with_max_listed(mut self, max: usize) -> Self {
+        self.max_listed = max;
+        self
+    }
+
+    /// Scans both stores and reports the differences; writes nothing.
+    pub fn run(&mut self) -> Result<ReconcileReport, BackfillError> {
+        self.scan(None::<&mut NoRepair<O::Key, N::Row>>)
+    }
+
+    /// Scans both stores and repairs each difference through `sink`, from
+    /// the authoritative side: a repair of New upserts the old row (mapped)
+    /// or deletes the extra one. A repair of Old needs a sink of Old's form,
+    /// so with `authoritative(Store::New)` rows are written as New holds
+    /// them: `sink` must accept that form.
+    pub fn repair_into<S>(&mut self, sink: &mut S) -> Result<ReconcileReport, BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        self.scan(Some(sink))
+    }
+
+    /// Re-checks only these keys (e.g. the keys of the adapter's dead
+    /// letters) and reports; writes nothing.
+    pub fn recheck(&mut self, keys: &[O::Key]) -> Result<ReconcileReport, BackfillError> {
+        self.recheck_keys(keys, None::<&mut NoRepair<O::Key, N::Row>>)
+    }
+
+    /// Re-checks only these keys and repairs what differs through `sink`.
+    pub fn recheck_into<S>(
+        &mut self,
+        keys: &[O::Key],
+        sink: &mut S,
+    ) -> Result<ReconcileReport, BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        self.recheck_keys(keys, Some(sink))
+    }
+
+    fn recheck_keys<S>(
+        &mut self,
+        keys: &[O::Key],
+        sink: Option<&mut S>,
+    ) -> Result<ReconcileReport, BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        let mut keys = keys.to_vec();
+        keys.sort();
+        keys.dedup();
+        let mut report = ReconcileReport {
+            dry_run: sink.is_none(),
+            ..ReconcileReport::default()
+        };
+        let mut sink = sink;
+        for chunk in keys.chunks(self.batch) {
+            self.settle(chunk, &mut report, sink.as_deref_mut(), true)?;
+        }
+        Ok(report)
+    }
+
+    fn scan<S>(&mut self, mut sink: Option<&mut S>) -> Result<ReconcileReport, BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        let mut report = ReconcileReport {
+            dry_run: sink.is_none(),
+            ..ReconcileReport::default()
+        };
+        let mut old_after: Option<O::Key> = None;
+        let mut new_after: Option<O::Key> = None;
+        let mut old_rows = std::collections::VecDeque::new();
+        let mut new_rows = std::collections::VecDeque::new();
+        let (mut old_done, mut new_done) = (false, false);
+        let mut suspects: Vec<O::Key> = Vec::new();
+        loop {
+            if old_rows.is_empty() && !old_done {
+                let batch = self.old.scan(old_after.as_ref(), self.batch)?;
+                old_done = batch.len() < self.batch;
+                if let Some((key, _)) = batch.last() {
+                    old_after = Some(key.clone());
+                }
+                report.old_rows += batch.len() as u64;
+                old_rows.extend(batch);
+            }
+            if new_rows.is_empty() && !new_done {
+                let batch = self.new.scan(new_after.as_ref(), self.batch)?;
+                new_done = batch.len() < self.batch;
+                if let Some((key, _)) = batch.last() {
+                    new_after = Some(key.clone());
+                }
+                report.new_rows += batch.len() as u64;
+                new_rows.extend(batch);
+            }
+            let next = match (old_rows.front(), new_rows.front()) {
+                (None, None) => break,
+                (Some((key, _)), None) => Some((key.clone(), std::cmp::Ordering::Less)),
+                (None, Some((key, _))) => Some((key.clone(), std::cmp::Ordering::Greater)),
+                (Some((a, _)), Some((b, _))) => {
+                    Some((if a <= b { a.clone() } else { b.clone() }, a.cmp(b)))
+                }
+            };
+            let Some((key, order)) = next else { break };
+            match order {
+                std::cmp::Ordering::Less => {
+                    old_rows.pop_front();
+                    suspects.push(key);
+                }
+                std::cmp::Ordering::Greater => {
+                    new_rows.pop_front();
+                    suspects.push(key);
+                }
+                std::cmp::Ordering::Equal => {
+                    let (_, old) = old_rows.pop_front().expect("peeked");
+                    let (_, new) = new_rows.pop_front().expect("peeked");
+                    let old = (self.map)(old);
+                    if (self.compare)(&old, &new).is_none() {
+                        report.equal += 1;
+                    } else {
+                        suspects.push(key);
+                    }
+                }
+            }
+            if suspects.len() >= self.batch {
+                let keys = std::mem::take(&mut suspects);
+                self.settle(&keys, &mut report, sink.as_deref_mut(), false)?;
+            }
+        }
+        self.settle(&suspects, &mut report, sink, false)?;
+        Ok(report)
+    }
+
+    /// Reads `keys` again from both stores (under the guard), counts what
+    /// still differs, and repairs it if a sink is given. `count_equal`:
+    /// rows found equal count as equal (a recheck) rather than settled (a
+    /// scan's suspects).
+    fn settle<S>(
+        &mut self,
+        keys: &[O::Key],
+        report: &mut ReconcileReport,
+        sink: Option<&mut S>,
+        count_equal: bool,
+    ) -> Result<(), BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let guard = self.guard.clone();
+        let routing: Vec<&dyn RoutingKey> = keys.iter().map(|key| key as &dyn RoutingKey).collect();
+        let _hold = guard.as_ref().map(|guard| guard.hold(&routing));
+        let old: std::collections::BTreeMap<O::Key, O::Row> =
+            self.old.reread(None, keys)?.into_iter().collect();
+        let mut new: std::collections::BTreeMap<O::Key, N::Row> =
+            self.new.reread(None, keys)?.into_iter().collect();
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for (key, old_row) in old {
+            let old_row = (self.map)(old_row);
+            match new.remove(&key) {
+                None => {
+                    report.missing_in_new += 1;
+                    self.list(
+                        report,
+                        Difference::MissingInNew {
+                            key: key.to_string(),
+                        },
+                    );
+                    match self.authoritative {
+                        Store::Old => upserts.push((key, old_row)),
+                        Store::New => deletes.push(key),
+                    }
+                }
+                Some(new_row) => match (self.compare)(&old_row, &new_row) {
+                    None if count_equal => report.equal += 1,
+                    None => report.settled += 1,
+                    Some(fields) => {
+                        report.different += 1;
+                        self.list(
+                            report,
+                            Difference::Different {
+                                key: key.to_string(),
+                                fields,
+                            },
+                        );
+                        match self.authoritative {
+                            Store::Old => upserts.push((key, old_row)),
+                            Store::New => upserts.push((key, new_row)),
+                        }
+                    }
+                },
+            }
+        }
+        for (key, new_row) in new {
+            report.extra_in_new += 1;
+            self.list(
+                report,
+                Difference::ExtraInNew {
+                    key: key.to_string(),
+                },
+            );
+            match self.authoritative {
+                Store::Old => deletes.push(key),
+                Store::New => upserts.push((key, new_row)),
+            }
+        }
+        if let Some(sink) = sink {
+            let repaired = (upserts.len() + deletes.len()) as u64;
+            if !upserts.is_empty() {
+                sink.upsert(&upserts)?;
+            }
+            if !deletes.is_empty() {
+                sink.delete(&deletes)?;
+            }
+            report.repaired += repaired;
+        }
+        Ok(())
+    }
+
+    fn list(&self, report: &mut ReconcileReport, difference: Difference) {
+        tracing::warn!(
+            key = difference.key(),
+            kind = match &difference {
+                Difference::MissingInNew { .. } => "missing in new",
+                Difference::ExtraInNew { .. } => "extra in new",
+                Difference::Different { .. } => "different",
+            },
+            fields = ?match &difference {
+                Difference::Different { fields, .. } => fields.as_slice(),
+                _ => &[],
+            },
+            "reconciliation found a difference"
+        );
+        if report.differences.len() < self.max_listed {
+            report.differences.push(difference);
+        }
+    }
+}
+
+/// The sink of a dry run.
+struct NoRepair<K, R>(std::marker::PhantomData<(K, R)>);
+
+impl<K, R> RepairSink for NoRepair<K, R> {
+    type Key = K;
+    type Row = R;
+
+    fn upsert(&mut self, _: &[(K, R)]) -> Result<(), BackfillError> {
+        Ok(())
+    }
+
+    fn delete(&mut self, _: &[K]) -> Result<(), BackfillError> {
+        Ok(())
+    }
+}
+
+impl<O, N, M, C> fmt::Debug for Reconcile<O, N, M, C>
+where
+    O: BackfillSource,
+    N: BackfillSource<Key = O::Key>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconcile")
+            .field("batch", &self.batch)
+            .field("guarded", &self.guard.is_some())
+            .field("authoritative", &self.authoritative)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::backfill::Batch;
+
+    #[derive(Default, Clone)]
+    struct Table(Arc<Mutex<BTreeMap<u64, String>>>);
+
+    impl Table {
+        fn of(rows: &[(u64, &str)]) -> Self {
+            let table = Table::default();
+            for (key, value) in rows {
+                table.0.lock().unwrap().insert(*key, (*value).to_owned());
+            }
+            table
+        }
+    }
+
+    impl BackfillSource for Table {
+        type Key = u64;
+        type Row = String;
+
+        fn scan(
+            &mut self,
+            after: Option<&u64>,
+            limit: usize,
+        ) -> Result<Batch<u64, String>, BackfillError> {
+            let rows = self.0.lock().unwrap();
+            let range = match after {
+                Some(after) => rows.range(after + 1..),
+                None => rows.range(0..),
+            };
+            Ok(range.take(limit).map(|(k, v)| (*k, v.clone())).collect())
+        }
+    }
+
+    impl RepairSink for Table {
+        type Key = u64;
+        type Row = String;
+
+        fn upsert(&mut self, rows: &[(u64, String)]) -> Result<(), BackfillError> {
+            let mut table = self.0.lock().unwrap();
+            for (key, row) in rows {
+                table.insert(*key, row.clone());
+            }
+            Ok(())
+        }
+
+        fn delete(&mut self, keys: &[u64]) -> Result<(), BackfillError> {
+            let mut table = self.0.lock().unwrap();
+            for key in keys {
+                table.remove(key);
+            }
+            Ok(())
+        }
+    }
+
+    fn drifted() -> (Table, Table) {
+        let old = Table::of(&[(1, "a"), (2, "b"), (3, "c"), (5, "e"), (7, "g")]);
+        let new = Table::of(&[(1, "a"), (3, "C"), (4, "d"), (5, "e"), (7, "g"), (9, "i")]);
+        (old, new)
+    }
+
+    #[test]
+    fn finds_missing_extra_and_different_rows() {
+        let (old, new) = drifted();
+        let report = Reconcile::new(old, new).with_batch(2).run().expect("ran");
+        assert_eq!(
+            (
+                report.equal,
+                report.missing_in_new,
+                report.extra_in_new,
+                report.different
+            ),
+            (3, 1, 2, 1),
+            "{report}"
+        );
+        assert_eq!(report.gap(), 4);
+        assert!(report.dry_run);
+        let keys: Vec<&str> = report.differences.iter().map(Difference::key).collect();
+        assert_eq!(keys, ["2", "3", "4", "9"]);
+        assert!(report.to_string().contains("gap (unresolved)"), "{report}");
+    }
+
+    #[test]
+    fn a_dry_run_writes_nothing_and_a_repair_closes_the_gap() {
+        let (old, new) = drifted();
+        let before = new.0.lock().unwrap().clone();
+        Reconcile::new(old.clone(), new.clone())
+            .run()
+            .expect("dry run");
+        assert_eq!(*new.0.lock().unwrap(), before);
+        let mut sink = new.clone();
+        let report = Reconcile::new(old.clone(), new.clone())
+            .repair_into(&mut sink)
+            .expect("repaired");
+        assert_eq!((report.found(), report.repaired, report.gap()), (4, 4, 0));
+        assert_eq!(*new.0.lock().unwrap(), *old.0.lock().unwrap());
+        let again = Reconcile::new(old, new).run().expect("ran");
+        assert_eq!((again.found(), again.equal), (0, 5));
+    }
+
+    #[test]
+    fn new_is_authoritative_after_cutover() {
+        let (old, new) = drifted();
+        let mut sink = old.clone();
+        Reconcile::new(old.clone(), new.clone())
+            .authoritative(Store::New)
+            .repair_into(&mut sink)
+            .expect("repaired");
+        assert_eq!(*old.0.lock().unwrap(), *new.0.lock().unwrap());
+    }
+
+    /// A row that changes between the scan of one store and the other is
+    /// read again: when the change settles it, it is not a difference.
+    #[test]
+    fn a_row_changed_while_compared_is_not_counted() {
+        struct Racing {
+            table: Table,
+            scans: usize,
+        }
+        impl BackfillSource for Racing {
+            type Key = u64;
+            type Row = String;
+            fn scan(
+                &mut self,
+                after: Option<&u64>,
+                limit: usize,
+            ) -> Result<Batch<u64, String>, BackfillError> {
+                self.scans += 1;
+                let rows = self.table.scan(after, limit)?;
+                // A live write brings key 3 up to date right after the
+                // first scan of New.
+                if self.scans == 1 {
+                    self.table.0.lock().unwrap().insert(3, "c".to_owned());
+                }
+                Ok(rows)
+            }
+        }
+        let old = Table::of(&[(1, "a"), (3, "c")]);
+        let new = Racing {
+            table: Table::of(&[(1, "a"), (3, "stale")]),
+            scans: 0,
+        };
+        let report = Reconcile::new(old, new).run().expect("ran");
+        assert_eq!(
+            (report.found(), report.settled, report.equal),
+            (0, 1, 1),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn a_recheck_of_dead_letter_keys_repairs_them() {
+        let (old, new) = drifted();
+        let mut sink = new.clone();
+        let report = Reconcile::new(old.clone(), new.clone())
+            .recheck_into(&[3, 2, 1, 3], &mut sink)
+            .expect("rechecked");
+        assert_eq!(
+            (
+                report.equal,
+                report.missing_in_new,
+                report.different,
+                report.repaired
+            ),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(new.0.lock().unwrap().get(&3).map(String::as_str), Some("c"));
+        assert_eq!(new.0.lock().unwrap().get(&2).map(String::as_str), Some("b"));
+    }
+}

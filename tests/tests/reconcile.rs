@@ -1,0 +1,203 @@
+//! Reconciliation on SQLite files: planted drift (missing, extra, different)
+//! is found with the columns that differ, a dry run writes nothing, a repair
+//! closes the gap, and the keys of a real adapter's dead letters are
+//! re-checked and repaired.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use dualwrite_runtime::backfill::sqlite::{SqliteRepair, SqliteSource, column_diff};
+use dualwrite_runtime::reconcile::{Difference, Reconcile};
+use dualwrite_runtime::{Migration, Phase, dual_write};
+use rusqlite::Connection;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dualwrite-reconcile-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn open(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA busy_timeout = 10000;
+         CREATE TABLE IF NOT EXISTS people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT);",
+    )
+    .expect("schema");
+    conn
+}
+
+fn fill(path: &Path, rows: i64) {
+    let mut conn = open(path);
+    let tx = conn.transaction().expect("tx");
+    for id in 0..rows {
+        tx.execute(
+            "INSERT INTO people (id, name, email) VALUES (?1, ?2, ?3)",
+            (id, format!("person {id}"), format!("p{id}@example.com")),
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+type Row = dualwrite_runtime::backfill::sqlite::SqliteRow;
+
+/// The job comparing the two `people` tables, column by column.
+type Job = Reconcile<
+    SqliteSource<i64>,
+    SqliteSource<i64>,
+    fn(Row) -> Row,
+    Box<dyn FnMut(&Row, &Row) -> Option<Vec<String>>>,
+>;
+
+fn job(old: &Path, new: &Path) -> Job {
+    let columns = ["name", "email"];
+    Reconcile::mapped(
+        SqliteSource::new(open(old), "people", "id", &columns),
+        SqliteSource::new(open(new), "people", "id", &columns),
+        (|row| row) as fn(_) -> _,
+        Box::new(column_diff(&columns)) as Box<dyn FnMut(&Row, &Row) -> Option<Vec<String>>>,
+    )
+    .with_batch(500)
+}
+
+fn repair(path: &Path) -> SqliteRepair<i64> {
+    SqliteRepair::new(open(path), "people", "id", &["name", "email"])
+}
+
+#[test]
+fn planted_drift_is_found_reported_and_repaired() {
+    let dir = scratch("drift");
+    let (old, new) = (dir.join("old.db"), dir.join("new.db"));
+    fill(&old, 5_000);
+    fill(&new, 5_000);
+    let conn = open(&new);
+    conn.execute("DELETE FROM people WHERE id IN (10, 2500)", [])
+        .expect("missing");
+    conn.execute(
+        "INSERT INTO people (id, name, email) VALUES (9000, 'ghost', NULL)",
+        [],
+    )
+    .expect("extra");
+    conn.execute("UPDATE people SET email = NULL WHERE id = 4321", [])
+        .expect("different");
+    conn.execute("UPDATE people SET name = 'renamed' WHERE id = 77", [])
+        .expect("different");
+
+    let report = job(&old, &new).run().expect("dry run");
+    assert!(report.dry_run);
+    assert_eq!(
+        (
+            report.missing_in_new,
+            report.extra_in_new,
+            report.different,
+            report.gap()
+        ),
+        (2, 1, 2, 5),
+        "{report}"
+    );
+    assert_eq!(report.equal, 4_996);
+    assert!(report.differences.contains(&Difference::Different {
+        key: "4321".to_owned(),
+        fields: vec!["email".to_owned()],
+    }));
+    assert!(report.differences.contains(&Difference::Different {
+        key: "77".to_owned(),
+        fields: vec!["name".to_owned()],
+    }));
+    // The report names keys and columns, never values.
+    let text = report.to_string();
+    assert!(
+        !text.contains("renamed") && !text.contains("ghost"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&report.to_json()).expect("the report is JSON");
+    assert_eq!(json["extra_in_new"], 1);
+    assert_eq!(json["differences"][0]["kind"], "missing_in_new");
+
+    // The dry run wrote nothing.
+    assert_eq!(job(&old, &new).run().expect("again").gap(), 5);
+    let repaired = job(&old, &new)
+        .repair_into(&mut repair(&new))
+        .expect("repair");
+    assert_eq!((repaired.repaired, repaired.gap()), (5, 0));
+    let after = job(&old, &new).run().expect("after");
+    assert_eq!((after.found(), after.equal), (0, 5_000));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[dual_write]
+trait People {
+    #[dual_write(write, key = id)]
+    fn rename(&self, id: i64, name: &str) -> Result<(), String>;
+}
+
+struct Db {
+    conn: Mutex<Connection>,
+    fail: AtomicBool,
+}
+
+impl People for Db {
+    fn rename(&self, id: i64, name: &str) -> Result<(), String> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("the new store is down".to_owned());
+        }
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .execute("UPDATE people SET name = ?2 WHERE id = ?1", (id, name))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The adapter's dead letters name the keys whose secondary write failed:
+/// re-checking those keys finds them different and repairs them.
+#[test]
+fn dead_letter_keys_are_rechecked_and_repaired() {
+    let dir = scratch("letters");
+    let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
+    fill(&old_path, 100);
+    fill(&new_path, 100);
+    let db = |path: &Path| Db {
+        conn: Mutex::new(open(path)),
+        fail: AtomicBool::new(false),
+    };
+    let kv = PeopleDualWrite::new(
+        db(&old_path),
+        db(&new_path),
+        Migration::new(Phase::DualWrite),
+    );
+    kv.new_store().fail.store(true, Ordering::SeqCst);
+    for id in [3, 30, 60] {
+        kv.rename(id, "new name").expect("the primary succeeded");
+    }
+    kv.new_store().fail.store(false, Ordering::SeqCst);
+    kv.rename(61, "fine").expect("both");
+    let keys: Vec<i64> = kv
+        .take_dead_letters()
+        .into_iter()
+        .filter_map(|letter| letter.key?.parse().ok())
+        .collect();
+    assert_eq!(keys, [3, 30, 60]);
+    let report = job(&old_path, &new_path)
+        .guarded_by(kv.core().key_guard())
+        .recheck_into(&keys, &mut repair(&new_path))
+        .expect("rechecked");
+    assert_eq!(
+        (report.different, report.repaired, report.gap()),
+        (3, 3, 0),
+        "{report}"
+    );
+    assert_eq!(job(&old_path, &new_path).run().expect("scan").found(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
