@@ -39,6 +39,7 @@ mod ring;
 mod shared;
 mod stats;
 mod stripes;
+mod sync;
 mod write;
 
 #[doc(hidden)]
