@@ -44,6 +44,7 @@ mod ring;
 mod shared;
 mod stats;
 mod stripes;
+mod sync;
 mod write;
 
 #[doc(hidden)]

@@ -25,13 +25,14 @@
 //! therefore parks for a bounded time (the `park_recheck` given to [`ring`])
 //! before it looks again, which bounds the delay of such a job.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::{self, Thread};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use crate::sync::thread::{self, Thread};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering, UnsafeCell, fence, unsync_usize};
 
 /// A value alone on a pair of cache lines (adjacent-line prefetch pulls lines
 /// in pairs on x86).
@@ -83,19 +84,19 @@ impl<T> Shared<T> {
 
     fn wake_lane(&self) {
         if let Some(lane) = self.lane.get() {
-            lane.unpark();
+            thread::unpark(lane);
         }
     }
 }
 
 impl<T> Drop for Shared<T> {
     fn drop(&mut self) {
-        let tail = *self.tail.0.get_mut();
-        let mut index = *self.head.0.get_mut();
+        let tail = unsync_usize(&mut self.tail.0);
+        let mut index = unsync_usize(&mut self.head.0);
         let mask = self.slots.len() - 1;
         while index != tail {
             let slot = &mut self.slots[index & mask];
-            if *slot.seq.get_mut() == index.wrapping_add(1) {
+            if unsync_usize(&mut slot.seq) == index.wrapping_add(1) {
                 // SAFETY: the sequence says job `index` was written here and
                 // `head` says the lane has not taken it; `&mut self` means no
                 // one else can reach it.
@@ -111,6 +112,13 @@ pub(crate) enum PushError<T> {
     Full(T),
     /// The receiver is gone.
     Closed(T),
+}
+
+/// Why [`RingSender::claim`] found no index to give (a [`PushError`] without
+/// the value).
+enum Refused {
+    Full,
+    Closed,
 }
 
 /// Why a pop found nothing.
@@ -172,9 +180,25 @@ pub(crate) fn ring<T>(capacity: usize, park_recheck: Duration) -> (RingSender<T>
 impl<T> RingSender<T> {
     /// Queues `value` behind every value pushed before it; never blocks.
     pub(crate) fn try_push(&self, value: T) -> Result<(), PushError<T>> {
+        match self.claim() {
+            Ok(index) => {
+                // SAFETY: `claim` gave `index` to this call alone.
+                unsafe { self.fill(index, value) };
+                Ok(())
+            }
+            Err(Refused::Full) => Err(PushError::Full(value)),
+            Err(Refused::Closed) => Err(PushError::Closed(value)),
+        }
+    }
+
+    /// The first half of a push: claims the next index, whose slot the lane
+    /// is done with. Until [`RingSender::fill`] writes it, the jobs behind
+    /// it wait (and [`RingReceiver::push_in_progress`] says so).
+    #[inline(always)]
+    fn claim(&self) -> Result<usize, Refused> {
         let shared = &*self.shared;
         if shared.receiver_gone.load(Ordering::Relaxed) {
-            return Err(PushError::Closed(value));
+            return Err(Refused::Closed);
         }
         let capacity = shared.slots.len();
         // `tail` is acquired and released so that whatever a caller did
@@ -197,7 +221,7 @@ impl<T> RingSender<T> {
                         tail = current;
                         continue;
                     }
-                    return Err(PushError::Full(value));
+                    return Err(Refused::Full);
                 }
             }
             match shared.tail.0.compare_exchange_weak(
@@ -206,27 +230,37 @@ impl<T> RingSender<T> {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break,
+                Ok(_) => return Ok(tail),
                 Err(current) => tail = current,
             }
         }
-        let slot = shared.slot(tail);
-        // SAFETY: this call alone claimed index `tail`, and the check above
-        // (acquiring `head`, directly or through `cached_head`) saw the lane
-        // done with the slot's previous job, so nobody else touches the value.
-        unsafe { (*slot.value.get()).write(value) };
-        slot.seq.store(tail.wrapping_add(1), Ordering::Release);
+    }
+
+    /// The second half of a push: writes job `index` into its slot and
+    /// wakes the lane if it is parked.
+    ///
+    /// # Safety
+    ///
+    /// `index` comes from [`RingSender::claim`], and is filled once.
+    #[inline(always)]
+    unsafe fn fill(&self, index: usize, value: T) {
+        let shared = &*self.shared;
+        let slot = shared.slot(index);
+        // SAFETY: this call alone claimed `index`, and the claim (acquiring
+        // `head`, directly or through `cached_head`) saw the lane done with
+        // the slot's previous job, so nobody else touches the value.
+        slot.value.with_mut(|cell| unsafe { (*cell).write(value) });
+        slot.seq.store(index.wrapping_add(1), Ordering::Release);
         if shared.parked.0.load(Ordering::Relaxed) {
             shared.wake_lane();
         }
-        Ok(())
     }
 
     /// Wakes the lane if it is parked, after work went somewhere else (the
     /// `ready` check of [`RingReceiver::park`] must see that work). Unlike a
     /// push, this one fences, so it cannot miss a lane going to sleep.
     pub(crate) fn wake(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         if self.shared.parked.0.load(Ordering::SeqCst) {
             self.shared.wake_lane();
         }
@@ -280,7 +314,9 @@ impl<T> RingReceiver<T> {
         // SAFETY: the sequence (acquired) says the pusher that claimed `head`
         // has written the value, and only this receiver reads it, once:
         // `head` moves past it right after.
-        let value = unsafe { (*slot.value.get()).assume_init_read() };
+        let value = slot
+            .value
+            .with(|cell| unsafe { (*cell).assume_init_read() });
         shared.head.0.store(head.wrapping_add(1), Ordering::Release);
         Some(value)
     }
@@ -309,9 +345,10 @@ impl<T> Drop for RingReceiver<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use std::thread;
 
     const RECHECK: Duration = Duration::from_millis(100);
 
@@ -376,7 +413,7 @@ mod tests {
         // Finish that push by hand.
         let slot = sender.shared.slot(0);
         // SAFETY: the slot was claimed above and nobody else writes it.
-        unsafe { (*slot.value.get()).write(5) };
+        slot.value.with_mut(|cell| unsafe { (*cell).write(5) });
         slot.seq.store(1, Ordering::Release);
         assert_eq!(receiver.try_pop(), Ok(5));
         assert!(!receiver.push_in_progress());
@@ -507,5 +544,274 @@ mod tests {
         let reports = lane_reporting_first(receiver);
         drop(sender);
         assert_eq!(reports.recv_timeout(Duration::from_secs(30)), Ok(None));
+    }
+}
+
+/// Loom models of the ring: each test runs its closure in every interleaving
+/// (and every value a load may read under the memory model) that loom
+/// reaches within the preemption bound. Run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p dualwrite-runtime --release --lib loom`.
+///
+/// At most one thread of a model waits (yielding) for another at a time:
+/// with two such threads loom also explores the unfair schedules in which
+/// they take turns forever and never run the thread they wait for, and it
+/// stops at its branch limit.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::{model, thread};
+
+    /// Unused: under loom a timed park is a yield (see `crate::sync`).
+    const RECHECK: Duration = Duration::from_millis(100);
+
+    /// Pops the next value, parking while the ring is empty; `None` once
+    /// the sender is gone and the ring drained.
+    fn pop<T>(receiver: &RingReceiver<T>) -> Option<T> {
+        loop {
+            match receiver.try_pop() {
+                Ok(value) => return Some(value),
+                Err(PopError::Empty) => receiver.park(|| false),
+                Err(PopError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Two pushers, two values each, into a ring of two slots while the
+    /// receiver pops (a push that finds the ring full gives up: a pusher
+    /// spinning on a full ring would, in loom's unfair schedules, starve
+    /// the claimed push the receiver waits for). Each pushed value comes
+    /// out exactly once, each pusher's in the order it pushed them, and
+    /// `Closed` only after all of them.
+    #[test]
+    fn loom_two_pushers_one_popper() {
+        model(2, || {
+            let (sender, receiver) = ring::<(usize, usize)>(2, RECHECK);
+            let sender = Arc::new(sender);
+            let pushers: Vec<_> = (0..2)
+                .map(|pusher| {
+                    let sender = Arc::clone(&sender);
+                    thread::spawn(move || {
+                        let mut pushed = Vec::new();
+                        for n in 0..2 {
+                            match sender.try_push((pusher, n)) {
+                                Ok(()) => pushed.push(n),
+                                Err(PushError::Full(value)) => assert_eq!(value, (pusher, n)),
+                                Err(PushError::Closed(_)) => panic!("the receiver is gone"),
+                            }
+                        }
+                        pushed
+                    })
+                })
+                .collect();
+            // The last pusher to finish drops the sender, closing the ring.
+            drop(sender);
+            let mut popped = [Vec::new(), Vec::new()];
+            while let Some((pusher, n)) = pop(&receiver) {
+                popped[pusher].push(n);
+            }
+            for (pusher, handle) in pushers.into_iter().enumerate() {
+                let pushed = handle.join().expect("pusher");
+                assert_eq!(
+                    popped[pusher], pushed,
+                    "pusher {pusher}: lost, repeated or reordered"
+                );
+            }
+        });
+    }
+
+    /// Pushes racing with pops in a ring of two slots on its second lap
+    /// (slot 0 holds job 2 and is reused for job 4): a full ring gives the
+    /// value back, a ring the pusher knows has room takes it, and the lane's
+    /// read of a slot is ordered before the next write to it (loom checks
+    /// every access to the slot's value).
+    #[test]
+    fn loom_push_races_pop_across_the_wrap() {
+        model(3, || {
+            let (sender, receiver) = ring::<usize>(2, RECHECK);
+            for value in 0..2 {
+                assert!(sender.try_push(value).is_ok());
+                assert_eq!(receiver.try_pop(), Ok(value));
+            }
+            assert!(sender.try_push(2).is_ok());
+            let popped = Arc::new(AtomicBool::new(false));
+            let lane = {
+                let popped = Arc::clone(&popped);
+                thread::spawn(move || {
+                    assert_eq!(pop(&receiver), Some(2));
+                    popped.store(true, Ordering::Release);
+                    assert_eq!(pop(&receiver), Some(3));
+                    assert_eq!(pop(&receiver), Some(4));
+                    assert_eq!(pop(&receiver), None);
+                })
+            };
+            assert!(sender.try_push(3).is_ok(), "slot 1 is free");
+            loop {
+                let room = popped.load(Ordering::Acquire);
+                match sender.try_push(4) {
+                    Ok(()) => break,
+                    Err(PushError::Full(value)) => {
+                        assert_eq!(value, 4, "a full ring gives the value back");
+                        assert!(!room, "the lane took job 2, yet the ring said full");
+                        thread::yield_now();
+                    }
+                    Err(PushError::Closed(_)) => panic!("the receiver is gone"),
+                }
+            }
+            drop(sender);
+            lane.join().expect("lane");
+        });
+    }
+
+    /// Counts its drops, by the number it carries.
+    struct Counted {
+        id: usize,
+        drops: std::sync::Arc<[std::sync::atomic::AtomicUsize; 3]>,
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.drops[self.id].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Tallies (std atomics: bookkeeping for the test, not part of the
+    /// model, and loom runs one thread at a time).
+    fn tallies() -> std::sync::Arc<[std::sync::atomic::AtomicUsize; 3]> {
+        std::sync::Arc::new(Default::default())
+    }
+
+    fn dropped_once(drops: &[std::sync::atomic::AtomicUsize; 3]) {
+        for (id, count) in drops.iter().enumerate() {
+            let count = count.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(count, 1, "value {id} dropped {count} times");
+        }
+    }
+
+    /// The sender pushes three values into two slots (giving up on a full
+    /// ring) and goes away while the receiver pops: the receiver gets the
+    /// pushed values in order, then `Closed`, and every value is dropped
+    /// exactly once.
+    #[test]
+    fn loom_close_while_popping_drains_then_reports_closed() {
+        model(3, || {
+            let drops = tallies();
+            let (sender, receiver) = ring::<Counted>(2, RECHECK);
+            let pusher = {
+                let drops = std::sync::Arc::clone(&drops);
+                thread::spawn(move || {
+                    let mut pushed = Vec::new();
+                    for id in 0..3 {
+                        let value = Counted {
+                            id,
+                            drops: std::sync::Arc::clone(&drops),
+                        };
+                        match sender.try_push(value) {
+                            Ok(()) => pushed.push(id),
+                            // Dropped here, by the pusher.
+                            Err(PushError::Full(_)) => {}
+                            Err(PushError::Closed(_)) => panic!("the receiver is gone"),
+                        }
+                    }
+                    // `sender` is dropped here: the ring closes.
+                    pushed
+                })
+            };
+            let mut popped = Vec::new();
+            while let Some(value) = pop(&receiver) {
+                popped.push(value.id);
+            }
+            assert_eq!(receiver.try_pop().err(), Some(PopError::Closed));
+            let pushed = pusher.join().expect("pusher");
+            assert_eq!(
+                popped, pushed,
+                "the receiver must drain every pushed value, in order"
+            );
+            drop(receiver);
+            dropped_once(&drops);
+        });
+    }
+
+    /// The receiver takes one value and goes away while the sender still
+    /// pushes: pushes after that are refused (the value comes back), and
+    /// the values left in the ring are dropped with it, each exactly once.
+    #[test]
+    fn loom_values_left_in_the_ring_are_dropped_once() {
+        model(3, || {
+            let drops = tallies();
+            let (sender, receiver) = ring::<Counted>(2, RECHECK);
+            let pusher = {
+                let drops = std::sync::Arc::clone(&drops);
+                thread::spawn(move || {
+                    for id in 0..3 {
+                        let value = Counted {
+                            id,
+                            drops: std::sync::Arc::clone(&drops),
+                        };
+                        // A refused value is dropped here, by the pusher.
+                        match sender.try_push(value) {
+                            Ok(()) | Err(PushError::Full(_)) => {}
+                            Err(PushError::Closed(value)) => assert_eq!(value.id, id),
+                        }
+                    }
+                })
+            };
+            if let Some(value) = pop(&receiver) {
+                assert_eq!(value.id, 0, "the first value out is the first pushed");
+            }
+            drop(receiver);
+            pusher.join().expect("pusher");
+            dropped_once(&drops);
+        });
+    }
+
+    /// A pusher that has claimed an index and not yet written its slot: a
+    /// receiver that knows of the claim (it read the flag the pusher set
+    /// after claiming) and finds the ring empty sees `push_in_progress`,
+    /// and a value pushed behind the claim waits for it.
+    #[test]
+    fn loom_a_claimed_unwritten_slot_is_a_push_in_progress() {
+        model(3, || {
+            let (sender, receiver) = ring::<usize>(2, RECHECK);
+            let sender = Arc::new(sender);
+            let claimed = Arc::new(AtomicBool::new(false));
+            let slow = {
+                let (sender, claimed) = (Arc::clone(&sender), Arc::clone(&claimed));
+                thread::spawn(move || {
+                    let Ok(index) = sender.claim() else {
+                        panic!("an empty ring has room")
+                    };
+                    claimed.store(true, Ordering::Release);
+                    // SAFETY: `index` was claimed just above.
+                    unsafe { sender.fill(index, 1) };
+                })
+            };
+            let fast = {
+                let sender = Arc::clone(&sender);
+                thread::spawn(move || assert!(sender.try_push(2).is_ok(), "two slots, two values"))
+            };
+            drop(sender);
+            let mut popped = Vec::new();
+            loop {
+                let knows_claim = claimed.load(Ordering::Acquire);
+                match receiver.try_pop() {
+                    Ok(value) => popped.push(value),
+                    Err(PopError::Empty) => {
+                        if knows_claim && !popped.contains(&1) {
+                            assert!(
+                                receiver.push_in_progress(),
+                                "an index is claimed and its slot not written"
+                            );
+                        }
+                        thread::yield_now();
+                    }
+                    Err(PopError::Closed) => break,
+                }
+            }
+            popped.sort_unstable();
+            assert_eq!(popped, [1, 2]);
+            assert!(!receiver.push_in_progress(), "every push is done");
+            slow.join().expect("slow pusher");
+            fast.join().expect("fast pusher");
+        });
     }
 }

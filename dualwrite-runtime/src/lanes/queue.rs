@@ -6,13 +6,15 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use super::Job;
 use super::config::LaneQueue;
 use crate::ring::{self, PopError, PushError, RingReceiver, RingSender};
+// The ring and its overflow, which the loom models check (`loom_tests`
+// below); the lanes' shutdown flag (`exit`) stays std's.
+use crate::sync::{self, MutexGuard, thread};
 
 /// The longest a parked lane sleeps before it looks at its queue again: the
 /// most a write handed over just as the lane parks can wait (see
@@ -27,12 +29,12 @@ const MAX_RING: usize = 1 << 16;
 struct Overflow<C> {
     /// Set while `jobs` may hold writes: senders then queue behind them.
     /// Changed only with `jobs` locked.
-    active: AtomicBool,
-    jobs: Mutex<VecDeque<Job<C>>>,
+    active: sync::AtomicBool,
+    jobs: sync::Mutex<VecDeque<Job<C>>>,
 }
 
 impl<C> Overflow<C> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job<C>>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Job<C>>> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -41,13 +43,13 @@ impl<C> Overflow<C> {
 /// then the overflow.
 pub(super) struct RingLaneSender<C> {
     pub(super) ring: RingSender<Job<C>>,
-    overflow: Arc<Overflow<C>>,
+    overflow: sync::Arc<Overflow<C>>,
 }
 
 /// The lane's side of its queue.
 pub(super) struct RingLaneReceiver<C> {
     ring: RingReceiver<Job<C>>,
-    overflow: Arc<Overflow<C>>,
+    overflow: sync::Arc<Overflow<C>>,
     /// Set when the adapter shuts down: the lane exits once its queue is
     /// empty.
     exit: Arc<AtomicBool>,
@@ -158,14 +160,14 @@ fn ring_queue<C>(
     exit: Arc<AtomicBool>,
 ) -> (RingLaneSender<C>, RingLaneReceiver<C>) {
     let (sender, receiver) = ring::ring(capacity.min(MAX_RING), PARK_RECHECK);
-    let overflow = Arc::new(Overflow {
-        active: AtomicBool::new(false),
-        jobs: Mutex::new(VecDeque::new()),
+    let overflow = sync::Arc::new(Overflow {
+        active: sync::AtomicBool::new(false),
+        jobs: sync::Mutex::new(VecDeque::new()),
     });
     (
         RingLaneSender {
             ring: sender,
-            overflow: Arc::clone(&overflow),
+            overflow: sync::Arc::clone(&overflow),
         },
         RingLaneReceiver {
             ring: receiver,
@@ -254,6 +256,196 @@ impl<C> RingLaneReceiver<C> {
                     self.overflow.active.load(Ordering::SeqCst) || self.exit.load(Ordering::SeqCst)
                 }),
             }
+        }
+    }
+}
+
+/// Loom models of the ring's hand-over to the overflow and back (see
+/// `crate::ring`'s `loom_tests` for the ring itself and how to run them).
+/// The lane runs the real `wait` loop; under loom its park is a yield.
+///
+/// Each model runs twice: free, and with a gate that holds the later pushes
+/// until the lane has taken some jobs. Loom's partial-order reduction does
+/// not reorder a store after another thread's earlier load of the same
+/// atomic when the storing thread loaded it itself just before (the lane
+/// reads `head` before it moves it; tokio-rs/loom#166), so without the gate
+/// it never lets a push see the room the lane has just made. The gate is
+/// relaxed on both sides: it steers the schedule and orders no memory, so
+/// the queue's own orderings must still do that.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::phase::Store;
+    use crate::sync::{model, thread};
+
+    /// A command naming its sender and its number in that sender's
+    /// sequence.
+    type Command = (usize, usize);
+
+    fn job(sender: usize, n: usize) -> Job<Command> {
+        Job {
+            method: "put",
+            key: None,
+            render_key: None,
+            key_hash: Some(sender as u64),
+            stripe: 0,
+            target: Store::New,
+            command: (sender, n),
+        }
+    }
+
+    fn queue() -> (RingLaneSender<Command>, RingLaneReceiver<Command>) {
+        ring_queue(2, Arc::new(AtomicBool::new(false)))
+    }
+
+    fn push(sender: &RingLaneSender<Command>, job: Job<Command>) {
+        assert!(sender.push(job).is_ok(), "the lane is gone");
+    }
+
+    /// Opened by the lane once it has taken `after` jobs.
+    #[derive(Clone)]
+    struct Gate {
+        after: usize,
+        open: sync::Arc<sync::AtomicBool>,
+    }
+
+    impl Gate {
+        /// A gate that opens after `after` jobs, if `gated`.
+        fn new(gated: bool, after: usize) -> Option<Gate> {
+            gated.then(|| Gate {
+                after,
+                open: sync::Arc::new(sync::AtomicBool::new(false)),
+            })
+        }
+
+        fn wait(gate: &Option<Gate>) {
+            if let Some(gate) = gate {
+                while !gate.open.load(Ordering::Relaxed) {
+                    thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Runs the lane's `wait` loop until the queue closes; what it got.
+    fn run_lane(
+        receiver: RingLaneReceiver<Command>,
+        gate: Option<Gate>,
+    ) -> loom::thread::JoinHandle<Vec<Command>> {
+        thread::spawn(move || {
+            let mut taken = Vec::new();
+            while let Some(job) = receiver.wait() {
+                taken.push(job.command);
+                if let Some(gate) = &gate
+                    && taken.len() == gate.after
+                {
+                    gate.open.store(true, Ordering::Relaxed);
+                }
+            }
+            taken
+        })
+    }
+
+    fn in_order(sender: usize, count: usize) -> Vec<Command> {
+        (0..count).map(|n| (sender, n)).collect()
+    }
+
+    /// The ring (two slots) is full and job 2 went to the overflow; then
+    /// jobs 3 and 4 of the same sender are pushed while the lane drains
+    /// (gated: after the lane took job 0, so the ring has room). They must
+    /// queue behind job 2: all five come out in push order.
+    #[test]
+    fn loom_pushes_after_an_overflowed_job_queue_behind_it() {
+        for gated in [false, true] {
+            model(3, move || {
+                let (sender, receiver) = queue();
+                for n in 0..3 {
+                    push(&sender, job(0, n));
+                }
+                assert!(
+                    sender.overflow.active.load(Ordering::Relaxed),
+                    "job 2 found the ring full"
+                );
+                let gate = Gate::new(gated, 1);
+                let lane = run_lane(receiver, gate.clone());
+                Gate::wait(&gate);
+                for n in 3..5 {
+                    push(&sender, job(0, n));
+                }
+                drop(sender);
+                assert_eq!(lane.join().expect("lane"), in_order(0, 5));
+            });
+        }
+    }
+
+    /// The ring (two slots) is full when the lane starts; the sender pushes
+    /// three more jobs as the lane drains it (gated: after the lane took
+    /// both), so a job can land in the ring just before the next one goes
+    /// to the overflow, and the lane must not take the overflow's job while
+    /// the ring job before it is on its way. All five come out in order.
+    #[test]
+    fn loom_a_ring_job_goes_before_the_overflow_job_pushed_after_it() {
+        for gated in [false, true] {
+            model(3, move || {
+                let (sender, receiver) = queue();
+                for n in 0..2 {
+                    push(&sender, job(0, n));
+                }
+                let gate = Gate::new(gated, 2);
+                let lane = run_lane(receiver, gate.clone());
+                Gate::wait(&gate);
+                for n in 2..5 {
+                    push(&sender, job(0, n));
+                }
+                drop(sender);
+                assert_eq!(lane.join().expect("lane"), in_order(0, 5));
+            });
+        }
+    }
+
+    /// Two senders. Sender 0 fills the ring and puts job (0, 2) in the
+    /// overflow; then, while the lane drains, sender 0 pushes (0, 3) and a
+    /// second sender, started after (0, 2) was queued (gated: once the lane
+    /// took a job), pushes (1, 0) and (1, 1). Each sender's jobs come out
+    /// in its order, and sender 1's after (0, 2), queued before they were
+    /// pushed.
+    #[test]
+    fn loom_two_senders_keep_their_order_behind_the_overflow() {
+        for gated in [false, true] {
+            model(2, move || {
+                let (sender, receiver) = queue();
+                for n in 0..3 {
+                    push(&sender, job(0, n));
+                }
+                let gate = Gate::new(gated, 1);
+                let lane = run_lane(receiver, gate.clone());
+                // loom's `Arc`, so that the last drop (which closes the
+                // queue) is ordered after the other sender's pushes.
+                let sender = sync::Arc::new(sender);
+                let other = {
+                    let sender = sync::Arc::clone(&sender);
+                    thread::spawn(move || {
+                        Gate::wait(&gate);
+                        for n in 0..2 {
+                            push(&sender, job(1, n));
+                        }
+                    })
+                };
+                push(&sender, job(0, 3));
+                drop(sender);
+                other.join().expect("sender 1");
+                let taken = lane.join().expect("lane");
+                let of = |who: usize| -> Vec<Command> {
+                    taken.iter().copied().filter(|job| job.0 == who).collect()
+                };
+                assert_eq!(of(0), in_order(0, 4), "sender 0's order");
+                assert_eq!(of(1), in_order(1, 2), "sender 1's order");
+                let position = |command| taken.iter().position(|job| *job == command);
+                assert!(
+                    position((0, 2)) < position((1, 0)),
+                    "a job pushed after the overflowed one overtook it: {taken:?}"
+                );
+            });
         }
     }
 }
