@@ -39,6 +39,7 @@ fn fill(path: &Path, rows: i64) {
     let mut conn = open(path);
     let tx = conn.transaction().expect("tx");
     for id in 0..rows {
+        // dualwrite-lint: allow(DW002) test data, written to each store on its own
         tx.execute(
             "INSERT INTO people (id, name, email) VALUES (?1, ?2, ?3)",
             (id, format!("person {id}"), format!("p{id}@example.com")),
@@ -80,15 +81,19 @@ fn planted_drift_is_found_reported_and_repaired() {
     fill(&old, 5_000);
     fill(&new, 5_000);
     let conn = open(&new);
+    // dualwrite-lint: allow(DW002) planted drift: New only, on purpose
     conn.execute("DELETE FROM people WHERE id IN (10, 2500)", [])
         .expect("missing");
+    // dualwrite-lint: allow(DW002) planted drift: New only, on purpose
     conn.execute(
         "INSERT INTO people (id, name, email) VALUES (9000, 'ghost', NULL)",
         [],
     )
     .expect("extra");
+    // dualwrite-lint: allow(DW002) planted drift: New only, on purpose
     conn.execute("UPDATE people SET email = NULL WHERE id = 4321", [])
         .expect("different");
+    // dualwrite-lint: allow(DW002) planted drift: New only, on purpose
     conn.execute("UPDATE people SET name = 'renamed' WHERE id = 77", [])
         .expect("different");
 

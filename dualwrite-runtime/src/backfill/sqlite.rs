@@ -226,6 +226,7 @@ impl Checkpoint for SqliteCheckpoint {
 
     fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
         self.conn
+            // dualwrite-lint: allow(DW002) the backfill's own checkpoint table, in one store on purpose
             .execute(
                 "INSERT INTO dualwrite_backfill_checkpoint (job, last_key, rows) VALUES (?1, ?2, ?3)
                  ON CONFLICT (job) DO UPDATE SET last_key = excluded.last_key, rows = excluded.rows",
