@@ -537,6 +537,19 @@ impl Migration {
             .unwrap_or_else(|| self.phase())
     }
 
+    /// Whether some write may have a secondary store now: an override
+    /// exists, or the global phase writes both stores. One or two atomic
+    /// loads; lets the primary-only path skip the latency sampling.
+    #[inline]
+    pub(crate) fn may_dual_write(&self) -> bool {
+        self.inner.has_overrides.load(Ordering::Relaxed)
+            || self
+                .phase()
+                .write_route(&self.inner.options)
+                .secondary
+                .is_some()
+    }
+
     /// The write route for `key` under its effective phase.
     #[inline]
     pub fn write_route(&self, key: Option<&dyn RoutingKey>) -> WriteRoute {

@@ -180,7 +180,11 @@ impl<C> DualWriteCore<C> {
         let key_hash = key.map(RoutingKey::route_hash);
         // Timed from before the wait for the stripe: that wait is latency the
         // adapter adds too.
-        let started = self.shared().latency.start();
+        let started = if self.migration().may_dual_write() {
+            self.shared().latency.start()
+        } else {
+            0
+        };
         let stripe = self.stripes().lock(KeyStripes::index(key_hash));
         let mut ticket = self.ticket(method, route_key, key_hash, stripe, started);
         if ticket.needs_room() {
