@@ -25,6 +25,21 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `"key", "a", "b"` and `?1, ?2, ?3`: the column list and placeholders of
+/// an insert of `key` and `columns`.
+fn insert_lists(key: &str, columns: &[&str]) -> (String, String) {
+    let names = std::iter::once(key)
+        .chain(columns.iter().copied())
+        .map(quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let marks = (1..=columns.len() + 1)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (names, marks)
+}
+
 fn source_error(error: rusqlite::Error) -> BackfillError {
     BackfillError::Source(error.to_string())
 }
@@ -140,15 +155,7 @@ impl<K> SqliteSink<K> {
     /// Writes `columns` of `table` (`key` must be its primary key or carry
     /// a unique index, for the conflict clause) through `conn`.
     pub fn new(conn: Connection, table: &str, key: &str, columns: &[&str]) -> Self {
-        let names = std::iter::once(key)
-            .chain(columns.iter().copied())
-            .map(quoted)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let marks = (1..=columns.len() + 1)
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (names, marks) = insert_lists(key, columns);
         SqliteSink {
             conn,
             insert: format!(
@@ -250,15 +257,7 @@ impl<K> SqliteRepair<K> {
     /// Repairs `columns` of `table` (`key` is its primary key) through
     /// `conn`.
     pub fn new(conn: Connection, table: &str, key: &str, columns: &[&str]) -> Self {
-        let names = std::iter::once(key)
-            .chain(columns.iter().copied())
-            .map(quoted)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let marks = (1..=columns.len() + 1)
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (names, marks) = insert_lists(key, columns);
         let updates = if columns.is_empty() {
             "NOTHING".to_owned()
         } else {
