@@ -652,15 +652,53 @@ impl KeyGuard {
     /// until the returned hold is dropped. Keys are taken in a fixed order,
     /// so two jobs cannot deadlock; keep the hold short (one batch).
     pub fn hold(&self, keys: &[&dyn RoutingKey]) -> KeysHold<'_> {
+        KeysHold {
+            _hold: self.stripes.lock_many(&Self::indices(keys)),
+        }
+    }
+
+    /// Like [`KeyGuard::hold`], then waits, up to `timeout`, until no
+    /// secondary write of these keys is pending either (queued in a lane,
+    /// or a blocking call abandoned at its deadline): with `true`, both
+    /// stores show every acknowledged write of the keys, so a comparison
+    /// made under the hold sees no difference the lanes are about to close.
+    /// `false`: the deadline passed with writes still pending (the
+    /// secondary is behind); the keys are held all the same.
+    ///
+    /// The pending count is per stripe, so writes of other keys sharing a
+    /// stripe are waited for too; new writes of those keys wait meanwhile.
+    pub fn hold_drained(
+        &self,
+        keys: &[&dyn RoutingKey],
+        timeout: Duration,
+    ) -> (KeysHold<'_>, bool) {
+        let indices = Self::indices(keys);
+        let hold = KeysHold {
+            _hold: self.stripes.lock_many(&indices),
+        };
+        let deadline = Instant::now() + timeout;
+        let mut nap = Duration::from_micros(20);
+        loop {
+            if indices.iter().all(|&i| self.stripes.pending_of(i) == 0) {
+                return (hold, true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return (hold, false);
+            }
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(2));
+        }
+    }
+
+    fn indices(keys: &[&dyn RoutingKey]) -> Vec<usize> {
         let mut indices: Vec<usize> = keys
             .iter()
             .map(|key| KeyStripes::index(Some(key.route_hash())))
             .collect();
         indices.sort_unstable();
         indices.dedup();
-        KeysHold {
-            _hold: self.stripes.lock_many(&indices),
-        }
+        indices
     }
 
     /// Whether any secondary write of `key` is pending (in a lane, or a

@@ -236,6 +236,8 @@ impl CriterionReport {
     }
 }
 
+/// A table row: name, value, threshold and verdict; `{:#}` gives the
+/// one-line form (`secondary write success rate 98.9 % (needs > 99.950 %)`).
 impl fmt::Display for CriterionReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (value, threshold) = match self.criterion {
@@ -257,6 +259,21 @@ impl fmt::Display for CriterionReport {
             ),
         };
         let value = value.unwrap_or_else(|| "-".to_owned());
+        if f.alternate() {
+            // The one-line form, for an error message or a table cell.
+            let name = self.criterion.name();
+            return match self.verdict {
+                Verdict::Met => write!(f, "{name} {value} (met: {threshold})"),
+                Verdict::Unmet => write!(f, "{name} {value} (needs {threshold})"),
+                Verdict::TooFewSamples => write!(
+                    f,
+                    "{name} {value} on too few samples ({} of {})",
+                    self.samples.unwrap_or(0),
+                    self.min_samples.unwrap_or(0)
+                ),
+                Verdict::NotMeasured => write!(f, "{name} not measured"),
+            };
+        }
         let verdict = match self.verdict {
             Verdict::Met => "met".to_owned(),
             Verdict::Unmet => "UNMET".to_owned(),

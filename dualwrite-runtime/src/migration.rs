@@ -751,7 +751,7 @@ impl fmt::Display for AdvanceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AdvanceError::Refused(report) => {
-                let unmet: Vec<String> = report.unmet().map(|c| c.to_string()).collect();
+                let unmet: Vec<String> = report.unmet().map(|c| format!("{c:#}")).collect();
                 write!(
                     f,
                     "the cutover gate refused `{}` -> `{}`: {}",

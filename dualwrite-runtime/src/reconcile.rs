@@ -15,8 +15,10 @@
 //! Live writes keep flowing while a scan runs, so a row can change between
 //! the read of one store and the read of the other: every difference found
 //! is read again from both stores (under the adapter's [`KeyGuard`] when one
-//! is given, so no write of the key is in flight) before it is counted;
-//! one that went away counts as `settled`, not as a difference.
+//! is given, so no write of the key is in flight, after the adapter's lanes
+//! applied the key's queued secondary writes: [`KeyGuard::hold_drained`])
+//! before it is counted; one that went away counts as `settled`, not as a
+//! difference.
 //!
 //! Repair is opt-in (dry run by default): [`Reconcile::repair_into`] copies
 //! the authoritative side's row to the other store through a
@@ -26,11 +28,15 @@
 //! of the adapter's dead letters.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::backfill::{BackfillError, BackfillSource};
 use crate::core::KeyGuard;
 use crate::key::RoutingKey;
 use crate::phase::Store;
+
+/// How long a guarded re-check waits for queued secondary writes by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What reconciliation found for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +179,7 @@ where
     guard: Option<KeyGuard>,
     authoritative: Store,
     max_listed: usize,
+    drain_timeout: Duration,
 }
 
 impl<O, N> Reconcile<O, N, fn(O::Row) -> O::Row, fn(&O::Row, &O::Row) -> Option<Vec<String>>>
@@ -207,6 +214,7 @@ where
             guard: None,
             authoritative: Store::Old,
             max_listed: 1_000,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 
@@ -229,6 +237,15 @@ where
     #[must_use]
     pub fn authoritative(mut self, store: Store) -> Self {
         self.authoritative = store;
+        self
+    }
+
+    /// How long a guarded re-check waits for the secondary writes of its
+    /// keys still queued in the adapter's lanes (default 10 s) before it
+    /// compares anyway.
+    #[must_use]
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
         self
     }
 
@@ -386,7 +403,20 @@ where
         }
         let guard = self.guard.clone();
         let routing: Vec<&dyn RoutingKey> = keys.iter().map(|key| key as &dyn RoutingKey).collect();
-        let _hold = guard.as_ref().map(|guard| guard.hold(&routing));
+        let _hold = guard.as_ref().map(|guard| {
+            // A write the primary acknowledged may still be queued for the
+            // secondary: let the lanes apply it before comparing, so the
+            // gap counts drift, not lag.
+            let (hold, drained) = guard.hold_drained(&routing, self.drain_timeout);
+            if !drained {
+                tracing::warn!(
+                    keys = keys.len(),
+                    waited = ?self.drain_timeout,
+                    "reconciliation: secondary writes of these keys still pending; comparing anyway"
+                );
+            }
+            hold
+        });
         let old: std::collections::BTreeMap<O::Key, O::Row> =
             self.old.reread(None, keys)?.into_iter().collect();
         let mut new: std::collections::BTreeMap<O::Key, N::Row> =

@@ -287,6 +287,45 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
+    /// What was counted since `earlier` (a snapshot of the same adapter):
+    /// each counter's difference, so a cutover gate can judge a window of
+    /// time (the last minutes, the time since a repair) rather than the
+    /// whole run. `secondary_pending`, a level rather than a count, is
+    /// kept as it is now.
+    #[must_use]
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        StatsSnapshot {
+            old_writes_ok: d(self.old_writes_ok, earlier.old_writes_ok),
+            old_writes_failed: d(self.old_writes_failed, earlier.old_writes_failed),
+            new_writes_ok: d(self.new_writes_ok, earlier.new_writes_ok),
+            new_writes_failed: d(self.new_writes_failed, earlier.new_writes_failed),
+            primary_writes_ok: d(self.primary_writes_ok, earlier.primary_writes_ok),
+            primary_writes_failed: d(self.primary_writes_failed, earlier.primary_writes_failed),
+            secondary_writes_ok: d(self.secondary_writes_ok, earlier.secondary_writes_ok),
+            secondary_writes_failed: d(
+                self.secondary_writes_failed,
+                earlier.secondary_writes_failed,
+            ),
+            secondary_retries: d(self.secondary_retries, earlier.secondary_retries),
+            dead_letters: d(self.dead_letters, earlier.dead_letters),
+            secondary_pending: self.secondary_pending,
+            reads_compared: d(self.reads_compared, earlier.reads_compared),
+            reads_matched: d(self.reads_matched, earlier.reads_matched),
+            reads_mismatched: d(self.reads_mismatched, earlier.reads_mismatched),
+            reads_skipped_pending: d(self.reads_skipped_pending, earlier.reads_skipped_pending),
+            dead_letters_evicted: d(self.dead_letters_evicted, earlier.dead_letters_evicted),
+            queue_full: d(self.queue_full, earlier.queue_full),
+            writes_refused: d(self.writes_refused, earlier.writes_refused),
+            shadow_dropped: d(self.shadow_dropped, earlier.shadow_dropped),
+            late_completions: d(self.late_completions, earlier.late_completions),
+            primary_outcome_unknown: d(
+                self.primary_outcome_unknown,
+                earlier.primary_outcome_unknown,
+            ),
+        }
+    }
+
     /// `reads_matched / reads_compared`, or `None` before any comparison.
     /// The spec's cutover criterion is a match rate above 99.9 %.
     pub fn match_rate(&self) -> Option<f64> {
@@ -341,5 +380,23 @@ mod tests {
         let clone = stats.clone();
         clone.record_dead_letter();
         assert_eq!(stats.snapshot().dead_letters, 1);
+    }
+
+    #[test]
+    fn a_window_counts_only_what_happened_in_it() {
+        let stats = Stats::new();
+        stats.record_write(Store::New, Role::Secondary, false);
+        stats.record_comparison(false);
+        let start = stats.snapshot();
+        stats.record_write(Store::New, Role::Secondary, true);
+        stats.record_write(Store::New, Role::Secondary, true);
+        stats.record_comparison(true);
+        let window = stats.snapshot().since(&start);
+        assert_eq!(window.secondary_writes_ok, 2);
+        assert_eq!(window.secondary_writes_failed, 0);
+        assert_eq!(window.secondary_success_rate(), Some(1.0));
+        assert_eq!(window.match_rate(), Some(1.0));
+        // A snapshot from later (or another adapter) never underflows.
+        assert_eq!(start.since(&stats.snapshot()).secondary_writes_ok, 0);
     }
 }
