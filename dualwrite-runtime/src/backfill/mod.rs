@@ -25,8 +25,13 @@
 //!   gives done/total, rows per second and an ETA (and the fraction the
 //!   cutover gate checks).
 
+mod parallel;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod sqlx;
+
+pub use parallel::{KeyRange, ParallelBackfill, ParallelReport, Ranged};
 
 use std::fmt;
 use std::hash::Hash;
@@ -144,6 +149,50 @@ pub trait BackfillSource {
     /// How many rows there are (for progress), if the source can tell.
     fn count(&mut self) -> Result<Option<u64>, BackfillError> {
         Ok(None)
+    }
+
+    /// Up to `limit` rows with keys above `after` and at most `upto` (no
+    /// upper bound when `None`), in ascending key order: the scan of one key
+    /// range (a parallel backfill's worker, a reconciliation range whose
+    /// digests differ). The default scans and drops the rows past `upto`;
+    /// SQL sources put the bound in the query.
+    fn scan_until(
+        &mut self,
+        after: Option<&Self::Key>,
+        upto: Option<&Self::Key>,
+        limit: usize,
+    ) -> Result<Batch<Self::Key, Self::Row>, BackfillError> {
+        let mut rows = self.scan(after, limit)?;
+        if let Some(upto) = upto {
+            let keep = rows.partition_point(|(key, _)| key <= upto);
+            rows.truncate(keep);
+        }
+        Ok(rows)
+    }
+
+    /// Every `every`-th key in ascending order (the `every`-th, the
+    /// `2 * every`-th, ...): boundaries that cut the key space into ranges
+    /// of about `every` rows each, for a parallel backfill
+    /// ([`KeyRange::split`]) or range digests. The default scans the whole
+    /// source; SQL sources read only the key index.
+    fn boundaries(&mut self, every: usize) -> Result<Vec<Self::Key>, BackfillError> {
+        let every = every.max(1);
+        let mut keys = Vec::new();
+        let mut after: Option<Self::Key> = None;
+        let mut seen = 0_usize;
+        loop {
+            let batch = self.scan(after.as_ref(), every.clamp(64, 10_000))?;
+            let Some((last, _)) = batch.last() else { break };
+            let last = last.clone();
+            for (key, _) in batch {
+                seen += 1;
+                if seen.is_multiple_of(every) {
+                    keys.push(key);
+                }
+            }
+            after = Some(last);
+        }
+        Ok(keys)
     }
 }
 

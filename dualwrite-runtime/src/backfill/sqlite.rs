@@ -12,10 +12,13 @@
 
 use std::marker::PhantomData;
 
-use rusqlite::types::{FromSql, ToSql, Value};
+use md5::{Digest as _, Md5};
+use rusqlite::functions::{Aggregate, Context, FunctionFlags};
+use rusqlite::types::{FromSql, ToSql, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::{BackfillError, BackfillKey, BackfillSink, BackfillSource, Checkpoint};
+use crate::reconcile::digest::{self, DigestSource, RangeDigest};
 
 /// A row as read: the values of the source's columns, in order.
 pub type SqliteRow = Vec<Value>;
@@ -51,12 +54,46 @@ fn sink_error(error: rusqlite::Error) -> BackfillError {
 /// Reads a table in key order.
 pub struct SqliteSource<K> {
     conn: Connection,
-    select: String,
-    select_first: String,
+    /// `SELECT key, columns.. FROM table [WHERE ..] ORDER BY key LIMIT ?`,
+    /// indexed by [`bounds`].
+    scans: [String; 4],
     select_range: String,
     count: String,
+    /// `SELECT key FROM table [WHERE key > ?1] ORDER BY key LIMIT 1 OFFSET ?`.
+    boundary: [String; 2],
+    /// `SELECT count(*), dualwrite_digest(key, expressions..) FROM table [WHERE ..]`,
+    /// when the source was given digest expressions.
+    digests: Option<[String; 4]>,
+    table: String,
+    key_column: String,
     columns: usize,
     key: PhantomData<fn() -> K>,
+}
+
+/// The index of a statement variant: bit 0 for a lower bound (`key > ?`),
+/// bit 1 for an upper bound (`key <= ?`).
+fn bounds(after: bool, upto: bool) -> usize {
+    usize::from(after) | (usize::from(upto) << 1)
+}
+
+/// The `WHERE` clause of variant `variant` (see [`bounds`]), with
+/// numbered placeholders from `?1`, and the next placeholder's number.
+fn where_clause(key: &str, variant: usize) -> (String, usize) {
+    let mut conditions = Vec::new();
+    let mut next = 1;
+    if variant & 1 != 0 {
+        conditions.push(format!("{key} > ?{next}"));
+        next += 1;
+    }
+    if variant & 2 != 0 {
+        conditions.push(format!("{key} <= ?{next}"));
+        next += 1;
+    }
+    if conditions.is_empty() {
+        (String::new(), next)
+    } else {
+        (format!(" WHERE {}", conditions.join(" AND ")), next)
+    }
 }
 
 impl<K> SqliteSource<K> {
@@ -69,17 +106,54 @@ impl<K> SqliteSource<K> {
             .collect::<Vec<_>>()
             .join(", ");
         let (table, key) = (quoted(table), quoted(key));
+        let scans = std::array::from_fn(|variant| {
+            let (clause, next) = where_clause(&key, variant);
+            format!("SELECT {list} FROM {table}{clause} ORDER BY {key} LIMIT ?{next}")
+        });
         SqliteSource {
             conn,
-            select: format!("SELECT {list} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"),
-            select_first: format!("SELECT {list} FROM {table} ORDER BY {key} LIMIT ?1"),
+            scans,
             select_range: format!(
                 "SELECT {list} FROM {table} WHERE {key} >= ?1 AND {key} <= ?2 ORDER BY {key}"
             ),
             count: format!("SELECT COUNT(*) FROM {table}"),
+            boundary: [
+                format!("SELECT {key} FROM {table} ORDER BY {key} LIMIT 1 OFFSET ?1"),
+                format!("SELECT {key} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT 1 OFFSET ?2"),
+            ],
+            digests: None,
+            table,
+            key_column: key,
             columns: columns.len(),
             key: PhantomData,
         }
+    }
+
+    /// Gives the source range digests ([`crate::reconcile::digest`]) over
+    /// these SQL expressions, one per compared column in the new store's
+    /// form (`first || ' ' || last`, `email`): SQL from the program, not
+    /// user input. Registers the aggregate function `dualwrite_digest` on
+    /// the connection.
+    pub fn with_digest(mut self, expressions: &[&str]) -> Result<Self, BackfillError> {
+        crate::reconcile::digest::check_expressions(expressions)?;
+        self.conn
+            .create_aggregate_function(
+                "dualwrite_digest",
+                -1,
+                FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+                RowDigest,
+            )
+            .map_err(source_error)?;
+        let arguments = std::iter::once(self.key_column.clone())
+            .chain(expressions.iter().map(|e| format!("({e})")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (table, key) = (&self.table, &self.key_column);
+        self.digests = Some(std::array::from_fn(|variant| {
+            let (clause, _) = where_clause(key, variant);
+            format!("SELECT COUNT(*), dualwrite_digest({arguments}) FROM {table}{clause}")
+        }));
+        Ok(self)
     }
 
     fn rows(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<(K, SqliteRow)>, BackfillError>
@@ -87,16 +161,17 @@ impl<K> SqliteSource<K> {
         K: FromSql,
     {
         let mut statement = self.conn.prepare_cached(sql).map_err(source_error)?;
-        let rows = statement
-            .query_map(params, |row| {
-                let key = row.get::<_, K>(0)?;
-                let values = (1..=self.columns)
-                    .map(|i| row.get::<_, Value>(i))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((key, values))
-            })
-            .map_err(source_error)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(source_error)
+        let mut rows = statement.query(params).map_err(source_error)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(source_error)? {
+            let key = row.get::<_, K>(0).map_err(source_error)?;
+            let mut values = Vec::with_capacity(self.columns);
+            for i in 1..=self.columns {
+                values.push(row.get::<_, Value>(i).map_err(source_error)?);
+            }
+            out.push((key, values));
+        }
+        Ok(out)
     }
 }
 
@@ -109,11 +184,24 @@ impl<K: BackfillKey + FromSql + ToSql> BackfillSource for SqliteSource<K> {
         after: Option<&K>,
         limit: usize,
     ) -> Result<Vec<(K, SqliteRow)>, BackfillError> {
+        self.scan_until(after, None, limit)
+    }
+
+    fn scan_until(
+        &mut self,
+        after: Option<&K>,
+        upto: Option<&K>,
+        limit: usize,
+    ) -> Result<Vec<(K, SqliteRow)>, BackfillError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        match after {
-            Some(after) => self.rows(&self.select, &[after, &limit]),
-            None => self.rows(&self.select_first, &[&limit]),
-        }
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(3);
+        params.extend(after.map(|key| key as &dyn ToSql));
+        params.extend(upto.map(|key| key as &dyn ToSql));
+        params.push(&limit);
+        self.rows(
+            &self.scans[bounds(after.is_some(), upto.is_some())],
+            &params,
+        )
     }
 
     fn reread(
@@ -141,6 +229,108 @@ impl<K: BackfillKey + FromSql + ToSql> BackfillSource for SqliteSource<K> {
             .query_row(&self.count, [], |row| row.get(0))
             .map_err(source_error)?;
         Ok(Some(u64::try_from(count).unwrap_or(0)))
+    }
+
+    fn boundaries(&mut self, every: usize) -> Result<Vec<K>, BackfillError> {
+        let offset = i64::try_from(every.max(1) - 1).unwrap_or(i64::MAX);
+        let mut keys: Vec<K> = Vec::new();
+        loop {
+            let found = match keys.last() {
+                None => self
+                    .conn
+                    .prepare_cached(&self.boundary[0])
+                    .and_then(|mut s| s.query_row([offset], |row| row.get::<_, K>(0)).optional()),
+                Some(after) => self.conn.prepare_cached(&self.boundary[1]).and_then(|mut s| {
+                    s.query_row((after, offset), |row| row.get::<_, K>(0))
+                        .optional()
+                }),
+            }
+            .map_err(source_error)?;
+            match found {
+                Some(key) => keys.push(key),
+                None => return Ok(keys),
+            }
+        }
+    }
+}
+
+impl<K: BackfillKey + FromSql + ToSql> DigestSource for SqliteSource<K> {
+    fn has_digests(&self) -> bool {
+        self.digests.is_some()
+    }
+
+    fn digest(&mut self, after: Option<&K>, upto: Option<&K>) -> Result<RangeDigest, BackfillError> {
+        let Some(digests) = &self.digests else {
+            return Err(BackfillError::Source(
+                "this SQLite source has no digest expressions (SqliteSource::with_digest)".to_owned(),
+            ));
+        };
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(2);
+        params.extend(after.map(|key| key as &dyn ToSql));
+        params.extend(upto.map(|key| key as &dyn ToSql));
+        let (rows, sum) = self
+            .conn
+            .prepare_cached(&digests[bounds(after.is_some(), upto.is_some())])
+            .and_then(|mut statement| {
+                statement.query_row(params.as_slice(), |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+            })
+            .map_err(source_error)?;
+        RangeDigest::parse(rows, &sum)
+    }
+}
+
+/// The first 60 bits of the MD5 of a row's text, as PostgreSQL's
+/// `('x' || substr(md5(t), 1, 15))::bit(60)::bigint` and MariaDB's
+/// `CONV(SUBSTRING(MD5(t), 1, 15), 16, 10)` compute them.
+pub fn row_hash(text: &[u8]) -> u64 {
+    let digest = Md5::digest(text);
+    let mut first = [0_u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) >> 4
+}
+
+/// The aggregate `dualwrite_digest(key, e1, ..)`: the sum of the row
+/// hashes of the row texts (see [`crate::reconcile::digest`]), as text.
+struct RowDigest;
+
+impl Aggregate<(u128, Vec<u8>), String> for RowDigest {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<(u128, Vec<u8>)> {
+        Ok((0, Vec::with_capacity(128)))
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, acc: &mut (u128, Vec<u8>)) -> rusqlite::Result<()> {
+        let (sum, text) = acc;
+        text.clear();
+        for i in 0..ctx.len() {
+            if i > 0 {
+                text.push(digest::FIELD_SEPARATOR as u8);
+            }
+            match ctx.get_raw(i) {
+                ValueRef::Null => text.push(digest::NULL_TEXT as u8),
+                ValueRef::Integer(value) => text.extend_from_slice(value.to_string().as_bytes()),
+                ValueRef::Real(value) => text.extend_from_slice(value.to_string().as_bytes()),
+                ValueRef::Text(value) => text.extend_from_slice(value),
+                ValueRef::Blob(value) => {
+                    // PostgreSQL's text form of a bytea.
+                    text.extend_from_slice(b"\\x");
+                    for byte in value {
+                        text.extend_from_slice(format!("{byte:02x}").as_bytes());
+                    }
+                }
+            }
+        }
+        *sum = sum.wrapping_add(u128::from(row_hash(text)));
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut Context<'_>,
+        acc: Option<(u128, Vec<u8>)>,
+    ) -> rusqlite::Result<String> {
+        Ok(acc.map_or(0, |(sum, _)| sum).to_string())
     }
 }
 

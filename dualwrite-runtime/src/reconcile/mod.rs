@@ -26,11 +26,19 @@
 //! left unresolved is the reconciliation gap the cutover gate checks.
 //! [`Reconcile::recheck`] does the same for a list of keys, such as the keys
 //! of the adapter's dead letters.
+//!
+//! With range digests ([`Reconcile::run_with_digests`], module [`digest`])
+//! the stores first hash key ranges in the database, and only the ranges
+//! whose digests differ are read row by row.
+
+pub mod digest;
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::backfill::{BackfillError, BackfillSource};
+pub use digest::{DigestSource, RangeDigest};
+
+use crate::backfill::{BackfillError, BackfillSource, KeyRange};
 use crate::core::KeyGuard;
 use crate::key::RoutingKey;
 use crate::phase::Store;
@@ -78,9 +86,10 @@ impl Difference {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ReconcileReport {
-    /// Rows read from the old store.
+    /// Rows read from the old store (not counting those of ranges whose
+    /// digests were equal, which stay in the database).
     pub old_rows: u64,
-    /// Rows read from the new store.
+    /// Rows read from the new store (same).
     pub new_rows: u64,
     /// Rows equal in both stores.
     pub equal: u64,
@@ -95,6 +104,13 @@ pub struct ReconcileReport {
     pub different: u64,
     /// Differences repaired (0 in a dry run).
     pub repaired: u64,
+    /// Key ranges whose digests were compared (0 without digests).
+    pub ranges: u64,
+    /// Ranges whose digests differed, and were compared row by row.
+    pub ranges_differing: u64,
+    /// Rows of the ranges whose digests were equal: counted as equal
+    /// without being read.
+    pub rows_in_equal_ranges: u64,
     /// Whether this was a dry run (nothing written).
     pub dry_run: bool,
     /// The differences, up to [`Reconcile::with_max_listed`] of them.
@@ -135,6 +151,23 @@ impl fmt::Display for ReconcileReport {
         writeln!(f, "  {:<22} {:>10}", "different", self.different)?;
         writeln!(f, "  {:<22} {:>10}", "settled while compared", self.settled)?;
         writeln!(f, "  {:<22} {:>10}", "repaired", self.repaired)?;
+        if self.ranges > 0 {
+            writeln!(
+                f,
+                "  {:<22} {:>10}",
+                "ranges digested", self.ranges
+            )?;
+            writeln!(
+                f,
+                "  {:<22} {:>10}",
+                "ranges row-compared", self.ranges_differing
+            )?;
+            writeln!(
+                f,
+                "  {:<22} {:>10}",
+                "rows vouched by digest", self.rows_in_equal_ranges
+            )?;
+        }
         writeln!(f, "  {:<22} {:>10}", "gap (unresolved)", self.gap())?;
         for difference in &self.differences {
             match difference {
@@ -313,7 +346,7 @@ where
         Ok(report)
     }
 
-    fn scan<S>(&mut self, mut sink: Option<&mut S>) -> Result<ReconcileReport, BackfillError>
+    fn scan<S>(&mut self, sink: Option<&mut S>) -> Result<ReconcileReport, BackfillError>
     where
         S: RepairSink<Key = O::Key, Row = N::Row>,
     {
@@ -321,15 +354,31 @@ where
             dry_run: sink.is_none(),
             ..ReconcileReport::default()
         };
-        let mut old_after: Option<O::Key> = None;
-        let mut new_after: Option<O::Key> = None;
+        self.merge_range(None, None, &mut report, sink)?;
+        Ok(report)
+    }
+
+    /// Merge-joins the rows of both stores with keys above `start` and at
+    /// most `upto`, settling the suspects as it goes.
+    fn merge_range<S>(
+        &mut self,
+        start: Option<&O::Key>,
+        upto: Option<&O::Key>,
+        report: &mut ReconcileReport,
+        mut sink: Option<&mut S>,
+    ) -> Result<(), BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        let mut old_after: Option<O::Key> = start.cloned();
+        let mut new_after: Option<O::Key> = start.cloned();
         let mut old_rows = std::collections::VecDeque::new();
         let mut new_rows = std::collections::VecDeque::new();
         let (mut old_done, mut new_done) = (false, false);
         let mut suspects: Vec<O::Key> = Vec::new();
         loop {
             if old_rows.is_empty() && !old_done {
-                let batch = self.old.scan(old_after.as_ref(), self.batch)?;
+                let batch = self.old.scan_until(old_after.as_ref(), upto, self.batch)?;
                 old_done = batch.len() < self.batch;
                 if let Some((key, _)) = batch.last() {
                     old_after = Some(key.clone());
@@ -338,7 +387,7 @@ where
                 old_rows.extend(batch);
             }
             if new_rows.is_empty() && !new_done {
-                let batch = self.new.scan(new_after.as_ref(), self.batch)?;
+                let batch = self.new.scan_until(new_after.as_ref(), upto, self.batch)?;
                 new_done = batch.len() < self.batch;
                 if let Some((key, _)) = batch.last() {
                     new_after = Some(key.clone());
@@ -377,11 +426,10 @@ where
             }
             if suspects.len() >= self.batch {
                 let keys = std::mem::take(&mut suspects);
-                self.settle(&keys, &mut report, sink.as_deref_mut(), false)?;
+                self.settle(&keys, report, sink.as_deref_mut(), false)?;
             }
         }
-        self.settle(&suspects, &mut report, sink, false)?;
-        Ok(report)
+        self.settle(&suspects, report, sink, false)
     }
 
     /// Reads `keys` again from both stores (under the guard), counts what
@@ -502,6 +550,68 @@ where
         if report.differences.len() < self.max_listed {
             report.differences.push(difference);
         }
+    }
+}
+
+impl<O, N, M, C> Reconcile<O, N, M, C>
+where
+    O: DigestSource,
+    N: DigestSource<Key = O::Key>,
+    M: FnMut(O::Row) -> N::Row,
+    C: FnMut(&N::Row, &N::Row) -> Option<Vec<String>>,
+{
+    /// Like [`Reconcile::run`], but first compares the digests of key
+    /// ranges of about `every` rows (boundaries sampled from the old
+    /// store), computed in each database, and reads row by row only the
+    /// ranges whose digests differ. A store without digest expressions
+    /// ([`DigestSource::has_digests`]) makes it a plain [`Reconcile::run`].
+    pub fn run_with_digests(&mut self, every: usize) -> Result<ReconcileReport, BackfillError> {
+        self.digest_scan(every, None::<&mut NoRepair<O::Key, N::Row>>)
+    }
+
+    /// Like [`Reconcile::repair_into`], with range digests as
+    /// [`Reconcile::run_with_digests`] does.
+    pub fn repair_with_digests<S>(
+        &mut self,
+        every: usize,
+        sink: &mut S,
+    ) -> Result<ReconcileReport, BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        self.digest_scan(every, Some(sink))
+    }
+
+    fn digest_scan<S>(
+        &mut self,
+        every: usize,
+        mut sink: Option<&mut S>,
+    ) -> Result<ReconcileReport, BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        if !(self.old.has_digests() && self.new.has_digests()) {
+            return self.scan(sink);
+        }
+        let mut report = ReconcileReport {
+            dry_run: sink.is_none(),
+            ..ReconcileReport::default()
+        };
+        for range in KeyRange::split(self.old.boundaries(every)?) {
+            let (after, upto) = (range.after.as_ref(), range.upto.as_ref());
+            let old = self.old.digest(after, upto)?;
+            let new = self.new.digest(after, upto)?;
+            report.ranges += 1;
+            if old == new {
+                report.equal += old.rows;
+                report.rows_in_equal_ranges += old.rows;
+                continue;
+            }
+            report.ranges_differing += 1;
+            tracing::debug!(range = %range, old.rows, new.rows, "range digests differ");
+            self.merge_range(after, upto, &mut report, sink.as_deref_mut())?;
+        }
+        Ok(report)
     }
 }
 
