@@ -104,7 +104,12 @@ fn a_killed_backfill_resumes_after_its_last_checkpoint() {
     }
 
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["backfill_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "backfill_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, &dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -166,11 +171,7 @@ fn a_killed_backfill_resumes_after_its_last_checkpoint() {
     )
     .run()
     .expect("reconcile");
-    assert_eq!(
-        (report.equal, report.gap()),
-        (ROWS as u64, 0),
-        "{report}"
-    );
+    assert_eq!((report.equal, report.gap()), (ROWS as u64, 0), "{report}");
     eprintln!(
         "killed after {seen} rows ({copied} committed); resumed after key {after}, copied {} more",
         resumed.written

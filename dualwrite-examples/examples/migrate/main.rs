@@ -27,42 +27,35 @@
 //!    the secondary; reconciliation with New authoritative;
 //! 7. **Cleanup**, ending with a per-phase table (and `--report FILE`).
 
+mod backend;
 mod faults;
+mod mapping;
 mod model;
 mod report;
+mod servers;
 mod stores;
 mod traffic;
 
-use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use dualwrite_runtime::backfill::sqlite::{
-    SqliteCheckpoint, SqliteRepair, SqliteRow, SqliteSink, SqliteSource, column_diff,
-};
-use dualwrite_runtime::backfill::{Backfill, BackfillError, BackfillProgress};
+use dualwrite_runtime::backfill::{BackfillError, BackfillProgress};
 use dualwrite_runtime::gate::Verdict;
-use dualwrite_runtime::reconcile::{Reconcile, ReconcileReport, RepairSink};
+use dualwrite_runtime::reconcile::ReconcileReport;
 use dualwrite_runtime::{
-    AdvanceError, CutoverGate, GateInputs, KeyGuard, LaneConfig, Migration, Phase, StatsSnapshot,
-    Store,
+    AdvanceError, CutoverGate, GateInputs, LaneConfig, Migration, Phase, StatsSnapshot, Store,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use rusqlite::types::Value;
 
+use crate::backend::{AnyError, Backend, BackfillRun, Mode, NewStore, OldStore, Table};
 use crate::faults::{FaultPlan, Faulty};
-use crate::model::{OrderRepoDualWrite, StoreError, UserRepoDualWrite};
+use crate::model::{OrderRepoDualWrite, UserRepoDualWrite};
 use crate::report::{GateRow, Report};
-use crate::stores::{
-    NEW_ORDER_COLUMNS, NEW_SCHEMA, NEW_USER_COLUMNS, NewStore, OLD_ORDER_COLUMNS, OLD_SCHEMA,
-    OLD_USER_COLUMNS, OldStore, connect,
-};
 use crate::traffic::Traffic;
 
-type AnyError = Box<dyn Error + Send + Sync>;
 type Users = UserRepoDualWrite<Faulty<OldStore>, Faulty<NewStore>>;
 type Orders = OrderRepoDualWrite<Faulty<OldStore>, Faulty<NewStore>>;
 
@@ -90,10 +83,37 @@ struct Args {
     /// Writes the per-phase report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Runs against database servers instead: the old store on this
+    /// MariaDB / MySQL database (with `--new`), e.g.
+    /// `mysql://root@127.0.0.1:3306/test`. Its tables `dw_users` and
+    /// `dw_orders` are dropped and created afresh.
+    #[arg(long, value_name = "URL", requires = "new", value_parser = mysql_url)]
+    old: Option<String>,
+    /// The new store on this PostgreSQL database (with `--old`), e.g.
+    /// `postgres://postgres@127.0.0.1:5432/test`. Its tables `dw_accounts`
+    /// and `dw_purchases` are dropped and created afresh.
+    #[arg(long, value_name = "URL", requires = "old", value_parser = postgres_url)]
+    new: Option<String>,
     /// Keeps the databases in this directory (default: a temporary one,
     /// removed at the end).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+}
+
+fn mysql_url(url: &str) -> Result<String, String> {
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Ok(url.replacen("mariadb://", "mysql://", 1))
+    } else {
+        Err("the old store must be a MariaDB / MySQL URL (mysql://user@host:port/database)".into())
+    }
+}
+
+fn postgres_url(url: &str) -> Result<String, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url.to_owned())
+    } else {
+        Err("the new store must be a PostgreSQL URL (postgres://user@host:port/database)".into())
+    }
 }
 
 fn main() {
@@ -173,8 +193,8 @@ struct Run {
     orders: Arc<Orders>,
     old_faults: Arc<FaultPlan>,
     new_faults: Arc<FaultPlan>,
-    old_path: PathBuf,
-    new_path: PathBuf,
+    backend: Backend,
+    old_rows: u64,
     window: Duration,
     backfill_rate: u64,
     report: Report,
@@ -264,186 +284,21 @@ impl Run {
 
     /// Reconciles both tables; repairs when `repair`, from `authoritative`.
     fn reconcile(&self, authoritative: Store, repair: bool) -> Result<ReconcileReport, AnyError> {
-        let users = reconcile_table(
-            &self.old_path,
-            &self.new_path,
-            Table::Users,
-            self.users.core().key_guard(),
-            authoritative,
-            repair,
-        )?;
-        let orders = reconcile_table(
-            &self.old_path,
-            &self.new_path,
-            Table::Orders,
-            self.orders.core().key_guard(),
-            authoritative,
-            repair,
-        )?;
+        let mode = || {
+            if repair {
+                Mode::Repair(authoritative)
+            } else {
+                Mode::DryRun
+            }
+        };
+        let users = self
+            .backend
+            .reconcile(Table::Users, self.users.core().key_guard(), mode())?;
+        let orders =
+            self.backend
+                .reconcile(Table::Orders, self.orders.core().key_guard(), mode())?;
         Ok(merge(users, orders))
     }
-}
-
-#[derive(Clone, Copy)]
-enum Table {
-    Users,
-    Orders,
-}
-
-impl Table {
-    fn in_old(self) -> (&'static str, &'static str, &'static [&'static str]) {
-        match self {
-            Table::Users => ("users", "id", &OLD_USER_COLUMNS),
-            Table::Orders => ("orders", "id", &OLD_ORDER_COLUMNS),
-        }
-    }
-
-    fn in_new(self) -> (&'static str, &'static str, &'static [&'static str]) {
-        match self {
-            Table::Users => ("accounts", "account_id", &NEW_USER_COLUMNS),
-            Table::Orders => ("purchases", "purchase_id", &NEW_ORDER_COLUMNS),
-        }
-    }
-
-    /// The schema change, as a row mapping (Old's form -> New's).
-    fn to_new(self) -> fn(&SqliteRow) -> Result<SqliteRow, StoreError> {
-        match self {
-            Table::Users => stores::old_user_to_new,
-            Table::Orders => stores::old_order_to_new,
-        }
-    }
-
-    /// And back (New's form -> Old's), for repairs of Old after cutover.
-    fn to_old(self) -> fn(&SqliteRow) -> Result<SqliteRow, StoreError> {
-        match self {
-            Table::Users => stores::new_user_to_old,
-            Table::Orders => stores::new_order_to_old,
-        }
-    }
-}
-
-/// A row that cannot be mapped becomes a row no store accepts and no row
-/// equals: the sink reports it, reconciliation lists it.
-fn unmappable(error: StoreError) -> SqliteRow {
-    vec![Value::Text(format!("unmappable row: {error}"))]
-}
-
-/// Repairs Old from New's rows (after cutover), mapped back to Old's form.
-struct RepairOld {
-    inner: SqliteRepair<i64>,
-    to_old: fn(&SqliteRow) -> Result<SqliteRow, StoreError>,
-}
-
-impl RepairSink for RepairOld {
-    type Key = i64;
-    type Row = SqliteRow;
-
-    fn upsert(&mut self, rows: &[(i64, SqliteRow)]) -> Result<(), BackfillError> {
-        let mapped = rows
-            .iter()
-            .map(|(key, row)| {
-                (self.to_old)(row)
-                    .map(|row| (*key, row))
-                    .map_err(|e| BackfillError::Sink(format!("row {key}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.inner.upsert(&mapped)
-    }
-
-    fn delete(&mut self, keys: &[i64]) -> Result<(), BackfillError> {
-        self.inner.delete(keys)
-    }
-}
-
-fn reconcile_table(
-    old_path: &Path,
-    new_path: &Path,
-    table: Table,
-    guard: KeyGuard,
-    authoritative: Store,
-    repair: bool,
-) -> Result<ReconcileReport, AnyError> {
-    let ((old_table, old_key, old_columns), (new_table, new_key, new_columns)) =
-        (table.in_old(), table.in_new());
-    let to_new = table.to_new();
-    let mut job = Reconcile::mapped(
-        SqliteSource::<i64>::new(
-            connect(old_path, OLD_SCHEMA)?,
-            old_table,
-            old_key,
-            old_columns,
-        ),
-        SqliteSource::<i64>::new(
-            connect(new_path, NEW_SCHEMA)?,
-            new_table,
-            new_key,
-            new_columns,
-        ),
-        move |row: SqliteRow| to_new(&row).unwrap_or_else(unmappable),
-        column_diff(new_columns),
-    )
-    .with_batch(2_000)
-    .guarded_by(guard)
-    .authoritative(authoritative)
-    .with_max_listed(20);
-    if !repair {
-        return Ok(job.run()?);
-    }
-    let report = match authoritative {
-        Store::Old => job.repair_into(&mut SqliteRepair::<i64>::new(
-            connect(new_path, NEW_SCHEMA)?,
-            new_table,
-            new_key,
-            new_columns,
-        ))?,
-        Store::New => job.repair_into(&mut RepairOld {
-            inner: SqliteRepair::new(
-                connect(old_path, OLD_SCHEMA)?,
-                old_table,
-                old_key,
-                old_columns,
-            ),
-            to_old: table.to_old(),
-        })?,
-    };
-    Ok(report)
-}
-
-/// Re-checks these keys of one table (the adapter's dead letters) and
-/// repairs what still differs.
-fn recheck_table(
-    run: &Run,
-    table: Table,
-    guard: KeyGuard,
-    keys: &[i64],
-) -> Result<ReconcileReport, AnyError> {
-    let ((old_table, old_key, old_columns), (new_table, new_key, new_columns)) =
-        (table.in_old(), table.in_new());
-    let to_new = table.to_new();
-    let mut job = Reconcile::mapped(
-        SqliteSource::<i64>::new(
-            connect(&run.old_path, OLD_SCHEMA)?,
-            old_table,
-            old_key,
-            old_columns,
-        ),
-        SqliteSource::<i64>::new(
-            connect(&run.new_path, NEW_SCHEMA)?,
-            new_table,
-            new_key,
-            new_columns,
-        ),
-        move |row: SqliteRow| to_new(&row).unwrap_or_else(unmappable),
-        column_diff(new_columns),
-    )
-    .guarded_by(guard);
-    let mut sink = SqliteRepair::<i64>::new(
-        connect(&run.new_path, NEW_SCHEMA)?,
-        new_table,
-        new_key,
-        new_columns,
-    );
-    Ok(job.recheck_into(keys, &mut sink)?)
 }
 
 fn merge(mut a: ReconcileReport, b: ReconcileReport) -> ReconcileReport {
@@ -477,63 +332,27 @@ fn heading(migration: &Migration) {
     println!("\n== {} ==", migration.phase());
 }
 
-type BackfillJob = Backfill<
-    SqliteSource<i64>,
-    SqliteSink<i64>,
-    Box<dyn FnMut(SqliteRow) -> SqliteRow + Send>,
-    SqliteCheckpoint,
->;
-
-/// The backfill of one table: Old's rows in key order, mapped to New's
-/// form, inserted where New has no row yet, checkpointed in New per batch,
-/// each batch re-read and written with its keys held in the live adapter.
-fn backfill_job(
-    old: &Path,
-    new: &Path,
-    table: Table,
-    guard: KeyGuard,
-) -> Result<BackfillJob, AnyError> {
-    let ((old_table, old_key, old_columns), (new_table, new_key, new_columns)) =
-        (table.in_old(), table.in_new());
-    let to_new = table.to_new();
-    let map: Box<dyn FnMut(SqliteRow) -> SqliteRow + Send> =
-        Box::new(move |row: SqliteRow| to_new(&row).unwrap_or_else(unmappable));
-    Ok(Backfill::mapped(
-        SqliteSource::<i64>::new(connect(old, OLD_SCHEMA)?, old_table, old_key, old_columns),
-        SqliteSink::<i64>::new(connect(new, NEW_SCHEMA)?, new_table, new_key, new_columns),
-        map,
-    )
-    .with_checkpoint(SqliteCheckpoint::new(connect(new, NEW_SCHEMA)?, old_table)?)
-    .with_batch(1_000)
-    .guarded_by(guard))
-}
-
 /// Runs the backfill of both tables in a thread, drawing one progress bar;
 /// once past half way, asks the gate once (and expects a refusal).
 fn backfill(run: &mut Run, window: &Window) -> Result<(), AnyError> {
-    let old = run.old_path.clone();
-    let new = run.new_path.clone();
-    let total: u64 = {
-        let conn = connect(&old, OLD_SCHEMA)?;
-        let users: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
-        let orders: i64 = conn.query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0))?;
-        u64::try_from(users + orders)?
-    };
-    let mut jobs = [
-        backfill_job(&old, &new, Table::Users, run.users.core().key_guard())?,
-        backfill_job(&old, &new, Table::Orders, run.orders.core().key_guard())?,
+    let total = run.old_rows;
+    let jobs = [
+        run.backend
+            .backfill(Table::Users, run.users.core().key_guard())?,
+        run.backend
+            .backfill(Table::Orders, run.orders.core().key_guard())?,
     ];
-    let progress = [jobs[0].progress(), jobs[1].progress()];
+    let progress = [jobs[0].progress.clone(), jobs[1].progress.clone()];
     if run.backfill_rate > 0 {
         for job in &jobs {
-            job.control().set_rate(run.backfill_rate);
+            job.control.set_rate(run.backfill_rate);
         }
     }
     let worker = std::thread::Builder::new()
         .name("backfill".into())
         .spawn(move || {
-            jobs.iter_mut()
-                .map(|job| job.run())
+            jobs.into_iter()
+                .map(BackfillRun::run)
                 .collect::<Result<Vec<_>, BackfillError>>()
         })?;
     let bar = ProgressBar::new(total);
@@ -589,30 +408,52 @@ fn backfill(run: &mut Run, window: &Window) -> Result<(), AnyError> {
 
 fn run(args: &Args) -> Result<(), AnyError> {
     let started = Instant::now();
-    let dir = work_dir(args)?;
-    let (old_path, new_path) = (dir.path.join("old.db"), dir.path.join("new.db"));
+    let (backend, _dir) = match (&args.old, &args.new) {
+        (Some(old), Some(new)) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            (
+                Backend::Servers {
+                    old: old.clone(),
+                    new: new.clone(),
+                    rt,
+                },
+                None,
+            )
+        }
+        _ => {
+            let dir = work_dir(args)?;
+            let backend = Backend::Sqlite {
+                old: dir.path.join("old.db"),
+                new: dir.path.join("new.db"),
+            };
+            (backend, Some(dir))
+        }
+    };
     let rows = args.users * 3;
     println!(
-        "dualwrite: migrating {} users and {} orders ({rows} rows) from {} to {}",
+        "dualwrite: migrating {} users and {} orders ({rows} rows) from {}",
         args.users,
         args.users * 2,
-        old_path.display(),
-        new_path.display()
+        backend.describe()
     );
-    stores::seed_history(&old_path, args.users)?;
+    let (old_store, new_store) = backend.prepare(args.users)?;
     println!(
         "  history written in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let old_rows = backend.old_rows(&old_store)?;
 
     let old_faults = Arc::new(FaultPlan::default());
     let new_faults = Arc::new(FaultPlan::default());
     let old = Arc::new(Faulty {
-        inner: OldStore::open(&old_path)?,
+        inner: old_store,
         plan: old_faults.clone(),
     });
     let new = Arc::new(Faulty {
-        inner: NewStore::open(&new_path)?,
+        inner: new_store,
         plan: new_faults.clone(),
     });
     let migration = Migration::new(Phase::Prepare);
@@ -634,8 +475,8 @@ fn run(args: &Args) -> Result<(), AnyError> {
         orders: orders.clone(),
         old_faults,
         new_faults,
-        old_path,
-        new_path,
+        backend,
+        old_rows,
         window: Duration::from_secs_f64(args.window),
         backfill_rate: args.backfill_rate,
         report: Report::new(u64::try_from(rows)?),
@@ -751,12 +592,15 @@ fn phases(run: &mut Run) -> Result<(), AnyError> {
         .filter_map(|l| l.key.as_deref()?.parse().ok())
         .collect();
     let rechecked = merge(
-        recheck_table(run, Table::Users, users.core().key_guard(), &letters_users)?,
-        recheck_table(
-            run,
+        run.backend.reconcile(
+            Table::Users,
+            users.core().key_guard(),
+            Mode::Recheck(&letters_users),
+        )?,
+        run.backend.reconcile(
             Table::Orders,
             orders.core().key_guard(),
-            &letters_orders,
+            Mode::Recheck(&letters_orders),
         )?,
     );
     println!(

@@ -74,6 +74,8 @@ pub struct Order {
 pub enum StoreError {
     /// SQLite refused (a constraint, a busy database, a closed file...).
     Sqlite(rusqlite::Error),
+    /// A database server refused or could not be reached.
+    Server(String),
     /// A row that does not map (an unknown status code, say).
     BadRow(String),
     /// A failure injected by the run's fault plan.
@@ -86,6 +88,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Sqlite(error) => write!(f, "sqlite: {error}"),
+            StoreError::Server(error) => write!(f, "database server: {error}"),
             StoreError::BadRow(what) => write!(f, "row does not map: {what}"),
             StoreError::Injected(what) => write!(f, "injected fault: {what}"),
             StoreError::Poisoned => f.write_str("connection mutex poisoned"),

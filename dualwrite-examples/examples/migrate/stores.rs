@@ -21,10 +21,9 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use dualwrite_runtime::backfill::sqlite::SqliteRow;
-use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::mapping::{history_order, history_user, join_name, split_name};
 use crate::model::{Order, OrderRepo, Status, StoreError, User, UserRepo};
 
 pub const OLD_SCHEMA: &str = "
@@ -62,18 +61,6 @@ pub const NEW_SCHEMA: &str = "
         version     INTEGER NOT NULL
     );";
 
-/// The columns each side's backfill and reconciliation read (after the key).
-pub const OLD_USER_COLUMNS: [&str; 4] = ["full_name", "email", "signup_ts", "version"];
-pub const NEW_USER_COLUMNS: [&str; 5] = [
-    "given_name",
-    "family_name",
-    "email",
-    "created_ms",
-    "version",
-];
-pub const OLD_ORDER_COLUMNS: [&str; 5] = ["user_id", "amount_cents", "status", "note", "version"];
-pub const NEW_ORDER_COLUMNS: [&str; 5] = ["account_id", "total_cents", "state", "note", "version"];
-
 /// Opens a database file for a store, backfill or reconciliation: WAL so
 /// readers and the writer do not block each other, a busy timeout so
 /// writers of several connections take turns.
@@ -85,120 +72,6 @@ pub fn connect(path: &Path, schema: &str) -> Result<Connection, StoreError> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
     conn.execute_batch(schema)?;
     Ok(conn)
-}
-
-// ---------------------------------------------------------------------------
-// The mapping, field by field
-// ---------------------------------------------------------------------------
-
-/// "Grace Brewster Hopper" -> ("Grace", "Brewster Hopper"); "Cher" ->
-/// ("Cher", "").
-pub fn split_name(full_name: &str) -> (&str, &str) {
-    full_name.split_once(' ').unwrap_or((full_name, ""))
-}
-
-/// Exactly undoes [`split_name`].
-pub fn join_name(given: &str, family: &str) -> String {
-    if family.is_empty() {
-        given.to_owned()
-    } else {
-        format!("{given} {family}")
-    }
-}
-
-fn text(value: &Value) -> Result<&str, StoreError> {
-    match value {
-        Value::Text(text) => Ok(text),
-        other => Err(StoreError::BadRow(format!(
-            "expected text, found {other:?}"
-        ))),
-    }
-}
-
-fn opt_text(value: &Value) -> Result<Option<&str>, StoreError> {
-    match value {
-        Value::Null => Ok(None),
-        other => text(other).map(Some),
-    }
-}
-
-fn int(value: &Value) -> Result<i64, StoreError> {
-    match value {
-        Value::Integer(n) => Ok(*n),
-        other => Err(StoreError::BadRow(format!(
-            "expected an integer, found {other:?}"
-        ))),
-    }
-}
-
-fn columns<const N: usize>(row: &SqliteRow) -> Result<&[Value; N], StoreError> {
-    row.as_slice()
-        .try_into()
-        .map_err(|_| StoreError::BadRow(format!("{} columns, expected {N}", row.len())))
-}
-
-/// An old `users` row (without its key) in New's `accounts` form.
-pub fn old_user_to_new(row: &SqliteRow) -> Result<SqliteRow, StoreError> {
-    let [full_name, email, signup_ts, version] = columns::<4>(row)?;
-    let (given, family) = split_name(text(full_name)?);
-    Ok(vec![
-        Value::Text(given.to_owned()),
-        Value::Text(family.to_owned()),
-        Value::Text(opt_text(email)?.unwrap_or("").to_owned()),
-        Value::Integer(int(signup_ts)? * 1000),
-        Value::Integer(int(version)?),
-    ])
-}
-
-/// A New `accounts` row in Old's `users` form (repairs after cutover).
-pub fn new_user_to_old(row: &SqliteRow) -> Result<SqliteRow, StoreError> {
-    let [given, family, email, created_ms, version] = columns::<5>(row)?;
-    let email = text(email)?;
-    Ok(vec![
-        Value::Text(join_name(text(given)?, text(family)?)),
-        if email.is_empty() {
-            Value::Null
-        } else {
-            Value::Text(email.to_owned())
-        },
-        Value::Integer(int(created_ms)? / 1000),
-        Value::Integer(int(version)?),
-    ])
-}
-
-/// An old `orders` row in New's `purchases` form.
-pub fn old_order_to_new(row: &SqliteRow) -> Result<SqliteRow, StoreError> {
-    let [user_id, amount, status, note, version] = columns::<5>(row)?;
-    let status = text(status)?;
-    let state = Status::from_text(status)
-        .ok_or_else(|| StoreError::BadRow(format!("unknown status `{status}`")))?;
-    Ok(vec![
-        Value::Integer(int(user_id)?),
-        Value::Integer(int(amount)?),
-        Value::Integer(state.code()),
-        Value::Text(opt_text(note)?.unwrap_or("").to_owned()),
-        Value::Integer(int(version)?),
-    ])
-}
-
-/// A New `purchases` row in Old's `orders` form.
-pub fn new_order_to_old(row: &SqliteRow) -> Result<SqliteRow, StoreError> {
-    let [account_id, total, state, note, version] = columns::<5>(row)?;
-    let code = int(state)?;
-    let status = Status::from_code(code)
-        .ok_or_else(|| StoreError::BadRow(format!("unknown state {code}")))?;
-    let note = text(note)?;
-    Ok(vec![
-        Value::Integer(int(account_id)?),
-        Value::Integer(int(total)?),
-        Value::Text(status.as_text().to_owned()),
-        if note.is_empty() {
-            Value::Null
-        } else {
-            Value::Text(note.to_owned())
-        },
-        Value::Integer(int(version)?),
-    ])
 }
 
 // ---------------------------------------------------------------------------
@@ -214,16 +87,16 @@ impl Db {
     }
 }
 
-/// The old store: `users` and `orders` in `old.db`.
-pub struct OldStore(Db);
+/// The old store on SQLite: `users` and `orders` in `old.db`.
+pub struct SqliteOld(Db);
 
-impl OldStore {
+impl SqliteOld {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(OldStore(Db(Mutex::new(connect(path, OLD_SCHEMA)?))))
+        Ok(SqliteOld(Db(Mutex::new(connect(path, OLD_SCHEMA)?))))
     }
 }
 
-impl UserRepo for OldStore {
+impl UserRepo for SqliteOld {
     fn save_user(&self, user: &User) -> Result<(), StoreError> {
         self.0.lock()?.prepare_cached(
             "INSERT INTO users (id, full_name, email, signup_ts, version) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -256,7 +129,7 @@ impl UserRepo for OldStore {
     }
 }
 
-impl OrderRepo for OldStore {
+impl OrderRepo for SqliteOld {
     fn save_order(&self, order: &Order) -> Result<(), StoreError> {
         self.0
             .lock()?
@@ -319,16 +192,16 @@ impl OrderRepo for OldStore {
     }
 }
 
-/// The new store: `accounts` and `purchases` in `new.db`.
-pub struct NewStore(Db);
+/// The new store on SQLite: `accounts` and `purchases` in `new.db`.
+pub struct SqliteNew(Db);
 
-impl NewStore {
+impl SqliteNew {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(NewStore(Db(Mutex::new(connect(path, NEW_SCHEMA)?))))
+        Ok(SqliteNew(Db(Mutex::new(connect(path, NEW_SCHEMA)?))))
     }
 }
 
-impl UserRepo for NewStore {
+impl UserRepo for SqliteNew {
     fn save_user(&self, user: &User) -> Result<(), StoreError> {
         let (given, family) = split_name(&user.full_name);
         self.0.lock()?.prepare_cached(
@@ -373,7 +246,7 @@ impl UserRepo for NewStore {
     }
 }
 
-impl OrderRepo for NewStore {
+impl OrderRepo for SqliteNew {
     fn save_order(&self, order: &Order) -> Result<(), StoreError> {
         self.0
             .lock()?
@@ -444,32 +317,25 @@ pub fn seed_history(path: &Path, users: i64) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         // dualwrite-lint: allow(DW002) the history predates the migration: Old only
-        let mut user = tx.prepare(
+        let mut user_insert = tx.prepare(
             "INSERT INTO users (id, full_name, email, signup_ts, version) VALUES (?1, ?2, ?3, ?4, 1)",
         )?;
         // dualwrite-lint: allow(DW002) the history predates the migration: Old only
-        let mut order = tx.prepare(
+        let mut order_insert = tx.prepare(
             "INSERT INTO orders (id, user_id, amount_cents, status, note, version)
              VALUES (?1, ?2, ?3, ?4, ?5, 1)",
         )?;
         for id in 1..=users {
-            let full_name = match id % 7 {
-                0 => format!("Mononym{id}"),
-                1 => format!("Ada Byron Lovelace{id}"),
-                _ => format!("Given{id} Family{}", id % 1000),
-            };
-            let email = (id % 5 != 0).then(|| format!("user{id}@example.com"));
-            user.execute(params![id, full_name, email, 1_600_000_000 + id * 60])?;
-            for n in 0..2 {
-                let order_id = id * 2 + n;
-                let status = Status::ALL[(order_id % 4) as usize];
-                let note = (order_id % 3 == 0).then(|| format!("gift wrap #{order_id}"));
-                order.execute(params![
+            let user = history_user(id);
+            user_insert.execute(params![id, user.full_name, user.email, user.signup_ts])?;
+            for order_id in [id * 2, id * 2 + 1] {
+                let o = history_order(order_id, id);
+                order_insert.execute(params![
                     order_id,
                     id,
-                    100 + (order_id * 37) % 50_000,
-                    status.as_text(),
-                    note
+                    o.amount_cents,
+                    o.status.as_text(),
+                    o.note
                 ])?;
             }
         }

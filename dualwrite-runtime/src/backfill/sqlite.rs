@@ -119,7 +119,9 @@ impl<K> SqliteSource<K> {
             count: format!("SELECT COUNT(*) FROM {table}"),
             boundary: [
                 format!("SELECT {key} FROM {table} ORDER BY {key} LIMIT 1 OFFSET ?1"),
-                format!("SELECT {key} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT 1 OFFSET ?2"),
+                format!(
+                    "SELECT {key} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT 1 OFFSET ?2"
+                ),
             ],
             digests: None,
             table,
@@ -240,10 +242,13 @@ impl<K: BackfillKey + FromSql + ToSql> BackfillSource for SqliteSource<K> {
                     .conn
                     .prepare_cached(&self.boundary[0])
                     .and_then(|mut s| s.query_row([offset], |row| row.get::<_, K>(0)).optional()),
-                Some(after) => self.conn.prepare_cached(&self.boundary[1]).and_then(|mut s| {
-                    s.query_row((after, offset), |row| row.get::<_, K>(0))
-                        .optional()
-                }),
+                Some(after) => self
+                    .conn
+                    .prepare_cached(&self.boundary[1])
+                    .and_then(|mut s| {
+                        s.query_row((after, offset), |row| row.get::<_, K>(0))
+                            .optional()
+                    }),
             }
             .map_err(source_error)?;
             match found {
@@ -259,10 +264,15 @@ impl<K: BackfillKey + FromSql + ToSql> DigestSource for SqliteSource<K> {
         self.digests.is_some()
     }
 
-    fn digest(&mut self, after: Option<&K>, upto: Option<&K>) -> Result<RangeDigest, BackfillError> {
+    fn digest(
+        &mut self,
+        after: Option<&K>,
+        upto: Option<&K>,
+    ) -> Result<RangeDigest, BackfillError> {
         let Some(digests) = &self.digests else {
             return Err(BackfillError::Source(
-                "this SQLite source has no digest expressions (SqliteSource::with_digest)".to_owned(),
+                "this SQLite source has no digest expressions (SqliteSource::with_digest)"
+                    .to_owned(),
             ));
         };
         let mut params: Vec<&dyn ToSql> = Vec::with_capacity(2);

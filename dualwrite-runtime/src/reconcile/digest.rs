@@ -49,7 +49,11 @@ impl RangeDigest {
     /// Parses the digest columns a database returns: the count and the sum
     /// as text (a `numeric` or `DECIMAL` sum exceeds 64 bits).
     pub fn parse(rows: i64, sum: &str) -> Result<Self, BackfillError> {
-        let bad = || BackfillError::Source(format!("the database returned a bad digest: {rows} row(s), sum `{sum}`"));
+        let bad = || {
+            BackfillError::Source(format!(
+                "the database returned a bad digest: {rows} row(s), sum `{sum}`"
+            ))
+        };
         Ok(RangeDigest {
             rows: u64::try_from(rows).map_err(|_| bad())?,
             sum: sum.trim().parse().map_err(|_| bad())?,

@@ -152,11 +152,7 @@ impl fmt::Display for ReconcileReport {
         writeln!(f, "  {:<22} {:>10}", "settled while compared", self.settled)?;
         writeln!(f, "  {:<22} {:>10}", "repaired", self.repaired)?;
         if self.ranges > 0 {
-            writeln!(
-                f,
-                "  {:<22} {:>10}",
-                "ranges digested", self.ranges
-            )?;
+            writeln!(f, "  {:<22} {:>10}", "ranges digested", self.ranges)?;
             writeln!(
                 f,
                 "  {:<22} {:>10}",
