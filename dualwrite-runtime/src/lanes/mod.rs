@@ -37,7 +37,7 @@ pub use worker::LaneContext;
 
 use crate::phase::Store;
 use crate::shared::Shared;
-use flush::Pending;
+pub(crate) use flush::Pending;
 use queue::{LaneSender, lane_queue};
 use worker::{Abandoned, Lane};
 
@@ -124,6 +124,7 @@ impl<C: Send + 'static> SecondaryLanes<C> {
             }
             senders.push(sender);
         }
+        shared.lanes.store(Some(Arc::clone(&pending)));
         SecondaryLanes {
             senders,
             pending,
