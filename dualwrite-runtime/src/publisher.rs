@@ -183,14 +183,20 @@ struct Fixed {
     p99: [Gauge; 2],
 }
 
-/// The handles of one method.
+/// The handles of one method: a write's (failures, retries, dead
+/// letters), a read's (shadow outcomes), or both for a method the trait
+/// did not list.
 struct MethodHandles {
-    /// Indexed like `write_cell`, without the outcome: store x role.
+    write: Option<WriteHandles>,
+    /// match, mismatch, pending.
+    shadow: Option<[Counter; 3]>,
+}
+
+struct WriteHandles {
+    /// Old primary, Old secondary, New primary, New secondary.
     failures: [Counter; 4],
     retries: [Counter; 2],
     dead_letters: [Counter; 2],
-    /// match, mismatch, pending.
-    shadow: [Counter; 3],
 }
 
 /// One lane's depth gauge and submission history.
@@ -296,16 +302,21 @@ impl MetricsPublisher {
             let Some(handles) = state.methods.get(row.method) else {
                 continue;
             };
-            for store in [Store::Old, Store::New] {
-                let s = store_index(store);
-                handles.failures[s * 2].absolute(row.get(MethodEvent::PrimaryFailed(store)));
-                handles.failures[s * 2 + 1].absolute(row.get(MethodEvent::SecondaryFailed(store)));
-                handles.retries[s].absolute(row.get(MethodEvent::Retry(store)));
-                handles.dead_letters[s].absolute(row.get(MethodEvent::DeadLetter(store)));
+            if let Some(write) = &handles.write {
+                for store in [Store::Old, Store::New] {
+                    let s = store_index(store);
+                    write.failures[s * 2].absolute(row.get(MethodEvent::PrimaryFailed(store)));
+                    write.failures[s * 2 + 1]
+                        .absolute(row.get(MethodEvent::SecondaryFailed(store)));
+                    write.retries[s].absolute(row.get(MethodEvent::Retry(store)));
+                    write.dead_letters[s].absolute(row.get(MethodEvent::DeadLetter(store)));
+                }
             }
-            handles.shadow[0].absolute(row.get(MethodEvent::ShadowMatched));
-            handles.shadow[1].absolute(row.get(MethodEvent::ShadowMismatched));
-            handles.shadow[2].absolute(row.get(MethodEvent::ShadowPending));
+            if let Some(shadow) = &handles.shadow {
+                shadow[0].absolute(row.get(MethodEvent::ShadowMatched));
+                shadow[1].absolute(row.get(MethodEvent::ShadowMismatched));
+                shadow[2].absolute(row.get(MethodEvent::ShadowPending));
+            }
         }
 
         self.publish_lanes(state);
@@ -368,6 +379,7 @@ impl MetricsPublisher {
 
     /// Registers the handles of methods that have none yet.
     fn register_methods(&self, state: &mut State) {
+        let info = self.source.info();
         let rows = self.source.stats().by_method().rows();
         for row in rows.iter() {
             if state.methods.contains_key(row.method) {
@@ -392,18 +404,24 @@ impl MetricsPublisher {
             let shadow = |outcome: &'static str| {
                 metrics::counter!(names::SHADOW_READS, with(&[("outcome", outcome)]))
             };
+            let is_write = info.writes.contains(&row.method);
+            let is_read = info.reads.contains(&row.method);
+            let unlisted = !is_write && !is_read;
             state.methods.insert(
                 row.method,
                 MethodHandles {
-                    failures: [
-                        failure(Store::Old, "primary"),
-                        failure(Store::Old, "secondary"),
-                        failure(Store::New, "primary"),
-                        failure(Store::New, "secondary"),
-                    ],
-                    retries: per_store(names::SECONDARY_RETRIES),
-                    dead_letters: per_store(names::DEAD_LETTERS),
-                    shadow: [shadow("match"), shadow("mismatch"), shadow("pending")],
+                    write: (is_write || unlisted).then(|| WriteHandles {
+                        failures: [
+                            failure(Store::Old, "primary"),
+                            failure(Store::Old, "secondary"),
+                            failure(Store::New, "primary"),
+                            failure(Store::New, "secondary"),
+                        ],
+                        retries: per_store(names::SECONDARY_RETRIES),
+                        dead_letters: per_store(names::DEAD_LETTERS),
+                    }),
+                    shadow: (is_read || unlisted)
+                        .then(|| [shadow("match"), shadow("mismatch"), shadow("pending")]),
                 },
             );
         }
