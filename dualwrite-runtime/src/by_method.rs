@@ -94,6 +94,7 @@ impl MethodRow {
     }
 
     /// The count of `event`.
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
     pub(crate) fn get(&self, event: MethodEvent) -> u64 {
         self.counts[event.cell()].load(Ordering::Relaxed)
     }
@@ -153,6 +154,7 @@ impl ByMethod {
     }
 
     /// Every row so far, in the order they were added.
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
     pub(crate) fn rows(&self) -> Arc<Vec<Arc<MethodRow>>> {
         self.rows.load_full()
     }

@@ -122,7 +122,7 @@ impl LatencyRecorder {
     /// A timed call of `method` whose primary succeeded is over.
     #[cold]
     pub(crate) fn call_done(&self, started: u64, method: &'static str) {
-        let nanos = now_ns().saturating_sub(started).max(1).min(HIGHEST_NS);
+        let nanos = now_ns().saturating_sub(started).clamp(1, HIGHEST_NS);
         let mut pair = self.lock();
         let _ = pair.call.record(nanos);
         if self.keep.load(Ordering::Relaxed) {

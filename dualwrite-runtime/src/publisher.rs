@@ -499,7 +499,7 @@ impl State {
             } else {
                 Role::Secondary
             };
-            let ok = cell % 2 == 0;
+            let ok = cell.is_multiple_of(2);
             debug_assert_eq!(write_cell(store, role, ok), cell);
             metrics::counter!(
                 names::WRITES,

@@ -95,6 +95,7 @@ impl Stats {
     }
 
     /// The per-method counts.
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
     pub(crate) fn by_method(&self) -> &ByMethod {
         &self.counters.by_method
     }

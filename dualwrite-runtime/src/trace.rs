@@ -122,6 +122,8 @@ impl CallSpan {
 }
 
 /// Exits a span entered when it was made, and closes it.
+// Takes the box so that it is freed here, out of line, not in the caller.
+#[allow(clippy::boxed_local)]
 #[cold]
 #[inline(never)]
 fn close(held: Box<Held>) {

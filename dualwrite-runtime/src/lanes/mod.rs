@@ -283,7 +283,7 @@ mod tests {
     }
 
     fn shared() -> Arc<Shared<u64>> {
-        Arc::new(Shared::new(1_000))
+        Arc::new(Shared::new(1_000, crate::TraitInfo::UNNAMED))
     }
 
     /// Queues a job on its key's lane.
