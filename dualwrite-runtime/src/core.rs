@@ -25,6 +25,7 @@ use crate::phase::{ReadRoute, Store, WriteRoute};
 use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::stripes::KeyStripes;
+use crate::trait_info::TraitInfo;
 
 /// What a synchronous secondary write failure does to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,9 +156,16 @@ pub(crate) type JobFn<C> = Box<dyn Fn(Store, &C) -> BlockingJob + Send + Sync>;
 
 impl<C> DualWriteCore<C> {
     /// A core routing by `migration`, with synchronous tolerant secondary
-    /// writes and every eligible read shadowed.
+    /// writes and every eligible read shadowed; its trait is unnamed
+    /// ([`TraitInfo::UNNAMED`]: metrics and spans say `-`).
     pub fn new(migration: Migration) -> Self {
-        let shared = Arc::new(Shared::new(DEFAULT_DEAD_LETTER_CAPACITY));
+        Self::for_trait(migration, TraitInfo::UNNAMED)
+    }
+
+    /// Like [`DualWriteCore::new`], for the repository trait `info` (its
+    /// name labels metrics and spans). Generated adapters call this.
+    pub fn for_trait(migration: Migration, info: TraitInfo) -> Self {
+        let shared = Arc::new(Shared::new(DEFAULT_DEAD_LETTER_CAPACITY, info));
         migration.register_fence(&shared.stripes);
         DualWriteCore {
             migration,
@@ -180,6 +188,11 @@ impl<C> DualWriteCore<C> {
     /// The counters of this adapter.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// The repository trait this adapter serves.
+    pub fn trait_info(&self) -> TraitInfo {
+        self.shared.info
     }
 
     #[inline]
@@ -404,7 +417,7 @@ impl<C> DualWriteCore<C> {
     /// and none started while they ran. Otherwise the stores cannot agree
     /// yet: the read is counted in `reads_skipped_pending`, not compared.
     pub fn shadow_comparable(&self, window: ShadowWindow) -> bool {
-        crate::read::comparable(&self.shared.stats, &self.shared.stripes, window)
+        crate::read::comparable(&self.shared.stats, &self.shared.stripes, window, None)
     }
 
     // ---- flush, shutdown, dead letters ----
@@ -609,6 +622,9 @@ impl<C> DualWriteCore<C> {
             "secondary write failed; a generic method has no replayable command"
         );
         self.shared.stats.record_dead_letter();
+        self.shared
+            .stats
+            .record_method(method, crate::by_method::MethodEvent::DeadLetter(target));
     }
 
     /// Waits until no blocking secondary call abandoned at its deadline
@@ -633,6 +649,7 @@ impl<C> DualWriteCore<C> {
     fn stop_lanes(&mut self) {
         if let Some(lanes) = self.lanes.take() {
             lanes.flush(None);
+            self.shared.lanes.store(None);
         }
     }
 }
@@ -737,6 +754,18 @@ pub struct ShadowWindow {
 }
 
 impl<C: Send + 'static> DualWriteCore<C> {
+    /// A publisher of this adapter's counters to the `metrics` facade
+    /// (feature `metrics`): install the recorder first, then publish now and
+    /// then ([`MetricsPublisher::publish`](crate::MetricsPublisher::publish))
+    /// or on a thread ([`MetricsPublisher::spawn`](crate::MetricsPublisher::spawn)).
+    /// It reads the counters the adapter keeps anyway, so calls pay
+    /// nothing for it; the metric names are listed in [`crate::publisher`].
+    #[cfg(feature = "metrics")]
+    pub fn metrics_publisher(&self) -> crate::MetricsPublisher {
+        let source: Arc<dyn crate::shared::Source> = self.shared.clone();
+        crate::MetricsPublisher::new(source, self.migration.clone())
+    }
+
     /// Switches to AsyncSecondary and spawns the lanes; `apply` runs on lane threads.
     ///
     /// Lanes already running are drained and shut down first, so the order of

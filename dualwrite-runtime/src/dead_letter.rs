@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use crate::by_method::MethodEvent;
 use crate::phase::Store;
 use crate::stats::Stats;
 
@@ -91,6 +92,8 @@ impl<C> DeadLetterSink<C> {
     /// it.
     pub(crate) fn push(&self, letter: DeadLetter<C>) {
         self.stats.record_dead_letter();
+        self.stats
+            .record_method(letter.method, MethodEvent::DeadLetter(letter.target));
         let line = (
             letter.method,
             letter.key.clone(),
@@ -187,6 +190,12 @@ mod tests {
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.dead_letters, 5);
         assert_eq!(snapshot.dead_letters_evicted, 3);
+        assert_eq!(
+            stats
+                .by_method()
+                .get("put", MethodEvent::DeadLetter(Store::New)),
+            5
+        );
         assert_eq!(sink.take().len(), 2);
         assert_eq!(sink.len(), 0);
     }

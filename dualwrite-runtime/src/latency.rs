@@ -9,9 +9,14 @@
 //! get the primary call's duration and the whole call's (primary, then the
 //! secondary write or its hand-off to a lane), so the ratio of their p99s is
 //! what the adapter adds at the tail.
+//!
+//! While a metrics publisher is attached, each timed call's whole duration
+//! is also kept as a raw sample with its method (a bounded buffer under the
+//! same lock), which the publisher drains into a `metrics` histogram.
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -36,20 +41,38 @@ fn origin() -> Instant {
 }
 
 fn now_ns() -> u64 {
-    // `+ 1` keeps a real start apart from the "not timed" zero.
+    // `+ 1` keeps a real start apart from the "not timed" zero, and the
+    // bound apart from `u64::MAX`, which a write ticket reserves.
     u64::try_from(origin().elapsed().as_nanos())
-        .unwrap_or(u64::MAX - 1)
-        .saturating_add(1)
+        .unwrap_or(u64::MAX)
+        .clamp(0, u64::MAX - 2)
+        + 1
 }
+
+/// The most raw samples kept between two drains; later ones are dropped
+/// (the histograms still get them).
+const MAX_SAMPLES: usize = 16_384;
 
 struct Pair {
     call: Histogram<u64>,
     primary: Histogram<u64>,
+    /// Raw samples for a metrics publisher, while one is attached.
+    samples: Vec<Sample>,
+}
+
+/// One timed call's whole duration, for a metrics publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) struct Sample {
+    pub(crate) method: &'static str,
+    pub(crate) nanos: u64,
 }
 
 /// The latency histograms of one adapter.
 pub(crate) struct LatencyRecorder {
     pair: Mutex<Pair>,
+    /// Whether raw samples are kept (a publisher is attached).
+    keep: AtomicBool,
 }
 
 impl Default for LatencyRecorder {
@@ -68,7 +91,9 @@ impl LatencyRecorder {
             pair: Mutex::new(Pair {
                 call: histogram(),
                 primary: histogram(),
+                samples: Vec::new(),
             }),
+            keep: AtomicBool::new(false),
         }
     }
 
@@ -94,11 +119,31 @@ impl LatencyRecorder {
         let _ = self.lock().primary.record(elapsed.min(HIGHEST_NS));
     }
 
-    /// A timed call whose primary succeeded is over.
+    /// A timed call of `method` whose primary succeeded is over.
     #[cold]
-    pub(crate) fn call_done(&self, started: u64) {
-        let elapsed = now_ns().saturating_sub(started).max(1);
-        let _ = self.lock().call.record(elapsed.min(HIGHEST_NS));
+    pub(crate) fn call_done(&self, started: u64, method: &'static str) {
+        let nanos = now_ns().saturating_sub(started).clamp(1, HIGHEST_NS);
+        let mut pair = self.lock();
+        let _ = pair.call.record(nanos);
+        if self.keep.load(Ordering::Relaxed) {
+            keep_sample(&mut pair.samples, Sample { method, nanos });
+        }
+    }
+
+    /// Starts or stops keeping raw samples (a publisher attached or gone);
+    /// stopping drops those kept.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn keep_samples(&self, keep: bool) {
+        self.keep.store(keep, Ordering::Relaxed);
+        if !keep {
+            self.lock().samples = Vec::new();
+        }
+    }
+
+    /// Moves the raw samples kept so far into `into`.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn drain_samples(&self, into: &mut Vec<Sample>) {
+        into.append(&mut self.lock().samples);
     }
 
     pub(crate) fn snapshot(&self) -> LatencySnapshot {
@@ -119,6 +164,15 @@ impl LatencyRecorder {
         let mut pair = self.lock();
         pair.call.reset();
         pair.primary.reset();
+    }
+}
+
+/// Keeps a raw sample for a metrics publisher, unless the buffer is full.
+#[cold]
+#[inline(never)]
+fn keep_sample(samples: &mut Vec<Sample>, sample: Sample) {
+    if samples.len() < MAX_SAMPLES {
+        samples.push(sample);
     }
 }
 
@@ -200,10 +254,34 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         recorder.primary_done(started);
         std::thread::sleep(Duration::from_millis(2));
-        recorder.call_done(started);
+        recorder.call_done(started, "put");
         let snapshot = recorder.snapshot();
         assert_eq!(snapshot.samples, 1);
         assert!(snapshot.call_p99 > snapshot.primary_p99, "{snapshot:?}");
         assert!(snapshot.primary_p99 >= Duration::from_millis(2));
+    }
+
+    #[test]
+    fn raw_samples_are_kept_only_while_asked_for() {
+        let recorder = LatencyRecorder::new();
+        recorder.call_done(now_ns(), "put");
+        let mut samples = Vec::new();
+        recorder.drain_samples(&mut samples);
+        assert!(samples.is_empty());
+        recorder.keep_samples(true);
+        recorder.call_done(now_ns(), "put");
+        recorder.primary_done(now_ns());
+        recorder.call_done(now_ns(), "get");
+        recorder.drain_samples(&mut samples);
+        let seen: Vec<&str> = samples.iter().map(|s| s.method).collect();
+        assert_eq!(seen, ["put", "get"]);
+        assert!(samples.iter().all(|s| s.nanos >= 1));
+        recorder.drain_samples(&mut samples);
+        assert_eq!(samples.len(), 2, "a drain empties the buffer");
+        recorder.keep_samples(false);
+        recorder.call_done(now_ns(), "put");
+        samples.clear();
+        recorder.drain_samples(&mut samples);
+        assert!(samples.is_empty());
     }
 }

@@ -26,8 +26,15 @@
 //! stripe, asks [`Migration::write_route`] for the phase's [`WriteRoute`] and
 //! returns the [`WriteTicket`] that carries the write through the primary
 //! and the secondary store. Reads go through module `read`.
+//!
+//! Observability: every routed call has a `tracing` span at debug level
+//! (module `trace`), and [`DualWriteCore::metrics_publisher`] copies the
+//! adapter's counters into the `metrics` facade (feature `metrics`; the
+//! metric names are listed in [`publisher`]). Neither adds work to a call
+//! when unused.
 
 pub mod backfill;
+mod by_method;
 mod command;
 mod core;
 mod dead_letter;
@@ -38,6 +45,8 @@ mod lanes;
 mod latency;
 mod migration;
 mod phase;
+#[cfg(feature = "metrics")]
+pub mod publisher;
 mod read;
 pub mod reconcile;
 mod ring;
@@ -45,6 +54,8 @@ mod shared;
 mod stats;
 mod stripes;
 mod sync;
+mod trace;
+mod trait_info;
 mod write;
 
 #[doc(hidden)]
@@ -64,6 +75,9 @@ pub use lanes::{LaneConfig, LaneContext, LaneQueue, WhenFull};
 pub use latency::{LatencySnapshot, SAMPLE_EVERY};
 pub use migration::{AdvanceError, Migration, PhaseChange, PhaseError, Transition};
 pub use phase::{ParsePhaseError, Phase, ReadRoute, RouteOptions, Store, WriteRoute};
-pub use read::{ShadowConfig, ShadowContext, ShadowRead, ShadowRunner, ShadowWorker};
+#[cfg(feature = "metrics")]
+pub use publisher::{MetricsPublisher, PublisherThread};
+pub use read::{ReadCall, ShadowConfig, ShadowContext, ShadowRead, ShadowRunner, ShadowWorker};
 pub use stats::{Role, Stats, StatsSnapshot};
+pub use trait_info::TraitInfo;
 pub use write::{ArmedWrite, StripeHold, WriteRefused, WriteTicket};

@@ -14,6 +14,10 @@
 //! the shadow read ([`DualWriteCore::shadow_begin`],
 //! [`ShadowContext::comparable`]): otherwise the stores cannot agree yet and
 //! the read counts in `reads_skipped_pending`.
+//!
+//! Every read starts at [`DualWriteCore::begin_read`] (or
+//! [`DualWriteCore::begin_async_read`]), which routes it and opens its
+//! `tracing` span: the [`ReadCall`] carries the route and the span.
 
 use std::cell::OnceCell;
 use std::fmt;
@@ -27,11 +31,129 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 
+use crate::by_method::MethodEvent;
 use crate::core::{Comparison, DualWriteCore, ShadowWindow};
 use crate::key::RoutingKey;
-use crate::phase::Store;
+use crate::phase::{ReadRoute, Store};
 use crate::stats::Stats;
 use crate::stripes::KeyStripes;
+use crate::trace::{self, CallSpan};
+
+/// One read routed through an adapter: where it goes, and its `tracing`
+/// span (`dualwrite.read`, see module `trace`), closed when the call drops.
+/// Made by [`DualWriteCore::begin_read`].
+pub struct ReadCall<'a, C> {
+    /// The store whose answer is returned.
+    pub primary: Store,
+    /// The store also read and compared against the primary's answer, if
+    /// any.
+    pub shadow: Option<Store>,
+    core: &'a DualWriteCore<C>,
+    method: &'static str,
+    span: CallSpan,
+}
+
+impl<C> DualWriteCore<C> {
+    /// Routes a read of `method` for `key` (see [`DualWriteCore::read_route`])
+    /// and opens its span, entered until the returned call is dropped: for
+    /// a blocking method.
+    #[inline]
+    pub fn begin_read(
+        &self,
+        method: &'static str,
+        key: Option<&dyn RoutingKey>,
+    ) -> ReadCall<'_, C> {
+        self.read_call(method, key, true)
+    }
+
+    /// Like [`DualWriteCore::begin_read`], for an async method: the span is
+    /// not held entered across the method's awaits (see module `trace`).
+    #[inline]
+    pub fn begin_async_read(
+        &self,
+        method: &'static str,
+        key: Option<&dyn RoutingKey>,
+    ) -> ReadCall<'_, C> {
+        self.read_call(method, key, false)
+    }
+
+    #[inline(always)]
+    fn read_call(
+        &self,
+        method: &'static str,
+        key: Option<&dyn RoutingKey>,
+        enter: bool,
+    ) -> ReadCall<'_, C> {
+        let route = self.read_route(key);
+        let span = if trace::enabled() {
+            trace::read_span(
+                self.trait_info().name,
+                method,
+                key,
+                self.migration().phase_for(key),
+                route,
+                enter,
+            )
+        } else {
+            CallSpan::none()
+        };
+        ReadCall {
+            primary: route.primary,
+            shadow: route.shadow,
+            core: self,
+            method,
+            span,
+        }
+    }
+}
+
+impl<C> ReadCall<'_, C> {
+    /// The route, as [`DualWriteCore::read_route`] gives it.
+    pub fn route(&self) -> ReadRoute {
+        ReadRoute {
+            primary: self.primary,
+            shadow: self.shadow,
+        }
+    }
+
+    /// The method read.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// [`DualWriteCore::record_comparison`] for this read's method, logged
+    /// inside its span.
+    pub fn record_comparison(&self, key: Option<&dyn RoutingKey>, outcome: Comparison) {
+        let stats = &self.core.shared().stats;
+        self.span
+            .in_scope(|| record(stats, self.method, key, outcome));
+    }
+
+    /// [`DualWriteCore::shadow_comparable`] for this read: a read not
+    /// compared is counted for its method too.
+    pub fn comparable(&self, window: ShadowWindow) -> bool {
+        let shared = self.core.shared();
+        self.span
+            .in_scope(|| comparable(&shared.stats, &shared.stripes, window, Some(self.method)))
+    }
+}
+
+impl<C> Drop for ReadCall<'_, C> {
+    #[inline]
+    fn drop(&mut self) {
+        self.span.close();
+    }
+}
+
+impl<C> fmt::Debug for ReadCall<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadCall")
+            .field("method", &self.method)
+            .field("route", &self.route())
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A read captured as a value for a background comparison: the generated
 /// `<Trait>Read` enum implements it.
@@ -90,16 +212,25 @@ impl ShadowContext {
     /// may count (no write of its key in flight or pending since); counts the
     /// read as skipped otherwise.
     pub fn comparable(&self, window: ShadowWindow) -> bool {
-        comparable(&self.stats, &self.stripes, window)
+        comparable(&self.stats, &self.stripes, window, None)
     }
 }
 
-/// See [`DualWriteCore::shadow_comparable`].
-pub(crate) fn comparable(stats: &Stats, stripes: &KeyStripes, window: ShadowWindow) -> bool {
+/// See [`DualWriteCore::shadow_comparable`]; counts a read not compared
+/// for its method too, when known.
+pub(crate) fn comparable(
+    stats: &Stats,
+    stripes: &KeyStripes,
+    window: ShadowWindow,
+    method: Option<&'static str>,
+) -> bool {
     let after = stripes.observe_window(window.stripe);
     let quiet = window.before.quiet() && after == window.before;
     if !quiet {
         stats.record_read_skipped_pending();
+        if let Some(method) = method {
+            stats.record_method(method, MethodEvent::ShadowPending);
+        }
     }
     quiet
 }
@@ -242,7 +373,12 @@ fn run_task<R: ShadowRead>(
         compare(worker, &task.read, task.shadow)
     }))
     .unwrap_or_else(|_| Comparison::ShadowFailed("the shadow read panicked".to_owned()));
-    if !context.comparable(task.window) {
+    if !comparable(
+        &context.stats,
+        &context.stripes,
+        task.window,
+        Some(task.read.method()),
+    ) {
         return;
     }
     record_text(
@@ -279,6 +415,11 @@ fn record_with(
     outcome: Comparison,
 ) {
     let key_text = || key().unwrap_or_else(|| "-".to_owned());
+    let event = match outcome {
+        Comparison::Matched => MethodEvent::ShadowMatched,
+        _ => MethodEvent::ShadowMismatched,
+    };
+    stats.record_method(method, event);
     match outcome {
         Comparison::Matched => stats.record_comparison(true),
         Comparison::Mismatched => {

@@ -5,11 +5,16 @@
 //! totals of a [`StatsSnapshot`] are sums taken when the snapshot is read.
 //! Every counter sits on its own cache line so request threads and lane
 //! threads do not contend on unrelated counters.
+//!
+//! The rare events (failures, retries, dead letters) and the shadow
+//! comparisons are also counted per method (module `by_method`), for
+//! metrics; successful writes are not, to keep the call's path as it is.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::by_method::{ByMethod, MethodEvent};
 use crate::phase::Store;
 use crate::stripes::KeyStripes;
 
@@ -54,6 +59,8 @@ struct Counters {
     /// The stripes whose own counters hold the writes made on the callers'
     /// path (see `StripeGuard::record_write`).
     stripes: OnceLock<Arc<KeyStripes>>,
+    /// Failures, retries, dead letters and comparisons per method.
+    by_method: ByMethod,
 }
 
 /// The index of the write counter for one `(store, role, ok)` combination.
@@ -73,6 +80,30 @@ impl Stats {
     /// Fresh counters, all zero.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Fresh counters with a per-method row for each of `methods` (so
+    /// metrics show them at zero before their first event).
+    pub(crate) fn for_methods(methods: impl IntoIterator<Item = &'static str>) -> Self {
+        let methods: Vec<&'static str> = methods.into_iter().collect();
+        Stats {
+            counters: Arc::new(Counters {
+                by_method: ByMethod::new(&methods),
+                ..Counters::default()
+            }),
+        }
+    }
+
+    /// The per-method counts.
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
+    pub(crate) fn by_method(&self) -> &ByMethod {
+        &self.counters.by_method
+    }
+
+    /// Counts one event of `method` (a failure, a retry, a dead letter, a
+    /// comparison): off the hot path only.
+    pub(crate) fn record_method(&self, method: &'static str, event: MethodEvent) {
+        self.counters.by_method.record(method, event);
     }
 
     /// Adds the write counts kept in an adapter's stripes to this one's.
@@ -178,18 +209,26 @@ impl Stats {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// The write counts by `write_cell` (store x role x outcome), the
+    /// stripes' included.
+    pub(crate) fn write_cells(&self) -> [u64; 8] {
+        let c = &self.counters;
+        let mut cells = c
+            .stripes
+            .get()
+            .map_or([0; 8], |stripes| stripes.write_counts());
+        for (cell, counter) in cells.iter_mut().zip(&c.writes) {
+            *cell += counter.0.load(Ordering::Relaxed);
+        }
+        cells
+    }
+
     /// The current values. Each counter is read atomically; the snapshot as a
     /// whole is not a single instant while writes are in flight.
     pub fn snapshot(&self) -> StatsSnapshot {
         let c = &self.counters;
-        let striped = c
-            .stripes
-            .get()
-            .map_or([0; 8], |stripes| stripes.write_counts());
-        let write = |store, role, ok| {
-            let cell = write_cell(store, role, ok);
-            c.writes[cell].0.load(Ordering::Relaxed) + striped[cell]
-        };
+        let cells = self.write_cells();
+        let write = |store, role, ok| cells[write_cell(store, role, ok)];
         let cell = |store, ok| write(store, Role::Primary, ok) + write(store, Role::Secondary, ok);
         let role = |role, ok| write(Store::Old, role, ok) + write(Store::New, role, ok);
         let reads_matched = c.reads_matched.0.load(Ordering::Relaxed);

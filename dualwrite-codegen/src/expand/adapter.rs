@@ -84,6 +84,7 @@ impl Expander<'_> {
         } else {
             quote!()
         };
+        let core_init = self.core_init();
         let shadow_flush = if self.has_read_enum() {
             quote! {
                 /// Waits until the background shadow comparisons queued before this call are done,
@@ -101,7 +102,7 @@ impl Expander<'_> {
                 /// Builds the adapter over the two stores, with the synchronous,
                 /// tolerant strategy (see [`with_sync_mode`](Self::with_sync_mode)).
                 #vis fn new(old: Old, new: New, migration: #rt::Migration) -> Self {
-                    Self { old, new, core: #rt::DualWriteCore::new(migration), #shadow_init }
+                    Self { old, new, core: #core_init, #shadow_init }
                 }
                 /// The old store.
                 #vis fn old_store(&self) -> &Old {
@@ -134,7 +135,7 @@ impl Expander<'_> {
                 }
                 /// Builds the adapter over stores that are shared elsewhere too.
                 #vis fn from_shared(old: ::std::sync::Arc<Old>, new: ::std::sync::Arc<New>, migration: #rt::Migration) -> Self {
-                    Self { old, new, core: #rt::DualWriteCore::new(migration), #shadow_init }
+                    Self { old, new, core: #core_init, #shadow_init }
                 }
                 /// The old store.
                 #vis fn old_store(&self) -> &Old {
@@ -393,6 +394,34 @@ impl Expander<'_> {
 
                 #background_shadow
             }
+        }
+    }
+
+    /// The adapter's core, told the trait's name and routed methods (for
+    /// metric labels and span fields):
+    ///
+    /// ```text
+    /// DualWriteCore::for_trait(migration, TraitInfo {
+    ///     name: "UserStore", writes: &["insert"], reads: &["get", "ping"],
+    /// })
+    /// ```
+    fn core_init(&self) -> TokenStream {
+        let rt = self.rt;
+        let name = self.m.ident.to_string();
+        let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+        let of = |write: bool| -> Vec<String> {
+            self.m
+                .routed()
+                .filter(|method| (method.kind == MethodKind::Write) == write)
+                .map(method_name)
+                .collect()
+        };
+        let (writes, reads) = (of(true), of(false));
+        quote! {
+            #rt::DualWriteCore::for_trait(
+                migration,
+                #rt::TraitInfo { name: #name, writes: &[#(#writes),*], reads: &[#(#reads),*] },
+            )
         }
     }
 }

@@ -10,7 +10,7 @@
 //!         /* primary call, then submit / arm + secondary call */
 //!     }
 //!     fn get(&self, id: u64) -> Result<Option<User>, Error> {
-//!         let route = self.core.read_route(Some(&id));
+//!         let route = self.core.begin_read("get", Some(&id));  // route + span
 //!         /* primary read; in the shadow phase also the other store, compared */
 //!     }
 //! }
@@ -253,8 +253,7 @@ impl Expander<'_> {
         let out = &method.output;
         let key = self.key_expr(method);
         let route_key = self.route_key_expr(method);
-        let name = method.ident.to_string();
-        let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+        let name = method_name(method);
         let is_async = method.flavor.is_async();
         let primary = self.dispatch(method, quote!(__dw_w.primary()), ArgSet::Caller);
         let copies = self.copies_of_values(method);
@@ -393,13 +392,11 @@ impl Expander<'_> {
         let rt = self.rt;
         let out = &method.output;
         let key = self.key_expr(method);
-        let route_key = self.route_key_expr(method);
-        let name = method.ident.to_string();
-        let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+        let begin = self.begin_read(method);
         let primary = self.dispatch(method, quote!(__dw_route.primary), ArgSet::Caller);
         if matches!(method.compare, Compare::Skip) {
             return quote! {
-                let __dw_route = self.core.read_route(#route_key);
+                #begin
                 #primary
             };
         }
@@ -450,7 +447,7 @@ impl Expander<'_> {
             quote!()
         };
         quote! {
-            let __dw_route = self.core.read_route(#route_key);
+            #begin
             if let ::core::option::Option::Some(__dw_shadow) = __dw_route.shadow {
                 if self.core.should_shadow() {
                     #background
@@ -462,7 +459,7 @@ impl Expander<'_> {
                     #both
                     // A write of the key in flight or pending in the lanes
                     // means the stores cannot agree yet: not compared.
-                    if !self.core.shadow_comparable(__dw_window) {
+                    if !__dw_route.comparable(__dw_window) {
                         return __dw_ret;
                     }
                     if let ::core::option::Option::Some(__dw_a) = (&&&#rt::__private::Probe(&__dw_ret)).dw_value() {
@@ -478,8 +475,7 @@ impl Expander<'_> {
                                 (&&&#rt::__private::Probe(&__dw_other)).dw_error().unwrap_or_default(),
                             ),
                         };
-                        self.core.record_comparison(
-                            #name,
+                        __dw_route.record_comparison(
                             __dw_key_text.as_ref().map(|k| k as &dyn #rt::RoutingKey),
                             __dw_outcome,
                         );
@@ -492,11 +488,23 @@ impl Expander<'_> {
     }
 
     pub(super) fn passthrough_body(&self, method: &Method) -> TokenStream {
-        let route_key = self.route_key_expr(method);
+        let begin = self.begin_read(method);
         let primary = self.dispatch(method, quote!(__dw_route.primary), ArgSet::Caller);
         quote! {
-            let __dw_route = self.core.read_route(#route_key);
+            #begin
             #primary
+        }
+    }
+
+    /// Routes a read and opens its span: `__dw_route`, a `ReadCall` (whose
+    /// span stays entered only in a blocking method).
+    fn begin_read(&self, method: &Method) -> TokenStream {
+        let route_key = self.route_key_expr(method);
+        let name = method_name(method);
+        if method.flavor.is_async() {
+            quote!(let __dw_route = self.core.begin_async_read(#name, #route_key);)
+        } else {
+            quote!(let __dw_route = self.core.begin_read(#name, #route_key);)
         }
     }
 }

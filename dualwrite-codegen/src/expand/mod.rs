@@ -61,6 +61,13 @@ enum ArgSet {
 
 /// Gives every token the same span, so an error in a generated call points
 /// at the user's token the call is made for.
+/// A method's name as the runtime sees it (labels, spans, dead letters):
+/// `r#type` is `type`.
+fn method_name(method: &Method) -> String {
+    let name = method.ident.to_string();
+    name.strip_prefix("r#").unwrap_or(&name).to_owned()
+}
+
 fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     tokens
         .into_iter()

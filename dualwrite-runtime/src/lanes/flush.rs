@@ -25,7 +25,7 @@ const HINT_EVERY: u64 = 64;
 /// it: a lane finishes its jobs in the order they were queued, so once its
 /// `finished` reaches the `submitted` a flush read at its start, every job
 /// queued on that lane before the flush is done, however many came after.
-pub(super) struct Pending {
+pub(crate) struct Pending {
     lanes: Box<[LaneCounts]>,
     /// Calls abandoned at their deadline that have not returned yet (they
     /// may still write): flushes wait for them too.
@@ -134,7 +134,7 @@ impl Pending {
     /// Jobs submitted and not finished, and abandoned calls not returned.
     /// For each lane `finished` is read first: it never passes `submitted`,
     /// so no lane counts below zero.
-    pub(super) fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.abandoned.0.load(Ordering::SeqCst)
             + self
                 .lanes
@@ -147,6 +147,18 @@ impl Pending {
                         .saturating_sub(finished)
                 })
                 .sum::<u64>()
+    }
+
+    /// Each lane's `(submitted, finished)`, `finished` read first (it never
+    /// passes `submitted`): queue depths, for metrics.
+    pub(crate) fn lane_counts(&self) -> Vec<(u64, u64)> {
+        self.lanes
+            .iter()
+            .map(|lane| {
+                let finished = lane.finished.0.load(Ordering::SeqCst);
+                (lane.submitted.0.load(Ordering::SeqCst), finished)
+            })
+            .collect()
     }
 
     /// Each lane's `submitted` now: what a flush starting now waits for.

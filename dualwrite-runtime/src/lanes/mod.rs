@@ -37,7 +37,7 @@ pub use worker::LaneContext;
 
 use crate::phase::Store;
 use crate::shared::Shared;
-use flush::Pending;
+pub(crate) use flush::Pending;
 use queue::{LaneSender, lane_queue};
 use worker::{Abandoned, Lane};
 
@@ -124,6 +124,7 @@ impl<C: Send + 'static> SecondaryLanes<C> {
             }
             senders.push(sender);
         }
+        shared.lanes.store(Some(Arc::clone(&pending)));
         SecondaryLanes {
             senders,
             pending,
@@ -282,7 +283,7 @@ mod tests {
     }
 
     fn shared() -> Arc<Shared<u64>> {
-        Arc::new(Shared::new(1_000))
+        Arc::new(Shared::new(1_000, crate::TraitInfo::UNNAMED))
     }
 
     /// Queues a job on its key's lane.

@@ -15,6 +15,7 @@ use super::Job;
 use super::config::{LaneConfig, XorShift64, equal_jitter};
 use super::flush::{FinishGuard, Pending};
 use super::queue::{LaneReceiver, Take};
+use crate::by_method::MethodEvent;
 use crate::dead_letter::DeadLetter;
 use crate::helpers::{Deadline, Helpers, panic_message};
 use crate::phase::Store;
@@ -357,6 +358,14 @@ where
         let mut key = key;
         let mut rendered = false;
         let stats = &self.shared.stats;
+        // The retries and the dead letter below are logged inside it.
+        let _span = crate::trace::lane_span(
+            self.shared.info.name,
+            method,
+            &|| render(key.clone(), &command),
+            target,
+            self.context.lane,
+        );
         let limit = self.config.attempt_limit();
         let mut attempt = 0;
         let error = loop {
@@ -390,6 +399,7 @@ where
             let Err(error) = result else {
                 return;
             };
+            stats.record_method(method, MethodEvent::SecondaryFailed(target));
             // A timed-out attempt may still land: a retry could be
             // overwritten by it, so its outcome is left to reconciliation.
             let timed_out = self.context.take_timed_out();
@@ -411,6 +421,7 @@ where
             let delay = equal_jitter(self.config.backoff(attempt), self.rng.next_u64());
             thread::sleep(delay);
             stats.record_secondary_retry();
+            stats.record_method(method, MethodEvent::Retry(target));
         };
         let key = if rendered { key } else { render(key, &command) };
         // Pushed before `_finish` runs, so a flush sees it.

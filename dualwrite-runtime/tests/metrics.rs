@@ -1,0 +1,466 @@
+//! The metrics publisher, against a recording `metrics` recorder: real dual
+//! writes with injected secondary failures, then the published values
+//! compared with the adapter's own stats.
+#![cfg(feature = "metrics")]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use dualwrite_runtime::backfill::ProgressSnapshot;
+use dualwrite_runtime::publisher::{names, record_backfill};
+use dualwrite_runtime::reconcile::ReconcileReport;
+use dualwrite_runtime::{LaneConfig, Migration, Phase, StatsSnapshot, SyncMode, dual_write};
+use metrics::{SharedString, Unit};
+use metrics_util::CompositeKey;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+#[dual_write]
+pub trait Kv {
+    #[dual_write(key = key)]
+    fn put(&self, key: u64, value: u64) -> Result<(), String>;
+    #[dual_write(key = key)]
+    fn delete(&self, key: u64) -> Result<(), String>;
+    #[dual_write(key = key)]
+    fn get(&self, key: u64) -> Result<Option<u64>, String>;
+}
+
+/// An in-memory store whose writes of chosen keys fail, and which can be
+/// held (its writes block) to let a lane's queue build up.
+#[derive(Default)]
+struct Mem {
+    map: Mutex<HashMap<u64, u64>>,
+    failing: Mutex<HashSet<u64>>,
+    held: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Mem {
+    fn failing(keys: &[u64]) -> Self {
+        let store = Mem::default();
+        store.failing.lock().unwrap().extend(keys);
+        store
+    }
+
+    fn check(&self, key: u64) -> Result<(), String> {
+        let (held, released) = &*self.held;
+        let mut held = held.lock().unwrap();
+        while *held {
+            held = released.wait(held).unwrap();
+        }
+        if self.failing.lock().unwrap().contains(&key) {
+            return Err(format!("injected failure of key {key}"));
+        }
+        Ok(())
+    }
+}
+
+impl Kv for Mem {
+    fn put(&self, key: u64, value: u64) -> Result<(), String> {
+        self.check(key)?;
+        self.map.lock().unwrap().insert(key, value);
+        Ok(())
+    }
+
+    fn delete(&self, key: u64) -> Result<(), String> {
+        self.check(key)?;
+        self.map.lock().unwrap().remove(&key);
+        Ok(())
+    }
+
+    fn get(&self, key: u64) -> Result<Option<u64>, String> {
+        Ok(self.map.lock().unwrap().get(&key).copied())
+    }
+}
+
+/// What the recorder holds at one moment. (Taking it resets the
+/// recorder's values; the publisher sets them again at its next publish.)
+struct Taken(Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>);
+
+fn take(snapshotter: &Snapshotter) -> Taken {
+    Taken(snapshotter.snapshot().into_vec())
+}
+
+/// The value of metric `name` whose labels include `labels`; `None` when
+/// none has them, a panic when several do.
+fn value<'a>(taken: &'a Taken, name: &str, labels: &[(&str, &str)]) -> Option<&'a DebugValue> {
+    let found: Vec<&DebugValue> = taken
+        .0
+        .iter()
+        .filter(|(key, _, _, _)| {
+            let key = key.key();
+            key.name() == name
+                && labels.iter().all(|(k, v)| {
+                    key.labels()
+                        .any(|label| label.key() == *k && label.value() == *v)
+                })
+        })
+        .map(|(_, _, _, value)| value)
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+    found.into_iter().next()
+}
+
+fn counter(taken: &Taken, name: &str, labels: &[(&str, &str)]) -> u64 {
+    match value(taken, name, labels) {
+        Some(DebugValue::Counter(value)) => *value,
+        other => panic!("{name} {labels:?}: not a counter: {other:?}"),
+    }
+}
+
+fn gauge(taken: &Taken, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match value(taken, name, labels) {
+        Some(DebugValue::Gauge(value)) => value.into_inner(),
+        other => panic!("{name} {labels:?}: not a gauge: {other:?}"),
+    }
+}
+
+/// The published write counters agree with the adapter's stats.
+fn assert_writes_match(taken: &Taken, stats: &StatsSnapshot) {
+    let writes = |store: &str, role: &str, outcome: &str| {
+        counter(
+            taken,
+            names::WRITES,
+            &[
+                ("trait", "Kv"),
+                ("store", store),
+                ("role", role),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    let both = |store: &str, outcome: &str| {
+        writes(store, "primary", outcome) + writes(store, "secondary", outcome)
+    };
+    assert_eq!(both("old", "ok"), stats.old_writes_ok);
+    assert_eq!(both("old", "failed"), stats.old_writes_failed);
+    assert_eq!(both("new", "ok"), stats.new_writes_ok);
+    assert_eq!(both("new", "failed"), stats.new_writes_failed);
+    let role =
+        |role: &str, outcome: &str| writes("old", role, outcome) + writes("new", role, outcome);
+    assert_eq!(role("primary", "ok"), stats.primary_writes_ok);
+    assert_eq!(role("primary", "failed"), stats.primary_writes_failed);
+    assert_eq!(role("secondary", "ok"), stats.secondary_writes_ok);
+    assert_eq!(role("secondary", "failed"), stats.secondary_writes_failed);
+}
+
+#[test]
+fn synchronous_dual_writes_with_failures_are_published_as_the_stats_count_them() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        // Keys 3 and 7 fail on New; key 100 fails on Old (the primary).
+        let adapter = KvDualWrite::new(
+            Mem::failing(&[100]),
+            Mem::failing(&[3, 7]),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_sync_mode(SyncMode::Tolerant);
+        let publisher = adapter.core().metrics_publisher();
+        for key in 0..40 {
+            assert!(
+                adapter.put(key, key * 10).is_ok(),
+                "tolerant: the primary's result"
+            );
+        }
+        assert!(adapter.delete(7).is_ok());
+        assert!(adapter.put(100, 1).is_err());
+        publisher.publish();
+
+        let stats = adapter.stats();
+        assert_eq!(stats.new_writes_failed, 3);
+        assert_eq!(stats.dead_letters, 3);
+        assert_eq!(stats.primary_writes_failed, 1);
+        let taken = take(&snapshotter);
+        assert_writes_match(&taken, &stats);
+
+        let per_method = |name: &str, method: &str, pairs: &[(&str, &str)]| {
+            let mut labels = vec![("trait", "Kv"), ("method", method)];
+            labels.extend_from_slice(pairs);
+            counter(&taken, name, &labels)
+        };
+        let secondary_new = [("store", "new"), ("role", "secondary")];
+        assert_eq!(per_method(names::WRITE_FAILURES, "put", &secondary_new), 2);
+        assert_eq!(
+            per_method(names::WRITE_FAILURES, "delete", &secondary_new),
+            1
+        );
+        let primary_old = [("store", "old"), ("role", "primary")];
+        assert_eq!(per_method(names::WRITE_FAILURES, "put", &primary_old), 1);
+        assert_eq!(
+            per_method(names::DEAD_LETTERS, "put", &[("store", "new")]),
+            2
+        );
+        assert_eq!(
+            per_method(names::DEAD_LETTERS, "delete", &[("store", "new")]),
+            1
+        );
+        // Listed by the trait: a zero series before any event, and a read
+        // has no write series.
+        assert_eq!(
+            per_method(names::SHADOW_READS, "get", &[("outcome", "match")]),
+            0
+        );
+        assert!(value(&taken, names::DEAD_LETTERS, &[("method", "get")]).is_none());
+        assert_eq!(
+            gauge(&taken, names::DEAD_LETTERS_HELD, &[("trait", "Kv")]),
+            adapter.dead_letters().len() as f64
+        );
+        assert_eq!(
+            gauge(
+                &taken,
+                names::PHASE,
+                &[("trait", "Kv"), ("phase", "dual_write")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            gauge(
+                &taken,
+                names::PHASE,
+                &[("trait", "Kv"), ("phase", "prepare")]
+            ),
+            0.0
+        );
+        // 41 dual-write calls on this thread: at least two were timed.
+        match value(
+            &taken,
+            names::CALL_DURATION,
+            &[("trait", "Kv"), ("method", "put")],
+        ) {
+            Some(DebugValue::Histogram(samples)) => {
+                assert!(samples.len() >= 2, "{samples:?}");
+                assert!(samples.iter().all(|s| s.into_inner() > 0.0));
+            }
+            other => panic!("no call durations: {other:?}"),
+        }
+        let p99 = |part: &str| gauge(&taken, names::LATENCY_P99, &[("part", part)]);
+        assert!(p99("call") >= p99("primary") && p99("primary") > 0.0);
+
+        // Shadow reads: key 3 is missing in New (its write failed).
+        for phase in [Phase::Backfill, Phase::ShadowRead] {
+            adapter
+                .migration()
+                .set_phase(phase)
+                .expect("one step forward");
+        }
+        for key in [1, 2, 3, 4] {
+            assert!(adapter.get(key).is_ok());
+        }
+        publisher.publish();
+        let stats = adapter.stats();
+        assert_eq!((stats.reads_matched, stats.reads_mismatched), (3, 1));
+        let taken = take(&snapshotter);
+        let shadow = |outcome: &str| {
+            let labels = [("trait", "Kv"), ("method", "get"), ("outcome", outcome)];
+            counter(&taken, names::SHADOW_READS, &labels)
+        };
+        assert_eq!(shadow("match"), stats.reads_matched);
+        assert_eq!(shadow("mismatch"), stats.reads_mismatched);
+        assert_eq!(shadow("pending"), 0);
+        assert_eq!(
+            gauge(
+                &taken,
+                names::PHASE,
+                &[("trait", "Kv"), ("phase", "shadow_read")]
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn lane_retries_dead_letters_depth_and_lag_are_published() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let new = Mem::failing(&[5, 6]);
+        let held = Arc::clone(&new.held);
+        let adapter = KvDualWrite::new(Mem::default(), new, Migration::new(Phase::DualWrite))
+            .with_async_secondary(
+                LaneConfig::default()
+                    .with_lanes(1)
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(1))
+                    .with_max_backoff(Duration::from_millis(2)),
+            );
+        let publisher = adapter
+            .core()
+            .metrics_publisher()
+            .with_label("adapter", "eu");
+        for key in 0..10 {
+            assert!(adapter.put(key, key).is_ok());
+        }
+        adapter.flush(Duration::from_secs(30)).expect("flushed");
+        publisher.publish();
+
+        let stats = adapter.stats();
+        assert_eq!(stats.dead_letters, 2);
+        assert_eq!(stats.secondary_retries, 4);
+        assert_eq!(stats.new_writes_failed, 6);
+        let taken = take(&snapshotter);
+        assert_writes_match(&taken, &stats);
+        let labels = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = vec![("trait", "Kv"), ("adapter", "eu"), ("method", "put")];
+            all.extend_from_slice(pairs);
+            all
+        };
+        let new_store = labels(&[("store", "new")]);
+        assert_eq!(counter(&taken, names::SECONDARY_RETRIES, &new_store), 4);
+        assert_eq!(counter(&taken, names::DEAD_LETTERS, &new_store), 2);
+        let secondary = labels(&[("store", "new"), ("role", "secondary")]);
+        assert_eq!(counter(&taken, names::WRITE_FAILURES, &secondary), 6);
+        // Depth, lag and pending of one publish.
+        let lanes = |taken: &Taken| {
+            (
+                gauge(taken, names::LANE_QUEUE_DEPTH, &[("lane", "0")]),
+                gauge(taken, names::REPLICATION_LAG, &[("adapter", "eu")]),
+                gauge(taken, names::SECONDARY_PENDING, &[("adapter", "eu")]),
+            )
+        };
+        assert_eq!(lanes(&taken), (0.0, 0.0, 0.0));
+
+        // Hold the secondary store: writes queue up and age.
+        *held.0.lock().unwrap() = true;
+        for key in 20..25 {
+            assert!(adapter.put(key, key).is_ok());
+        }
+        publisher.publish();
+        thread::sleep(Duration::from_millis(60));
+        publisher.publish();
+        let (depth, lag, pending) = lanes(&take(&snapshotter));
+        assert!(
+            depth >= 4.0,
+            "the lane holds one write, the rest wait: {depth}"
+        );
+        assert_eq!(pending, 5.0);
+        assert!(lag >= 0.05, "lag {lag}");
+        *held.0.lock().unwrap() = false;
+        held.1.notify_all();
+        adapter.flush(Duration::from_secs(30)).expect("flushed");
+        publisher.publish();
+        let taken = take(&snapshotter);
+        assert_eq!(lanes(&taken), (0.0, 0.0, 0.0));
+        assert_writes_match(&taken, &adapter.stats());
+    });
+}
+
+#[test]
+fn a_spawned_publisher_publishes_on_its_own_and_once_more_when_stopped() {
+    // The publisher's thread registers its handles with the global
+    // recorder: this is the only test of this binary that installs one.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only global recorder of this binary");
+    let adapter = KvDualWrite::new(
+        Mem::default(),
+        Mem::failing(&[1]),
+        Migration::new(Phase::DualWrite),
+    );
+    let publishing = adapter
+        .core()
+        .metrics_publisher()
+        .with_label("adapter", "spawned")
+        .spawn(Duration::from_millis(5))
+        .expect("a thread");
+    assert!(adapter.put(1, 1).is_ok());
+    let labels = [("adapter", "spawned"), ("method", "put"), ("store", "new")];
+    let dead = |taken: &Taken| {
+        value(taken, names::DEAD_LETTERS, &labels).map(|value| match value {
+            DebugValue::Counter(value) => *value,
+            other => panic!("not a counter: {other:?}"),
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // A snapshot resets the recorder: wait for a publish that sees it.
+    while dead(&take(&snapshotter)) != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "never published");
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert!(adapter.put(1, 2).is_ok());
+    publishing.stop();
+    assert_eq!(
+        dead(&take(&snapshotter)),
+        Some(2),
+        "stopping publishes once more"
+    );
+}
+
+#[test]
+fn backfill_progress_and_reconciliation_gap_are_published() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let adapter = KvDualWrite::new(
+            Mem::default(),
+            Mem::default(),
+            Migration::new(Phase::Backfill),
+        );
+        let publisher = adapter.core().metrics_publisher();
+        let report = ReconcileReport {
+            missing_in_new: 3,
+            different: 2,
+            repaired: 4,
+            ..ReconcileReport::default()
+        };
+        publisher.record_reconcile(&report);
+        let progress = ProgressSnapshot {
+            done: 250,
+            written: 200,
+            total: Some(1000),
+            finished: false,
+            rows_per_second: 50.0,
+            eta: None,
+        };
+        record_backfill(&[metrics::Label::new("backfill", "users")], &progress);
+
+        let taken = take(&snapshotter);
+        assert_eq!(gauge(&taken, names::RECONCILE_GAP, &[("trait", "Kv")]), 1.0);
+        assert_eq!(
+            gauge(
+                &taken,
+                names::RECONCILE_DIFFERENCES,
+                &[("kind", "missing_in_new")]
+            ),
+            3.0
+        );
+        assert_eq!(
+            counter(&taken, names::RECONCILE_RUNS, &[("trait", "Kv")]),
+            1
+        );
+        let rows = |kind: &str| {
+            gauge(
+                &taken,
+                names::BACKFILL_ROWS,
+                &[("backfill", "users"), ("kind", kind)],
+            )
+        };
+        assert_eq!(
+            (rows("done"), rows("written"), rows("total")),
+            (250.0, 200.0, 1000.0)
+        );
+        assert_eq!(
+            gauge(&taken, names::BACKFILL_FRACTION, &[("backfill", "users")]),
+            0.25
+        );
+    });
+}
+
+#[test]
+fn publishing_without_a_recorder_is_harmless() {
+    let adapter = KvDualWrite::new(
+        Mem::default(),
+        Mem::failing(&[2]),
+        Migration::new(Phase::DualWrite),
+    );
+    let publisher = adapter.core().metrics_publisher();
+    for key in 0..4 {
+        assert!(adapter.put(key, key).is_ok());
+    }
+    publisher.publish();
+    assert_eq!(adapter.stats().dead_letters, 1);
+    drop(publisher);
+    assert!(adapter.put(9, 9).is_ok());
+}
