@@ -77,14 +77,12 @@ impl Servers {
 
     fn maria(&self, sql: String) {
         self.rt
-            // dualwrite-lint: allow(DW002) test setup: each store's own schema and data
             .block_on(sqlx::query(AssertSqlSafe(sql)).execute(&self.maria))
             .expect("MariaDB statement");
     }
 
     fn pg(&self, sql: String) {
         self.rt
-            // dualwrite-lint: allow(DW002) test setup: each store's own schema and data
             .block_on(sqlx::query(AssertSqlSafe(sql)).execute(&self.pg))
             .expect("PostgreSQL statement");
     }
@@ -244,10 +242,7 @@ fn mariadb_to_postgres_backfill_maps_resumes_and_keeps_live_rows() {
     assert!(second.finished, "{second:?}");
     assert_eq!(second.resumed_after.as_deref(), Some("1000"));
     assert_eq!((second.rows, second.written), (2_000, 1_999), "{second:?}");
-    assert_eq!(
-        s.pg_scalar(format!("SELECT count(*) FROM {}", s.new)),
-        ROWS
-    );
+    assert_eq!(s.pg_scalar(format!("SELECT count(*) FROM {}", s.new)), ROWS);
 
     // The mapping, and the types that crossed as text.
     let row = s
@@ -261,16 +256,21 @@ fn mariadb_to_postgres_backfill_maps_resumes_and_keeps_live_rows() {
         )
         .expect("row 1234");
     assert_eq!(row.get::<String, _>(0), "First1234 Last70");
-    assert_eq!(row.get::<Option<String>, _>(1).as_deref(), Some("user1234@example.com"));
+    assert_eq!(
+        row.get::<Option<String>, _>(1).as_deref(),
+        Some("user1234@example.com")
+    );
     assert_eq!(row.get::<String, _>(2), "2024-01-03 10:34:00");
     assert_eq!(row.get::<String, _>(3), "234.34");
-    let nulls = s.pg_scalar(format!("SELECT count(*) FROM {} WHERE email IS NULL", s.new));
+    let nulls = s.pg_scalar(format!(
+        "SELECT count(*) FROM {} WHERE email IS NULL",
+        s.new
+    ));
     assert_eq!(nulls, ROWS / 7 + 1, "NULL emails, and the live row's");
     // Live rows won.
     for (id, name) in [(10, "Live Ten"), (2500, "Live Twenty-Five Hundred")] {
-        let found: String = s
-            .rt
-            .block_on(
+        let found: String =
+            s.rt.block_on(
                 sqlx::query_scalar(AssertSqlSafe(format!(
                     "SELECT full_name FROM {} WHERE user_id = {id}",
                     s.new
@@ -434,14 +434,15 @@ fn postgres_to_mariadb_sink_keeps_live_rows_and_refuses_silent_changes() {
         MySqlSink::<i64>::connect(&s.maria_url, &table(dst)).expect("sink"),
     )
     .with_batch(256)
-    .with_checkpoint(MySqlCheckpoint::connect(&s.maria_url, format!("{dst} reverse")).expect("checkpoint"))
+    .with_checkpoint(
+        MySqlCheckpoint::connect(&s.maria_url, format!("{dst} reverse")).expect("checkpoint"),
+    )
     .run()
     .expect("backfill");
     assert!(report.finished);
     assert_eq!((report.rows, report.written), (700, 699), "{report:?}");
-    let (count, live): (i64, String) = s
-        .rt
-        .block_on(async {
+    let (count, live): (i64, String) =
+        s.rt.block_on(async {
             let count = sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {dst}")))
                 .fetch_one(&s.maria)
                 .await?;
@@ -464,13 +465,14 @@ fn postgres_to_mariadb_sink_keeps_live_rows_and_refuses_silent_changes() {
         PgSource::<i64>::connect(&s.pg_url, &table(src)).expect("source"),
         MySqlSink::<i64>::connect(&s.maria_url, &table(dst)).expect("sink"),
     )
-    .with_checkpoint(MySqlCheckpoint::connect(&s.maria_url, format!("{dst} reverse")).expect("checkpoint"))
+    .with_checkpoint(
+        MySqlCheckpoint::connect(&s.maria_url, format!("{dst} reverse")).expect("checkpoint"),
+    )
     .run()
     .expect_err("refused");
     assert!(error.to_string().contains("rolled back"), "{error}");
-    let count: i64 = s
-        .rt
-        .block_on(
+    let count: i64 =
+        s.rt.block_on(
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {dst}")))
                 .fetch_one(&s.maria),
         )
@@ -506,6 +508,7 @@ fn sqlite_postgres_and_mariadb_digests_agree() {
     ));
     s.pg(format!("INSERT INTO {t} (id, name, n) VALUES {rows}"));
     let lite = rusqlite::Connection::open_in_memory().expect("sqlite");
+    // dualwrite-lint: allow(DW002) test data, written to each store on its own
     lite.execute_batch(&format!(
         "CREATE TABLE {t} (id INTEGER PRIMARY KEY, name TEXT, n INTEGER);
          INSERT INTO {t} (id, name, n) VALUES {rows};"
@@ -523,9 +526,15 @@ fn sqlite_postgres_and_mariadb_digests_agree() {
         .with_digest(&expressions)
         .expect("SQLite");
     for (after, upto) in [(None, None), (Some(1), Some(30)), (Some(30), None)] {
-        let a = maria.digest(after.as_ref(), upto.as_ref()).expect("MariaDB digest");
-        let b = pg.digest(after.as_ref(), upto.as_ref()).expect("PostgreSQL digest");
-        let c = sqlite.digest(after.as_ref(), upto.as_ref()).expect("SQLite digest");
+        let a = maria
+            .digest(after.as_ref(), upto.as_ref())
+            .expect("MariaDB digest");
+        let b = pg
+            .digest(after.as_ref(), upto.as_ref())
+            .expect("PostgreSQL digest");
+        let c = sqlite
+            .digest(after.as_ref(), upto.as_ref())
+            .expect("SQLite digest");
         assert_eq!((a, a), (b, c), "range {after:?}..={upto:?}");
         assert!(a.rows > 0 && a.sum > 0);
     }

@@ -215,6 +215,7 @@ fn range_digests_read_only_the_ranges_that_differ() {
     let dir = scratch("digests");
     let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
     let old = Connection::open(&old_path).expect("old");
+    // dualwrite-lint: allow(DW002) test data, written to each store on its own
     old.execute_batch(
         "CREATE TABLE users (id INTEGER PRIMARY KEY, first TEXT NOT NULL, last TEXT NOT NULL, email TEXT);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000)
@@ -222,6 +223,7 @@ fn range_digests_read_only_the_ranges_that_differ() {
     )
     .expect("old data");
     let new = Connection::open(&new_path).expect("new");
+    // dualwrite-lint: allow(DW002) test data, written to each store on its own
     new.execute_batch(&format!(
         "ATTACH DATABASE '{}' AS old;
          CREATE TABLE users (id INTEGER PRIMARY KEY, full_name TEXT NOT NULL, email TEXT);

@@ -33,7 +33,7 @@ pub mod digest;
 
 use std::fmt;
 
-pub use digest::{DigestSource, RangeDigest};
+pub use digest::{DigestKind, DigestSource, RangeDigest};
 
 use crate::backfill::{BackfillError, BackfillSource, KeyRange};
 use crate::core::KeyGuard;
@@ -146,11 +146,7 @@ impl fmt::Display for ReconcileReport {
         writeln!(f, "  {:<22} {:>10}", "settled while compared", self.settled)?;
         writeln!(f, "  {:<22} {:>10}", "repaired", self.repaired)?;
         if self.ranges > 0 {
-            writeln!(
-                f,
-                "  {:<22} {:>10}",
-                "ranges digested", self.ranges
-            )?;
+            writeln!(f, "  {:<22} {:>10}", "ranges digested", self.ranges)?;
             writeln!(
                 f,
                 "  {:<22} {:>10}",
@@ -525,8 +521,9 @@ where
 
 impl<O, N, M, C> Reconcile<O, N, M, C>
 where
-    O: DigestSource,
+    O: DigestSource + Send,
     N: DigestSource<Key = O::Key>,
+    O::Key: Sync,
     M: FnMut(O::Row) -> N::Row,
     C: FnMut(&N::Row, &N::Row) -> Option<Vec<String>>,
 {
@@ -535,6 +532,8 @@ where
     /// store), computed in each database, and reads row by row only the
     /// ranges whose digests differ. A store without digest expressions
     /// ([`DigestSource::has_digests`]) makes it a plain [`Reconcile::run`].
+    /// The two stores compute each range's digest at the same time (the
+    /// old store's on a scoped thread).
     pub fn run_with_digests(&mut self, every: usize) -> Result<ReconcileReport, BackfillError> {
         self.digest_scan(every, None::<&mut NoRepair<O::Key, N::Row>>)
     }
@@ -569,8 +568,25 @@ where
         };
         for range in KeyRange::split(self.old.boundaries(every)?) {
             let (after, upto) = (range.after.as_ref(), range.upto.as_ref());
-            let old = self.old.digest(after, upto)?;
-            let new = self.new.digest(after, upto)?;
+            // Both databases hash their range at once.
+            let (old, new) = {
+                let (old_store, new_store) = (&mut self.old, &mut self.new);
+                std::thread::scope(|scope| {
+                    let old = scope.spawn(move || old_store.digest(after, upto));
+                    let new = new_store.digest(after, upto);
+                    let old = old
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (old, new)
+                })
+            };
+            let (old, new) = (old?, new?);
+            if old.kind != new.kind {
+                return Err(BackfillError::Source(format!(
+                    "the stores' digests are of different kinds ({:?} and {:?}): give both the same kind",
+                    old.kind, new.kind
+                )));
+            }
             report.ranges += 1;
             if old == new {
                 report.equal += old.rows;

@@ -84,9 +84,12 @@ impl SqlValue {
             SqlValue::Bool(value) => value.to_string(),
             SqlValue::Int(value) => value.to_string(),
             SqlValue::Float(value) if value.is_nan() => "NaN".to_owned(),
-            SqlValue::Float(value) if value.is_infinite() => {
-                if *value > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
+            SqlValue::Float(value) if value.is_infinite() => if *value > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
             }
+            .to_owned(),
             SqlValue::Float(value) => value.to_string(),
             SqlValue::Text(value) => value.clone(),
             SqlValue::Bytes(value) => {
@@ -269,7 +272,9 @@ impl Driver {
 
 /// A reconciliation comparator for rows of these columns: `None` when
 /// equal, else the names of the columns that differ.
-pub fn column_diff(columns: &[&str]) -> impl FnMut(&SqlRow, &SqlRow) -> Option<Vec<String>> + use<> {
+pub fn column_diff(
+    columns: &[&str],
+) -> impl FnMut(&SqlRow, &SqlRow) -> Option<Vec<String>> + use<> {
     let columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
     move |a: &SqlRow, b: &SqlRow| {
         let differ: Vec<String> = columns
@@ -321,6 +326,9 @@ mod tests {
         let dollar = |i: usize| format!("${i}");
         assert_eq!(where_clause("k", 0, dollar), (String::new(), 1));
         assert_eq!(where_clause("k", 3, dollar).0, " WHERE k > $1 AND k <= $2");
-        assert_eq!(where_clause("k", 2, dollar), (" WHERE k <= $1".to_owned(), 2));
+        assert_eq!(
+            where_clause("k", 2, dollar),
+            (" WHERE k <= $1".to_owned(), 2)
+        );
     }
 }

@@ -37,9 +37,17 @@ pub trait MySqlKey:
 }
 
 impl<T> MySqlKey for T where
-    T: BackfillKey + for<'r> Decode<'r, MySql> + for<'q> Encode<'q, MySql> + Type<MySql> + Sync + Unpin
+    T: BackfillKey
+        + for<'r> Decode<'r, MySql>
+        + for<'q> Encode<'q, MySql>
+        + Type<MySql>
+        + Sync
+        + Unpin
 {
 }
+
+/// A batch's statements, each with the rows it binds.
+type Statements<'a, K> = Vec<(Arc<str>, &'a [(K, SqlRow)])>;
 
 /// The most placeholders one MariaDB statement takes.
 const MAX_PLACEHOLDERS: usize = 65_535;
@@ -121,7 +129,9 @@ fn decode_value(row: &MySqlRow, index: usize, kind: Kind) -> Result<SqlValue, ::
             .map(|v| SqlValue::Float(v.into())),
         Kind::F64 => row.try_get::<Option<f64>, _>(index)?.map(SqlValue::Float),
         Kind::Text => row.try_get::<Option<String>, _>(index)?.map(SqlValue::Text),
-        Kind::Bytes => row.try_get::<Option<Vec<u8>>, _>(index)?.map(SqlValue::Bytes),
+        Kind::Bytes => row
+            .try_get::<Option<Vec<u8>>, _>(index)?
+            .map(SqlValue::Bytes),
     }
     .unwrap_or(SqlValue::Null))
 }
@@ -308,7 +318,11 @@ impl<K: MySqlKey> BackfillSource for MySqlSource<K> {
         self.fetch(&statement, &[after, upto], Some(limit))
     }
 
-    fn reread(&mut self, _after: Option<&K>, keys: &[K]) -> Result<Vec<(K, SqlRow)>, BackfillError> {
+    fn reread(
+        &mut self,
+        _after: Option<&K>,
+        keys: &[K],
+    ) -> Result<Vec<(K, SqlRow)>, BackfillError> {
         let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
             return Ok(Vec::new());
         };
@@ -355,10 +369,15 @@ impl<K: MySqlKey> DigestSource for MySqlSource<K> {
         self.digests.is_some()
     }
 
-    fn digest(&mut self, after: Option<&K>, upto: Option<&K>) -> Result<RangeDigest, BackfillError> {
+    fn digest(
+        &mut self,
+        after: Option<&K>,
+        upto: Option<&K>,
+    ) -> Result<RangeDigest, BackfillError> {
         let Some(digests) = &self.digests else {
             return Err(BackfillError::Source(
-                "this MariaDB source has no digest expressions (MySqlSource::with_digest)".to_owned(),
+                "this MariaDB source has no digest expressions (MySqlSource::with_digest)"
+                    .to_owned(),
             ));
         };
         let mut query = ::sqlx::query(sql(&digests[bounds(after.is_some(), upto.is_some())]));
@@ -494,8 +513,10 @@ async fn warning_count(conn: &mut MySqlConnection) -> Result<u64, ::sqlx::Error>
     let row = ::sqlx::raw_sql("SELECT @@warning_count")
         .fetch_one(conn)
         .await?;
-    row.try_get::<u64, _>(0)
-        .or_else(|_| row.try_get::<i64, _>(0).map(|n| u64::try_from(n).unwrap_or(0)))
+    row.try_get::<u64, _>(0).or_else(|_| {
+        row.try_get::<i64, _>(0)
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    })
 }
 
 impl<K: MySqlKey> BackfillSink for MySqlSink<K> {
@@ -508,7 +529,7 @@ impl<K: MySqlKey> BackfillSink for MySqlSink<K> {
         }
         check_widths(rows, self.columns)?;
         let per = self.insert.rows_per_statement();
-        let statements: Vec<(Arc<str>, &[(K, SqlRow)])> = rows
+        let statements: Statements<'_, K> = rows
             .chunks(per)
             .map(|chunk| (self.insert.statement(chunk.len()), chunk))
             .collect();
@@ -658,7 +679,7 @@ impl<K: MySqlKey> RepairSink for MySqlRepair<K> {
         }
         check_widths(rows, self.columns)?;
         let per = self.upsert.rows_per_statement();
-        let statements: Vec<(Arc<str>, &[(K, SqlRow)])> = rows
+        let statements: Statements<'_, K> = rows
             .chunks(per)
             .map(|chunk| (self.upsert.statement(chunk.len()), chunk))
             .collect();

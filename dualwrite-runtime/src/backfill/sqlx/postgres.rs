@@ -30,7 +30,12 @@ use crate::reconcile::digest::{self, DigestSource, RangeDigest};
 
 /// Keys a PostgreSQL source reads and binds (`i64`, `i32`, `String`, ..).
 pub trait PgKey:
-    BackfillKey + for<'r> Decode<'r, Postgres> + for<'q> Encode<'q, Postgres> + Type<Postgres> + Sync + Unpin
+    BackfillKey
+    + for<'r> Decode<'r, Postgres>
+    + for<'q> Encode<'q, Postgres>
+    + Type<Postgres>
+    + Sync
+    + Unpin
 {
 }
 
@@ -130,7 +135,9 @@ fn decode_value(row: &PgRow, index: usize, kind: Kind) -> Result<SqlValue, ::sql
             .map(|v| SqlValue::Float(v.into())),
         Kind::F64 => row.try_get::<Option<f64>, _>(index)?.map(SqlValue::Float),
         Kind::Text => row.try_get::<Option<String>, _>(index)?.map(SqlValue::Text),
-        Kind::Bytes => row.try_get::<Option<Vec<u8>>, _>(index)?.map(SqlValue::Bytes),
+        Kind::Bytes => row
+            .try_get::<Option<Vec<u8>>, _>(index)?
+            .map(SqlValue::Bytes),
     }
     .unwrap_or(SqlValue::Null))
 }
@@ -306,7 +313,11 @@ impl<K: PgKey> BackfillSource for PgSource<K> {
         self.fetch(&statement, &[after, upto], Some(limit))
     }
 
-    fn reread(&mut self, _after: Option<&K>, keys: &[K]) -> Result<Vec<(K, SqlRow)>, BackfillError> {
+    fn reread(
+        &mut self,
+        _after: Option<&K>,
+        keys: &[K],
+    ) -> Result<Vec<(K, SqlRow)>, BackfillError> {
         let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
             return Ok(Vec::new());
         };
@@ -353,10 +364,15 @@ impl<K: PgKey> DigestSource for PgSource<K> {
         self.digests.is_some()
     }
 
-    fn digest(&mut self, after: Option<&K>, upto: Option<&K>) -> Result<RangeDigest, BackfillError> {
+    fn digest(
+        &mut self,
+        after: Option<&K>,
+        upto: Option<&K>,
+    ) -> Result<RangeDigest, BackfillError> {
         let Some(digests) = &self.digests else {
             return Err(BackfillError::Source(
-                "this PostgreSQL source has no digest expressions (PgSource::with_digest)".to_owned(),
+                "this PostgreSQL source has no digest expressions (PgSource::with_digest)"
+                    .to_owned(),
             ));
         };
         let mut query = ::sqlx::query(sql(&digests[bounds(after.is_some(), upto.is_some())]));
