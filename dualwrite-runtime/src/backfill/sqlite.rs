@@ -187,13 +187,18 @@ impl<K> SqliteSource<K> {
         Ok(self)
     }
 
-    fn rows(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<(K, SqliteRow)>, BackfillError>
+    fn rows(
+        &self,
+        sql: &str,
+        params: &[&dyn ToSql],
+        expected: usize,
+    ) -> Result<Vec<(K, SqliteRow)>, BackfillError>
     where
         K: FromSql,
     {
         let mut statement = self.conn.prepare_cached(sql).map_err(source_error)?;
         let mut rows = statement.query(params).map_err(source_error)?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(expected.min(16_384));
         while let Some(row) = rows.next().map_err(source_error)? {
             let key = row.get::<_, K>(0).map_err(source_error)?;
             let mut values = Vec::with_capacity(self.columns);
@@ -232,6 +237,7 @@ impl<K: BackfillKey + FromSql + ToSql> BackfillSource for SqliteSource<K> {
         self.rows(
             &self.scans[bounds(after.is_some(), upto.is_some())],
             &params,
+            usize::try_from(limit).unwrap_or(usize::MAX),
         )
     }
 
@@ -247,7 +253,7 @@ impl<K: BackfillKey + FromSql + ToSql> BackfillSource for SqliteSource<K> {
         // `after` says.
         let _ = after;
         let first = &keys[0];
-        let rows = self.rows(&self.select_range, &[first, last])?;
+        let rows = self.rows(&self.select_range, &[first, last], keys.len())?;
         Ok(rows
             .into_iter()
             .filter(|(key, _)| keys.binary_search(key).is_ok())

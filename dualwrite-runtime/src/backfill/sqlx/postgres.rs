@@ -547,9 +547,15 @@ pub struct PgCheckpoint {
 
 impl PgCheckpoint {
     /// Connects to `url` for the checkpoint of `job`; creates the table if
-    /// needed.
+    /// needed. The connection commits without waiting for the WAL flush
+    /// (`synchronous_commit = off`): a save lost in a crash only makes the
+    /// job copy its last batch again (the sink skips rows that are there),
+    /// and the batch's own commit no longer pays for a second flush.
     pub fn connect(url: &str, job: impl Into<String>) -> Result<Self, BackfillError> {
         let (driver, mut conn) = connect(url, checkpoint_error, BackfillError::Checkpoint)?;
+        driver
+            .run(::sqlx::query("SET synchronous_commit = off").execute(&mut conn))
+            .map_err(checkpoint_error)?;
         if let Err(error) = driver.run(::sqlx::query(CHECKPOINT_TABLE).execute(&mut conn)) {
             // Two jobs creating the table at once: one of them fails, and
             // the table is there.
