@@ -9,7 +9,9 @@
 //! Needs `DUALWRITE_MARIADB_URL` and `DUALWRITE_POSTGRES_URL` (`.ci/run`
 //! sets both); without them each test says it skipped, except under CI.
 
-use dualwrite_runtime::backfill::sqlx::mysql::{MySqlCheckpoint, MySqlSink, MySqlSource};
+use dualwrite_runtime::backfill::sqlx::mysql::{
+    MySqlCheckpoint, MySqlRepair, MySqlSink, MySqlSource,
+};
 use dualwrite_runtime::backfill::sqlx::postgres::{PgCheckpoint, PgRepair, PgSink, PgSource};
 use dualwrite_runtime::backfill::sqlx::{SqlRow, SqlTable, SqlValue, column_diff};
 use dualwrite_runtime::backfill::{
@@ -406,8 +408,9 @@ fn parallel_backfill_then_digests_find_and_repair_planted_drift() {
 }
 
 /// The reverse direction (PostgreSQL to MariaDB, as a rollback after
-/// cutover would copy): the MariaDB sink keeps live rows, and refuses a
-/// batch MariaDB would change on the way in rather than write it.
+/// cutover would copy): the MariaDB sink keeps live rows, the MariaDB
+/// repair sink closes drift, and the sink refuses a batch MariaDB would
+/// change on the way in rather than write it.
 #[test]
 fn postgres_to_mariadb_sink_keeps_live_rows_and_refuses_silent_changes() {
     let Some(s) = Servers::connect("reverse") else {
@@ -455,6 +458,35 @@ fn postgres_to_mariadb_sink_keeps_live_rows_and_refuses_silent_changes() {
         })
         .expect("checked");
     assert_eq!((count, live.as_str()), (700, "live five"));
+
+    // Drift in MariaDB (a row changed, one deleted, one extra) repaired
+    // from PostgreSQL through the MariaDB repair sink.
+    s.maria(format!("UPDATE {dst} SET note = 'x' WHERE id = 100"));
+    s.maria(format!("DELETE FROM {dst} WHERE id = 200"));
+    s.maria(format!(
+        "INSERT INTO {dst} (id, name, note) VALUES (9000, 'extra', NULL)"
+    ));
+    let check = || {
+        Reconcile::new(
+            PgSource::<i64>::connect(&s.pg_url, &table(src)).expect("pg"),
+            MySqlSource::<i64>::connect(&s.maria_url, &table(dst)).expect("maria"),
+        )
+    };
+    let mut repair = MySqlRepair::<i64>::connect(&s.maria_url, &table(dst)).expect("repair");
+    let repaired = check().repair_into(&mut repair).expect("repaired");
+    // Key 5 holds the live row: different from PostgreSQL's history, and
+    // PostgreSQL is authoritative here, so it is repaired too.
+    assert_eq!(
+        (
+            repaired.different,
+            repaired.missing_in_new,
+            repaired.extra_in_new,
+            repaired.gap()
+        ),
+        (2, 1, 1, 0),
+        "{repaired}"
+    );
+    assert_eq!(check().run().expect("checked").found(), 0);
 
     // A name too long for VARCHAR(20): INSERT IGNORE would cut it and go
     // on; the sink rolls the batch back and says why.
