@@ -133,7 +133,6 @@ fn raw_copy(old: &Path, new: &Path, columns: bool) -> Duration {
          COMMIT;"
     };
     let started = Instant::now();
-    // dualwrite-lint: allow(DW002) the raw copy the backfill is measured against
     conn.execute_batch(sql).expect("copy");
     started.elapsed()
 }
@@ -407,7 +406,6 @@ mod postgres {
             .expect("runtime");
         let mut conn = rt.block_on(PgConnection::connect(url)).expect("connect");
         run_sql(&rt, &mut conn, schema(OLD));
-        // dualwrite-lint: allow(DW002) the benchmark's history, in the old table only
         run_sql(
             &rt,
             &mut conn,
@@ -476,7 +474,6 @@ mod postgres {
             &mut conn,
             format!("DROP TABLE {OLD}; DROP TABLE {NEW};"),
         );
-        // dualwrite-lint: allow(DW002) the benchmark's own checkpoint row
         run_sql(
             &rt,
             &mut conn,
