@@ -573,3 +573,111 @@ fn sqlite_postgres_and_mariadb_digests_agree() {
     s.maria(format!("DROP TABLE IF EXISTS {t}"));
     s.pg(format!("DROP TABLE IF EXISTS {t}"));
 }
+
+/// Several processes share a parallel backfill's ranges through PostgreSQL
+/// leases: each range is claimed by one of them, a range whose holder died
+/// is claimed again once its lease expired, and a holder that lost its
+/// lease is told so at its next checkpoint.
+#[test]
+fn postgres_leases_share_ranges_between_processes() {
+    use dualwrite_runtime::backfill::Ranged;
+    use dualwrite_runtime::backfill::sqlx::postgres::PgLeases;
+    use std::time::Duration;
+
+    let Some(s) = Servers::connect("leases") else {
+        return;
+    };
+    s.tables();
+    let job = format!("{} leases", s.old);
+    let ranges = KeyRange::split(
+        MySqlSource::<i64>::connect(&s.maria_url, &s.old_table())
+            .expect("source")
+            .boundaries(500)
+            .expect("boundaries"),
+    );
+    assert_eq!(ranges.len(), 7);
+    let leases = |owner: &str, ttl: Duration| {
+        PgLeases::connect(&s.pg_url, &job, owner, ttl).expect("leases")
+    };
+    // A process that claims a range with a lease that expires at once, and
+    // dies.
+    let mut dead = leases("dead", Duration::ZERO);
+    dead.register(&ranges).expect("registered");
+    let abandoned = dead.claim::<i64>().expect("claim").expect("a range");
+    let abandoned_label = abandoned.label().to_owned();
+    drop(abandoned);
+
+    let claimed: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = ["w1", "w2"]
+            .into_iter()
+            .map(|owner| {
+                let (s, ranges, leases) = (&s, &ranges, &leases);
+                scope.spawn(move || {
+                    let mut mine = leases(owner, Duration::from_secs(60));
+                    mine.register(ranges).expect("registered");
+                    let mut labels = Vec::new();
+                    while let Some(lease) = mine.claim::<i64>().expect("claim") {
+                        labels.push(lease.label().to_owned());
+                        let range = lease.range().clone();
+                        let checkpoint = PgCheckpoint::connect(
+                            &s.pg_url,
+                            format!("{} {}", s.old, lease.label()),
+                        )
+                        .expect("checkpoint");
+                        let mut checkpoint = lease.checkpoint(checkpoint);
+                        let report = Backfill::mapped(
+                            Ranged::new(
+                                MySqlSource::<i64>::connect(&s.maria_url, &s.old_table())
+                                    .expect("source"),
+                                range,
+                            ),
+                            PgSink::<i64>::connect(&s.pg_url, &s.new_table()).expect("sink"),
+                            to_new,
+                        )
+                        .with_batch(200)
+                        .with_checkpoint(&mut checkpoint)
+                        .run()
+                        .expect("range copied");
+                        assert!(report.finished);
+                        checkpoint.finish().expect("finished");
+                    }
+                    labels
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let mut all: Vec<String> = claimed.concat();
+    assert_eq!(all.len(), 7, "each range claimed once: {claimed:?}");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 7, "{claimed:?}");
+    assert!(all.contains(&abandoned_label));
+    assert_eq!(dead.remaining().expect("remaining"), 0);
+    assert_eq!(s.pg_scalar(format!("SELECT count(*) FROM {}", s.new)), ROWS);
+
+    // A holder whose lease expired and was claimed by another is told at
+    // its next renewal.
+    s.pg(format!(
+        "UPDATE dualwrite_backfill_leases SET done = false, owner = NULL WHERE job = '{job}'"
+    ));
+    let mut slow = leases("slow", Duration::ZERO);
+    let mut lost = slow.claim::<i64>().expect("claim").expect("a range");
+    let mut other = leases("other", Duration::from_secs(60));
+    let taken = other
+        .claim::<i64>()
+        .expect("claim")
+        .expect("the expired range");
+    assert_eq!(taken.label(), lost.label());
+    let error = lost.renew().expect_err("lost");
+    assert!(error.to_string().contains("no longer held"), "{error}");
+    taken.finish().expect("finished by its holder");
+
+    s.pg(format!(
+        "DELETE FROM dualwrite_backfill_leases WHERE job = '{job}'"
+    ));
+    s.drop_tables();
+}
