@@ -147,8 +147,12 @@ impl<S: BackfillSink> BackfillSink for Slow<S> {
     }
 }
 
-fn race(guarded: bool) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>, u64) {
-    let dir = scratch(if guarded { "guarded" } else { "plain" });
+fn race(guarded: bool, read_ahead: bool) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>, u64) {
+    let dir = scratch(match (guarded, read_ahead) {
+        (true, false) => "guarded",
+        (true, true) => "guarded-ahead",
+        (false, _) => "plain",
+    });
     let (old_path, new_path) = history(&dir);
     let old = Db(Mutex::new(open(&old_path)));
     let new = Db(Mutex::new(open(&new_path)));
@@ -178,7 +182,12 @@ fn race(guarded: bool) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>, u64) {
     // Slow enough that the writers touch every region of the key space
     // while it is copied.
     job.control().set_rate(100_000);
-    let report = job.run().expect("backfill");
+    let report = if read_ahead {
+        job.run_read_ahead()
+    } else {
+        job.run()
+    }
+    .expect("backfill");
     stop.store(true, Ordering::SeqCst);
     let writes: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
     assert!(report.finished && report.rows > 0, "{report:?}");
@@ -192,7 +201,17 @@ fn race(guarded: bool) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>, u64) {
 /// interleave on a key: the stores end identical, deletes included.
 #[test]
 fn a_guarded_backfill_racing_live_writes_ends_identical() {
-    let (old, new, _) = race(true);
+    assert_identical(race(true, false));
+}
+
+/// The same with the job reading ahead: the read-ahead thread and the
+/// guarded re-read take turns on the source, and the stores end identical.
+#[test]
+fn a_guarded_backfill_reading_ahead_ends_identical() {
+    assert_identical(race(true, true));
+}
+
+fn assert_identical((old, new, _): (BTreeMap<i64, i64>, BTreeMap<i64, i64>, u64)) {
     let differ: Vec<_> = old
         .iter()
         .filter(|(id, value)| new.get(id) != Some(value))
@@ -215,7 +234,7 @@ fn a_guarded_backfill_racing_live_writes_ends_identical() {
 /// the scan and the copy may come back in New; reconciliation finds those.
 #[test]
 fn an_unguarded_backfill_never_overwrites_a_live_write() {
-    let (old, new, _) = race(false);
+    let (old, new, _) = race(false, false);
     // A key in both stores holds the live value in both; a key only in
     // New is a row deleted by a live write after the scan read it.
     for (id, value) in &new {

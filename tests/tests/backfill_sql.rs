@@ -9,7 +9,9 @@
 //! Needs `DUALWRITE_MARIADB_URL` and `DUALWRITE_POSTGRES_URL` (`.ci/run`
 //! sets both); without them each test says it skipped, except under CI.
 
-use dualwrite_runtime::backfill::sqlx::mysql::{MySqlCheckpoint, MySqlSink, MySqlSource};
+use dualwrite_runtime::backfill::sqlx::mysql::{
+    MySqlCheckpoint, MySqlRepair, MySqlSink, MySqlSource,
+};
 use dualwrite_runtime::backfill::sqlx::postgres::{PgCheckpoint, PgRepair, PgSink, PgSource};
 use dualwrite_runtime::backfill::sqlx::{SqlRow, SqlTable, SqlValue, column_diff};
 use dualwrite_runtime::backfill::{
@@ -77,14 +79,12 @@ impl Servers {
 
     fn maria(&self, sql: String) {
         self.rt
-            // dualwrite-lint: allow(DW002) test setup: each store's own schema and data
             .block_on(sqlx::query(AssertSqlSafe(sql)).execute(&self.maria))
             .expect("MariaDB statement");
     }
 
     fn pg(&self, sql: String) {
         self.rt
-            // dualwrite-lint: allow(DW002) test setup: each store's own schema and data
             .block_on(sqlx::query(AssertSqlSafe(sql)).execute(&self.pg))
             .expect("PostgreSQL statement");
     }
@@ -358,10 +358,10 @@ fn parallel_backfill_then_digests_find_and_repair_planted_drift() {
         800
     );
 
-    // Equal data: every range's digests agree, no row is read.
+    // Equal data: the whole table's digests agree, no row is read.
     let equal = reconcile(&s).run_with_digests(500).expect("digests");
     assert_eq!(equal.found(), 0, "{equal}");
-    assert_eq!((equal.ranges, equal.ranges_differing), (7, 0), "{equal}");
+    assert_eq!((equal.ranges, equal.ranges_differing), (1, 0), "{equal}");
     assert_eq!((equal.old_rows, equal.new_rows), (0, 0), "{equal}");
     assert_eq!(equal.equal, 3_000);
 
@@ -377,7 +377,7 @@ fn parallel_backfill_then_digests_find_and_repair_planted_drift() {
         (1, 1, 0),
         "{found}"
     );
-    assert_eq!(found.ranges_differing, 1, "{found}");
+    assert_eq!((found.ranges, found.ranges_differing), (8, 1), "{found}");
     assert_eq!(
         (found.old_rows, found.new_rows),
         (500, 499),
@@ -408,8 +408,9 @@ fn parallel_backfill_then_digests_find_and_repair_planted_drift() {
 }
 
 /// The reverse direction (PostgreSQL to MariaDB, as a rollback after
-/// cutover would copy): the MariaDB sink keeps live rows, and refuses a
-/// batch MariaDB would change on the way in rather than write it.
+/// cutover would copy): the MariaDB sink keeps live rows, the MariaDB
+/// repair sink closes drift, and the sink refuses a batch MariaDB would
+/// change on the way in rather than write it.
 #[test]
 fn postgres_to_mariadb_sink_keeps_live_rows_and_refuses_silent_changes() {
     let Some(s) = Servers::connect("reverse") else {
@@ -457,6 +458,35 @@ fn postgres_to_mariadb_sink_keeps_live_rows_and_refuses_silent_changes() {
         })
         .expect("checked");
     assert_eq!((count, live.as_str()), (700, "live five"));
+
+    // Drift in MariaDB (a row changed, one deleted, one extra) repaired
+    // from PostgreSQL through the MariaDB repair sink.
+    s.maria(format!("UPDATE {dst} SET note = 'x' WHERE id = 100"));
+    s.maria(format!("DELETE FROM {dst} WHERE id = 200"));
+    s.maria(format!(
+        "INSERT INTO {dst} (id, name, note) VALUES (9000, 'extra', NULL)"
+    ));
+    let check = || {
+        Reconcile::new(
+            PgSource::<i64>::connect(&s.pg_url, &table(src)).expect("pg"),
+            MySqlSource::<i64>::connect(&s.maria_url, &table(dst)).expect("maria"),
+        )
+    };
+    let mut repair = MySqlRepair::<i64>::connect(&s.maria_url, &table(dst)).expect("repair");
+    let repaired = check().repair_into(&mut repair).expect("repaired");
+    // Key 5 holds the live row: different from PostgreSQL's history, and
+    // PostgreSQL is authoritative here, so it is repaired too.
+    assert_eq!(
+        (
+            repaired.different,
+            repaired.missing_in_new,
+            repaired.extra_in_new,
+            repaired.gap()
+        ),
+        (2, 1, 1, 0),
+        "{repaired}"
+    );
+    assert_eq!(check().run().expect("checked").found(), 0);
 
     // A name too long for VARCHAR(20): INSERT IGNORE would cut it and go
     // on; the sink rolls the batch back and says why.
@@ -510,6 +540,7 @@ fn sqlite_postgres_and_mariadb_digests_agree() {
     ));
     s.pg(format!("INSERT INTO {t} (id, name, n) VALUES {rows}"));
     let lite = rusqlite::Connection::open_in_memory().expect("sqlite");
+    // dualwrite-lint: allow(DW002) test data, written to each store on its own
     lite.execute_batch(&format!(
         "CREATE TABLE {t} (id INTEGER PRIMARY KEY, name TEXT, n INTEGER);
          INSERT INTO {t} (id, name, n) VALUES {rows};"
@@ -541,4 +572,112 @@ fn sqlite_postgres_and_mariadb_digests_agree() {
     }
     s.maria(format!("DROP TABLE IF EXISTS {t}"));
     s.pg(format!("DROP TABLE IF EXISTS {t}"));
+}
+
+/// Several processes share a parallel backfill's ranges through PostgreSQL
+/// leases: each range is claimed by one of them, a range whose holder died
+/// is claimed again once its lease expired, and a holder that lost its
+/// lease is told so at its next checkpoint.
+#[test]
+fn postgres_leases_share_ranges_between_processes() {
+    use dualwrite_runtime::backfill::Ranged;
+    use dualwrite_runtime::backfill::sqlx::postgres::PgLeases;
+    use std::time::Duration;
+
+    let Some(s) = Servers::connect("leases") else {
+        return;
+    };
+    s.tables();
+    let job = format!("{} leases", s.old);
+    let ranges = KeyRange::split(
+        MySqlSource::<i64>::connect(&s.maria_url, &s.old_table())
+            .expect("source")
+            .boundaries(500)
+            .expect("boundaries"),
+    );
+    assert_eq!(ranges.len(), 7);
+    let leases = |owner: &str, ttl: Duration| {
+        PgLeases::connect(&s.pg_url, &job, owner, ttl).expect("leases")
+    };
+    // A process that claims a range with a lease that expires at once, and
+    // dies.
+    let mut dead = leases("dead", Duration::ZERO);
+    dead.register(&ranges).expect("registered");
+    let abandoned = dead.claim::<i64>().expect("claim").expect("a range");
+    let abandoned_label = abandoned.label().to_owned();
+    drop(abandoned);
+
+    let claimed: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = ["w1", "w2"]
+            .into_iter()
+            .map(|owner| {
+                let (s, ranges, leases) = (&s, &ranges, &leases);
+                scope.spawn(move || {
+                    let mut mine = leases(owner, Duration::from_secs(60));
+                    mine.register(ranges).expect("registered");
+                    let mut labels = Vec::new();
+                    while let Some(lease) = mine.claim::<i64>().expect("claim") {
+                        labels.push(lease.label().to_owned());
+                        let range = lease.range().clone();
+                        let checkpoint = PgCheckpoint::connect(
+                            &s.pg_url,
+                            format!("{} {}", s.old, lease.label()),
+                        )
+                        .expect("checkpoint");
+                        let mut checkpoint = lease.checkpoint(checkpoint);
+                        let report = Backfill::mapped(
+                            Ranged::new(
+                                MySqlSource::<i64>::connect(&s.maria_url, &s.old_table())
+                                    .expect("source"),
+                                range,
+                            ),
+                            PgSink::<i64>::connect(&s.pg_url, &s.new_table()).expect("sink"),
+                            to_new,
+                        )
+                        .with_batch(200)
+                        .with_checkpoint(&mut checkpoint)
+                        .run()
+                        .expect("range copied");
+                        assert!(report.finished);
+                        checkpoint.finish().expect("finished");
+                    }
+                    labels
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let mut all: Vec<String> = claimed.concat();
+    assert_eq!(all.len(), 7, "each range claimed once: {claimed:?}");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 7, "{claimed:?}");
+    assert!(all.contains(&abandoned_label));
+    assert_eq!(dead.remaining().expect("remaining"), 0);
+    assert_eq!(s.pg_scalar(format!("SELECT count(*) FROM {}", s.new)), ROWS);
+
+    // A holder whose lease expired and was claimed by another is told at
+    // its next renewal.
+    s.pg(format!(
+        "UPDATE dualwrite_backfill_leases SET done = false, owner = NULL WHERE job = '{job}'"
+    ));
+    let mut slow = leases("slow", Duration::ZERO);
+    let mut lost = slow.claim::<i64>().expect("claim").expect("a range");
+    let mut other = leases("other", Duration::from_secs(60));
+    let taken = other
+        .claim::<i64>()
+        .expect("claim")
+        .expect("the expired range");
+    assert_eq!(taken.label(), lost.label());
+    let error = lost.renew().expect_err("lost");
+    assert!(error.to_string().contains("no longer held"), "{error}");
+    taken.finish().expect("finished by its holder");
+
+    s.pg(format!(
+        "DELETE FROM dualwrite_backfill_leases WHERE job = '{job}'"
+    ));
+    s.drop_tables();
 }

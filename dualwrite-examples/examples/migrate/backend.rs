@@ -211,8 +211,7 @@ pub enum Mode<'a> {
 }
 
 fn reconcile_rows<V, O, N, RN, RO, D>(
-    old: O,
-    new: N,
+    (old, new): (O, N),
     diff: D,
     table: Table,
     guard: KeyGuard,
@@ -354,8 +353,10 @@ impl Backend {
             Backend::Sqlite { old, new } => {
                 let ((ot, ok, oc), (nt, nk, nc)) = (table.sqlite_old(), table.sqlite_new());
                 reconcile_rows(
-                    SqliteSource::<i64>::new(stores::connect(old, OLD_SCHEMA)?, ot, ok, oc),
-                    SqliteSource::<i64>::new(stores::connect(new, NEW_SCHEMA)?, nt, nk, nc),
+                    (
+                        SqliteSource::<i64>::new(stores::connect(old, OLD_SCHEMA)?, ot, ok, oc),
+                        SqliteSource::<i64>::new(stores::connect(new, NEW_SCHEMA)?, nt, nk, nc),
+                    ),
                     dualwrite_runtime::backfill::sqlite::column_diff(table.new_columns()),
                     table,
                     guard,
@@ -365,8 +366,10 @@ impl Backend {
                 )?
             }
             Backend::Servers { old, new, .. } => reconcile_rows::<SqlValue, _, _, _, _, _>(
-                MySqlSource::<i64>::connect(old, &table.server_old()?)?,
-                PgSource::<i64>::connect(new, &table.server_new()?)?,
+                (
+                    MySqlSource::<i64>::connect(old, &table.server_old()?)?,
+                    PgSource::<i64>::connect(new, &table.server_new()?)?,
+                ),
                 dualwrite_runtime::backfill::sqlx::column_diff(table.new_columns()),
                 table,
                 guard,

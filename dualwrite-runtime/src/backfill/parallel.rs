@@ -326,7 +326,7 @@ impl<K: BackfillKey> ParallelBackfill<K> {
     {
         let (source, sink, checkpoint) =
             (open.lock().unwrap_or_else(PoisonError::into_inner))(&range)?;
-        let job = Backfill::mapped(Ranged::new(source, range), sink, |row| map(row))
+        let job = Backfill::mapped(Ranged::new(source, range), sink, map)
             .with_checkpoint(checkpoint)
             .with_batch(self.batch)
             .with_control(self.control.clone());

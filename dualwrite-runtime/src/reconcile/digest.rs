@@ -33,6 +33,22 @@
 use super::BackfillError;
 use crate::backfill::BackfillSource;
 
+/// How a digest hashes its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DigestKind {
+    /// The first 60 bits of the MD5 of the row's text (see the module
+    /// docs): the same in SQLite, PostgreSQL and MariaDB, so any two of
+    /// them can be compared.
+    #[default]
+    Md5Text,
+    /// A fast non-cryptographic hash (foldhash, fixed seed) of the row's
+    /// SQLite values with their types, computed in the process: only
+    /// comparable with another SQLite source's fast digest in the same
+    /// program. An integer and the same number as text hash differently,
+    /// which makes their range go row by row (never a missed difference).
+    SqliteFast,
+}
+
 /// The digest of a key range: how many rows, and the sum of their row
 /// hashes (see the module docs). Equal rows give equal digests in any of
 /// the supported databases.
@@ -40,9 +56,12 @@ use crate::backfill::BackfillSource;
 pub struct RangeDigest {
     /// Rows in the range.
     pub rows: u64,
-    /// The sum of the 60-bit row hashes (exact: it cannot overflow below
-    /// 2^68 rows).
+    /// The sum of the row hashes (exact: 60-bit hashes cannot overflow
+    /// below 2^68 rows, 64-bit ones below 2^64).
     pub sum: u128,
+    /// How the rows were hashed; digests of different kinds are not
+    /// comparable.
+    pub kind: DigestKind,
 }
 
 impl RangeDigest {
@@ -57,6 +76,7 @@ impl RangeDigest {
         Ok(RangeDigest {
             rows: u64::try_from(rows).map_err(|_| bad())?,
             sum: sum.trim().parse().map_err(|_| bad())?,
+            kind: DigestKind::Md5Text,
         })
     }
 }

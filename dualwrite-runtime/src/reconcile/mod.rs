@@ -36,7 +36,7 @@ pub mod digest;
 use std::fmt;
 use std::time::Duration;
 
-pub use digest::{DigestSource, RangeDigest};
+pub use digest::{DigestKind, DigestSource, RangeDigest};
 
 use crate::backfill::{BackfillError, BackfillSource, KeyRange};
 use crate::core::KeyGuard;
@@ -104,7 +104,8 @@ pub struct ReconcileReport {
     pub different: u64,
     /// Differences repaired (0 in a dry run).
     pub repaired: u64,
-    /// Key ranges whose digests were compared (0 without digests).
+    /// Digest comparisons made (0 without digests): the whole key space
+    /// first, then, when that differs, each range.
     pub ranges: u64,
     /// Ranges whose digests differed, and were compared row by row.
     pub ranges_differing: u64,
@@ -551,16 +552,20 @@ where
 
 impl<O, N, M, C> Reconcile<O, N, M, C>
 where
-    O: DigestSource,
+    O: DigestSource + Send,
     N: DigestSource<Key = O::Key>,
+    O::Key: Sync,
     M: FnMut(O::Row) -> N::Row,
     C: FnMut(&N::Row, &N::Row) -> Option<Vec<String>>,
 {
-    /// Like [`Reconcile::run`], but first compares the digests of key
-    /// ranges of about `every` rows (boundaries sampled from the old
-    /// store), computed in each database, and reads row by row only the
-    /// ranges whose digests differ. A store without digest expressions
+    /// Like [`Reconcile::run`], but compares digests computed in each
+    /// database first: of the whole key space (equal: done, no row read),
+    /// then of key ranges of about `every` rows (boundaries sampled from
+    /// the old store), and reads row by row only the ranges whose digests
+    /// differ. A store without digest expressions
     /// ([`DigestSource::has_digests`]) makes it a plain [`Reconcile::run`].
+    /// The two stores compute each range's digest at the same time (the
+    /// old store's on a scoped thread).
     pub fn run_with_digests(&mut self, every: usize) -> Result<ReconcileReport, BackfillError> {
         self.digest_scan(every, None::<&mut NoRepair<O::Key, N::Row>>)
     }
@@ -593,10 +598,19 @@ where
             dry_run: sink.is_none(),
             ..ReconcileReport::default()
         };
+        // The whole key space first: stores that agree (the usual case,
+        // and every check after a repair) cost one digest each, and no
+        // boundary sampling.
+        let (old, new) = self.digests(None, None)?;
+        report.ranges += 1;
+        if old == new {
+            report.equal += old.rows;
+            report.rows_in_equal_ranges += old.rows;
+            return Ok(report);
+        }
         for range in KeyRange::split(self.old.boundaries(every)?) {
             let (after, upto) = (range.after.as_ref(), range.upto.as_ref());
-            let old = self.old.digest(after, upto)?;
-            let new = self.new.digest(after, upto)?;
+            let (old, new) = self.digests(after, upto)?;
             report.ranges += 1;
             if old == new {
                 report.equal += old.rows;
@@ -608,6 +622,32 @@ where
             self.merge_range(after, upto, &mut report, sink.as_deref_mut())?;
         }
         Ok(report)
+    }
+
+    /// Both stores' digests of a range, computed at once (the old store's
+    /// on a scoped thread).
+    fn digests(
+        &mut self,
+        after: Option<&O::Key>,
+        upto: Option<&O::Key>,
+    ) -> Result<(RangeDigest, RangeDigest), BackfillError> {
+        let (old_store, new_store) = (&mut self.old, &mut self.new);
+        let (old, new) = std::thread::scope(|scope| {
+            let old = scope.spawn(move || old_store.digest(after, upto));
+            let new = new_store.digest(after, upto);
+            let old = old
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (old, new)
+        });
+        let (old, new) = (old?, new?);
+        if old.kind != new.kind {
+            return Err(BackfillError::Source(format!(
+                "the stores' digests are of different kinds ({:?} and {:?}): give both the same kind",
+                old.kind, new.kind
+            )));
+        }
+        Ok((old, new))
     }
 }
 

@@ -10,6 +10,7 @@
 //! | checkpoint | [`postgres::PgCheckpoint`] | [`mysql::MySqlCheckpoint`] |
 //! | repair (upsert, delete) | [`postgres::PgRepair`] | [`mysql::MySqlRepair`] |
 //! | range digests | `md5`, `sum` into `numeric` | `MD5`, `CONV`, `SUM` into `DECIMAL` |
+//! | ranges shared by processes | [`postgres::PgLeases`] (`FOR UPDATE SKIP LOCKED`, expiry) | |
 //!
 //! **Why synchronous, on a runtime of their own.** [`BackfillSource`],
 //! [`BackfillSink`], [`Checkpoint`] and [`RepairSink`] are synchronous, and

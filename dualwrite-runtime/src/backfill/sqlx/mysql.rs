@@ -46,6 +46,9 @@ impl<T> MySqlKey for T where
 {
 }
 
+/// A batch's statements, each with the rows it binds.
+type Statements<'a, K> = Vec<(Arc<str>, &'a [(K, SqlRow)])>;
+
 /// The most placeholders one MariaDB statement takes.
 const MAX_PLACEHOLDERS: usize = 65_535;
 
@@ -526,7 +529,7 @@ impl<K: MySqlKey> BackfillSink for MySqlSink<K> {
         }
         check_widths(rows, self.columns)?;
         let per = self.insert.rows_per_statement();
-        let statements: Vec<(Arc<str>, &[(K, SqlRow)])> = rows
+        let statements: Statements<'_, K> = rows
             .chunks(per)
             .map(|chunk| (self.insert.statement(chunk.len()), chunk))
             .collect();
@@ -676,7 +679,7 @@ impl<K: MySqlKey> RepairSink for MySqlRepair<K> {
         }
         check_widths(rows, self.columns)?;
         let per = self.upsert.rows_per_statement();
-        let statements: Vec<(Arc<str>, &[(K, SqlRow)])> = rows
+        let statements: Statements<'_, K> = rows
             .chunks(per)
             .map(|chunk| (self.upsert.statement(chunk.len()), chunk))
             .collect();

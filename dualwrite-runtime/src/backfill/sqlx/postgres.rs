@@ -24,7 +24,9 @@ use ::sqlx::{
 };
 
 use super::{Driver, SqlRow, SqlTable, SqlValue, bounds, where_clause};
-use crate::backfill::{BackfillError, BackfillKey, BackfillSink, BackfillSource, Checkpoint};
+use crate::backfill::{
+    BackfillError, BackfillKey, BackfillSink, BackfillSource, Checkpoint, KeyRange,
+};
 use crate::reconcile::RepairSink;
 use crate::reconcile::digest::{self, DigestSource, RangeDigest};
 
@@ -547,9 +549,15 @@ pub struct PgCheckpoint {
 
 impl PgCheckpoint {
     /// Connects to `url` for the checkpoint of `job`; creates the table if
-    /// needed.
+    /// needed. The connection commits without waiting for the WAL flush
+    /// (`synchronous_commit = off`): a save lost in a crash only makes the
+    /// job copy its last batch again (the sink skips rows that are there),
+    /// and the batch's own commit no longer pays for a second flush.
     pub fn connect(url: &str, job: impl Into<String>) -> Result<Self, BackfillError> {
         let (driver, mut conn) = connect(url, checkpoint_error, BackfillError::Checkpoint)?;
+        driver
+            .run(::sqlx::query("SET synchronous_commit = off").execute(&mut conn))
+            .map_err(checkpoint_error)?;
         if let Err(error) = driver.run(::sqlx::query(CHECKPOINT_TABLE).execute(&mut conn)) {
             // Two jobs creating the table at once: one of them fails, and
             // the table is there.
@@ -705,6 +713,265 @@ impl<K: BackfillKey> RepairSink for PgRepair<K> {
             )
             .map(drop)
             .map_err(sink_error)
+    }
+}
+
+/// The lease table's SQL.
+const LEASE_TABLE: &str = "CREATE TABLE IF NOT EXISTS dualwrite_backfill_leases (
+    job TEXT NOT NULL,
+    range_label TEXT NOT NULL,
+    after_key TEXT,
+    upto_key TEXT,
+    owner TEXT,
+    expires_at TIMESTAMPTZ,
+    done BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (job, range_label)
+)";
+
+/// Key ranges of a parallel backfill shared by several processes through
+/// table `dualwrite_backfill_leases` of a PostgreSQL database: each
+/// process claims a range nobody holds (`FOR UPDATE SKIP LOCKED`, so two
+/// claims never wait on each other or get the same range), holds it for a
+/// time to live renewed at every checkpoint ([`LeasedCheckpoint`]), and
+/// marks it done. A range whose holder died is claimed again once its
+/// lease expired, and resumes from its checkpoint entry.
+///
+/// ```text
+/// every process: leases.register(ranges); while let Some(lease) = leases.claim()? {
+///     Backfill(Ranged(source, lease.range()), sink, LeasedCheckpoint(checkpoint "job (a..b]", lease)).run()?;
+///     checkpoint.finish()?; }
+/// ```
+pub struct PgLeases {
+    driver: Driver,
+    conn: PgConnection,
+    url: String,
+    job: String,
+    owner: String,
+    ttl: std::time::Duration,
+}
+
+impl PgLeases {
+    /// Connects to `url` for the leases of `job`, claiming as `owner` (a
+    /// name unique to the process: host and pid) for `ttl` at a time;
+    /// creates the table if needed.
+    pub fn connect(
+        url: &str,
+        job: impl Into<String>,
+        owner: impl Into<String>,
+        ttl: std::time::Duration,
+    ) -> Result<Self, BackfillError> {
+        let (driver, mut conn) = connect(url, checkpoint_error, BackfillError::Checkpoint)?;
+        if let Err(error) = driver.run(::sqlx::query(LEASE_TABLE).execute(&mut conn)) {
+            let exists: bool = driver
+                .run(
+                    ::sqlx::query_scalar(
+                        "SELECT to_regclass('dualwrite_backfill_leases') IS NOT NULL",
+                    )
+                    .fetch_one(&mut conn),
+                )
+                .map_err(checkpoint_error)?;
+            if !exists {
+                return Err(checkpoint_error(error));
+            }
+        }
+        Ok(PgLeases {
+            driver,
+            conn,
+            url: url.to_owned(),
+            job: job.into(),
+            owner: owner.into(),
+            ttl,
+        })
+    }
+
+    /// Records the job's ranges (those already recorded stay as they are:
+    /// every process may register the same list).
+    pub fn register<K: BackfillKey>(
+        &mut self,
+        ranges: &[KeyRange<K>],
+    ) -> Result<(), BackfillError> {
+        let labels: Vec<String> = ranges.iter().map(KeyRange::label).collect();
+        let afters: Vec<Option<String>> = ranges
+            .iter()
+            .map(|r| r.after.as_ref().map(ToString::to_string))
+            .collect();
+        let uptos: Vec<Option<String>> = ranges
+            .iter()
+            .map(|r| r.upto.as_ref().map(ToString::to_string))
+            .collect();
+        self.driver
+            .run(
+                // dualwrite-lint: allow(DW002) the backfill's own lease table, in one store on purpose
+                ::sqlx::query(
+                    "INSERT INTO dualwrite_backfill_leases (job, range_label, after_key, upto_key)
+                     SELECT $1, u.label, u.after_key, u.upto_key
+                     FROM UNNEST($2::text[], $3::text[], $4::text[]) AS u(label, after_key, upto_key)
+                     ON CONFLICT (job, range_label) DO NOTHING",
+                )
+                .bind(&self.job)
+                .bind(labels)
+                .bind(afters)
+                .bind(uptos)
+                .execute(&mut self.conn),
+            )
+            .map(drop)
+            .map_err(checkpoint_error)
+    }
+
+    /// Claims a range that is not done and not held (never held, or its
+    /// lease expired), or `None` when there is none left.
+    pub fn claim<K: BackfillKey>(&mut self) -> Result<Option<Lease<K>>, BackfillError> {
+        let claimed: Option<(String, Option<String>, Option<String>)> = self
+            .driver
+            .run(
+                // dualwrite-lint: allow(DW002) the backfill's own lease table, in one store on purpose
+                ::sqlx::query_as(
+                    "UPDATE dualwrite_backfill_leases l
+                     SET owner = $2, expires_at = now() + make_interval(secs => $3)
+                     FROM (SELECT job, range_label FROM dualwrite_backfill_leases
+                           WHERE job = $1 AND NOT done AND (owner IS NULL OR expires_at < now())
+                           ORDER BY range_label LIMIT 1
+                           FOR UPDATE SKIP LOCKED) c
+                     WHERE l.job = c.job AND l.range_label = c.range_label
+                     RETURNING l.range_label, l.after_key, l.upto_key",
+                )
+                .bind(&self.job)
+                .bind(&self.owner)
+                .bind(self.ttl.as_secs_f64())
+                .fetch_optional(&mut self.conn),
+            )
+            .map_err(checkpoint_error)?;
+        let Some((label, after, upto)) = claimed else {
+            return Ok(None);
+        };
+        let parse = |text: Option<String>| -> Result<Option<K>, BackfillError> {
+            text.map(|text| {
+                text.parse::<K>()
+                    .map_err(|_| BackfillError::BadCheckpoint { found: text })
+            })
+            .transpose()
+        };
+        let range = KeyRange {
+            after: parse(after)?,
+            upto: parse(upto)?,
+        };
+        Ok(Some(Lease {
+            leases: PgLeases::connect(&self.url, &self.job, &self.owner, self.ttl)?,
+            label,
+            range,
+        }))
+    }
+
+    /// Ranges of the job not done yet.
+    pub fn remaining(&mut self) -> Result<u64, BackfillError> {
+        let count: i64 = self
+            .driver
+            .run(
+                ::sqlx::query_scalar(
+                    "SELECT count(*) FROM dualwrite_backfill_leases WHERE job = $1 AND NOT done",
+                )
+                .bind(&self.job)
+                .fetch_one(&mut self.conn),
+            )
+            .map_err(checkpoint_error)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Runs `sql` with the job, `label`, the owner and (with `ttl`) the
+    /// time to live in seconds as `$1` to `$4`; an error when it touched no
+    /// row (the lease is no longer this owner's).
+    fn update(&mut self, sql: &'static str, label: &str, ttl: bool) -> Result<(), BackfillError> {
+        let mut query = ::sqlx::query(sql)
+            .bind(&self.job)
+            .bind(label)
+            .bind(&self.owner);
+        if ttl {
+            query = query.bind(self.ttl.as_secs_f64());
+        }
+        let result = self
+            .driver
+            .run(query.execute(&mut self.conn))
+            .map_err(checkpoint_error)?;
+        if result.rows_affected() == 0 {
+            return Err(BackfillError::Checkpoint(format!(
+                "the lease of range {label} of job `{}` is no longer held by `{}` (it expired and another process claimed it)",
+                self.job, self.owner
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One claimed range ([`PgLeases::claim`]), with its own connection.
+pub struct Lease<K> {
+    leases: PgLeases,
+    label: String,
+    range: KeyRange<K>,
+}
+
+impl<K: BackfillKey> Lease<K> {
+    /// The range held.
+    pub fn range(&self) -> &KeyRange<K> {
+        &self.range
+    }
+
+    /// The range's label ([`KeyRange::label`]), to name its checkpoint.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Extends the lease by its time to live; an error if it was lost.
+    pub fn renew(&mut self) -> Result<(), BackfillError> {
+        self.leases.update(
+            "UPDATE dualwrite_backfill_leases SET expires_at = now() + make_interval(secs => $4)
+             WHERE job = $1 AND range_label = $2 AND owner = $3 AND NOT done",
+            &self.label,
+            true,
+        )
+    }
+
+    /// Marks the range done; an error if the lease was lost meanwhile.
+    pub fn finish(mut self) -> Result<(), BackfillError> {
+        self.leases.update(
+            "UPDATE dualwrite_backfill_leases SET done = true, expires_at = NULL
+             WHERE job = $1 AND range_label = $2 AND owner = $3 AND NOT done",
+            &self.label,
+            false,
+        )
+    }
+
+    /// A checkpoint that renews this lease at every save (and fails the
+    /// job when the lease was lost, so two processes never copy one range
+    /// at once for longer than a batch).
+    pub fn checkpoint<C: Checkpoint>(self, checkpoint: C) -> LeasedCheckpoint<K, C> {
+        LeasedCheckpoint {
+            lease: self,
+            checkpoint,
+        }
+    }
+}
+
+/// A checkpoint that renews a [`Lease`] at every save.
+pub struct LeasedCheckpoint<K, C> {
+    lease: Lease<K>,
+    checkpoint: C,
+}
+
+impl<K: BackfillKey, C: Checkpoint> LeasedCheckpoint<K, C> {
+    /// Marks the range done (after its job finished).
+    pub fn finish(self) -> Result<(), BackfillError> {
+        self.lease.finish()
+    }
+}
+
+impl<K: BackfillKey, C: Checkpoint> Checkpoint for LeasedCheckpoint<K, C> {
+    fn load(&mut self) -> Result<Option<(String, u64)>, BackfillError> {
+        self.checkpoint.load()
+    }
+
+    fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
+        self.lease.renew()?;
+        self.checkpoint.save(key, rows)
     }
 }
 
