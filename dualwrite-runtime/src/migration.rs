@@ -282,8 +282,11 @@ impl Migration {
             })?;
         }
         // The keys the rollout moved, for the record: into it when it grew,
-        // out of it when it shrank.
-        let (from, to) = moves.first().copied().unwrap_or((global, rollout.phase));
+        // out of it when it shrank; none, when no key changed phase.
+        let (from, to) = moves
+            .first()
+            .copied()
+            .unwrap_or((rollout.phase, rollout.phase));
         let moves_routes = moves
             .iter()
             .any(|&(from, to)| routes_differ(from, to, &self.inner.options));
@@ -367,6 +370,18 @@ impl Migration {
         reason: impl Into<String>,
     ) -> Result<Transition, AdvanceError> {
         self.advance_step(None, gate, inputs, Some(reason.into()))
+    }
+
+    /// Like [`Migration::advance_forced`], for one tenant or entity (its
+    /// override).
+    pub fn advance_forced_for<K: RoutingKey + ?Sized>(
+        &self,
+        key: &K,
+        gate: &CutoverGate,
+        inputs: &GateInputs,
+        reason: impl Into<String>,
+    ) -> Result<Transition, AdvanceError> {
+        self.advance_step(Some(key.render()), gate, inputs, Some(reason.into()))
     }
 
     fn advance_step(

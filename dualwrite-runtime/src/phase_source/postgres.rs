@@ -57,6 +57,17 @@ impl PostgresPhaseSource {
     /// [`SourceError::Unreachable`] if the server cannot be reached within
     /// 10 s.
     pub fn connect_with(url: &str, tables: PhaseTables) -> Result<Self, SourceError> {
+        Self::connect_with_timeout(url, tables, Duration::from_secs(10))
+    }
+
+    /// Like [`PostgresPhaseSource::connect_with`], with `timeout` as the
+    /// longest the connection, and then each load, compare-and-set or audit
+    /// read, may take before it fails as [`SourceError::Unreachable`].
+    pub fn connect_with_timeout(
+        url: &str,
+        tables: PhaseTables,
+        timeout: Duration,
+    ) -> Result<Self, SourceError> {
         tables.validate()?;
         let shown = hide_password(url);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -68,7 +79,6 @@ impl PostgresPhaseSource {
                 reason: format!("cannot start the client runtime: {error}"),
             })?;
         let channel = channel_of(&tables);
-        let timeout = Duration::from_secs(10);
         let connect = {
             let url = url.to_owned();
             let shown = shown.clone();
