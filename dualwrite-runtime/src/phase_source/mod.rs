@@ -19,6 +19,8 @@
 //!   the newer state is applied.
 //!
 //! Routing never waits on the source: `phase_for` reads the local copy.
+//! The rules are checked by the instance that makes a change; a state
+//! written into a source by other means is applied as it is.
 //!
 //! Implementations: [`MemoryPhaseSource`] (one process; tests),
 //! [`SqlitePhaseSource`] (a SQLite file in WAL mode, feature `sqlite`,
