@@ -522,6 +522,120 @@ fn a_remote_change_retries_a_fence_that_timed_out() {
         .is_none()));
 }
 
+/// A source that answers loads but fails every write, as a database that
+/// went away after the instance started would.
+struct WriteFails(MemoryPhaseSource);
+
+impl PhaseSource for WriteFails {
+    fn describe(&self) -> String {
+        "failing".into()
+    }
+    fn load(&self) -> Result<PhaseState, SourceError> {
+        self.0.load()
+    }
+    fn compare_and_set(&self, _: u64, _: &PhaseState, _: &AuditRecord) -> Result<u64, SourceError> {
+        Err(SourceError::Unreachable {
+            reason: "connection refused".into(),
+        })
+    }
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, SourceError> {
+        self.0.audit(after, limit)
+    }
+    fn wait_for_change(
+        &self,
+        known: u64,
+        timeout: Duration,
+    ) -> Result<Option<PhaseState>, SourceError> {
+        self.0.wait_for_change(known, timeout)
+    }
+}
+
+#[test]
+fn a_change_the_source_cannot_store_is_not_made() {
+    let shared = MemoryPhaseSource::new();
+    let a = Migration::new(Phase::DualWrite);
+    let _sync_a = follow(&a, Arc::new(shared.clone()), "a");
+    let b = Migration::new(Phase::Prepare);
+    let _sync_b = follow(&b, Arc::new(WriteFails(shared.clone())), "b");
+    assert_eq!(b.phase(), Phase::DualWrite);
+    let recorded = b.history().len();
+    let refused = b.set_phase(Phase::Backfill);
+    assert!(
+        matches!(&refused, Err(PhaseError::Source { reason }) if reason.contains("connection refused")),
+        "{refused:?}"
+    );
+    assert_eq!(b.phase(), Phase::DualWrite);
+    assert_eq!(b.history().len(), recorded);
+    // Following still works.
+    a.set_phase(Phase::Backfill).expect("a");
+    assert!(eventually(Duration::from_secs(5), || b.phase() == Phase::Backfill));
+    // One source at a time.
+    let again = PhaseSync::follow(&b, shared.clone());
+    assert!(matches!(again, Err(PhaseError::Source { .. })), "{again:?}");
+}
+
+#[test]
+fn concurrent_changes_on_two_instances_converge() {
+    let shared = MemoryPhaseSource::new();
+    let a = Migration::new(Phase::DualWrite);
+    let b = Migration::new(Phase::DualWrite);
+    let sync_a = follow(&a, Arc::new(shared.clone()), "a");
+    let sync_b = follow(&b, Arc::new(shared.clone()), "b");
+    let writer = |migration: Migration, name: &'static str| {
+        thread::spawn(move || {
+            let mut made = 0;
+            for i in 0..100 {
+                let phase = if i % 2 == 0 {
+                    Phase::Backfill
+                } else {
+                    Phase::ShadowRead
+                };
+                match migration.set_phase_for(&format!("{name}-{}", i % 7), phase) {
+                    Ok(_) => made += 1,
+                    Err(PhaseError::SourceChanged { .. }) => {}
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            made
+        })
+    };
+    let made_a = writer(a.clone(), "a").join().expect("a");
+    let made_b = writer(b.clone(), "b").join().expect("b");
+    let stored = shared.load().expect("load");
+    // Every change made is one version (plus the initial one).
+    assert_eq!(stored.version, 1 + made_a + made_b);
+    assert!(sync_a.wait_for_version(stored.version, Duration::from_secs(5)));
+    assert!(sync_b.wait_for_version(stored.version, Duration::from_secs(5)));
+    assert_eq!(a.state(), stored);
+    assert_eq!(b.state(), stored);
+    let versions: Vec<u64> = shared
+        .audit(0, 1_000)
+        .expect("audit")
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, (1..=stored.version).collect::<Vec<_>>());
+}
+
+#[test]
+fn postgres_source_keeps_the_contract() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipped: set DUALWRITE_POSTGRES_URL to run against a real PostgreSQL");
+        return;
+    };
+    let prefix = format!("dw_phase_contract_{}", std::process::id());
+    let _cleanup = DropTables {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let source = PostgresPhaseSource::connect_with(&url, tables(&prefix)).expect("connect");
+    source_contract(&source);
+    // Another connection sees the same state.
+    let other = PostgresPhaseSource::connect_with(&url, tables(&prefix)).expect("connect");
+    assert_eq!(other.load().expect("load").version, 2);
+    assert_eq!(other.channel(), format!("{prefix}_state_changed"));
+}
+
 /// How many of the keys `0..10_000` route to `phase`.
 fn routed_to(migration: &Migration, phase: Phase) -> usize {
     (0..10_000_u64)
