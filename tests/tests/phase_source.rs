@@ -599,8 +599,10 @@ fn concurrent_changes_on_two_instances_converge() {
             made
         })
     };
-    let made_a = writer(a.clone(), "a").join().expect("a");
-    let made_b = writer(b.clone(), "b").join().expect("b");
+    let (writer_a, writer_b) = (writer(a.clone(), "a"), writer(b.clone(), "b"));
+    let made_a = writer_a.join().expect("a");
+    let made_b = writer_b.join().expect("b");
+    println!("concurrent changes: {made_a} by a, {made_b} by b, of 200");
     let stored = shared.load().expect("load");
     // Every change made is one version (plus the initial one).
     assert_eq!(stored.version, 1 + made_a + made_b);
