@@ -42,8 +42,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group};
 use dualwrite_runtime::{
-    LaneConfig, LaneQueue, Migration, Phase, Role, RoutingKey, ShadowConfig, Stats, Store,
-    SyncMode, dual_write,
+    LaneConfig, LaneQueue, Migration, Phase, PhaseChange, Role, RoutingKey, ShadowConfig, Stats,
+    Store, SyncMode, dual_write,
 };
 use rusqlite::{Connection, params};
 
@@ -261,6 +261,20 @@ fn bench_pair<S: Kv + Send + Sync + 'static>(c: &mut Criterion, name: &str, make
         b.iter(|| {
             i = i.wrapping_add(1);
             black_box(&adapter_override).put(black_box(i), i)
+        })
+    });
+    // A percentage rollout takes the same slow path, plus the key's bucket
+    // (its text hash modulo 10 000) against the rollouts. A rollout of the
+    // global phase keeps every call in Prepare.
+    let migration = Migration::new(Phase::Prepare);
+    migration
+        .change(PhaseChange::to(Phase::Prepare).for_percent(10))
+        .expect("a rollout is allowed");
+    let adapter_rollout = KvDualWrite::new(make(), make(), migration);
+    group.bench_function("adapter_with_a_rollout", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(&adapter_rollout).put(black_box(i), i)
         })
     });
     group.finish();

@@ -47,9 +47,11 @@ mod migration;
 mod phase;
 #[cfg(feature = "metrics")]
 pub mod publisher;
+pub mod phase_source;
 mod read;
 pub mod reconcile;
 mod ring;
+mod rollout;
 mod shared;
 mod stats;
 mod stripes;

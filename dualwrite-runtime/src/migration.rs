@@ -18,7 +18,15 @@ use crate::gate::{CutoverGate, GateInputs, GateReport};
 use crate::key::{RoutingKey, hash_text};
 use crate::lanes::far_future;
 use crate::phase::{Phase, ReadRoute, RouteOptions, WriteRoute};
+use crate::phase_source::ChangeScope;
+use crate::phase_source::follow::SourceBinding;
+use crate::rollout::{self, Percent, Rollout, bucket_of, phase_in_bucket};
 use crate::stripes::KeyStripes;
+
+mod rollouts;
+mod source;
+
+use source::AuditDraft;
 
 /// The default longest a phase change waits for the writes routed before it.
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +72,9 @@ struct Inner {
     fence_timeout: AtomicU64,
     /// The latest transitions, oldest first.
     history: Mutex<VecDeque<Transition>>,
+    /// The shared phase source followed, if any (see
+    /// [`crate::phase_source`]). Set and read under `writer`.
+    source: Mutex<Option<Arc<SourceBinding>>>,
 }
 
 impl Migration {
@@ -84,6 +95,7 @@ impl Migration {
                 fences: Mutex::new(Vec::new()),
                 fence_timeout: AtomicU64::new(nanos(DEFAULT_FENCE_TIMEOUT)),
                 history: Mutex::new(VecDeque::new()),
+                source: Mutex::new(None),
             }),
         }
     }
@@ -147,15 +159,40 @@ impl Migration {
     /// current-thread runtime, async writers of that thread that hold a
     /// stripe across an await cannot finish while it waits, so the change
     /// would time out: use [`Migration::change_async`] there.
+    ///
+    /// Rollouts ([`PhaseChange::for_percent`]): the rules apply to every
+    /// group of keys the change moves (from the global phase into the
+    /// rollout when it grows, back when it shrinks), and a global Cleanup
+    /// waits for rollouts of earlier phases to be removed, unless forced.
+    ///
+    /// Following a phase source ([`crate::phase_source::PhaseSync`]), the
+    /// change is stored there (compare-and-set on the state's version, with
+    /// an audit record) while the fence holds, before it takes effect here;
+    /// if another instance changed the shared state meanwhile it is refused
+    /// with [`PhaseError::SourceChanged`] and the newer state is applied.
     pub fn change(&self, change: PhaseChange) -> Result<Transition, PhaseError> {
         let _writer = self.lock_writer();
+        let result = match change.rollout {
+            Some(basis_points) => self.change_rollout(change, basis_points),
+            None => self.change_locked(change),
+        };
+        self.reload_after_conflict(&result);
+        result
+    }
+
+    /// [`Migration::change`] of a global phase or a key's, with the writer
+    /// lock held.
+    fn change_locked(&self, change: PhaseChange) -> Result<Transition, PhaseError> {
         let global = self.phase();
         let current = self.inner.overrides.load();
         let previous_override = change
             .key
             .as_ref()
             .and_then(|key| current.by_key.get(key).copied());
-        let from = previous_override.unwrap_or(global);
+        let from = previous_override.unwrap_or_else(|| match &change.key {
+            Some(key) => current.rollout_phase(hash_text(key)).unwrap_or(global),
+            None => global,
+        });
         let to = change.phase;
         if let Some((expected, _)) = &change.gated
             && *expected != from
@@ -179,6 +216,15 @@ impl Migration {
                 keys.sort_unstable();
                 return Err(PhaseError::OverridesBehind { keys });
             }
+            let rollouts: Vec<Rollout> = current
+                .rollouts
+                .iter()
+                .filter(|r| r.phase < Phase::Cleanup)
+                .copied()
+                .collect();
+            if !rollouts.is_empty() && !change.forced {
+                return Err(PhaseError::RolloutsBehind { rollouts });
+            }
         }
         let moves_routes = routes_differ(from, to, &self.inner.options);
         let fence_started = Instant::now();
@@ -196,10 +242,10 @@ impl Migration {
                 tracing::warn!(%error, "phase change refused");
                 error
             })?;
-            self.apply(&change, &current.by_key);
+            self.apply(&change, &current, from)?;
             drop(holds);
         } else {
-            self.apply(&change, &current.by_key);
+            self.apply(&change, &current, from)?;
         }
         let transition = Transition {
             at: SystemTime::now(),
@@ -212,6 +258,8 @@ impl Migration {
             needs_reconciliation: from == Phase::Cutover && to < Phase::Cutover,
             fenced: moves_routes.then(|| fence_started.elapsed()),
             gate: change.gated.map(|(_, report)| report),
+            rollout: None,
+            actor: self.binding().map(|binding| binding.actor.clone()),
         };
         self.record(&transition);
         Ok(transition)
@@ -251,6 +299,18 @@ impl Migration {
         self.advance_step(None, gate, inputs, Some(reason.into()))
     }
 
+    /// Like [`Migration::advance_forced`], for one tenant or entity (its
+    /// override).
+    pub fn advance_forced_for<K: RoutingKey + ?Sized>(
+        &self,
+        key: &K,
+        gate: &CutoverGate,
+        inputs: &GateInputs,
+        reason: impl Into<String>,
+    ) -> Result<Transition, AdvanceError> {
+        self.advance_step(Some(key.render()), gate, inputs, Some(reason.into()))
+    }
+
     fn advance_step(
         &self,
         key: Option<String>,
@@ -260,14 +320,15 @@ impl Migration {
     ) -> Result<Transition, AdvanceError> {
         let global = self.phase();
         let from = match &key {
-            Some(key) => self
-                .inner
-                .overrides
-                .load()
-                .by_key
-                .get(key)
-                .copied()
-                .unwrap_or(global),
+            Some(key) => {
+                let current = self.inner.overrides.load();
+                current
+                    .by_key
+                    .get(key)
+                    .copied()
+                    .or_else(|| current.rollout_phase(hash_text(key)))
+                    .unwrap_or(global)
+            }
             None => global,
         };
         let to = from
@@ -318,18 +379,42 @@ impl Migration {
             })
     }
 
-    /// Installs a checked change. Call with the writer lock held (and the
-    /// fence, if routes move).
-    fn apply(&self, change: &PhaseChange, overrides: &HashMap<String, Phase>) {
+    /// Installs a checked change of the global phase or a key's (stored in
+    /// the source first, if one is followed). Call with the writer lock held
+    /// (and the fence, if routes move).
+    fn apply(
+        &self,
+        change: &PhaseChange,
+        current: &OverrideMap,
+        from: Phase,
+    ) -> Result<(), PhaseError> {
+        let draft = AuditDraft {
+            scope: match &change.key {
+                None => ChangeScope::Global,
+                Some(key) => ChangeScope::Key(key.clone()),
+            },
+            from,
+            to: change.phase,
+            reason: change.reason.clone(),
+            forced: change.forced,
+            gate: change.gated.as_ref().map(|(_, report)| report.to_string()),
+        };
         match &change.key {
-            None => self
-                .inner
-                .global
-                .store(change.phase as u8, Ordering::Release),
+            None => {
+                // A rollout of the new global phase routes nothing apart
+                // from it any more.
+                let rollouts = current
+                    .rollouts
+                    .iter()
+                    .filter(|r| r.phase != change.phase)
+                    .copied()
+                    .collect();
+                self.install(change.phase, current.by_key.clone(), rollouts, draft)
+            }
             Some(key) => {
-                let mut next = overrides.clone();
+                let mut next = current.by_key.clone();
                 next.insert(key.clone(), change.phase);
-                self.publish(next);
+                self.install(self.phase(), next, current.rollouts.clone(), draft)
             }
         }
     }
@@ -450,11 +535,21 @@ impl Migration {
     ) -> Result<Option<Phase>, PhaseError> {
         let key = key.render();
         let _writer = self.lock_writer();
+        let result = self.clear_locked(key);
+        self.reload_after_conflict(&result);
+        result
+    }
+
+    /// [`Migration::try_clear_phase_for`] with the writer lock held.
+    fn clear_locked(&self, key: String) -> Result<Option<Phase>, PhaseError> {
         let current = self.inner.overrides.load();
         let Some(&previous) = current.by_key.get(&key) else {
             return Ok(None);
         };
-        let global = self.phase();
+        // The key returns to the rollout covering it, else the global phase.
+        let global = current
+            .rollout_phase(hash_text(&key))
+            .unwrap_or_else(|| self.phase());
         if previous == Phase::Cleanup && global != Phase::Cleanup {
             return Err(PhaseError::LeavingCleanup {
                 key: Some(key),
@@ -463,6 +558,14 @@ impl Migration {
         }
         let mut next = current.by_key.clone();
         next.remove(&key);
+        let draft = AuditDraft {
+            scope: ChangeScope::Key(key.clone()),
+            from: previous,
+            to: global,
+            reason: Some("override lifted".to_owned()),
+            forced: false,
+            gate: None,
+        };
         let moves_routes = routes_differ(previous, global, &self.inner.options);
         let started = Instant::now();
         if moves_routes {
@@ -477,10 +580,10 @@ impl Migration {
                     pending,
                 }
             })?;
-            self.publish(next);
+            self.install(self.phase(), next, current.rollouts.clone(), draft)?;
             drop(holds);
         } else {
-            self.publish(next);
+            self.install(self.phase(), next, current.rollouts.clone(), draft)?;
         }
         self.record(&Transition {
             at: SystemTime::now(),
@@ -493,6 +596,8 @@ impl Migration {
             needs_reconciliation: previous == Phase::Cutover && global < Phase::Cutover,
             fenced: moves_routes.then(|| started.elapsed()),
             gate: None,
+            rollout: None,
+            actor: self.binding().map(|binding| binding.actor.clone()),
         });
         Ok(Some(previous))
     }
@@ -512,10 +617,14 @@ impl Migration {
     }
 
     /// The phase that applies to `key`: its override if it has one, else the
-    /// global phase. Keyless calls always follow the global phase.
+    /// phase of the rollout covering it (see
+    /// [`crate::phase_source::Rollout`]), else the global phase. Keyless
+    /// calls always follow the global phase.
     ///
-    /// Lock-free and allocation-free: while some override exists, the key's
-    /// text is hashed as it is formatted and looked up by that hash.
+    /// Lock-free and allocation-free, and never waits on a phase source:
+    /// while some override or rollout exists, the key's text is hashed as
+    /// it is formatted, looked up by that hash, and its rollout bucket is
+    /// that hash modulo 10 000; without any, only the global phase is read.
     #[inline]
     pub fn phase_for(&self, key: Option<&dyn RoutingKey>) -> Phase {
         if let Some(key) = key
@@ -530,10 +639,10 @@ impl Migration {
     /// [`Migration::phase_for`], out of line so the common case inlines.
     #[inline(never)]
     fn override_or_global(&self, key: &dyn RoutingKey) -> Phase {
-        self.inner
-            .overrides
-            .load()
-            .get(key)
+        let map = self.inner.overrides.load();
+        let hash = key.text_hash();
+        map.get(key, hash)
+            .or_else(|| map.rollout_phase(hash))
             .unwrap_or_else(|| self.phase())
     }
 
@@ -570,27 +679,34 @@ impl Migration {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Installs a new override map. Call with the writer lock held.
-    fn publish(&self, next: HashMap<String, Phase>) {
-        let non_empty = !next.is_empty();
+    /// Installs a new override map and rollouts. Call with the writer lock
+    /// held.
+    fn publish(&self, next: HashMap<String, Phase>, rollouts: Vec<Rollout>) {
+        let non_empty = !next.is_empty() || !rollouts.is_empty();
         // Raise the flag after the map is visible and lower it after the map
         // is empty, so a reader that sees the flag also sees the entries.
-        self.inner.overrides.store(Arc::new(OverrideMap::new(next)));
+        self.inner
+            .overrides
+            .store(Arc::new(OverrideMap::new(next, rollouts)));
         self.inner.has_overrides.store(non_empty, Ordering::Release);
     }
 }
 
 /// The per-key overrides, indexed by the hash of the key's text so that the
-/// hot path looks a key up without formatting it into a `String`.
+/// hot path looks a key up without formatting it into a `String`, and the
+/// percentage rollouts.
 #[derive(Default)]
 struct OverrideMap {
     by_key: HashMap<String, Phase>,
     /// Text hash -> the overrides whose text has that hash (almost always one).
     by_text_hash: HashMap<u64, Vec<(String, Phase)>, BuildHasherDefault<PrehashedKey>>,
+    /// In evaluation order (see `rollout::normalize`).
+    rollouts: Vec<Rollout>,
 }
 
 impl OverrideMap {
-    fn new(by_key: HashMap<String, Phase>) -> Self {
+    fn new(by_key: HashMap<String, Phase>, mut rollouts: Vec<Rollout>) -> Self {
+        rollout::normalize(&mut rollouts);
         let mut by_text_hash: HashMap<u64, Vec<(String, Phase)>, _> = HashMap::default();
         for (key, phase) in &by_key {
             by_text_hash
@@ -601,15 +717,27 @@ impl OverrideMap {
         OverrideMap {
             by_key,
             by_text_hash,
+            rollouts,
         }
     }
 
-    fn get(&self, key: &dyn RoutingKey) -> Option<Phase> {
+    /// The override of `key`, whose text hash is `text_hash`.
+    fn get(&self, key: &dyn RoutingKey, text_hash: u64) -> Option<Phase> {
         self.by_text_hash
-            .get(&key.text_hash())?
+            .get(&text_hash)?
             .iter()
             .find(|(text, _)| key.text_eq(text))
             .map(|(_, phase)| *phase)
+    }
+
+    /// The phase of the rollout covering a key whose text hash is
+    /// `text_hash`, if any.
+    #[inline]
+    fn rollout_phase(&self, text_hash: u64) -> Option<Phase> {
+        if self.rollouts.is_empty() {
+            return None;
+        }
+        phase_in_bucket(&self.rollouts, bucket_of(text_hash))
     }
 }
 
@@ -640,6 +768,7 @@ impl fmt::Debug for Migration {
             .field("phase", &self.phase())
             .field("options", &self.inner.options)
             .field("overrides", &self.overrides())
+            .field("rollouts", &self.rollouts())
             .finish()
     }
 }
@@ -656,6 +785,8 @@ pub struct PhaseChange {
     /// [`Migration::advance`]: the phase the gate was evaluated from (the
     /// change is refused if another moved it meanwhile), and the report.
     gated: Option<(Phase, GateReport)>,
+    /// [`PhaseChange::for_percent`]: the rollout's share, in basis points.
+    rollout: Option<u16>,
 }
 
 impl PhaseChange {
@@ -668,6 +799,7 @@ impl PhaseChange {
             reason: None,
             fence_timeout: None,
             gated: None,
+            rollout: None,
         }
     }
 
@@ -675,6 +807,37 @@ impl PhaseChange {
     #[must_use]
     pub fn for_key<K: RoutingKey + ?Sized>(mut self, key: &K) -> Self {
         self.key = Some(key.render());
+        self.rollout = None;
+        self
+    }
+
+    /// Sets the rollout of this phase instead: keys whose hash falls in the
+    /// first `percent` % (values above 100 mean 100) use the phase, unless
+    /// they have an override; 0 removes the rollout. See
+    /// [`crate::phase_source::Rollout`].
+    ///
+    /// ```
+    /// use dualwrite_runtime::{Migration, Phase, PhaseChange};
+    ///
+    /// let migration = Migration::new(Phase::Backfill);
+    /// migration.change(PhaseChange::to(Phase::ShadowRead).for_percent(10))?;
+    /// let shadowed = (0..10_000_u64)
+    ///     .filter(|id| migration.phase_for(Some(id)) == Phase::ShadowRead)
+    ///     .count();
+    /// assert!((800..1_200).contains(&shadowed));
+    /// # Ok::<(), dualwrite_runtime::PhaseError>(())
+    /// ```
+    #[must_use]
+    pub fn for_percent(self, percent: u8) -> Self {
+        self.for_basis_points(u16::from(percent.min(100)) * 100)
+    }
+
+    /// [`PhaseChange::for_percent`] in basis points (1 = 0.01 %, at most
+    /// 10 000), for rollouts finer than a percent.
+    #[must_use]
+    pub fn for_basis_points(mut self, basis_points: u16) -> Self {
+        self.rollout = Some(basis_points.min(rollout::ROLLOUT_BUCKETS));
+        self.key = None;
         self
     }
 
@@ -726,8 +889,15 @@ pub struct Transition {
     /// How long the fence held writes, when the change moved a route.
     pub fenced: Option<Duration>,
     /// The gate's report, for a change made by [`Migration::advance`] (a
-    /// forced advance keeps the report that refused it).
+    /// forced advance keeps the report that refused it). A change applied
+    /// from a phase source has its report in the source's audit record.
     pub gate: Option<GateReport>,
+    /// For a rollout change, the rollout after it (a share of 0: removed).
+    pub rollout: Option<Rollout>,
+    /// Who made the change, when a phase source is followed: this
+    /// instance's actor name, or the remote one's for a change applied from
+    /// the source.
+    pub actor: Option<String>,
 }
 
 /// Why [`Migration::advance`] did not move the phase. The phase is
@@ -833,6 +1003,40 @@ pub enum PhaseError {
         /// What stopped it.
         reason: String,
     },
+    /// A rollout change would move keys against the spec's rules: out of
+    /// Cleanup, or past phases (unless forced).
+    RolloutRefused {
+        /// The rollout requested.
+        rollout: Rollout,
+        /// The phase of keys it would move.
+        from: Phase,
+        /// The phase they would move to.
+        to: Phase,
+    },
+    /// The global phase cannot move to Cleanup while rollouts keep a share
+    /// of keys in earlier phases. Remove them first or force.
+    RolloutsBehind {
+        /// The rollouts of phases before Cleanup.
+        rollouts: Vec<Rollout>,
+    },
+    /// The followed phase source was changed by another instance after
+    /// this one last applied it; the change is not made, and the newer
+    /// shared phases are applied. Look at them and try again.
+    SourceChanged {
+        /// The key whose phase was to change; `None` for the global phase
+        /// or a rollout.
+        key: Option<String>,
+        /// The source version this instance was at.
+        expected_version: u64,
+        /// The version found in the source.
+        found_version: u64,
+    },
+    /// The followed phase source could not be read or written; the change
+    /// is not made.
+    Source {
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl fmt::Display for PhaseError {
@@ -894,6 +1098,38 @@ impl fmt::Display for PhaseError {
                 f,
                 "the phase change was interrupted ({reason}); see the migration's history for whether it was made"
             ),
+            PhaseError::RolloutRefused { rollout, from, to } => write!(
+                f,
+                "cannot set the `{}` rollout to {}: keys it moves would go from `{from}` to `{to}`, {}",
+                rollout.phase,
+                Percent(rollout.basis_points),
+                if *from == Phase::Cleanup {
+                    "and cleanup cannot roll back"
+                } else {
+                    "skipping phases; force the change to skip them"
+                }
+            ),
+            PhaseError::RolloutsBehind { rollouts } => write!(
+                f,
+                "cannot move the migration to `cleanup` while rollouts keep keys in earlier phases ({}): remove them or force the change",
+                rollouts
+                    .iter()
+                    .map(|r| format!("{} in `{}`", Percent(r.basis_points), r.phase))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            PhaseError::SourceChanged {
+                key,
+                expected_version,
+                found_version,
+            } => write!(
+                f,
+                "cannot change {}: the shared phase source moved from version {expected_version} to {found_version} meanwhile; its phases are applied now, check them and try again",
+                scope(key)
+            ),
+            PhaseError::Source { reason } => {
+                write!(f, "the phase change was not made: {reason}")
+            }
         }
     }
 }
@@ -962,6 +1198,38 @@ mod tests {
         assert!(migration.inner.has_overrides.load(Ordering::Acquire));
         assert_eq!(migration.clear_phase_for(&1), Some(Phase::Backfill));
         assert!(!migration.inner.has_overrides.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn flag_follows_the_rollouts() {
+        let migration = Migration::new(Phase::DualWrite);
+        migration
+            .change(PhaseChange::to(Phase::Backfill).for_percent(10))
+            .expect("allowed");
+        assert!(migration.inner.has_overrides.load(Ordering::Acquire));
+        migration
+            .change(PhaseChange::to(Phase::Backfill).for_percent(0))
+            .expect("allowed");
+        assert!(!migration.inner.has_overrides.load(Ordering::Acquire));
+        // A key's effective phase under a rollout is what rules and
+        // advances start from.
+        migration
+            .change(PhaseChange::to(Phase::Backfill).for_percent(100))
+            .expect("allowed");
+        assert_eq!(migration.phase_for(Some(&"t1")), Phase::Backfill);
+        let t = migration
+            .set_phase_for("t1", Phase::ShadowRead)
+            .map(|_| migration.history().pop().expect("recorded"))
+            .expect("allowed");
+        assert_eq!(t.from, Phase::Backfill);
+        assert_eq!(
+            migration.try_clear_phase_for("t1"),
+            Ok(Some(Phase::ShadowRead))
+        );
+        assert_eq!(
+            migration.history().pop().map(|t| t.to),
+            Some(Phase::Backfill)
+        );
     }
 
     #[test]
