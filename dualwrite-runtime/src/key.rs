@@ -1,7 +1,7 @@
 //! The routing key: what a write is ordered by and a phase override applies to.
 
 use std::fmt::{self, Display, Write as _};
-use std::hash::{BuildHasher as _, DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher as _, Hash, Hasher};
 
 /// A value that identifies the tenant or entity a call is about.
 ///
@@ -34,12 +34,36 @@ pub trait RoutingKey {
 /// The seed of [`RoutingKey::route_hash`].
 const ROUTE_SEED: u64 = 0x6475_616c_7772_6974;
 
-/// Hashes formatted text as it is written.
-struct HashWriter(DefaultHasher);
+/// Hashes formatted text as it is written: FNV-1a (64-bit) over the bytes,
+/// then the splitmix64 finalizer so the low bits (a rollout's bucket) are
+/// well mixed. A fixed algorithm, unlike `std`'s `DefaultHasher`, which may
+/// change between Rust releases: every process, build and toolchain puts a
+/// key in the same rollout bucket.
+struct HashWriter(u64);
+
+impl HashWriter {
+    const fn new() -> Self {
+        HashWriter(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
 
 impl fmt::Write for HashWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.write(s.as_bytes());
+        self.write(s.as_bytes());
         Ok(())
     }
 }
@@ -63,7 +87,7 @@ impl fmt::Write for EqWriter<'_> {
 
 /// The hash of a text, as [`RoutingKey::text_hash`] computes it.
 pub(crate) fn hash_text(text: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = HashWriter::new();
     hasher.write(text.as_bytes());
     hasher.finish()
 }
@@ -82,11 +106,11 @@ impl<T: Hash + Display + ?Sized> RoutingKey for T {
     }
 
     fn text_hash(&self) -> u64 {
-        let mut writer = HashWriter(DefaultHasher::new());
+        let mut writer = HashWriter::new();
         // Writing to a hasher cannot fail; a failing `Display` impl leaves a
         // partial hash, which then simply matches no override.
         let _ = write!(writer, "{self}");
-        writer.0.finish()
+        writer.finish()
     }
 
     fn text_eq(&self, text: &str) -> bool {
@@ -195,6 +219,17 @@ mod tests {
         assert_eq!(42_u64.render(), "42");
         assert_eq!(42_u64.text_hash(), "42".text_hash());
         assert_eq!(42_u64.text_hash(), hash_text("42"));
+    }
+
+    /// The text hash places keys in rollout buckets shared by every
+    /// instance: its values are part of the contract and must not change
+    /// with the build or the toolchain.
+    #[test]
+    fn the_text_hash_is_a_fixed_function() {
+        assert_eq!(hash_text(""), 0xf52a_15e9_a9b5_e89b);
+        assert_eq!(42_u64.text_hash(), 0xa428_ce54_7116_3b02);
+        assert_eq!("tenant-7".text_hash(), 0xd410_a48a_2f93_679a);
+        assert_eq!(Composite(("acme", 42)).text_hash(), 0x97b7_7d44_8365_11d0);
         assert!(42_u64.text_eq("42"));
         assert!(!42_u64.text_eq("4"));
         assert!(!42_u64.text_eq("420"));

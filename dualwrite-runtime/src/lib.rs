@@ -45,9 +45,9 @@ mod lanes;
 mod latency;
 mod migration;
 mod phase;
+pub mod phase_source;
 #[cfg(feature = "metrics")]
 pub mod publisher;
-pub mod phase_source;
 mod read;
 pub mod reconcile;
 mod ring;

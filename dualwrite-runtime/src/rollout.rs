@@ -1,8 +1,8 @@
 //! Percentage rollouts: "keys whose hash falls in the first N % use phase P".
 //!
 //! A key's bucket is its text hash ([`RoutingKey::text_hash`], the hash of
-//! its rendered text) modulo [`ROLLOUT_BUCKETS`], so every process built
-//! from the same code puts a key in the same bucket, whatever type the key
+//! its rendered text) modulo [`ROLLOUT_BUCKETS`], so every process puts a
+//! key in the same bucket, whatever type the key
 //! had when it was routed (`42_u64` and `"42"` share a bucket). A rollout of
 //! N basis points covers the buckets `0..N`: growing it only adds keys, and
 //! rollouts of several phases nest, the later phase winning where they
@@ -11,9 +11,10 @@
 //! usual shape of a staged cutover (each rollout is "the share of keys that
 //! got at least this far").
 //!
-//! The hash is `std`'s `DefaultHasher` with its fixed keys: stable for one
-//! build, and documented by `std` as free to change between Rust releases,
-//! so the instances sharing a rollout should be built with one toolchain.
+//! The hash is a fixed function (FNV-1a over the text, then the splitmix64
+//! finalizer; its values are pinned by a test in `key.rs`), so instances
+//! built with different toolchains or versions of this crate agree on every
+//! key's bucket.
 
 use std::fmt;
 
