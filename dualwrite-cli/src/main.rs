@@ -8,6 +8,7 @@
 //! gates apply exactly as in the service, and the change is stored with
 //! compare-and-set and an audit record naming the operator.
 
+mod data;
 mod gate_inputs;
 mod output;
 
@@ -32,12 +33,15 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  done (or, for status and audit, shown)
   1  refused: by the spec's phase rules, by the cutover gate, or because
-     another instance changed the phases meanwhile (look, then try again)
+     another instance changed the phases meanwhile (look, then try again);
+     for reconcile, differences are left (a dry run found some, or a
+     repair could not close them)
   2  bad input: arguments, a phase name, a gate-inputs file, a table prefix
      or database URL that cannot be used
-  3  the phase database is unreachable or failed (a missing SQLite file for
-     status/audit, a PostgreSQL server that does not answer, a file that is
-     not a database)
+  3  a database is unreachable or failed: the phase database (a missing
+     SQLite file for status/audit, a PostgreSQL server that does not
+     answer, a file that is not a database), or for backfill and reconcile
+     the old or the new one
 
 Gate inputs: `advance` evaluates the spec's cutover gate, which needs the
 service's measurements. Pass them with --gate-inputs FILE, a JSON object the
@@ -146,6 +150,15 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         key: String,
     },
+    /// Copies a table of the old database into the new one, in key order,
+    /// checkpointed (a stopped run resumes), keeping every row the new
+    /// table has already (live writes win). Renamed tables and columns
+    /// only: computed fields need the library's `Backfill` in the service.
+    Backfill(data::BackfillArgs),
+    /// Compares a table of both databases by key: missing, extra and
+    /// different rows, with the columns that differ (never the values).
+    /// A dry run unless --repair. Exit 1 while differences are left.
+    Reconcile(data::ReconcileArgs),
     /// The audit log: every stored change, oldest first.
     Audit {
         /// At most this many (the latest).
@@ -163,19 +176,22 @@ fn parse_phase(text: &str) -> Result<Phase, String> {
 
 /// Why a command failed, and its exit code.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// Exit 1: refused by the rules, the gate, or a concurrent change.
     Refused(String),
     /// Exit 2: input that cannot be used.
     BadInput(String),
     /// Exit 3: the database is unreachable or failed.
     Database(String),
+    /// Exit 1: reconciliation left differences; the report printed on
+    /// stdout says which (so `--json` prints no second document).
+    Unresolved(String),
 }
 
 impl Failure {
     fn code(&self) -> u8 {
         match self {
-            Failure::Refused(_) => 1,
+            Failure::Refused(_) | Failure::Unresolved(_) => 1,
             Failure::BadInput(_) => 2,
             Failure::Database(_) => 3,
         }
@@ -183,7 +199,10 @@ impl Failure {
 
     fn message(&self) -> &str {
         match self {
-            Failure::Refused(m) | Failure::BadInput(m) | Failure::Database(m) => m,
+            Failure::Refused(m)
+            | Failure::BadInput(m)
+            | Failure::Database(m)
+            | Failure::Unresolved(m) => m,
         }
     }
 }
@@ -215,7 +234,9 @@ fn main() -> ExitCode {
     match run(&cli, &printer) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            printer.failure(failure.message(), failure.code());
+            if !(cli.json && matches!(failure, Failure::Unresolved(_))) {
+                printer.failure(failure.message(), failure.code());
+            }
             ExitCode::from(failure.code())
         }
     }
@@ -223,6 +244,8 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli, printer: &Printer) -> Result<(), Failure> {
     match &cli.command {
+        Command::Backfill(args) => data::backfill(args, cli.json),
+        Command::Reconcile(args) => data::reconcile(args, cli.json),
         Command::Status { audit } => {
             let source = open_source(cli, true)?;
             let state = source.load()?;
