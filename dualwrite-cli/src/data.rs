@@ -466,6 +466,10 @@ impl Checkpoint for AnyCheckpoint {
     fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
         self.0.save(key, rows)
     }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        self.0.clear()
+    }
 }
 
 fn progress_bar(json: bool) -> ProgressBar {

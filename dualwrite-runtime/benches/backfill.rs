@@ -425,7 +425,7 @@ mod postgres {
             raw.push(copy_pipe(&rt, url));
             run_sql(&rt, &mut conn, schema(NEW));
             let mut checkpoint = PgCheckpoint::connect(url, "bench").expect("checkpoint");
-            checkpoint.clear().expect("clear");
+            dualwrite_runtime::backfill::Checkpoint::clear(&mut checkpoint).expect("clear");
             let started = Instant::now();
             let report = Backfill::new(
                 PgSource::<i64>::connect(url, &table(OLD)).expect("source"),

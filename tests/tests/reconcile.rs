@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use dualwrite_runtime::backfill::sqlite::{SqliteRepair, SqliteSource, column_diff};
-use dualwrite_runtime::reconcile::{Difference, Reconcile};
+use dualwrite_runtime::backfill::sqlite::{
+    SqliteCheckpoint, SqliteRepair, SqliteSource, column_diff,
+};
+use dualwrite_runtime::reconcile::{Difference, Reconcile, RepairWith};
 use dualwrite_runtime::{LaneConfig, Migration, Phase, dual_write};
 use rusqlite::Connection;
 
@@ -368,4 +370,102 @@ fn full_name(row: Row) -> Row {
     };
     let name = format!("{} {}", text(&row[0]), text(&row[1]));
     vec![rusqlite::types::Value::Text(name), row[2].clone()]
+}
+
+/// A repair through the trait's own write commands (`PeopleWrite::apply`),
+/// the path a live write takes.
+#[test]
+fn a_repair_goes_through_the_write_commands() {
+    let dir = scratch("commands");
+    let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
+    fill(&old_path, 200);
+    fill(&new_path, 200);
+    let new_db = Db {
+        conn: Mutex::new(open(&new_path)),
+        fail: AtomicBool::new(false),
+        slow: AtomicBool::new(false),
+    };
+    // dualwrite-lint: allow(DW001) planted drift: New only, on purpose
+    new_db.rename(5, "drifted").expect("plant");
+    // dualwrite-lint: allow(DW001) planted drift: New only, on purpose
+    new_db.rename(150, "drifted too").expect("plant");
+    let mut sink = RepairWith::new(
+        |id: &i64, row: &Row| {
+            let rusqlite::types::Value::Text(name) = &row[0] else {
+                return Err(format!("row {id} has no name"));
+            };
+            PeopleWrite::Rename {
+                id: *id,
+                name: name.clone(),
+            }
+            .apply(&new_db)
+        },
+        |id: &i64| Err(format!("no delete command for {id}")),
+    );
+    let report = job(&old_path, &new_path)
+        .repair_into(&mut sink)
+        .expect("repair");
+    assert_eq!((report.different, report.repaired), (2, 2), "{report}");
+    assert_eq!(job(&old_path, &new_path).run().expect("scan").found(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A repair that fails half way resumes from its checkpoint, and a run that
+/// reaches the end clears it, so the next run is a full pass again.
+#[test]
+fn a_failed_repair_resumes_from_its_checkpoint() {
+    let dir = scratch("resume");
+    let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
+    fill(&old_path, 5_000);
+    fill(&new_path, 5_000);
+    let conn = open(&new_path);
+    // dualwrite-lint: allow(DW002) planted drift: New only, on purpose
+    conn.execute("UPDATE people SET name = 'drift' WHERE id % 500 = 7", [])
+        .expect("drift");
+    let checkpoint = || SqliteCheckpoint::new(open(&new_path), "reconcile-people").expect("cp");
+    // A sink that fails at its fourth repair.
+    let mut repairs = 0;
+    let mut failing = RepairWith::new(
+        |id: &i64, _row: &Row| {
+            repairs += 1;
+            if repairs > 3 {
+                return Err(format!("the new store went away at {id}"));
+            }
+            open(&new_path)
+                // dualwrite-lint: allow(DW002) the repair of planted drift, New only
+                .execute(
+                    "UPDATE people SET name = 'person ' || id WHERE id = ?1",
+                    [id],
+                )
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+        |_: &i64| Ok(()),
+    );
+    let stopped = job(&old_path, &new_path)
+        .with_batch(500)
+        .with_checkpoint(checkpoint())
+        .repair_into(&mut failing);
+    assert!(stopped.is_err(), "{stopped:?}");
+    let resumed = job(&old_path, &new_path)
+        .with_batch(500)
+        .with_checkpoint(checkpoint())
+        .repair_into(&mut repair(&new_path))
+        .expect("resumed");
+    let after: i64 = resumed
+        .resumed_after
+        .as_deref()
+        .expect("resumed from the checkpoint")
+        .parse()
+        .expect("a key");
+    assert!(after >= 499, "{resumed}");
+    assert!(resumed.old_rows < 5_000, "did not start over: {resumed}");
+    assert_eq!(resumed.gap(), 0, "{resumed}");
+    let full = job(&old_path, &new_path)
+        .with_checkpoint(checkpoint())
+        .run()
+        .expect("full pass");
+    assert_eq!(full.resumed_after, None, "the finished run cleared it");
+    assert_eq!((full.old_rows, full.found()), (5_000, 0), "{full}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

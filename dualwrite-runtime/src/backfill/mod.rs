@@ -216,6 +216,15 @@ pub trait Checkpoint {
     fn load(&mut self) -> Result<Option<(String, u64)>, BackfillError>;
     /// Records that every row up to `key` is written (`rows` in all).
     fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError>;
+    /// Forgets the position, so the next run starts from the beginning (a
+    /// finished reconciliation does this, so the next one is a full pass).
+    /// The default refuses: a checkpoint that cannot forget must not be
+    /// taken for a fresh start.
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        Err(BackfillError::Checkpoint(
+            "this checkpoint cannot be cleared: implement `Checkpoint::clear`".to_owned(),
+        ))
+    }
 }
 
 /// A checkpoint kept in memory (tests, one-shot jobs).
@@ -231,6 +240,11 @@ impl Checkpoint for MemoryCheckpoint {
         self.0 = Some((key.to_owned(), rows));
         Ok(())
     }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        self.0 = None;
+        Ok(())
+    }
 }
 
 impl<T: Checkpoint + ?Sized> Checkpoint for &mut T {
@@ -240,6 +254,24 @@ impl<T: Checkpoint + ?Sized> Checkpoint for &mut T {
 
     fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
         (**self).save(key, rows)
+    }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        (**self).clear()
+    }
+}
+
+impl<T: Checkpoint + ?Sized> Checkpoint for Box<T> {
+    fn load(&mut self) -> Result<Option<(String, u64)>, BackfillError> {
+        (**self).load()
+    }
+
+    fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
+        (**self).save(key, rows)
+    }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        (**self).clear()
     }
 }
 

@@ -571,6 +571,17 @@ impl Checkpoint for SqliteCheckpoint {
             .map(drop)
             .map_err(|error| BackfillError::Checkpoint(error.to_string()))
     }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        self.conn
+            // dualwrite-lint: allow(DW002) the backfill's own checkpoint table, in one store on purpose
+            .execute(
+                "DELETE FROM dualwrite_backfill_checkpoint WHERE job = ?1",
+                [&self.job],
+            )
+            .map(drop)
+            .map_err(|error| BackfillError::Checkpoint(error.to_string()))
+    }
 }
 
 /// Repairs a table for reconciliation ([`crate::reconcile::RepairSink`]):

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 pub use digest::{DigestKind, DigestSource, RangeDigest};
 
-use crate::backfill::{BackfillError, BackfillSource, KeyRange};
+use crate::backfill::{BackfillError, BackfillSource, Checkpoint, KeyRange};
 use crate::core::KeyGuard;
 use crate::key::RoutingKey;
 use crate::phase::Store;
@@ -114,6 +114,9 @@ pub struct ReconcileReport {
     pub rows_in_equal_ranges: u64,
     /// Whether this was a dry run (nothing written).
     pub dry_run: bool,
+    /// The key this run resumed after, from its checkpoint
+    /// ([`Reconcile::with_checkpoint`]); the counts are this run's.
+    pub resumed_after: Option<String>,
     /// The differences, up to [`Reconcile::with_max_listed`] of them.
     pub differences: Vec<Difference>,
 }
@@ -195,6 +198,66 @@ pub trait RepairSink {
     fn delete(&mut self, keys: &[Self::Key]) -> Result<(), BackfillError>;
 }
 
+/// A repair sink made of two closures, called a row at a time: repairs
+/// through the repository trait's own write commands (the generated
+/// `{Trait}Write` enum's `apply(&store)`), so a repair takes the path a live
+/// write takes, versions and all.
+///
+/// ```ignore
+/// let mut sink = RepairWith::new(
+///     |id: &i64, row: &Row| UserRepoWrite::SaveUser { user: user_from(*id, row) }.apply(&new_store),
+///     |id: &i64| UserRepoWrite::DeleteUser { id: *id }.apply(&new_store),
+/// );
+/// job.repair_into(&mut sink)?;
+/// ```
+pub struct RepairWith<K, R, U, D> {
+    upsert: U,
+    delete: D,
+    types: std::marker::PhantomData<fn(&K, &R)>,
+}
+
+impl<K, R, U, D> RepairWith<K, R, U, D>
+where
+    U: FnMut(&K, &R) -> Result<(), String>,
+    D: FnMut(&K) -> Result<(), String>,
+{
+    /// `upsert` writes the authoritative row of a key, `delete` removes a
+    /// key's row; each returns the store's error as text.
+    pub fn new(upsert: U, delete: D) -> Self {
+        RepairWith {
+            upsert,
+            delete,
+            types: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, R, U, D> RepairSink for RepairWith<K, R, U, D>
+where
+    K: fmt::Display,
+    U: FnMut(&K, &R) -> Result<(), String>,
+    D: FnMut(&K) -> Result<(), String>,
+{
+    type Key = K;
+    type Row = R;
+
+    fn upsert(&mut self, rows: &[(K, R)]) -> Result<(), BackfillError> {
+        for (key, row) in rows {
+            (self.upsert)(key, row)
+                .map_err(|error| BackfillError::Sink(format!("repair of `{key}`: {error}")))?;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, keys: &[K]) -> Result<(), BackfillError> {
+        for key in keys {
+            (self.delete)(key)
+                .map_err(|error| BackfillError::Sink(format!("repair of `{key}`: {error}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// A reconciliation job over two stores; see the module docs.
 pub struct Reconcile<O, N, M, C>
 where
@@ -210,6 +273,7 @@ where
     authoritative: Store,
     max_listed: usize,
     drain_timeout: Duration,
+    checkpoint: Option<Box<dyn Checkpoint + Send>>,
 }
 
 impl<O, N> Reconcile<O, N, fn(O::Row) -> O::Row, fn(&O::Row, &O::Row) -> Option<Vec<String>>>
@@ -245,7 +309,21 @@ where
             authoritative: Store::Old,
             max_listed: 1_000,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            checkpoint: None,
         }
+    }
+
+    /// Makes a row-by-row run ([`Reconcile::run`], [`Reconcile::repair_into`])
+    /// resumable: it starts after the key the checkpoint holds, records its
+    /// position every batch (once the differences up to it are settled and,
+    /// in a repair, repaired), and clears the checkpoint when it reaches the
+    /// end, so the next run is a full pass again. A run that failed or was
+    /// killed resumes where it stopped. (Digest runs and re-checks do not
+    /// use it.)
+    #[must_use]
+    pub fn with_checkpoint(mut self, checkpoint: impl Checkpoint + Send + 'static) -> Self {
+        self.checkpoint = Some(Box::new(checkpoint));
+        self
     }
 
     /// Rows read per batch from each store.
@@ -351,18 +429,38 @@ where
             dry_run: sink.is_none(),
             ..ReconcileReport::default()
         };
-        self.merge_range(None, None, &mut report, sink)?;
+        let start = match self.checkpoint.as_mut() {
+            Some(checkpoint) => checkpoint.load()?.map(|(key, _)| key),
+            None => None,
+        };
+        let start = start
+            .map(|text| {
+                text.parse::<O::Key>()
+                    .map_err(|_| BackfillError::BadCheckpoint {
+                        found: text.clone(),
+                    })
+                    .map(|key| (key, text))
+            })
+            .transpose()?;
+        report.resumed_after = start.as_ref().map(|(_, text)| text.clone());
+        let start = start.as_ref().map(|(key, _)| key);
+        self.merge_range(start, None, &mut report, sink, true)?;
+        if let Some(checkpoint) = self.checkpoint.as_mut() {
+            checkpoint.clear()?;
+        }
         Ok(report)
     }
 
     /// Merge-joins the rows of both stores with keys above `start` and at
-    /// most `upto`, settling the suspects as it goes.
+    /// most `upto`, settling the suspects as it goes; `resumable`: records
+    /// its position in the checkpoint, if there is one.
     fn merge_range<S>(
         &mut self,
         start: Option<&O::Key>,
         upto: Option<&O::Key>,
         report: &mut ReconcileReport,
         mut sink: Option<&mut S>,
+        resumable: bool,
     ) -> Result<(), BackfillError>
     where
         S: RepairSink<Key = O::Key, Row = N::Row>,
@@ -373,6 +471,7 @@ where
         let mut new_rows = std::collections::VecDeque::new();
         let (mut old_done, mut new_done) = (false, false);
         let mut suspects: Vec<O::Key> = Vec::new();
+        let mut since_save = 0_usize;
         loop {
             if old_rows.is_empty() && !old_done {
                 let batch = self.old.scan_until(old_after.as_ref(), upto, self.batch)?;
@@ -401,6 +500,7 @@ where
                 }
             };
             let Some((key, order)) = next else { break };
+            let last = (resumable && self.checkpoint.is_some()).then(|| key.clone());
             match order {
                 std::cmp::Ordering::Less => {
                     old_rows.pop_front();
@@ -421,9 +521,17 @@ where
                     }
                 }
             }
-            if suspects.len() >= self.batch {
+            since_save += 1;
+            let save = last.is_some() && since_save >= self.batch;
+            if suspects.len() >= self.batch || save {
                 let keys = std::mem::take(&mut suspects);
                 self.settle(&keys, report, sink.as_deref_mut(), false)?;
+            }
+            if save && let (Some(checkpoint), Some(last)) = (self.checkpoint.as_mut(), last) {
+                // Every key up to this one is compared, settled and (in a
+                // repair) repaired.
+                checkpoint.save(&last.to_string(), report.old_rows)?;
+                since_save = 0;
             }
         }
         self.settle(&suspects, report, sink, false)
@@ -619,7 +727,7 @@ where
             }
             report.ranges_differing += 1;
             tracing::debug!(range = %range, old.rows, new.rows, "range digests differ");
-            self.merge_range(after, upto, &mut report, sink.as_deref_mut())?;
+            self.merge_range(after, upto, &mut report, sink.as_deref_mut(), false)?;
         }
         Ok(report)
     }

@@ -625,6 +625,18 @@ impl Checkpoint for MySqlCheckpoint {
             .map(drop)
             .map_err(checkpoint_error)
     }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        self.driver
+            .run(
+                // dualwrite-lint: allow(DW002) the backfill's own checkpoint table, in one store on purpose
+                ::sqlx::query("DELETE FROM dualwrite_backfill_checkpoint WHERE job = ?")
+                    .bind(&self.job)
+                    .execute(&mut self.conn),
+            )
+            .map(drop)
+            .map_err(checkpoint_error)
+    }
 }
 
 /// Repairs a MariaDB table for reconciliation

@@ -579,19 +579,6 @@ impl PgCheckpoint {
             job: job.into(),
         })
     }
-
-    /// Forgets the job's position (the next run starts from the start).
-    pub fn clear(&mut self) -> Result<(), BackfillError> {
-        self.driver
-            .run(
-                // dualwrite-lint: allow(DW002) the backfill's own checkpoint table, in one store on purpose
-                ::sqlx::query("DELETE FROM dualwrite_backfill_checkpoint WHERE job = $1")
-                    .bind(&self.job)
-                    .execute(&mut self.conn),
-            )
-            .map(drop)
-            .map_err(checkpoint_error)
-    }
 }
 
 impl Checkpoint for PgCheckpoint {
@@ -621,6 +608,18 @@ impl Checkpoint for PgCheckpoint {
                 .bind(key)
                 .bind(i64::try_from(rows).unwrap_or(i64::MAX))
                 .execute(&mut self.conn),
+            )
+            .map(drop)
+            .map_err(checkpoint_error)
+    }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        self.driver
+            .run(
+                // dualwrite-lint: allow(DW002) the backfill's own checkpoint table, in one store on purpose
+                ::sqlx::query("DELETE FROM dualwrite_backfill_checkpoint WHERE job = $1")
+                    .bind(&self.job)
+                    .execute(&mut self.conn),
             )
             .map(drop)
             .map_err(checkpoint_error)
@@ -972,6 +971,10 @@ impl<K: BackfillKey, C: Checkpoint> Checkpoint for LeasedCheckpoint<K, C> {
     fn save(&mut self, key: &str, rows: u64) -> Result<(), BackfillError> {
         self.lease.renew()?;
         self.checkpoint.save(key, rows)
+    }
+
+    fn clear(&mut self) -> Result<(), BackfillError> {
+        self.checkpoint.clear()
     }
 }
 
