@@ -32,6 +32,8 @@
 //! * `raw dual scan`: both tables read in key order, every column of every
 //!   row touched, nothing compared: the floor of a merge-join;
 //! * `reconcile`: [`Reconcile`] row by row over equal tables;
+//! * `reconcile, concurrent reads`: the same reading both stores at once
+//!   ([`Reconcile::with_concurrent_reads`]);
 //! * `reconcile, md5 digests`: [`Reconcile::run_with_digests`] over equal
 //!   tables in ranges of 10 000 rows (nothing read row by row), with the
 //!   portable MD5 digests ([`SqliteSource::with_digest`]);
@@ -228,6 +230,17 @@ fn reconcile(old: &Path, new: &Path, rows: usize) -> Duration {
     elapsed
 }
 
+fn reconcile_concurrent(old: &Path, new: &Path, rows: usize) -> Duration {
+    let started = Instant::now();
+    let report = Reconcile::new(source(old), source(new))
+        .with_concurrent_reads()
+        .run()
+        .expect("reconcile");
+    let elapsed = started.elapsed();
+    assert_eq!((report.equal, report.found()), (rows as u64, 0));
+    elapsed
+}
+
 fn reconcile_digests(old: &Path, new: &Path, rows: usize, fast: bool) -> Duration {
     let started = Instant::now();
     let digested = |path: &Path| {
@@ -317,22 +330,29 @@ fn main() {
         return;
     }
     let new = dir.join("new.db");
-    let (mut scans, mut rowwise) = (Vec::new(), Vec::new());
+    let (mut scans, mut rowwise, mut both) = (Vec::new(), Vec::new(), Vec::new());
     let (mut digests, mut fast) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         scans.push(dual_scan(&old, &new, rows));
         rowwise.push(reconcile(&old, &new, rows));
+        both.push(reconcile_concurrent(&old, &new, rows));
         digests.push(reconcile_digests(&old, &new, rows, false));
         fast.push(reconcile_digests(&old, &new, rows, true));
     }
     let scan = print("raw dual scan", rows, &scans, None);
     let by_row = print("reconcile, row by row", rows, &rowwise, Some(scan));
+    let by_row_both = print("reconcile, concurrent reads", rows, &both, Some(scan));
     let digest = print("reconcile, md5 digests", rows, &digests, Some(scan));
     let fast = print("reconcile, fast digests", rows, &fast, Some(scan));
     println!(
         "digests / row by row: md5 {:.1}x, fast {:.1}x",
         digest / by_row,
         fast / by_row
+    );
+    println!(
+        "digests / row by row with concurrent reads: md5 {:.1}x, fast {:.1}x",
+        digest / by_row_both,
+        fast / by_row_both
     );
     let _ = std::fs::remove_dir_all(&dir);
     #[cfg(feature = "postgres")]

@@ -101,6 +101,12 @@ fn planted_drift_is_found_reported_and_repaired() {
 
     let report = job(&old, &new).run().expect("dry run");
     assert!(report.dry_run);
+    // Reading both stores at once finds exactly the same.
+    let concurrent = job(&old, &new)
+        .with_concurrent_reads()
+        .run()
+        .expect("concurrent reads");
+    assert_eq!(concurrent, report);
     assert_eq!(
         (
             report.missing_in_new,
