@@ -417,6 +417,15 @@ impl<'a, C> WriteTicket<'a, C> {
         let Some(target) = self.route.secondary else {
             return;
         };
+        if let Some(outbox) = self.core.outbox() {
+            return outbox.submit(
+                self.stripe.index(),
+                self.key_hash,
+                self.method,
+                target,
+                command,
+            );
+        }
         let job = Job {
             method: command.method(),
             key: None,
@@ -428,6 +437,30 @@ impl<'a, C> WriteTicket<'a, C> {
         };
         let refusal = self.no_room.then_some("the secondary queue stayed full");
         self.core.hand_off(job, self.lane, refusal);
+    }
+
+    /// Under the outbox strategy, builds the write's journal record before
+    /// the primary call and makes it the thread's
+    /// [`WriteContext`](crate::outbox::WriteContext) for that call, so the
+    /// primary store can journal it in its own transaction; otherwise
+    /// (`command` is not called) an inert scope. Keep the scope until the
+    /// method returns. For blocking methods whose command holds the
+    /// arguments as they are before the call (no `&mut` argument).
+    #[inline]
+    pub fn outbox_scope(&self, command: impl FnOnce() -> C) -> crate::outbox::OutboxScope
+    where
+        C: WriteCommand,
+    {
+        match (self.core.outbox(), self.route.secondary) {
+            (Some(outbox), Some(target)) => outbox.prepare(
+                self.stripe.index(),
+                self.key_hash,
+                self.method,
+                target,
+                command(),
+            ),
+            _ => crate::outbox::OutboxScope::inert(),
+        }
     }
 
     /// Keeps the write's command until [`ArmedWrite::secondary_done`]: if

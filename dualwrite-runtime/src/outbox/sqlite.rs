@@ -1,0 +1,1293 @@
+//! The outbox journal in a SQLite file (feature `outbox-sqlite`).
+//!
+//! One table, `dualwrite_outbox`, one row per record, in WAL mode:
+//!
+//! ```text
+//! id INTEGER PRIMARY KEY AUTOINCREMENT   journal order (never reused, also after pruning)
+//! stream, idempotency_id UNIQUE, seq, key_text, key_hash, method, target ('old'/'new'),
+//! payload (the command, serde_json), state (0 pending, 1 done, 2 dead),
+//! attempts, last_error, created_at, updated_at (Unix milliseconds)
+//! ```
+//!
+//! and `dualwrite_outbox_meta` (format version, the sequence's high-water
+//! mark, which survives pruning).
+//!
+//! **Durability** ([`Durability`], chosen at open, for the appends the
+//! runtime makes after the primary write):
+//!
+//! | policy | `synchronous` | commits | a caller returns when |
+//! |---|---|---|---|
+//! | `PerWrite` | `FULL` | one per append | its record is on disk |
+//! | `Grouped` | `FULL` | one per batch of concurrent appends | its batch is on disk |
+//! | `None` | `OFF` | one per append, not flushed | its record is in the OS cache |
+//!
+//! Group commit needs no extra thread: the first caller to find no commit
+//! under way writes every record queued so far in one transaction, the
+//! others wait for the commit of their batch, and records that arrive
+//! meanwhile form the next batch.
+//!
+//! **Opening** checks the file before anything is read from it: the header
+//! (a SQLite database, not shorter than the page count it states, when no
+//! write-ahead log is pending), then `PRAGMA quick_check` (or
+//! `integrity_check`, [`IntegrityCheck`]), then the tables' format. A file
+//! that fails gives [`OutboxError::Corrupt`] (or `Format`), never a journal
+//! with records missing. What no check can see: bytes changed inside a
+//! record's payload (SQLite keeps no checksums; the record then fails to
+//! decode and becomes a dead letter), and a write-ahead log cut short
+//! after its last valid frame (SQLite's own recovery stops there: commits
+//! after it are gone, which is what `synchronous=FULL` guards against).
+//!
+//! **Transactional outbox**: open the journal on the primary store's own
+//! database file, and have the store insert the record in the transaction
+//! of its write with [`append_in`]. The record then commits with the
+//! primary's write or not at all, and the runtime does not append it
+//! again. The journal's own writes (marking records done) then share the
+//! database's write lock with the store: give the store's connection a
+//! short busy wait ([`short_busy_handler`]).
+//!
+//! **On the secondary**: [`apply_once`] applies a record at most once by
+//! its idempotency id; [`WriteContext::version`] guards a row against an
+//! older record (`… WHERE version < ?`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, params,
+};
+
+use super::{
+    Claimed, Durability, IdempotencyId, Journal, JournalListener, JournalRecord, NewRecord,
+    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext, from_unix_millis,
+    unix_millis,
+};
+use crate::phase::Store;
+
+/// The table of journal records.
+pub const TABLE: &str = "dualwrite_outbox";
+
+/// The format version this runtime writes and reads.
+const FORMAT: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE dualwrite_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    idempotency_id TEXT NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
+    key_text TEXT,
+    key_hash INTEGER,
+    method TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX dualwrite_outbox_by_state ON dualwrite_outbox (state, stream, id);
+CREATE TABLE dualwrite_outbox_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// The columns of the records table, in the order [`read_record`] reads.
+const COLUMNS: &str = "id, stream, idempotency_id, seq, key_text, key_hash, method, target, \
+                       payload, state, attempts, last_error, created_at, updated_at";
+
+const INSERT: &str = "INSERT INTO dualwrite_outbox \
+    (stream, idempotency_id, seq, key_text, key_hash, method, target, payload, state, attempts, created_at, updated_at) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?9)";
+
+/// Which check runs when a journal is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IntegrityCheck {
+    /// `PRAGMA quick_check`: the structure of every page, in time linear in
+    /// the file's size.
+    #[default]
+    Quick,
+    /// `PRAGMA integrity_check`: also that indexes match their tables.
+    Full,
+    /// Only the header check (for very large journals opened often).
+    HeaderOnly,
+}
+
+/// How [`SqliteJournal::open_with`] opens a journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteJournalOptions {
+    /// When appends are on disk; default [`Durability::PerWrite`].
+    pub durability: Durability,
+    /// The check made at open; default [`IntegrityCheck::Quick`].
+    pub check: IntegrityCheck,
+    /// Whether a missing journal is created (default); `false` fails with
+    /// [`OutboxError::Missing`] (e.g. a restart that must find the journal
+    /// it left).
+    pub create: bool,
+    /// How long a journal write waits for the database's write lock held by
+    /// another connection (the primary store's, in the transactional
+    /// outbox); default 5 s.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteJournalOptions {
+    fn default() -> Self {
+        SqliteJournalOptions {
+            durability: Durability::PerWrite,
+            check: IntegrityCheck::Quick,
+            create: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SqliteJournalOptions {
+    /// Options with this durability.
+    pub fn new(durability: Durability) -> Self {
+        SqliteJournalOptions {
+            durability,
+            ..Self::default()
+        }
+    }
+
+    /// Sets [`SqliteJournalOptions::check`].
+    #[must_use]
+    pub fn with_check(mut self, check: IntegrityCheck) -> Self {
+        self.check = check;
+        self
+    }
+
+    /// Sets [`SqliteJournalOptions::create`].
+    #[must_use]
+    pub fn with_create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Sets [`SqliteJournalOptions::busy_timeout`].
+    #[must_use]
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+}
+
+/// How many records are in a journal, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalCounts {
+    /// Waiting to be applied.
+    pub pending: u64,
+    /// Applied and not pruned yet.
+    pub done: u64,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+/// Appends committed by the runtime, and in how many transactions (the
+/// average batch of group commit is `records / commits`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions that appended records.
+    pub commits: u64,
+    /// Records they appended.
+    pub records: u64,
+}
+
+/// An outbox journal in a SQLite file; see the module docs. Share it with
+/// `Arc` between the adapter (`with_outbox`) and the code that lists,
+/// replays or discards its dead letters.
+pub struct SqliteJournal {
+    path: PathBuf,
+    location: String,
+    durability: Durability,
+    /// Every write of this journal goes through this connection, so two of
+    /// them never wait on SQLite's lock (whose busy wait sleeps in
+    /// milliseconds).
+    writer: Mutex<Connection>,
+    /// Claims and listings.
+    reader: Mutex<Connection>,
+    group: GroupCommit,
+    /// The last sequence handed out.
+    sequence: AtomicU64,
+    commits: AtomicU64,
+    committed_records: AtomicU64,
+    listeners: Mutex<HashMap<String, Weak<dyn JournalListener>>>,
+}
+
+impl SqliteJournal {
+    /// Opens (or creates) the journal in the SQLite file at `path` with a
+    /// durability policy and the default checks.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, OutboxError> {
+        Self::open_with(path, SqliteJournalOptions::new(durability))
+    }
+
+    /// Opens (or, with `options.create`, creates) the journal at `path`,
+    /// checking the file first (see the module docs).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteJournalOptions,
+    ) -> Result<Self, OutboxError> {
+        let path = path.as_ref().to_path_buf();
+        let shown = path.display().to_string();
+        let exists = path.exists();
+        if !exists && !options.create {
+            return Err(OutboxError::Missing { path: shown });
+        }
+        if exists {
+            check_header(&path)?;
+        }
+        let writer = connect(&path, &shown, options.create, &options)?;
+        if options.check != IntegrityCheck::HeaderOnly {
+            check_integrity(&writer, &shown, options.check)?;
+        }
+        let created = ensure_schema(&writer, &shown, options.create)?;
+        if created {
+            tracing::info!(path = %shown, "outbox journal created");
+        }
+        let sequence = high_water_mark(&writer, &shown)?;
+        let reader = connect(&path, &shown, false, &options)?;
+        let location = fs::canonicalize(&path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string();
+        Ok(SqliteJournal {
+            path,
+            location,
+            durability: options.durability,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            group: GroupCommit::default(),
+            sequence: AtomicU64::new(sequence),
+            commits: AtomicU64::new(0),
+            committed_records: AtomicU64::new(0),
+            listeners: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The durability policy of the appends.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Appends committed so far by this handle, and in how many
+    /// transactions.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            records: self.committed_records.load(Ordering::Relaxed),
+        }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every dead letter of every stream, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError> {
+        self.select(
+            "listing dead letters",
+            &format!("SELECT {COLUMNS} FROM dualwrite_outbox WHERE state = 2 ORDER BY id"),
+            [],
+        )
+    }
+
+    /// Every record of a stream (pending, done and dead), in journal order.
+    pub fn records(&self, stream: &str) -> Result<Vec<JournalRecord>, OutboxError> {
+        self.select(
+            "listing records",
+            &format!("SELECT {COLUMNS} FROM dualwrite_outbox WHERE stream = ?1 ORDER BY id"),
+            [stream],
+        )
+    }
+
+    /// How many records the journal holds, by state, over every stream.
+    pub fn counts(&self) -> Result<JournalCounts, OutboxError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached("SELECT state, count(*) FROM dualwrite_outbox GROUP BY state")
+            .map_err(storage("counting records"))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+            .map_err(storage("counting records"))?;
+        let mut counts = JournalCounts::default();
+        for row in rows {
+            let (state, count) = row.map_err(storage("counting records"))?;
+            let count = u64::try_from(count).unwrap_or(0);
+            match RecordState::from_code(state) {
+                Some(RecordState::Pending) => counts.pending += count,
+                Some(RecordState::Done) => counts.done += count,
+                Some(RecordState::Dead) => counts.dead += count,
+                None => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Makes a dead letter pending again, at the end of the journal: a new
+    /// id, the same idempotency id and sequence, attempts from zero. The
+    /// adapter running this record's stream counts it pending and applies
+    /// it; without one, the next adapter over the journal does. Returns the
+    /// new id.
+    pub fn replay(&self, id: i64) -> Result<i64, OutboxError> {
+        let conn = self.writer();
+        let tx = immediate(&conn, "replaying a dead letter")?;
+        let (stream, key_hash, state) = tx
+            .query_row(
+                "SELECT stream, key_hash, state FROM dualwrite_outbox WHERE id = ?1",
+                [id],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        lenient_key_hash(row, 1),
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(storage("replaying a dead letter"))?
+            .ok_or(OutboxError::NotFound { id })?;
+        let state = RecordState::from_code(state).ok_or_else(|| OutboxError::BadRecord {
+            id,
+            detail: format!("unknown state {state}"),
+        })?;
+        if state != RecordState::Dead {
+            return Err(OutboxError::NotDead { id, state });
+        }
+        let listener = self.listener(&stream);
+        if let Some(listener) = &listener {
+            listener.requeuing(key_hash);
+        }
+        let moved = requeue_rows(&tx, "id = ?1", params![id], unix_millis(SystemTime::now()))
+            .and_then(|ids| {
+                tx.commit()?;
+                Ok(ids)
+            });
+        match moved {
+            Ok(ids) => {
+                if let Some(listener) = &listener {
+                    listener.wake();
+                }
+                ids.first().copied().ok_or(OutboxError::NotFound { id })
+            }
+            Err(error) => {
+                if let Some(listener) = &listener {
+                    listener.requeue_failed(key_hash);
+                }
+                Err(storage("replaying a dead letter")(error))
+            }
+        }
+    }
+
+    /// Deletes a dead letter (after repairing its write by other means).
+    pub fn discard(&self, id: i64) -> Result<(), OutboxError> {
+        let conn = self.writer();
+        let tx = immediate(&conn, "discarding a dead letter")?;
+        let state = tx
+            .query_row(
+                "SELECT state FROM dualwrite_outbox WHERE id = ?1",
+                [id],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(storage("discarding a dead letter"))?
+            .ok_or(OutboxError::NotFound { id })?;
+        match RecordState::from_code(state) {
+            Some(RecordState::Dead) => {}
+            Some(state) => return Err(OutboxError::NotDead { id, state }),
+            None => {
+                return Err(OutboxError::BadRecord {
+                    id,
+                    detail: format!("unknown state {state}"),
+                });
+            }
+        }
+        tx.execute("DELETE FROM dualwrite_outbox WHERE id = ?1", [id])
+            .map_err(storage("discarding a dead letter"))?;
+        tx.commit().map_err(storage("discarding a dead letter"))
+    }
+
+    /// Makes every done record of `stream` (not pruned yet) pending again,
+    /// at the end of the journal in their order: a redelivery drill. A
+    /// secondary that applies records idempotently ([`apply_once`],
+    /// [`WriteContext::version`]) shows no change afterwards. Returns how
+    /// many records were requeued.
+    pub fn requeue_done(&self, stream: &str) -> Result<u64, OutboxError> {
+        let conn = self.writer();
+        let tx = immediate(&conn, "requeueing done records")?;
+        let keys: Vec<Option<u64>> = {
+            let mut statement = tx
+                .prepare("SELECT key_hash FROM dualwrite_outbox WHERE state = 1 AND stream = ?1")
+                .map_err(storage("requeueing done records"))?;
+            let rows = statement
+                .query_map([stream], |row| Ok(lenient_key_hash(row, 0)))
+                .map_err(storage("requeueing done records"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(storage("requeueing done records"))?
+        };
+        let listener = self.listener(stream);
+        if let Some(listener) = &listener {
+            for key_hash in &keys {
+                listener.requeuing(*key_hash);
+            }
+        }
+        let moved = requeue_rows(
+            &tx,
+            "state = 1 AND stream = ?1",
+            params![stream],
+            unix_millis(SystemTime::now()),
+        )
+        .and_then(|ids| {
+            tx.commit()?;
+            Ok(ids)
+        });
+        match moved {
+            Ok(ids) => {
+                if let Some(listener) = &listener {
+                    listener.wake();
+                }
+                Ok(ids.len() as u64)
+            }
+            Err(error) => {
+                if let Some(listener) = &listener {
+                    for key_hash in &keys {
+                        listener.requeue_failed(*key_hash);
+                    }
+                }
+                Err(storage("requeueing done records")(error))
+            }
+        }
+    }
+
+    /// Deletes done records last changed more than `older_than` ago, every
+    /// stream; how many it deleted. The adapter's appliers do this on their
+    /// own ([`super::OutboxConfig::retention`]).
+    pub fn prune_done(&self, older_than: Duration) -> Result<u64, OutboxError> {
+        let before = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(UNIX_EPOCH);
+        let mut total = 0;
+        loop {
+            let deleted = Journal::prune(self, before, 10_000)?;
+            total += deleted;
+            if deleted < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn listener(&self, stream: &str) -> Option<Arc<dyn JournalListener>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream)
+            .and_then(Weak::upgrade)
+    }
+
+    fn select<P: rusqlite::Params>(
+        &self,
+        during: &'static str,
+        sql: &str,
+        params: P,
+    ) -> Result<Vec<JournalRecord>, OutboxError> {
+        let conn = self.reader();
+        let mut statement = conn.prepare_cached(sql).map_err(storage(during))?;
+        let mut rows = statement.query(params).map_err(storage(during))?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next().map_err(storage(during))? {
+            records.push(read_record(row)?);
+        }
+        Ok(records)
+    }
+
+    /// Writes records in one transaction.
+    fn write_records(&self, records: &[NewRecord]) -> Result<(), OutboxError> {
+        let now = unix_millis(SystemTime::now());
+        let conn = self.writer();
+        let tx = immediate(&conn, "appending records")?;
+        {
+            let mut insert = tx
+                .prepare_cached(INSERT)
+                .map_err(storage("appending records"))?;
+            for record in records {
+                insert_record(&mut insert, record, now).map_err(storage("appending records"))?;
+            }
+        }
+        tx.commit().map_err(storage("appending records"))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.committed_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Group commit: see the module docs.
+    fn append_grouped(&self, record: &NewRecord) -> Result<(), OutboxError> {
+        let group = &self.group;
+        let mut state = group.lock();
+        state.open.push(record.clone());
+        let mine = Arc::clone(&state.open_result);
+        loop {
+            if let Some(result) = mine.get() {
+                return result.clone();
+            }
+            if !state.committing {
+                state.committing = true;
+                let batch = std::mem::take(&mut state.open);
+                let result_slot =
+                    std::mem::replace(&mut state.open_result, Arc::new(OnceLock::new()));
+                drop(state);
+                let result = catch_unwind(AssertUnwindSafe(|| self.write_records(&batch)))
+                    .unwrap_or_else(|_| {
+                        Err(OutboxError::Storage {
+                            during: "appending records",
+                            error: "the group commit panicked".to_owned(),
+                        })
+                    });
+                let _ = result_slot.set(result);
+                state = group.lock();
+                state.committing = false;
+                group.committed.notify_all();
+                continue;
+            }
+            state = group
+                .committed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn next_sequence(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+            });
+        let mut previous = self.sequence.load(Ordering::SeqCst);
+        loop {
+            let next = previous.saturating_add(1).max(now);
+            match self.sequence.compare_exchange_weak(
+                previous,
+                next,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => previous = actual,
+            }
+        }
+    }
+
+    fn append(&self, record: &NewRecord) -> Result<(), OutboxError> {
+        match self.durability {
+            Durability::Grouped => self.append_grouped(record),
+            Durability::PerWrite | Durability::None => {
+                self.write_records(std::slice::from_ref(record))
+            }
+        }
+    }
+
+    fn contains(&self, id: &IdempotencyId) -> Result<bool, OutboxError> {
+        let conn = self.reader();
+        conn.prepare_cached("SELECT 1 FROM dualwrite_outbox WHERE idempotency_id = ?1")
+            .and_then(|mut statement| statement.exists([id.to_string()]))
+            .map_err(storage("looking a record up"))
+    }
+
+    fn pending_keys(&self, stream: &str) -> Result<Vec<Option<u64>>, OutboxError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached("SELECT key_hash FROM dualwrite_outbox WHERE state = 0 AND stream = ?1")
+            .map_err(storage("counting pending records"))?;
+        let rows = statement
+            .query_map([stream], |row| Ok(lenient_key_hash(row, 0)))
+            .map_err(storage("counting pending records"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(storage("counting pending records"))
+    }
+
+    fn claim(&self, stream: &str, after: i64, limit: usize) -> Result<Claimed, OutboxError> {
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM dualwrite_outbox \
+                 WHERE state = 0 AND stream = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))
+            .map_err(storage("claiming records"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = statement
+            .query(params![stream, after, limit])
+            .map_err(storage("claiming records"))?;
+        let mut claimed = Claimed::default();
+        while let Some(row) = rows.next().map_err(storage("claiming records"))? {
+            match read_record(row) {
+                Ok(record) => claimed.records.push(record),
+                Err(error) => claimed.unreadable.push(Unreadable {
+                    id: row.get(0).map_err(storage("claiming records"))?,
+                    key_hash: lenient_key_hash(row, 5),
+                    error: error.to_string(),
+                }),
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), OutboxError> {
+        const DURING: &str = "recording applied records";
+        let now = unix_millis(SystemTime::now());
+        let conn = self.writer();
+        let tx = immediate(&conn, DURING)?;
+        {
+            let mut done = tx
+                .prepare_cached(
+                    "UPDATE dualwrite_outbox SET state = 1, attempts = ?2, updated_at = ?3 \
+                     WHERE id = ?1 AND state = 0",
+                )
+                .map_err(storage(DURING))?;
+            let mut failed = tx
+                .prepare_cached(
+                    "UPDATE dualwrite_outbox SET state = ?2, attempts = ?3, last_error = ?4, updated_at = ?5 \
+                     WHERE id = ?1 AND state = 0",
+                )
+                .map_err(storage(DURING))?;
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Done { id, attempts } => done.execute(params![id, attempts, now]),
+                    Outcome::Retrying {
+                        id,
+                        attempts,
+                        error,
+                    } => failed.execute(params![id, 0, attempts, error, now]),
+                    Outcome::Dead {
+                        id,
+                        attempts,
+                        error,
+                    } => failed.execute(params![id, 2, attempts, error, now]),
+                }
+                .map_err(storage(DURING))?;
+            }
+        }
+        tx.commit().map_err(storage(DURING))
+    }
+
+    fn prune(&self, before: SystemTime, limit: usize) -> Result<u64, OutboxError> {
+        const DURING: &str = "pruning done records";
+        let before = unix_millis(before);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let high_water = i64::try_from(self.sequence.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+        let conn = self.writer();
+        let tx = immediate(&conn, DURING)?;
+        // The sequence must not go back when its largest values are pruned.
+        tx.execute(
+            "UPDATE dualwrite_outbox_meta SET value = CAST(max(CAST(value AS INTEGER), ?1) AS TEXT) \
+             WHERE name = 'last_seq'",
+            [high_water],
+        )
+        .map_err(storage(DURING))?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM dualwrite_outbox WHERE id IN \
+                 (SELECT id FROM dualwrite_outbox WHERE state = 1 AND updated_at < ?1 ORDER BY id LIMIT ?2)",
+                params![before, limit],
+            )
+            .map_err(storage(DURING))?;
+        tx.commit().map_err(storage(DURING))?;
+        Ok(deleted as u64)
+    }
+
+    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(stream.to_owned(), listener);
+    }
+
+    fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError> {
+        SqliteJournal::dead_letters(self)
+    }
+
+    fn replay(&self, id: i64) -> Result<i64, OutboxError> {
+        SqliteJournal::replay(self, id)
+    }
+
+    fn discard(&self, id: i64) -> Result<(), OutboxError> {
+        SqliteJournal::discard(self, id)
+    }
+}
+
+impl std::fmt::Debug for SqliteJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteJournal")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of group commit.
+#[derive(Default)]
+struct GroupCommit {
+    state: Mutex<GroupState>,
+    committed: Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Records waiting for the next commit.
+    open: Vec<NewRecord>,
+    /// The outcome of the next commit, shared by its callers.
+    open_result: Arc<OnceLock<Result<(), OutboxError>>>,
+    /// A caller is committing a batch.
+    committing: bool,
+}
+
+impl GroupCommit {
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Inserts the record of the write in progress ([`WriteContext::current`])
+/// into the journal table of `conn`'s database, as part of the transaction
+/// the caller has open there; then the runtime does not append it again.
+/// This is the transactional outbox: call it from the primary store's write,
+/// in the same transaction, with the journal opened on the same file.
+///
+/// ```ignore
+/// fn put(&self, id: u64, name: &str) -> Result<(), Error> {
+///     let mut conn = self.conn.lock()?;
+///     let tx = conn.transaction()?;
+///     tx.execute("INSERT INTO users (id, name) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET name = excluded.name", params![id, name])?;
+///     if let Some(ctx) = WriteContext::current() {
+///         dualwrite_runtime::outbox::sqlite::append_in(&tx, &ctx)?;
+///     }
+///     tx.commit()?;
+///     Ok(())
+/// }
+/// ```
+///
+/// Fails (so the caller's transaction should roll back, and the write
+/// fail) when the context is an applier's (a secondary call journals
+/// nothing), or when `conn` is not the journal's database: a record
+/// written anywhere else would never be applied.
+pub fn append_in(conn: &Connection, ctx: &WriteContext) -> rusqlite::Result<()> {
+    if ctx.side() != Side::Primary {
+        return Err(misuse(
+            "dualwrite outbox: append_in is for the primary store's write; this is an applier's secondary call",
+        ));
+    }
+    if !same_database(conn, ctx.journal_location()) {
+        return Err(misuse(&format!(
+            "dualwrite outbox: append_in on {}, but the adapter's journal is {}: the record would never be applied",
+            conn.path().unwrap_or("an unnamed database"),
+            ctx.journal_location()
+        )));
+    }
+    {
+        let mut insert = conn.prepare_cached(INSERT)?;
+        insert_record(&mut insert, ctx.record(), unix_millis(SystemTime::now()))?;
+    }
+    ctx.mark_journaled();
+    Ok(())
+}
+
+/// The table [`apply_once`] keeps applied idempotency ids in.
+pub const APPLIED_TABLE: &str = "dualwrite_applied";
+
+/// Creates the table of applied idempotency ids ([`apply_once`]) in a
+/// secondary store's database, if it is missing. Call it where the store
+/// creates its own tables.
+pub fn create_applied_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS dualwrite_applied (
+            idempotency_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            applied_at INTEGER NOT NULL
+        )",
+    )
+}
+
+/// Applies a journal record at most once on a secondary SQL store: in one
+/// savepoint (inside the caller's transaction, if one is open), records the
+/// record's idempotency id in [`APPLIED_TABLE`] and runs `write`; when the
+/// id is already there (the record was applied before a crash, or the
+/// journal is replayed), runs nothing and returns `Ok(false)`. Without a
+/// context (not under an applier) it just runs `write`.
+///
+/// For writes that are not idempotent in themselves (counters, appends).
+/// For upserts, a version guard is cheaper ([`WriteContext::version`]) and
+/// also keeps an older replayed record from overwriting a newer one.
+pub fn apply_once(
+    conn: &Connection,
+    ctx: Option<&WriteContext>,
+    write: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<bool> {
+    let Some(ctx) = ctx else {
+        write(conn)?;
+        return Ok(true);
+    };
+    conn.execute_batch("SAVEPOINT dualwrite_apply_once")?;
+    let outcome = (|| {
+        let fresh = conn.execute(
+            "INSERT OR IGNORE INTO dualwrite_applied (idempotency_id, seq, applied_at) VALUES (?1, ?2, ?3)",
+            params![
+                ctx.idempotency_id().to_string(),
+                ctx.version(),
+                unix_millis(SystemTime::now())
+            ],
+        )? == 1;
+        if fresh {
+            write(conn)?;
+        }
+        Ok(fresh)
+    })();
+    match outcome {
+        Ok(fresh) => {
+            conn.execute_batch("RELEASE dualwrite_apply_once")?;
+            Ok(fresh)
+        }
+        Err(error) => {
+            let _ = conn
+                .execute_batch("ROLLBACK TO dualwrite_apply_once; RELEASE dualwrite_apply_once");
+            Err(error)
+        }
+    }
+}
+
+/// Replaces a connection's busy wait (SQLite's sleeps 1 to 100 ms between
+/// tries) with short sleeps (20 µs, then 100 µs, then 1 ms; about 5 s in
+/// all): for a store whose database also holds the journal, whose writes
+/// briefly hold the write lock.
+pub fn short_busy_handler(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.busy_handler(Some(short_busy as fn(i32) -> bool))
+}
+
+fn short_busy(tries: i32) -> bool {
+    let nap = match tries {
+        0..10 => Duration::from_micros(20),
+        10..100 => Duration::from_micros(100),
+        100..5_000 => Duration::from_millis(1),
+        _ => return false,
+    };
+    thread::sleep(nap);
+    true
+}
+
+/// Whether `conn`'s main database is the file at `location`.
+fn same_database(conn: &Connection, location: &str) -> bool {
+    let Some(path) = conn.path() else {
+        return false;
+    };
+    if path == location {
+        return true;
+    }
+    match (fs::canonicalize(path), fs::canonicalize(location)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn misuse(message: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+        Some(message.to_owned()),
+    )
+}
+
+fn insert_record(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    record: &NewRecord,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    insert.execute(params![
+        record.stream,
+        record.idempotency_id.to_string(),
+        i64::try_from(record.sequence).unwrap_or(i64::MAX),
+        record.key_text,
+        record
+            .key_hash
+            .map(|hash| i64::from_ne_bytes(hash.to_ne_bytes())),
+        record.method,
+        record.target.as_str(),
+        record.payload,
+        now,
+    ])
+}
+
+/// Moves the rows matching `filter` to the end of the journal as pending
+/// (delete and insert again, in id order, in the caller's transaction);
+/// the new ids.
+fn requeue_rows(
+    tx: &Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+    now: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS temp.dualwrite_requeue; \
+         CREATE TEMP TABLE dualwrite_requeue AS SELECT * FROM dualwrite_outbox WHERE 0",
+    )?;
+    tx.execute(
+        &format!(
+            "INSERT INTO temp.dualwrite_requeue SELECT * FROM dualwrite_outbox WHERE {filter} ORDER BY id"
+        ),
+        params,
+    )?;
+    tx.execute(
+        "DELETE FROM dualwrite_outbox WHERE id IN (SELECT id FROM temp.dualwrite_requeue)",
+        [],
+    )?;
+    let mut ids = Vec::new();
+    {
+        let mut rows = tx.prepare(
+            "SELECT stream, idempotency_id, seq, key_text, key_hash, method, target, payload, last_error, created_at \
+             FROM temp.dualwrite_requeue ORDER BY id",
+        )?;
+        let mut insert = tx.prepare(
+            "INSERT INTO dualwrite_outbox \
+             (stream, idempotency_id, seq, key_text, key_hash, method, target, payload, state, attempts, last_error, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?10, ?11)",
+        )?;
+        let mut query = rows.query([])?;
+        while let Some(row) = query.next()? {
+            let value = |index: usize| row.get::<_, rusqlite::types::Value>(index);
+            insert.execute(params![
+                value(0)?,
+                value(1)?,
+                value(2)?,
+                value(3)?,
+                value(4)?,
+                value(5)?,
+                value(6)?,
+                value(7)?,
+                value(8)?,
+                value(9)?,
+                now,
+            ])?;
+            ids.push(tx.last_insert_rowid());
+        }
+    }
+    tx.execute_batch("DROP TABLE temp.dualwrite_requeue")?;
+    Ok(ids)
+}
+
+/// A key hash read as leniently as possible (`None` if unreadable).
+fn lenient_key_hash(row: &Row<'_>, index: usize) -> Option<u64> {
+    row.get::<_, Option<i64>>(index)
+        .ok()
+        .flatten()
+        .map(|hash| u64::from_ne_bytes(hash.to_ne_bytes()))
+}
+
+/// A record from a row of [`COLUMNS`].
+fn read_record(row: &Row<'_>) -> Result<JournalRecord, OutboxError> {
+    let id: i64 = row.get(0).map_err(storage("reading a record"))?;
+    let bad = |detail: String| OutboxError::BadRecord { id, detail };
+    let column = |error: rusqlite::Error| bad(error.to_string());
+    let idempotency_id: String = row.get(2).map_err(column)?;
+    let target: String = row.get(7).map_err(column)?;
+    let state: i64 = row.get(9).map_err(column)?;
+    let sequence: i64 = row.get(3).map_err(column)?;
+    let attempts: i64 = row.get(10).map_err(column)?;
+    Ok(JournalRecord {
+        id,
+        record: NewRecord {
+            stream: row.get(1).map_err(column)?,
+            idempotency_id: idempotency_id
+                .parse()
+                .map_err(|error: super::ids::ParseIdError| bad(error.to_string()))?,
+            sequence: u64::try_from(sequence)
+                .map_err(|_| bad(format!("negative sequence {sequence}")))?,
+            key_text: row.get(4).map_err(column)?,
+            key_hash: row
+                .get::<_, Option<i64>>(5)
+                .map_err(column)?
+                .map(|hash| u64::from_ne_bytes(hash.to_ne_bytes())),
+            method: row.get(6).map_err(column)?,
+            target: match target.as_str() {
+                "old" => Store::Old,
+                "new" => Store::New,
+                other => return Err(bad(format!("unknown target `{other}`"))),
+            },
+            payload: row.get(8).map_err(column)?,
+        },
+        state: RecordState::from_code(state)
+            .ok_or_else(|| bad(format!("unknown state {state}")))?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        last_error: row.get(11).map_err(column)?,
+        created_at: from_unix_millis(row.get(12).map_err(column)?),
+        updated_at: from_unix_millis(row.get(13).map_err(column)?),
+    })
+}
+
+/// Maps a storage error of an operation.
+fn storage(during: &'static str) -> impl Fn(rusqlite::Error) -> OutboxError {
+    move |error| OutboxError::Storage {
+        during,
+        error: error.to_string(),
+    }
+}
+
+fn immediate<'c>(
+    conn: &'c Connection,
+    during: &'static str,
+) -> Result<rusqlite::Transaction<'c>, OutboxError> {
+    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+        .map_err(storage(during))
+}
+
+/// Whether a SQLite error says the file is damaged.
+fn is_corruption(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+/// Maps an error met while opening or checking a journal.
+fn open_error(path: &str, during: &'static str) -> impl Fn(rusqlite::Error) -> OutboxError {
+    move |error| {
+        if is_corruption(&error) {
+            OutboxError::Corrupt {
+                path: path.to_owned(),
+                detail: error.to_string(),
+            }
+        } else {
+            OutboxError::Storage {
+                during,
+                error: format!("{path}: {error}"),
+            }
+        }
+    }
+}
+
+/// Checks the database header of an existing file: a SQLite database, and
+/// not shorter than the page count it states (unless a write-ahead log
+/// holds pages not checkpointed into the file yet).
+fn check_header(path: &Path) -> Result<(), OutboxError> {
+    let shown = path.display().to_string();
+    let corrupt = |detail: String| OutboxError::Corrupt {
+        path: shown.clone(),
+        detail,
+    };
+    let length = fs::metadata(path)
+        .map_err(|error| OutboxError::Storage {
+            during: "opening the journal",
+            error: format!("{shown}: {error}"),
+        })?
+        .len();
+    if length == 0 {
+        // SQLite's empty database (a new file, or one whose content is all
+        // in its write-ahead log).
+        return Ok(());
+    }
+    let mut header = [0_u8; 100];
+    let mut file = fs::File::open(path).map_err(|error| OutboxError::Storage {
+        during: "opening the journal",
+        error: format!("{shown}: {error}"),
+    })?;
+    if file.read_exact(&mut header).is_err() {
+        return Err(corrupt(format!(
+            "the file is {length} bytes, shorter than a database header"
+        )));
+    }
+    if &header[..16] != b"SQLite format 3\0" {
+        return Err(corrupt("the file is not a SQLite database".to_owned()));
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        size => u64::from(size),
+    };
+    let pages = u64::from(u32::from_be_bytes([
+        header[28], header[29], header[30], header[31],
+    ]));
+    // The page count is valid when the change counter matches the
+    // "version valid for" number.
+    let valid = header[24..28] == header[92..96];
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let wal_pending = fs::metadata(&wal).is_ok_and(|meta| meta.len() > 0);
+    if valid && !wal_pending && pages.saturating_mul(page_size) > length {
+        return Err(corrupt(format!(
+            "the file is {length} bytes, but its header says {pages} pages of {page_size} bytes: it was truncated"
+        )));
+    }
+    Ok(())
+}
+
+fn connect(
+    path: &Path,
+    shown: &str,
+    create: bool,
+    options: &SqliteJournalOptions,
+) -> Result<Connection, OutboxError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|error| {
+        if error.sqlite_error_code() == Some(ErrorCode::CannotOpen) && !path.exists() {
+            OutboxError::Missing {
+                path: shown.to_owned(),
+            }
+        } else {
+            open_error(shown, "opening the journal")(error)
+        }
+    })?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(open_error(shown, "opening the journal"))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(open_error(shown, "setting WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OutboxError::Storage {
+            during: "setting WAL mode",
+            error: format!("{shown}: the database stays in `{mode}` mode"),
+        });
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}",
+        options.durability.synchronous()
+    ))
+    .map_err(open_error(shown, "setting the durability"))?;
+    Ok(conn)
+}
+
+fn check_integrity(
+    conn: &Connection,
+    shown: &str,
+    check: IntegrityCheck,
+) -> Result<(), OutboxError> {
+    let pragma = match check {
+        IntegrityCheck::Full => "PRAGMA integrity_check(20)",
+        IntegrityCheck::Quick | IntegrityCheck::HeaderOnly => "PRAGMA quick_check(20)",
+    };
+    let during = "checking the journal's integrity";
+    let mut statement = conn.prepare(pragma).map_err(open_error(shown, during))?;
+    let lines: Vec<String> = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(open_error(shown, during))?
+        .collect::<Result<_, _>>()
+        .map_err(open_error(shown, during))?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        return Ok(());
+    }
+    Err(OutboxError::Corrupt {
+        path: shown.to_owned(),
+        detail: format!("{pragma}: {}", lines.join("; ")),
+    })
+}
+
+/// Creates the tables in a new database, or checks those of an existing
+/// journal; whether it created them.
+fn ensure_schema(conn: &Connection, shown: &str, create: bool) -> Result<bool, OutboxError> {
+    let during = "reading the journal's tables";
+    let table_exists = |name: &str| -> Result<bool, OutboxError> {
+        conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")
+            .and_then(|mut statement| statement.exists([name]))
+            .map_err(open_error(shown, during))
+    };
+    let has_records = table_exists(TABLE)?;
+    let has_meta = table_exists("dualwrite_outbox_meta")?;
+    let format_error = |detail: String| OutboxError::Format {
+        path: shown.to_owned(),
+        detail,
+    };
+    match (has_records, has_meta) {
+        (false, false) if !create => Err(OutboxError::Missing {
+            path: shown.to_owned(),
+        }),
+        (false, false) => {
+            let tx = immediate(conn, "creating the journal's tables")?;
+            tx.execute_batch(SCHEMA)
+                .map_err(open_error(shown, "creating the journal's tables"))?;
+            tx.execute(
+                "INSERT INTO dualwrite_outbox_meta (name, value) VALUES ('format', ?1), ('last_seq', '0')",
+                [FORMAT],
+            )
+            .map_err(open_error(shown, "creating the journal's tables"))?;
+            tx.commit()
+                .map_err(open_error(shown, "creating the journal's tables"))?;
+            Ok(true)
+        }
+        (true, true) => {
+            let format: Option<String> = conn
+                .query_row(
+                    "SELECT value FROM dualwrite_outbox_meta WHERE name = 'format'",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(open_error(shown, during))?;
+            if format.as_deref() != Some(FORMAT) {
+                return Err(format_error(format!(
+                    "format {}, this runtime reads format {FORMAT}",
+                    format.as_deref().unwrap_or("(none)")
+                )));
+            }
+            let mut statement = conn
+                .prepare("SELECT name FROM pragma_table_info('dualwrite_outbox')")
+                .map_err(open_error(shown, during))?;
+            let columns: Vec<String> = statement
+                .query_map([], |row| row.get(0))
+                .map_err(open_error(shown, during))?
+                .collect::<Result<_, _>>()
+                .map_err(open_error(shown, during))?;
+            let missing: Vec<&str> = COLUMNS
+                .split(", ")
+                .filter(|column| !columns.iter().any(|have| have == column))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format_error(format!(
+                    "the table `{TABLE}` lacks the columns {}",
+                    missing.join(", ")
+                )));
+            }
+            Ok(false)
+        }
+        _ => Err(format_error(format!(
+            "one of the tables `{TABLE}` and `dualwrite_outbox_meta` is missing"
+        ))),
+    }
+}
+
+/// The largest sequence journaled or handed out before.
+fn high_water_mark(conn: &Connection, shown: &str) -> Result<u64, OutboxError> {
+    let during = "reading the journal's sequence";
+    let journaled: Option<i64> = conn
+        .query_row("SELECT max(seq) FROM dualwrite_outbox", [], |row| {
+            row.get(0)
+        })
+        .map_err(open_error(shown, during))?;
+    let kept: Option<String> = conn
+        .query_row(
+            "SELECT value FROM dualwrite_outbox_meta WHERE name = 'last_seq'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(open_error(shown, during))?;
+    let kept = kept
+        .and_then(|value| value.parse::<i64>().ok())
+        .unwrap_or(0);
+    Ok(u64::try_from(journaled.unwrap_or(0).max(kept)).unwrap_or(0))
+}
