@@ -834,8 +834,9 @@ impl<C: Send + 'static> DualWriteCore<C> {
 }
 
 impl<C> DualWriteCore<C> {
-    /// Hands the command to the lane that owns its key, holding the key's
-    /// stripe for the hand-off (stats pending +1). For code that makes the
+    /// Hands the command to the lane that owns its key (or, under the
+    /// outbox strategy, journals it), holding the key's stripe for the
+    /// hand-off (stats pending +1). For code that makes the
     /// primary write itself; generated adapters go through
     /// [`DualWriteCore::begin_write`], which also orders the primary write.
     ///
@@ -880,6 +881,17 @@ impl<C> DualWriteCore<C> {
 
     fn submit_job(&self, job: Job<C>) {
         let _stripe = self.shared.stripes.lock(job.stripe);
+        if let Some(outbox) = &self.outbox {
+            let (key, render) = (job.key, job.render_key);
+            return outbox.submit(
+                job.stripe,
+                job.key_hash,
+                job.method,
+                job.target,
+                job.command,
+                |command| key.or_else(|| render.and_then(|render| render(command))),
+            );
+        }
         let lane = self.lanes.as_ref().map(|lanes| lanes.lane_of(job.key_hash));
         self.hand_off(job, lane, None);
     }

@@ -407,8 +407,8 @@ impl<'a, C> WriteTicket<'a, C> {
         self.core.is_async()
     }
 
-    /// Hands the secondary write to its key's lane, while the key's stripe
-    /// is still held. Dead-letters it instead (0 attempts) when the lane had
+    /// Hands the secondary write to its key's lane (or, under the outbox
+    /// strategy, journals it), while the key's stripe is still held. Dead-letters it instead (0 attempts) when the lane had
     /// no room, the adapter is shut down, or no lane runs.
     pub fn submit(self, command: C)
     where
@@ -424,6 +424,7 @@ impl<'a, C> WriteTicket<'a, C> {
                 self.method,
                 target,
                 command,
+                WriteCommand::key_text,
             );
         }
         let job = Job {

@@ -505,6 +505,7 @@ fn damaged_journal_files_are_refused_at_open() {
     std::fs::write(&other, &good).unwrap();
     rusqlite::Connection::open(&other)
         .unwrap()
+        // dualwrite-lint: allow(DW002) the test damages the journal's format row on purpose
         .execute(
             "UPDATE dualwrite_outbox_meta SET value = '9' WHERE name = 'format'",
             [],
@@ -538,4 +539,62 @@ fn sequences_keep_growing_across_restarts_and_pruning() {
     };
     let journal = journal(&path, Durability::None);
     assert!(journal.next_sequence() > first);
+}
+
+/// Native `async fn` traits: records are appended after the primary call
+/// (no transactional journaling: a thread-local is not the task's across an
+/// `.await`); the appliers run the store's futures and the store sees the
+/// record's context while they are polled.
+mod async_trait_outbox {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use dualwrite_runtime::dual_write;
+    use dualwrite_runtime::outbox::WriteContext;
+
+    #[dual_write(serde)]
+    pub trait Kv {
+        #[dual_write(key = id)]
+        async fn put(&self, id: u64, value: u64) -> Result<(), String>;
+    }
+
+    /// Keeps each key's value and the sequence it came with.
+    #[derive(Default)]
+    pub struct Memory(Mutex<BTreeMap<u64, (u64, Option<u64>)>>);
+
+    impl Kv for Memory {
+        async fn put(&self, id: u64, value: u64) -> Result<(), String> {
+            tokio::task::yield_now().await;
+            let sequence = WriteContext::current().map(|ctx| ctx.sequence());
+            self.0.lock().unwrap().insert(id, (value, sequence));
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_async_trait_journals_after_the_primary() {
+        let dir = temp_dir("async");
+        let journal = journal(&dir.join("journal.db"), Durability::Grouped);
+        let kv = KvDualWrite::new(
+            Memory::default(),
+            Memory::default(),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_outbox(journal.clone(), config())
+        .unwrap();
+        for n in 1..=40 {
+            kv.put(n % 5, n).await.unwrap();
+        }
+        kv.flush_async(WAIT).await.unwrap();
+        let old = kv.old_store().0.lock().unwrap().clone();
+        let new = kv.new_store().0.lock().unwrap().clone();
+        assert_eq!(old.len(), 5);
+        for (id, (value, sequence)) in &new {
+            assert_eq!(old[id].0, *value);
+            // The primary had no context, the secondary had the record's.
+            assert!(old[id].1.is_none() && sequence.is_some());
+        }
+        assert_eq!(journal.commit_stats().records, 40);
+    }
 }

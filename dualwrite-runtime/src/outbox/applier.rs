@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::context::{self, ApplyScope, OutboxScope, Side, WriteContext};
@@ -273,24 +273,20 @@ impl<C> OutboxRuntime<C> {
         &self.config
     }
 
-    /// A record for a write of `command`, with a fresh idempotency id and
-    /// sequence.
+    /// A record for a write, with a fresh idempotency id and sequence.
     fn record(
         &self,
-        command: &C,
+        key_text: Option<String>,
         key_hash: Option<u64>,
         method: &'static str,
         target: Store,
         payload: String,
-    ) -> NewRecord
-    where
-        C: WriteCommand,
-    {
+    ) -> NewRecord {
         NewRecord {
             stream: self.shared.stream.clone(),
             idempotency_id: IdempotencyId::generate(),
             sequence: self.shared.journal.next_sequence(),
-            key_text: command.key_text(),
+            key_text,
             key_hash,
             method: method.to_owned(),
             target,
@@ -316,7 +312,7 @@ impl<C> OutboxRuntime<C> {
         let Ok(payload) = (self.codec.encode)(&command) else {
             return OutboxScope::inert();
         };
-        let record = self.record(&command, key_hash, method, target, payload);
+        let record = self.record(command.key_text(), key_hash, method, target, payload);
         self.shared.stripes.add_pending(stripe);
         let ctx = WriteContext::new(record, Side::Primary, 0, Arc::clone(&self.shared.location));
         OutboxScope::enter(ctx, Arc::clone(&self.shared), stripe)
@@ -328,6 +324,7 @@ impl<C> OutboxRuntime<C> {
     /// is durable. A record that cannot be journaled (the append failed, or
     /// the command cannot be encoded) is kept as an in-memory dead letter
     /// with the error, and logged: the primary's write cannot be undone.
+    /// `render` renders the write's key.
     pub(crate) fn submit(
         &self,
         stripe: usize,
@@ -335,9 +332,8 @@ impl<C> OutboxRuntime<C> {
         method: &'static str,
         target: Store,
         command: C,
-    ) where
-        C: WriteCommand,
-    {
+        render: impl FnOnce(&C) -> Option<String>,
+    ) {
         let prepared = context::take_matching(self.shared.owner(), |ctx| {
             ctx.key_hash() == key_hash && ctx.method() == method
         });
@@ -351,11 +347,12 @@ impl<C> OutboxRuntime<C> {
             None => match (self.codec.encode)(&command) {
                 Ok(payload) => {
                     self.shared.stripes.add_pending(stripe);
-                    self.record(&command, key_hash, method, target, payload)
+                    self.record(render(&command), key_hash, method, target, payload)
                 }
                 Err(error) => {
+                    let key = render(&command);
                     let error = OutboxError::Encode { method, error };
-                    return self.not_journaled(method, target, command, &error);
+                    return self.not_journaled(method, key, target, command, &error);
                 }
             },
         };
@@ -363,18 +360,22 @@ impl<C> OutboxRuntime<C> {
             Ok(()) => self.shared.wake_coordinator(),
             Err(error) => {
                 self.shared.stripes.finish_pending(stripe);
-                self.not_journaled(method, target, command, &error);
+                let key = record.key_text;
+                self.not_journaled(method, key, target, command, &error);
             }
         }
     }
 
     /// Keeps a write that could not be journaled as an in-memory dead letter.
     #[cold]
-    fn not_journaled(&self, method: &'static str, target: Store, command: C, error: &OutboxError)
-    where
-        C: WriteCommand,
-    {
-        let key = command.key_text();
+    fn not_journaled(
+        &self,
+        method: &'static str,
+        key: Option<String>,
+        target: Store,
+        command: C,
+        error: &OutboxError,
+    ) {
         tracing::error!(
             method,
             key = key.as_deref().unwrap_or("-"),
@@ -527,11 +528,8 @@ impl Coordinator {
     }
 
     fn collect_outcomes(&mut self, stopping: bool) {
-        loop {
-            match self.outcomes.try_recv() {
-                Ok(outcome) => self.unwritten.push(outcome),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok(outcome) = self.outcomes.try_recv() {
+            self.unwritten.push(outcome);
         }
         let due = self.unwritten.len() >= OUTCOME_BATCH
             || self.last_written.elapsed() >= OUTCOME_DELAY
@@ -708,13 +706,18 @@ where
                 return self.dead(id, earlier, error, &record, stripe);
             }
         };
-        let ctx = WriteContext::new(record, Side::Apply, 0, Arc::clone(&self.shared.location));
         let limit = self.config.max_attempts.max(1);
-        let mut attempts = earlier;
+        let mut attempts = earlier.saturating_add(1);
+        // One context per attempt: a store that keeps one sees its own
+        // attempt number.
+        let mut ctx = WriteContext::new(
+            record,
+            Side::Apply,
+            attempts,
+            Arc::clone(&self.shared.location),
+        );
         loop {
-            attempts = attempts.saturating_add(1);
             self.context.set_attempt(attempts);
-            ctx.set_attempt(attempts);
             let result = {
                 let _scope = ApplyScope::enter(ctx.clone(), self.shared.owner());
                 catch_unwind(AssertUnwindSafe(|| {
@@ -761,6 +764,13 @@ where
             if !self.sleep(delay) {
                 return;
             }
+            attempts = attempts.saturating_add(1);
+            ctx = WriteContext::new(
+                ctx.record().clone(),
+                Side::Apply,
+                attempts,
+                Arc::clone(&self.shared.location),
+            );
         }
     }
 

@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::ids::IdempotencyId;
 use super::{NewRecord, applier::OutboxShared};
@@ -46,7 +46,7 @@ pub struct WriteContext {
 struct Inner {
     record: NewRecord,
     side: Side,
-    attempt: AtomicU32,
+    attempt: u32,
     journal: Arc<str>,
     journaled: AtomicBool,
 }
@@ -79,7 +79,7 @@ impl WriteContext {
             inner: Arc::new(Inner {
                 record,
                 side,
-                attempt: AtomicU32::new(attempt),
+                attempt,
                 journal,
                 journaled: AtomicBool::new(false),
             }),
@@ -136,12 +136,7 @@ impl WriteContext {
     /// The attempt being made (1 for the first) on the apply side; 0 on the
     /// primary side.
     pub fn attempt(&self) -> u32 {
-        self.inner.attempt.load(Ordering::Relaxed)
-    }
-
-    /// Sets the attempt an applier is about to make.
-    pub(crate) fn set_attempt(&self, attempt: u32) {
-        self.inner.attempt.store(attempt, Ordering::Relaxed);
+        self.inner.attempt
     }
 
     /// The repository method of the write.

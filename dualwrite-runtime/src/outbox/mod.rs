@@ -49,7 +49,7 @@ pub mod sqlite;
 
 use std::fmt;
 use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::phase::Store;
 
@@ -628,18 +628,6 @@ pub(crate) fn default_stream<C>() -> String {
     base.rsplit("::").next().unwrap_or(base).to_owned()
 }
 
-/// Milliseconds since the Unix epoch (0 before it).
-pub(crate) fn unix_millis(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-    })
-}
-
-/// The time of a Unix-epoch millisecond count.
-pub(crate) fn from_unix_millis(millis: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,15 +660,5 @@ mod tests {
             assert_eq!(RecordState::from_code(state.code()), Some(state));
         }
         assert_eq!(RecordState::from_code(7), None);
-    }
-
-    #[test]
-    fn millis_round_trip() {
-        let now = SystemTime::now();
-        let back = from_unix_millis(unix_millis(now));
-        let gap = now.duration_since(back).unwrap_or_default();
-        assert!(gap < Duration::from_millis(1));
-        assert_eq!(unix_millis(UNIX_EPOCH), 0);
-        assert_eq!(from_unix_millis(-5), UNIX_EPOCH);
     }
 }

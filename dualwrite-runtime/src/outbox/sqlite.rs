@@ -65,8 +65,7 @@ use rusqlite::{
 
 use super::{
     Claimed, Durability, IdempotencyId, Journal, JournalListener, JournalRecord, NewRecord,
-    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext, from_unix_millis,
-    unix_millis,
+    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext,
 };
 use crate::phase::Store;
 
@@ -415,6 +414,7 @@ impl SqliteJournal {
                 });
             }
         }
+        // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
         tx.execute("DELETE FROM dualwrite_outbox WHERE id = ?1", [id])
             .map_err(storage("discarding a dead letter"))?;
         tx.commit().map_err(storage("discarding a dead letter"))
@@ -520,6 +520,7 @@ impl SqliteJournal {
         let tx = immediate(&conn, "appending records")?;
         {
             let mut insert = tx
+                // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
                 .prepare_cached(INSERT)
                 .map_err(storage("appending records"))?;
             for record in records {
@@ -657,12 +658,14 @@ impl Journal for SqliteJournal {
         let tx = immediate(&conn, DURING)?;
         {
             let mut done = tx
+                // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
                 .prepare_cached(
                     "UPDATE dualwrite_outbox SET state = 1, attempts = ?2, updated_at = ?3 \
                      WHERE id = ?1 AND state = 0",
                 )
                 .map_err(storage(DURING))?;
             let mut failed = tx
+                // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
                 .prepare_cached(
                     "UPDATE dualwrite_outbox SET state = ?2, attempts = ?3, last_error = ?4, updated_at = ?5 \
                      WHERE id = ?1 AND state = 0",
@@ -696,6 +699,7 @@ impl Journal for SqliteJournal {
         let conn = self.writer();
         let tx = immediate(&conn, DURING)?;
         // The sequence must not go back when its largest values are pruned.
+        // dualwrite-lint: allow(DW002) the journal's own meta table, not a store write
         tx.execute(
             "UPDATE dualwrite_outbox_meta SET value = CAST(max(CAST(value AS INTEGER), ?1) AS TEXT) \
              WHERE name = 'last_seq'",
@@ -703,6 +707,7 @@ impl Journal for SqliteJournal {
         )
         .map_err(storage(DURING))?;
         let deleted = tx
+            // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
             .execute(
                 "DELETE FROM dualwrite_outbox WHERE id IN \
                  (SELECT id FROM dualwrite_outbox WHERE state = 1 AND updated_at < ?1 ORDER BY id LIMIT ?2)",
@@ -802,6 +807,7 @@ pub fn append_in(conn: &Connection, ctx: &WriteContext) -> rusqlite::Result<()> 
         )));
     }
     {
+        // dualwrite-lint: allow(DW002) the journal record, inserted in the primary store's own transaction on purpose (transactional outbox)
         let mut insert = conn.prepare_cached(INSERT)?;
         insert_record(&mut insert, ctx.record(), unix_millis(SystemTime::now()))?;
     }
@@ -846,6 +852,7 @@ pub fn apply_once(
     };
     conn.execute_batch("SAVEPOINT dualwrite_apply_once")?;
     let outcome = (|| {
+        // dualwrite-lint: allow(DW002) the secondary store's table of applied idempotency ids, inside the store's own write
         let fresh = conn.execute(
             "INSERT OR IGNORE INTO dualwrite_applied (idempotency_id, seq, applied_at) VALUES (?1, ?2, ?3)",
             params![
@@ -945,12 +952,14 @@ fn requeue_rows(
         "DROP TABLE IF EXISTS temp.dualwrite_requeue; \
          CREATE TEMP TABLE dualwrite_requeue AS SELECT * FROM dualwrite_outbox WHERE 0",
     )?;
+    // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
     tx.execute(
         &format!(
             "INSERT INTO temp.dualwrite_requeue SELECT * FROM dualwrite_outbox WHERE {filter} ORDER BY id"
         ),
         params,
     )?;
+    // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
     tx.execute(
         "DELETE FROM dualwrite_outbox WHERE id IN (SELECT id FROM temp.dualwrite_requeue)",
         [],
@@ -961,6 +970,7 @@ fn requeue_rows(
             "SELECT stream, idempotency_id, seq, key_text, key_hash, method, target, payload, last_error, created_at \
              FROM temp.dualwrite_requeue ORDER BY id",
         )?;
+        // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
         let mut insert = tx.prepare(
             "INSERT INTO dualwrite_outbox \
              (stream, idempotency_id, seq, key_text, key_hash, method, target, payload, state, attempts, last_error, created_at, updated_at) \
@@ -1036,6 +1046,18 @@ fn read_record(row: &Row<'_>) -> Result<JournalRecord, OutboxError> {
         created_at: from_unix_millis(row.get(12).map_err(column)?),
         updated_at: from_unix_millis(row.get(13).map_err(column)?),
     })
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    })
+}
+
+/// The time of a Unix-epoch millisecond count.
+fn from_unix_millis(millis: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
 
 /// Maps a storage error of an operation.
@@ -1220,6 +1242,7 @@ fn ensure_schema(conn: &Connection, shown: &str, create: bool) -> Result<bool, O
             let tx = immediate(conn, "creating the journal's tables")?;
             tx.execute_batch(SCHEMA)
                 .map_err(open_error(shown, "creating the journal's tables"))?;
+            // dualwrite-lint: allow(DW002) the journal's own meta table, written when the journal is created
             tx.execute(
                 "INSERT INTO dualwrite_outbox_meta (name, value) VALUES ('format', ?1), ('last_seq', '0')",
                 [FORMAT],
@@ -1290,4 +1313,323 @@ fn high_water_mark(conn: &Connection, shown: &str) -> Result<u64, OutboxError> {
         .and_then(|value| value.parse::<i64>().ok())
         .unwrap_or(0);
     Ok(u64::try_from(journaled.unwrap_or(0).max(kept)).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "dualwrite-journal-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("journal.db")
+    }
+
+    fn record(journal: &SqliteJournal, key: u64, payload: &str) -> NewRecord {
+        NewRecord {
+            stream: "s".to_owned(),
+            idempotency_id: IdempotencyId::generate(),
+            sequence: journal.next_sequence(),
+            key_text: Some(key.to_string()),
+            key_hash: Some(key),
+            method: "put".to_owned(),
+            target: Store::New,
+            payload: payload.to_owned(),
+        }
+    }
+
+    #[test]
+    fn group_commit_batches_concurrent_appends() {
+        let journal =
+            Arc::new(SqliteJournal::open(temp_path("group"), Durability::Grouped).unwrap());
+        let threads: Vec<_> = (0..8_u64)
+            .map(|thread| {
+                let journal = Arc::clone(&journal);
+                std::thread::spawn(move || {
+                    for n in 0..50 {
+                        let record = record(&journal, thread, &format!("{thread}:{n}"));
+                        journal.append(&record).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let stats = journal.commit_stats();
+        assert_eq!(stats.records, 400);
+        assert!(stats.commits >= 1 && stats.commits <= 400);
+        let records = journal.records("s").unwrap();
+        assert_eq!(records.len(), 400);
+        // Each thread's records are in its order, and sequences grow with
+        // the id within a key (one thread per key here).
+        for thread in 0..8_u64 {
+            let own: Vec<String> = records
+                .iter()
+                .filter(|r| r.record.key_hash == Some(thread))
+                .map(|r| r.record.payload.clone())
+                .collect();
+            let expected: Vec<String> = (0..50).map(|n| format!("{thread}:{n}")).collect();
+            assert_eq!(own, expected);
+        }
+    }
+
+    #[test]
+    fn claims_follow_the_cursor_and_outcomes_change_states() {
+        let journal = SqliteJournal::open(temp_path("claim"), Durability::None).unwrap();
+        for n in 0..10 {
+            journal.append(&record(&journal, n % 3, "{}")).unwrap();
+        }
+        let first = journal.claim("s", 0, 4).unwrap();
+        assert!(first.unreadable.is_empty());
+        let ids: Vec<i64> = first.records.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), 4);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let rest = journal.claim("s", ids[3], 100).unwrap();
+        assert_eq!(rest.records.len(), 6);
+        assert!(journal.claim("other", 0, 100).unwrap().records.is_empty());
+        journal
+            .record_outcomes(&[
+                Outcome::Done {
+                    id: ids[0],
+                    attempts: 1,
+                },
+                Outcome::Retrying {
+                    id: ids[1],
+                    attempts: 2,
+                    error: "busy".to_owned(),
+                },
+                Outcome::Dead {
+                    id: ids[2],
+                    attempts: 5,
+                    error: "gone".to_owned(),
+                },
+            ])
+            .unwrap();
+        let counts = journal.counts().unwrap();
+        assert_eq!((counts.pending, counts.done, counts.dead), (8, 1, 1));
+        let retrying = journal
+            .claim("s", 0, 100)
+            .unwrap()
+            .records
+            .into_iter()
+            .find(|r| r.id == ids[1])
+            .unwrap();
+        assert_eq!(
+            (retrying.attempts, retrying.last_error.as_deref()),
+            (2, Some("busy"))
+        );
+        // Pending key hashes, for the adapter that starts on the stream.
+        assert_eq!(journal.pending_keys("s").unwrap().len(), 8);
+        // An outcome for a record no longer pending changes nothing.
+        journal
+            .record_outcomes(&[Outcome::Done {
+                id: ids[2],
+                attempts: 9,
+            }])
+            .unwrap();
+        assert_eq!(journal.dead_letters().unwrap()[0].attempts, 5);
+    }
+
+    /// Records what a journal tells the adapter of a replay.
+    #[derive(Default)]
+    struct Events {
+        requeuing: AtomicUsize,
+        failed: AtomicUsize,
+        woken: AtomicUsize,
+    }
+
+    impl JournalListener for Events {
+        fn requeuing(&self, _key_hash: Option<u64>) {
+            self.requeuing.fetch_add(1, Ordering::SeqCst);
+        }
+        fn requeue_failed(&self, _key_hash: Option<u64>) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake(&self) {
+            self.woken.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn replay_and_discard_change_only_dead_letters_and_tell_the_adapter() {
+        let journal = SqliteJournal::open(temp_path("replay"), Durability::None).unwrap();
+        let events = Arc::new(Events::default());
+        let listener: Weak<dyn JournalListener> =
+            Arc::downgrade(&(Arc::clone(&events) as Arc<dyn JournalListener>));
+        journal.attach("s", listener);
+        let kept = record(&journal, 1, "{\"a\":1}");
+        journal.append(&kept).unwrap();
+        journal.append(&record(&journal, 2, "{}")).unwrap();
+        let ids: Vec<i64> = journal.records("s").unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(
+            journal.replay(ids[0]),
+            Err(OutboxError::NotDead {
+                id: ids[0],
+                state: RecordState::Pending
+            })
+        );
+        journal
+            .record_outcomes(&[
+                Outcome::Dead {
+                    id: ids[0],
+                    attempts: 3,
+                    error: "down".to_owned(),
+                },
+                Outcome::Dead {
+                    id: ids[1],
+                    attempts: 3,
+                    error: "down".to_owned(),
+                },
+            ])
+            .unwrap();
+        let new_id = journal.replay(ids[0]).unwrap();
+        assert!(new_id > ids[1]);
+        assert_eq!(events.requeuing.load(Ordering::SeqCst), 1);
+        assert_eq!(events.woken.load(Ordering::SeqCst), 1);
+        let replayed = journal
+            .records("s")
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == new_id)
+            .unwrap();
+        // The same write: idempotency id, sequence and payload kept.
+        assert_eq!(replayed.record, kept);
+        assert_eq!(
+            (replayed.state, replayed.attempts),
+            (RecordState::Pending, 0)
+        );
+        journal.discard(ids[1]).unwrap();
+        assert!(journal.dead_letters().unwrap().is_empty());
+        assert_eq!(
+            journal.replay(ids[1]),
+            Err(OutboxError::NotFound { id: ids[1] })
+        );
+        assert_eq!(events.failed.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_unreadable_row_is_claimed_apart() {
+        let path = temp_path("unreadable");
+        let journal = SqliteJournal::open(&path, Durability::None).unwrap();
+        journal.append(&record(&journal, 1, "{}")).unwrap();
+        journal.append(&record(&journal, 2, "{}")).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        // dualwrite-lint: allow(DW002) the test damages a journal row on purpose
+        conn.execute(
+            "UPDATE dualwrite_outbox SET target = 'elsewhere' WHERE key_hash = 1",
+            [],
+        )
+        .unwrap();
+        let claimed = journal.claim("s", 0, 10).unwrap();
+        assert_eq!(claimed.records.len(), 1);
+        assert_eq!(claimed.unreadable.len(), 1);
+        assert_eq!(claimed.unreadable[0].key_hash, Some(1));
+        assert!(
+            claimed.unreadable[0]
+                .error
+                .contains("unknown target `elsewhere`")
+        );
+    }
+
+    #[test]
+    fn append_in_needs_a_primary_context_on_the_journals_database() {
+        let path = temp_path("append-in");
+        let journal = SqliteJournal::open(&path, Durability::None).unwrap();
+        let location: Arc<str> = Arc::from(journal.location());
+        let conn = Connection::open(&path).unwrap();
+        let apply = WriteContext::new(record(&journal, 1, "{}"), Side::Apply, 1, location.clone());
+        let error = append_in(&conn, &apply).unwrap_err();
+        assert!(
+            error.to_string().contains("applier's secondary call"),
+            "{error}"
+        );
+        let elsewhere = Connection::open(temp_path("elsewhere")).unwrap();
+        let primary = WriteContext::new(record(&journal, 1, "{}"), Side::Primary, 0, location);
+        let error = append_in(&elsewhere, &primary).unwrap_err();
+        assert!(
+            error.to_string().contains("would never be applied"),
+            "{error}"
+        );
+        assert!(!primary.is_journaled());
+        append_in(&conn, &primary).unwrap();
+        assert!(primary.is_journaled());
+        assert!(journal.contains(&primary.idempotency_id()).unwrap());
+        // The runtime's commit counters count only its own appends.
+        assert_eq!(journal.commit_stats(), CommitStats::default());
+    }
+
+    #[test]
+    fn apply_once_runs_a_write_once_per_idempotency_id() {
+        let conn = Connection::open_in_memory().unwrap();
+        create_applied_table(&conn).unwrap();
+        conn.execute_batch("CREATE TABLE n (v INTEGER); INSERT INTO n VALUES (0)")
+            .unwrap();
+        let journal = SqliteJournal::open(temp_path("once"), Durability::None).unwrap();
+        let ctx = WriteContext::new(record(&journal, 1, "{}"), Side::Apply, 1, "j".into());
+        // dualwrite-lint: allow(DW002) a counter in the test's own in-memory table
+        let bump = |conn: &Connection| conn.execute("UPDATE n SET v = v + 1", []).map(drop);
+        assert!(apply_once(&conn, Some(&ctx), bump).unwrap());
+        assert!(!apply_once(&conn, Some(&ctx), bump).unwrap());
+        // A failing write leaves no trace: the id is not recorded.
+        let other = WriteContext::new(record(&journal, 1, "{}"), Side::Apply, 1, "j".into());
+        let failed = apply_once(&conn, Some(&other), |_| Err(rusqlite::Error::InvalidQuery));
+        assert!(failed.is_err());
+        assert!(apply_once(&conn, Some(&other), bump).unwrap());
+        // Without a context the write just runs.
+        assert!(apply_once(&conn, None, bump).unwrap());
+        let v: i64 = conn
+            .query_row("SELECT v FROM n", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn sequences_are_strictly_increasing_and_survive_reopening() {
+        let path = temp_path("sequence");
+        let last = {
+            let journal = SqliteJournal::open(&path, Durability::None).unwrap();
+            let mut previous = 0;
+            for _ in 0..1_000 {
+                let next = journal.next_sequence();
+                assert!(next > previous);
+                previous = next;
+            }
+            journal.append(&record(&journal, 1, "{}")).unwrap();
+            journal.records("s").unwrap()[0].record.sequence
+        };
+        let journal = SqliteJournal::open(&path, Durability::None).unwrap();
+        assert!(journal.next_sequence() > last);
+    }
+
+    #[test]
+    fn an_empty_file_is_a_new_journal_and_a_short_one_is_corrupt() {
+        let path = temp_path("empty");
+        fs::write(&path, b"").unwrap();
+        assert!(SqliteJournal::open(&path, Durability::None).is_ok());
+        let short = temp_path("short");
+        fs::write(&short, b"SQLite format 3\0 and then nothing").unwrap();
+        let error = SqliteJournal::open(&short, Durability::None).unwrap_err();
+        assert!(
+            matches!(&error, OutboxError::Corrupt { detail, .. } if detail.contains("shorter than a database header")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn millis_round_trip() {
+        let now = SystemTime::now();
+        let back = from_unix_millis(unix_millis(now));
+        let gap = now.duration_since(back).unwrap_or_default();
+        assert!(gap < Duration::from_millis(1));
+        assert_eq!(unix_millis(UNIX_EPOCH), 0);
+        assert_eq!(from_unix_millis(-5), UNIX_EPOCH);
+    }
 }
