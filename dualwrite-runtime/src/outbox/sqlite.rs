@@ -1570,6 +1570,7 @@ mod tests {
     fn apply_once_runs_a_write_once_per_idempotency_id() {
         let conn = Connection::open_in_memory().unwrap();
         create_applied_table(&conn).unwrap();
+        // dualwrite-lint: allow(DW002) the test's own in-memory table
         conn.execute_batch("CREATE TABLE n (v INTEGER); INSERT INTO n VALUES (0)")
             .unwrap();
         let journal = SqliteJournal::open(temp_path("once"), Durability::None).unwrap();
