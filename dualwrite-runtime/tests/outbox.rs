@@ -281,7 +281,7 @@ impl Journal for Failing {
     fn contains(&self, id: &IdempotencyId) -> Result<bool, OutboxError> {
         self.inner.contains(id)
     }
-    fn pending_keys(&self, stream: &str) -> Result<Vec<Option<u64>>, OutboxError> {
+    fn pending_keys(&self, stream: &str) -> Result<Vec<(i64, Option<u64>)>, OutboxError> {
         self.inner.pending_keys(stream)
     }
     fn claim(&self, stream: &str, after: i64, limit: usize) -> Result<Claimed, OutboxError> {

@@ -12,13 +12,19 @@
 //! Every record of a key goes to the same applier, which applies one record
 //! at a time in the order it was claimed (journal order), so a key never
 //! has two records in flight and its records reach the secondary in order.
+//!
 //! Pending counts live on the adapter's stripes, as the lanes' do, so a
 //! phase change (a fence), a flush and a key guard wait for journal records
 //! exactly as they wait for queued lane writes: the count is raised before
 //! a record can be claimed (before the primary call, before a replay) and
 //! lowered when it is applied or dead-lettered. Records of an earlier run
-//! are counted when the outbox starts.
+//! are counted when the outbox starts. A record counted this way is
+//! remembered by idempotency id until it is claimed; a claimed record that
+//! was not (appended or replayed by another process, or through another
+//! journal handle) is counted when claimed, so every decrement has its
+//! increment.
 
+use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -67,6 +73,11 @@ pub(crate) struct OutboxShared {
     coordinator_exit: AtomicBool,
     /// Records handed to appliers and not finished.
     in_flight: AtomicUsize,
+    /// Records counted pending by this adapter and not claimed yet.
+    counted: Mutex<HashSet<IdempotencyId>>,
+    /// The highest id counted when the outbox started: every pending record
+    /// up to it was counted then.
+    counted_at_start: i64,
 }
 
 impl OutboxShared {
@@ -80,13 +91,39 @@ impl OutboxShared {
         let _ = self.wake_tx.try_send(());
     }
 
+    fn counted(&self) -> std::sync::MutexGuard<'_, HashSet<IdempotencyId>> {
+        self.counted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a record pending before it can be claimed.
+    fn count(&self, id: IdempotencyId, stripe: usize) {
+        self.counted().insert(id);
+        self.stripes.add_pending(stripe);
+    }
+
+    /// Takes back the count of a record that will not be claimed.
+    fn uncount(&self, id: IdempotencyId, stripe: usize) {
+        if self.counted().remove(&id) {
+            self.stripes.finish_pending(stripe);
+        }
+    }
+
+    /// A record is claimed: counts it now unless it was counted before.
+    fn claimed(&self, row_id: i64, id: Option<IdempotencyId>, stripe: usize) {
+        let counted =
+            row_id <= self.counted_at_start || id.is_some_and(|id| self.counted().remove(&id));
+        if !counted {
+            self.stripes.add_pending(stripe);
+        }
+    }
+
     /// A prepared record was not handed to the outbox: the primary call
     /// failed (or unwound). If the store journaled it in a transaction that
     /// committed, it stays pending (the appliers will apply it: the primary
     /// has the write); otherwise its pending count is taken back.
     pub(crate) fn not_submitted(&self, ctx: &WriteContext, stripe: usize) {
         if !ctx.is_journaled() {
-            self.stripes.finish_pending(stripe);
+            self.uncount(ctx.idempotency_id(), stripe);
             return;
         }
         match self.journal.contains(&ctx.idempotency_id()) {
@@ -98,7 +135,7 @@ impl OutboxShared {
                 );
                 self.wake_coordinator();
             }
-            Ok(false) => self.stripes.finish_pending(stripe),
+            Ok(false) => self.uncount(ctx.idempotency_id(), stripe),
             Err(error) => {
                 // Counted as pending rather than dropped: a phase change
                 // then waits (and times out) instead of passing a record
@@ -115,12 +152,12 @@ impl OutboxShared {
 }
 
 impl JournalListener for OutboxShared {
-    fn requeuing(&self, key_hash: Option<u64>) {
-        self.stripes.add_pending(KeyStripes::index(key_hash));
+    fn requeuing(&self, id: IdempotencyId, key_hash: Option<u64>) {
+        self.count(id, KeyStripes::index(key_hash));
     }
 
-    fn requeue_failed(&self, key_hash: Option<u64>) {
-        self.stripes.finish_pending(KeyStripes::index(key_hash));
+    fn requeue_failed(&self, id: IdempotencyId, key_hash: Option<u64>) {
+        self.uncount(id, KeyStripes::index(key_hash));
     }
 
     fn wake(&self) {
@@ -154,9 +191,10 @@ impl<C: Send + 'static> OutboxRuntime<C> {
         let stream = config.stream.clone().unwrap_or_else(default_stream::<C>);
         let pending = journal.pending_keys(&stream)?;
         let stripes = Arc::clone(&core.stripes);
-        for key_hash in &pending {
+        for (_, key_hash) in &pending {
             stripes.add_pending(KeyStripes::index(*key_hash));
         }
+        let counted_at_start = pending.iter().map(|(id, _)| *id).max().unwrap_or(0);
         if !pending.is_empty() {
             tracing::info!(
                 stream,
@@ -175,6 +213,8 @@ impl<C: Send + 'static> OutboxRuntime<C> {
             exit: AtomicBool::new(false),
             coordinator_exit: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            counted: Mutex::new(HashSet::new()),
+            counted_at_start,
         });
         let listener: Weak<dyn JournalListener> =
             Arc::downgrade(&(Arc::clone(&shared) as Arc<dyn JournalListener>));
@@ -189,7 +229,7 @@ impl<C: Send + 'static> OutboxRuntime<C> {
         };
         if let Err(error) = runtime.spawn(apply, wake_rx) {
             runtime.stop(Instant::now() + Duration::from_secs(5));
-            for key_hash in pending {
+            for (_, key_hash) in pending {
                 runtime
                     .shared
                     .stripes
@@ -313,7 +353,7 @@ impl<C> OutboxRuntime<C> {
             return OutboxScope::inert();
         };
         let record = self.record(command.key_text(), key_hash, method, target, payload);
-        self.shared.stripes.add_pending(stripe);
+        self.shared.count(record.idempotency_id, stripe);
         let ctx = WriteContext::new(record, Side::Primary, 0, Arc::clone(&self.shared.location));
         OutboxScope::enter(ctx, Arc::clone(&self.shared), stripe)
     }
@@ -346,8 +386,9 @@ impl<C> OutboxRuntime<C> {
             Some(ctx) => ctx.record().clone(),
             None => match (self.codec.encode)(&command) {
                 Ok(payload) => {
-                    self.shared.stripes.add_pending(stripe);
-                    self.record(render(&command), key_hash, method, target, payload)
+                    let record = self.record(render(&command), key_hash, method, target, payload);
+                    self.shared.count(record.idempotency_id, stripe);
+                    record
                 }
                 Err(error) => {
                     let key = render(&command);
@@ -359,7 +400,7 @@ impl<C> OutboxRuntime<C> {
         match append_blocking(&*self.shared.journal, &record) {
             Ok(()) => self.shared.wake_coordinator(),
             Err(error) => {
-                self.shared.stripes.finish_pending(stripe);
+                self.shared.uncount(record.idempotency_id, stripe);
                 let key = record.key_text;
                 self.not_journaled(method, key, target, command, &error);
             }
@@ -573,10 +614,17 @@ impl Coordinator {
         let full = claimed.records.len() + claimed.unreadable.len() >= limit;
         for row in claimed.unreadable {
             self.cursor = self.cursor.max(row.id);
+            self.shared
+                .claimed(row.id, row.idempotency_id, KeyStripes::index(row.key_hash));
             self.unreadable(row);
         }
         for record in claimed.records {
             self.cursor = self.cursor.max(record.id);
+            self.shared.claimed(
+                record.id,
+                Some(record.record.idempotency_id),
+                KeyStripes::index(record.record.key_hash),
+            );
             let applier = match record.record.key_hash {
                 // The remainder is below the applier count, so it fits.
                 Some(hash) => (hash % self.queues.len() as u64) as usize,

@@ -264,6 +264,8 @@ pub struct Unreadable {
     pub id: i64,
     /// Its key hash, if that much can be read.
     pub key_hash: Option<u64>,
+    /// Its idempotency id, if that much can be read.
+    pub idempotency_id: Option<IdempotencyId>,
     /// What cannot be read.
     pub error: String,
 }
@@ -302,12 +304,12 @@ pub enum Outcome {
 /// stream it belongs to counts it as pending (a phase change waits for it)
 /// and looks for it at once.
 pub trait JournalListener: Send + Sync {
-    /// A record of the key with this route hash is about to become pending
-    /// again (before the journal changes, so it is never finished before it
-    /// is counted).
-    fn requeuing(&self, key_hash: Option<u64>);
+    /// The record with this idempotency id, of the key with this route
+    /// hash, is about to become pending again (called before the journal
+    /// changes, so it is counted before an applier can finish it).
+    fn requeuing(&self, id: IdempotencyId, key_hash: Option<u64>);
     /// The requeue announced by [`JournalListener::requeuing`] failed.
-    fn requeue_failed(&self, key_hash: Option<u64>);
+    fn requeue_failed(&self, id: IdempotencyId, key_hash: Option<u64>);
     /// New pending records may be in the journal.
     fn wake(&self);
 }
@@ -328,9 +330,9 @@ pub trait Journal: Send + Sync + fmt::Debug {
     fn append(&self, record: &NewRecord) -> Result<(), OutboxError>;
     /// Whether a record with this idempotency id is in the journal.
     fn contains(&self, id: &IdempotencyId) -> Result<bool, OutboxError>;
-    /// The key hash of every pending record of a stream (counted as pending
-    /// by the adapter that starts on it).
-    fn pending_keys(&self, stream: &str) -> Result<Vec<Option<u64>>, OutboxError>;
+    /// The id and key hash of every pending record of a stream (counted as
+    /// pending by the adapter that starts on it).
+    fn pending_keys(&self, stream: &str) -> Result<Vec<(i64, Option<u64>)>, OutboxError>;
     /// Up to `limit` pending records of a stream with an id above `after`,
     /// in id order; rows that cannot be read come back apart, so the
     /// runtime dead-letters them instead of stalling on them or skipping

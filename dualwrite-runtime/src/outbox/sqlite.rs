@@ -295,6 +295,24 @@ impl SqliteJournal {
         self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The writer, for the journal's bookkeeping (outcomes, pruning):
+    /// committed without a disk flush (`synchronous=NORMAL` in WAL mode),
+    /// so marking records done does not hold the database's write lock
+    /// through a flush (a primary store sharing the file would wait for
+    /// it). A machine crash can lose such a commit: a done record is then
+    /// applied again (delivery is at least once), a dead letter retried.
+    /// The next flushed commit makes it durable too (the log is appended
+    /// in order).
+    fn bookkeeping(&self) -> Bookkeeping<'_> {
+        let conn = self.writer();
+        let relax = self.durability != Durability::None
+            && conn.execute_batch("PRAGMA synchronous = NORMAL").is_ok();
+        Bookkeeping {
+            conn,
+            restore: relax.then(|| self.durability.synchronous()),
+        }
+    }
+
     /// Every dead letter of every stream, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError> {
         self.select(
@@ -344,15 +362,16 @@ impl SqliteJournal {
     pub fn replay(&self, id: i64) -> Result<i64, OutboxError> {
         let conn = self.writer();
         let tx = immediate(&conn, "replaying a dead letter")?;
-        let (stream, key_hash, state) = tx
+        let (stream, key_hash, state, idempotency_id) = tx
             .query_row(
-                "SELECT stream, key_hash, state FROM dualwrite_outbox WHERE id = ?1",
+                "SELECT stream, key_hash, state, idempotency_id FROM dualwrite_outbox WHERE id = ?1",
                 [id],
                 |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         lenient_key_hash(row, 1),
                         row.get::<_, i64>(2)?,
+                        lenient_id(row, 3),
                     ))
                 },
             )
@@ -366,9 +385,9 @@ impl SqliteJournal {
         if state != RecordState::Dead {
             return Err(OutboxError::NotDead { id, state });
         }
-        let listener = self.listener(&stream);
-        if let Some(listener) = &listener {
-            listener.requeuing(key_hash);
+        let listener = self.listener(&stream).zip(idempotency_id);
+        if let Some((listener, idempotency_id)) = &listener {
+            listener.requeuing(*idempotency_id, key_hash);
         }
         let moved = requeue_rows(&tx, "id = ?1", params![id], unix_millis(SystemTime::now()))
             .and_then(|ids| {
@@ -377,14 +396,14 @@ impl SqliteJournal {
             });
         match moved {
             Ok(ids) => {
-                if let Some(listener) = &listener {
+                if let Some((listener, _)) = &listener {
                     listener.wake();
                 }
                 ids.first().copied().ok_or(OutboxError::NotFound { id })
             }
             Err(error) => {
-                if let Some(listener) = &listener {
-                    listener.requeue_failed(key_hash);
+                if let Some((listener, idempotency_id)) = &listener {
+                    listener.requeue_failed(*idempotency_id, key_hash);
                 }
                 Err(storage("replaying a dead letter")(error))
             }
@@ -428,20 +447,26 @@ impl SqliteJournal {
     pub fn requeue_done(&self, stream: &str) -> Result<u64, OutboxError> {
         let conn = self.writer();
         let tx = immediate(&conn, "requeueing done records")?;
-        let keys: Vec<Option<u64>> = {
+        let keys: Vec<(Option<IdempotencyId>, Option<u64>)> = {
             let mut statement = tx
-                .prepare("SELECT key_hash FROM dualwrite_outbox WHERE state = 1 AND stream = ?1")
+                .prepare(
+                    "SELECT idempotency_id, key_hash FROM dualwrite_outbox WHERE state = 1 AND stream = ?1",
+                )
                 .map_err(storage("requeueing done records"))?;
             let rows = statement
-                .query_map([stream], |row| Ok(lenient_key_hash(row, 0)))
+                .query_map([stream], |row| {
+                    Ok((lenient_id(row, 0), lenient_key_hash(row, 1)))
+                })
                 .map_err(storage("requeueing done records"))?;
             rows.collect::<Result<_, _>>()
                 .map_err(storage("requeueing done records"))?
         };
         let listener = self.listener(stream);
         if let Some(listener) = &listener {
-            for key_hash in &keys {
-                listener.requeuing(*key_hash);
+            for (id, key_hash) in &keys {
+                if let Some(id) = id {
+                    listener.requeuing(*id, *key_hash);
+                }
             }
         }
         let moved = requeue_rows(
@@ -463,8 +488,10 @@ impl SqliteJournal {
             }
             Err(error) => {
                 if let Some(listener) = &listener {
-                    for key_hash in &keys {
-                        listener.requeue_failed(*key_hash);
+                    for (id, key_hash) in &keys {
+                        if let Some(id) = id {
+                            listener.requeue_failed(*id, *key_hash);
+                        }
                     }
                 }
                 Err(storage("requeueing done records")(error))
@@ -613,13 +640,15 @@ impl Journal for SqliteJournal {
             .map_err(storage("looking a record up"))
     }
 
-    fn pending_keys(&self, stream: &str) -> Result<Vec<Option<u64>>, OutboxError> {
+    fn pending_keys(&self, stream: &str) -> Result<Vec<(i64, Option<u64>)>, OutboxError> {
         let conn = self.reader();
         let mut statement = conn
-            .prepare_cached("SELECT key_hash FROM dualwrite_outbox WHERE state = 0 AND stream = ?1")
+            .prepare_cached(
+                "SELECT id, key_hash FROM dualwrite_outbox WHERE state = 0 AND stream = ?1",
+            )
             .map_err(storage("counting pending records"))?;
         let rows = statement
-            .query_map([stream], |row| Ok(lenient_key_hash(row, 0)))
+            .query_map([stream], |row| Ok((row.get(0)?, lenient_key_hash(row, 1))))
             .map_err(storage("counting pending records"))?;
         rows.collect::<Result<_, _>>()
             .map_err(storage("counting pending records"))
@@ -644,6 +673,7 @@ impl Journal for SqliteJournal {
                 Err(error) => claimed.unreadable.push(Unreadable {
                     id: row.get(0).map_err(storage("claiming records"))?,
                     key_hash: lenient_key_hash(row, 5),
+                    idempotency_id: lenient_id(row, 2),
                     error: error.to_string(),
                 }),
             }
@@ -654,7 +684,7 @@ impl Journal for SqliteJournal {
     fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), OutboxError> {
         const DURING: &str = "recording applied records";
         let now = unix_millis(SystemTime::now());
-        let conn = self.writer();
+        let conn = self.bookkeeping();
         let tx = immediate(&conn, DURING)?;
         {
             let mut done = tx
@@ -696,7 +726,7 @@ impl Journal for SqliteJournal {
         let before = unix_millis(before);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let high_water = i64::try_from(self.sequence.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
-        let conn = self.writer();
+        let conn = self.bookkeeping();
         let tx = immediate(&conn, DURING)?;
         // The sequence must not go back when its largest values are pruned.
         // dualwrite-lint: allow(DW002) the journal's own meta table, not a store write
@@ -744,6 +774,33 @@ impl std::fmt::Debug for SqliteJournal {
             .field("path", &self.path)
             .field("durability", &self.durability)
             .finish_non_exhaustive()
+    }
+}
+
+/// The writer connection set to commit without a flush while it lives.
+struct Bookkeeping<'a> {
+    conn: MutexGuard<'a, Connection>,
+    restore: Option<&'static str>,
+}
+
+impl std::ops::Deref for Bookkeeping<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for Bookkeeping<'_> {
+    fn drop(&mut self) {
+        if let Some(level) = self.restore {
+            if let Err(error) = self
+                .conn
+                .execute_batch(&format!("PRAGMA synchronous = {level}"))
+            {
+                tracing::error!(%error, "outbox journal: cannot restore the durability of appends");
+            }
+        }
     }
 }
 
@@ -1005,6 +1062,11 @@ fn lenient_key_hash(row: &Row<'_>, index: usize) -> Option<u64> {
         .ok()
         .flatten()
         .map(|hash| u64::from_ne_bytes(hash.to_ne_bytes()))
+}
+
+/// An idempotency id read as leniently as possible.
+fn lenient_id(row: &Row<'_>, index: usize) -> Option<IdempotencyId> {
+    row.get::<_, String>(index).ok()?.parse().ok()
 }
 
 /// A record from a row of [`COLUMNS`].
@@ -1447,10 +1509,10 @@ mod tests {
     }
 
     impl JournalListener for Events {
-        fn requeuing(&self, _key_hash: Option<u64>) {
+        fn requeuing(&self, _id: IdempotencyId, _key_hash: Option<u64>) {
             self.requeuing.fetch_add(1, Ordering::SeqCst);
         }
-        fn requeue_failed(&self, _key_hash: Option<u64>) {
+        fn requeue_failed(&self, _id: IdempotencyId, _key_hash: Option<u64>) {
             self.failed.fetch_add(1, Ordering::SeqCst);
         }
         fn wake(&self) {
