@@ -58,6 +58,16 @@ const OUTCOME_DELAY: Duration = Duration::from_millis(10);
 /// Done records deleted per pruning transaction.
 const PRUNE_BATCH: usize = 1000;
 
+/// The coordinator's first nap when nothing happens.
+const NAP_MIN: Duration = Duration::from_micros(100);
+
+/// Its longest nap: how long a journaled record can wait to be claimed
+/// while the outbox is active.
+const NAP_MAX: Duration = Duration::from_millis(1);
+
+/// How long the coordinator naps before it parks (blocks until woken).
+const PARK_AFTER: Duration = Duration::from_millis(20);
+
 /// What the caller's path, the coordinator, the appliers and the journal's
 /// replay notice share.
 pub(crate) struct OutboxShared {
@@ -73,6 +83,10 @@ pub(crate) struct OutboxShared {
     coordinator_exit: AtomicBool,
     /// Records handed to appliers and not finished.
     in_flight: AtomicUsize,
+    /// Records were journaled (or replayed) since the coordinator looked.
+    dirty: AtomicBool,
+    /// The coordinator is blocked until woken (see `Coordinator::park`).
+    parked: AtomicBool,
     /// Records counted pending by this adapter and not claimed yet.
     counted: Mutex<HashSet<IdempotencyId>>,
     /// The highest id counted when the outbox started: every pending record
@@ -86,9 +100,13 @@ impl OutboxShared {
         std::ptr::from_ref(self) as usize
     }
 
-    /// Tells the coordinator to look at the journal now.
+    /// Tells the coordinator to look at the journal: it will at its next
+    /// look (within `NAP_MAX`), and a parked one is woken.
     fn wake_coordinator(&self) {
-        let _ = self.wake_tx.try_send(());
+        self.dirty.store(true, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            let _ = self.wake_tx.try_send(());
+        }
     }
 
     fn counted(&self) -> std::sync::MutexGuard<'_, HashSet<IdempotencyId>> {
@@ -213,6 +231,8 @@ impl<C: Send + 'static> OutboxRuntime<C> {
             exit: AtomicBool::new(false),
             coordinator_exit: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            dirty: AtomicBool::new(true),
+            parked: AtomicBool::new(false),
             counted: Mutex::new(HashSet::new()),
             counted_at_start,
         });
@@ -290,6 +310,7 @@ impl<C: Send + 'static> OutboxRuntime<C> {
             last_written: Instant::now(),
             last_prune: Instant::now(),
             reported: None,
+            limited: false,
         };
         let thread = thread::Builder::new()
             .name("dualwrite-outbox".to_owned())
@@ -517,13 +538,24 @@ struct Coordinator {
     /// The last storage error logged, so a failing journal is logged once
     /// per kind of error, not once per round.
     reported: Option<String>,
+    /// The last claim was cut short by `max_in_flight`: look again.
+    limited: bool,
 }
 
 impl Coordinator {
     fn run(mut self) {
+        let mut nap = NAP_MIN;
+        let mut idle = Duration::ZERO;
+        let mut last_poll = Instant::now();
         loop {
             let stopping = self.shared.coordinator_exit.load(Ordering::SeqCst);
-            let round = catch_unwind(AssertUnwindSafe(|| self.round(stopping)));
+            let dirty = self.shared.dirty.swap(false, Ordering::SeqCst);
+            let poll = last_poll.elapsed() >= self.config.poll_interval;
+            if poll {
+                last_poll = Instant::now();
+            }
+            let look = dirty || poll || self.limited;
+            let round = catch_unwind(AssertUnwindSafe(|| self.round(stopping, look)));
             let more = match round {
                 Ok(more) => more,
                 Err(payload) => {
@@ -539,27 +571,53 @@ impl Coordinator {
             if stopping {
                 return;
             }
-            if !more {
-                let wait = if !self.unwritten.is_empty() {
-                    OUTCOME_DELAY
-                } else if self.shared.in_flight.load(Ordering::SeqCst) > 0 {
-                    Duration::from_millis(5).min(self.config.poll_interval)
-                } else {
-                    self.config.poll_interval
-                };
-                let _ = self.wake.recv_timeout(wait);
+            if more {
+                continue;
             }
+            let busy = dirty
+                || !self.unwritten.is_empty()
+                || self.shared.in_flight.load(Ordering::SeqCst) > 0;
+            if busy {
+                idle = Duration::ZERO;
+                nap = NAP_MIN;
+            } else {
+                idle += nap;
+            }
+            if idle >= PARK_AFTER {
+                self.park();
+                idle = Duration::ZERO;
+                nap = NAP_MIN;
+                continue;
+            }
+            // Callers do not wake a napping coordinator (that would cost
+            // each write a system call): it looks again after a short
+            // sleep, longer while nothing happens.
+            thread::sleep(nap);
+            nap = (nap * 2).min(NAP_MAX);
         }
     }
 
-    /// One round: write outcomes, claim records, prune. Whether a full
-    /// batch was claimed (more may be waiting).
-    fn round(&mut self, stopping: bool) -> bool {
+    /// Blocks until a caller wakes the coordinator or the poll interval
+    /// passes. A write that set `dirty` before `parked` was seen is looked
+    /// at without blocking; one after sees `parked` and wakes it.
+    fn park(&self) {
+        self.shared.parked.store(true, Ordering::SeqCst);
+        if !self.shared.dirty.load(Ordering::SeqCst)
+            && !self.shared.coordinator_exit.load(Ordering::SeqCst)
+        {
+            let _ = self.wake.recv_timeout(self.config.poll_interval);
+        }
+        self.shared.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// One round: write outcomes, claim records (when `look`), prune.
+    /// Whether a full batch was claimed (more may be waiting).
+    fn round(&mut self, stopping: bool, look: bool) -> bool {
         self.collect_outcomes(stopping);
         if stopping {
             return false;
         }
-        let more = if self.shared.exit.load(Ordering::SeqCst) {
+        let more = if !look || self.shared.exit.load(Ordering::SeqCst) {
             false
         } else {
             self.claim()
@@ -596,6 +654,7 @@ impl Coordinator {
         let in_flight = self.shared.in_flight.load(Ordering::SeqCst);
         let room = self.config.max_in_flight.max(1).saturating_sub(in_flight);
         let limit = room.min(self.config.claim_batch.max(1));
+        self.limited = limit < self.config.claim_batch.max(1);
         if limit == 0 {
             return false;
         }
@@ -730,9 +789,6 @@ where
                 });
             }
             self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if queue.is_empty() {
-                self.shared.wake_coordinator();
-            }
         }
     }
 

@@ -340,7 +340,7 @@ pub trait Journal: Send + Sync + fmt::Debug {
     fn claim(&self, stream: &str, after: i64, limit: usize) -> Result<Claimed, OutboxError>;
     /// Records what appliers did, in one transaction.
     fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), OutboxError>;
-    /// Deletes up to `limit` done records last changed before `before`;
+    /// Deletes up to `limit` done records last changed at or before `before`;
     /// how many it deleted.
     fn prune(&self, before: SystemTime, limit: usize) -> Result<u64, OutboxError>;
     /// Registers the adapter running appliers for `stream`.

@@ -3,14 +3,23 @@
 //! One table, `dualwrite_outbox`, one row per record, in WAL mode:
 //!
 //! ```text
-//! id INTEGER PRIMARY KEY AUTOINCREMENT   journal order (never reused, also after pruning)
+//! id INTEGER PRIMARY KEY   journal order, assigned at insert: never reused
 //! stream, idempotency_id UNIQUE, seq, key_text, key_hash, method, target ('old'/'new'),
 //! payload (the command, serde_json), state (0 pending, 1 done, 2 dead),
 //! attempts, last_error, created_at, updated_at (Unix milliseconds)
 //! ```
 //!
-//! and `dualwrite_outbox_meta` (format version, the sequence's high-water
-//! mark, which survives pruning).
+//! and `dualwrite_outbox_meta` (format version, and the high-water marks of
+//! the id and the sequence, which survive pruning).
+//!
+//! An append writes the table and the idempotency id's index, nothing
+//! else: no other index (claims read the table in id order from a cursor;
+//! listings and the count at start scan it), and ids are not
+//! `AUTOINCREMENT` (whose counter table is written on every insert)
+//! but the largest id plus one, never below the high-water mark kept in
+//! the meta table by whatever deletes rows. Ids are assigned under the
+//! database's write lock, so they grow in commit order, which is what
+//! lets the appliers read past a cursor without missing a record.
 //!
 //! **Durability** ([`Durability`], chosen at open, for the appends the
 //! runtime makes after the primary write):
@@ -77,7 +86,7 @@ const FORMAT: &str = "1";
 
 const SCHEMA: &str = "
 CREATE TABLE dualwrite_outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     stream TEXT NOT NULL,
     idempotency_id TEXT NOT NULL UNIQUE,
     seq INTEGER NOT NULL,
@@ -92,7 +101,6 @@ CREATE TABLE dualwrite_outbox (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
-CREATE INDEX dualwrite_outbox_by_state ON dualwrite_outbox (state, stream, id);
 CREATE TABLE dualwrite_outbox_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
@@ -100,9 +108,28 @@ CREATE TABLE dualwrite_outbox_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 const COLUMNS: &str = "id, stream, idempotency_id, seq, key_text, key_hash, method, target, \
                        payload, state, attempts, last_error, created_at, updated_at";
 
-const INSERT: &str = "INSERT INTO dualwrite_outbox \
-    (stream, idempotency_id, seq, key_text, key_hash, method, target, payload, state, attempts, created_at, updated_at) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?9)";
+/// The id of a new row: above every id the journal ever held (a literal,
+/// for `concat!`).
+macro_rules! next_id {
+    () => {
+        "(SELECT max(coalesce((SELECT max(id) FROM dualwrite_outbox), 0), \
+         coalesce((SELECT CAST(value AS INTEGER) FROM dualwrite_outbox_meta WHERE name = 'last_id'), 0)) + 1)"
+    };
+}
+
+const INSERT: &str = concat!(
+    "INSERT INTO dualwrite_outbox \
+     (id, stream, idempotency_id, seq, key_text, key_hash, method, target, payload, state, attempts, created_at, updated_at) \
+     VALUES (",
+    next_id!(),
+    ", ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?9)"
+);
+
+/// Records the largest id in the meta table, before rows are deleted, so a
+/// later insert never reuses it.
+const KEEP_LAST_ID: &str = "UPDATE dualwrite_outbox_meta \
+    SET value = CAST(max(CAST(value AS INTEGER), coalesce((SELECT max(id) FROM dualwrite_outbox), 0)) AS TEXT) \
+    WHERE name = 'last_id'";
 
 /// Which check runs when a journal is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -434,6 +461,9 @@ impl SqliteJournal {
             }
         }
         // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
+        tx.execute(KEEP_LAST_ID, [])
+            .map_err(storage("discarding a dead letter"))?;
+        // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
         tx.execute("DELETE FROM dualwrite_outbox WHERE id = ?1", [id])
             .map_err(storage("discarding a dead letter"))?;
         tx.commit().map_err(storage("discarding a dead letter"))
@@ -736,11 +766,13 @@ impl Journal for SqliteJournal {
             [high_water],
         )
         .map_err(storage(DURING))?;
+        // dualwrite-lint: allow(DW002) the journal's own meta table, not a store write
+        tx.execute(KEEP_LAST_ID, []).map_err(storage(DURING))?;
         let deleted = tx
             // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
             .execute(
                 "DELETE FROM dualwrite_outbox WHERE id IN \
-                 (SELECT id FROM dualwrite_outbox WHERE state = 1 AND updated_at < ?1 ORDER BY id LIMIT ?2)",
+                 (SELECT id FROM dualwrite_outbox WHERE state = 1 AND updated_at <= ?1 ORDER BY id LIMIT ?2)",
                 params![before, limit],
             )
             .map_err(storage(DURING))?;
@@ -1016,6 +1048,8 @@ fn requeue_rows(
         ),
         params,
     )?;
+    // dualwrite-lint: allow(DW002) the journal's own meta table, not a store write
+    tx.execute(KEEP_LAST_ID, [])?;
     // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
     tx.execute(
         "DELETE FROM dualwrite_outbox WHERE id IN (SELECT id FROM temp.dualwrite_requeue)",
@@ -1028,11 +1062,13 @@ fn requeue_rows(
              FROM temp.dualwrite_requeue ORDER BY id",
         )?;
         // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
-        let mut insert = tx.prepare(
+        let mut insert = tx.prepare(concat!(
             "INSERT INTO dualwrite_outbox \
-             (stream, idempotency_id, seq, key_text, key_hash, method, target, payload, state, attempts, last_error, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?10, ?11)",
-        )?;
+             (id, stream, idempotency_id, seq, key_text, key_hash, method, target, payload, state, attempts, last_error, created_at, updated_at) \
+             VALUES (",
+            next_id!(),
+            ", ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?10, ?11)"
+        ))?;
         let mut query = rows.query([])?;
         while let Some(row) = query.next()? {
             let value = |index: usize| row.get::<_, rusqlite::types::Value>(index);
@@ -1306,7 +1342,7 @@ fn ensure_schema(conn: &Connection, shown: &str, create: bool) -> Result<bool, O
                 .map_err(open_error(shown, "creating the journal's tables"))?;
             // dualwrite-lint: allow(DW002) the journal's own meta table, written when the journal is created
             tx.execute(
-                "INSERT INTO dualwrite_outbox_meta (name, value) VALUES ('format', ?1), ('last_seq', '0')",
+                "INSERT INTO dualwrite_outbox_meta (name, value) VALUES ('format', ?1), ('last_seq', '0'), ('last_id', '0')",
                 [FORMAT],
             )
             .map_err(open_error(shown, "creating the journal's tables"))?;
@@ -1684,6 +1720,60 @@ mod tests {
             matches!(&error, OutboxError::Corrupt { detail, .. } if detail.contains("shorter than a database header")),
             "{error}"
         );
+    }
+
+    #[test]
+    fn ids_are_never_reused_after_the_newest_rows_are_deleted() {
+        let journal = SqliteJournal::open(temp_path("ids"), Durability::None).unwrap();
+        let max_id = |journal: &SqliteJournal| {
+            journal
+                .records("s")
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .max()
+                .unwrap()
+        };
+        for _ in 0..3 {
+            journal.append(&record(&journal, 1, "{}")).unwrap();
+        }
+        let first = max_id(&journal);
+        // Pruned: every row gone, the next id still grows.
+        let done: Vec<Outcome> = journal
+            .records("s")
+            .unwrap()
+            .iter()
+            .map(|r| Outcome::Done {
+                id: r.id,
+                attempts: 1,
+            })
+            .collect();
+        journal.record_outcomes(&done).unwrap();
+        assert_eq!(journal.prune_done(Duration::ZERO).unwrap(), 3);
+        journal.append(&record(&journal, 1, "{}")).unwrap();
+        let second = max_id(&journal);
+        assert!(second > first, "{second} after {first}");
+        // The newest row discarded as a dead letter, then replayed ones.
+        journal
+            .record_outcomes(&[Outcome::Dead {
+                id: second,
+                attempts: 1,
+                error: "x".to_owned(),
+            }])
+            .unwrap();
+        journal.discard(second).unwrap();
+        journal.append(&record(&journal, 1, "{}")).unwrap();
+        let third = max_id(&journal);
+        assert!(third > second);
+        journal
+            .record_outcomes(&[Outcome::Dead {
+                id: third,
+                attempts: 1,
+                error: "x".to_owned(),
+            }])
+            .unwrap();
+        let replayed = journal.replay(third).unwrap();
+        assert!(replayed > third);
     }
 
     #[test]
