@@ -86,14 +86,12 @@ impl Kv for SqlKv {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction()?;
         match ctx.as_ref().filter(|ctx| ctx.side() == Side::Apply) {
-            // dualwrite-lint: allow(DW002) the benchmark's store implementation, reached through the adapter
             Some(ctx) => tx.execute(
                 "INSERT INTO kv (id, value, version) VALUES (?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET value = excluded.value, version = excluded.version
                  WHERE kv.version < excluded.version",
                 params![id, value, ctx.version()],
             )?,
-            // dualwrite-lint: allow(DW002) the benchmark's store implementation, reached through the adapter
             None => tx.execute(
                 "INSERT INTO kv (id, value) VALUES (?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET value = excluded.value",
