@@ -20,6 +20,8 @@
 //!    appliers into a SQLite secondary and into an in-memory one.
 //!
 //! Environment: `DW_OUTBOX_CALLS` (calls per mode, default 5 000),
+//! `DW_OUTBOX_ROUNDS` (rounds of part 1, default 3; a summary gives the
+//! median and range of the ratios),
 //! `DW_OUTBOX_PARTS` (e.g. `latency,append,drain`; default all),
 //! `DW_OUTBOX_DRAIN` (records to drain, default 20 000).
 
@@ -256,7 +258,10 @@ fn micros(nanos: u64) -> String {
     format!("{:.1} µs", nanos as f64 / 1_000.0)
 }
 
-fn latency(synchronous: &str) {
+/// One mode's percentiles in one round: (p50, p99, p99.9), nanoseconds.
+type Percentiles = (u64, u64, u64);
+
+fn latency(synchronous: &str, round: usize, rounds: usize) -> Vec<(&'static str, Percentiles)> {
     let calls = env_usize("DW_OUTBOX_CALLS", 5_000);
     let block = 250;
     let dir = temp_dir(&format!("latency-{synchronous}"));
@@ -291,13 +296,14 @@ fn latency(synchronous: &str) {
     }
     println!();
     println!(
-        "(1) caller latency, SQLite files, primary at synchronous={synchronous}, {calls} calls per mode, 1 caller"
+        "(1) caller latency, SQLite files, primary at synchronous={synchronous}, {calls} calls per mode, 1 caller, round {round}/{rounds}"
     );
     println!(
         "{:<44} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "mode", "p50", "p99", "p99.9", "p50 ×", "p99 ×"
     );
     let mut base = (0, 0);
+    let mut results = Vec::new();
     for (index, mode) in modes.iter_mut().enumerate() {
         mode.samples.sort_unstable();
         let (p50, p99, p999) = (
@@ -317,9 +323,65 @@ fn latency(synchronous: &str) {
             p50 as f64 / base.0 as f64,
             p99 as f64 / base.1 as f64
         );
+        results.push((mode.name, (p50, p99, p999)));
     }
     drop(modes);
     let _ = std::fs::remove_dir_all(&dir);
+    results
+}
+
+/// The median and range of each mode's p50 and p99 ratios to the first
+/// mode's, over the rounds.
+fn summary(synchronous: &str, rounds: &[Vec<(&'static str, Percentiles)>]) {
+    let Some(first) = rounds.first() else {
+        return;
+    };
+    println!();
+    println!(
+        "(1) summary, primary at synchronous={synchronous}: median (range) over {} rounds",
+        rounds.len()
+    );
+    println!(
+        "{:<44} {:>10} {:>10} {:>22} {:>22}",
+        "mode", "p50", "p99", "p50 ×", "p99 ×"
+    );
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        (
+            values[values.len() / 2],
+            values[0],
+            values[values.len() - 1],
+        )
+    };
+    for (index, (name, _)) in first.iter().enumerate() {
+        let ratio = |pick: fn(&Percentiles) -> u64| {
+            median(
+                rounds
+                    .iter()
+                    .map(|round| pick(&round[index].1) as f64 / pick(&round[0].1).max(1) as f64)
+                    .collect(),
+            )
+        };
+        let absolute = |pick: fn(&Percentiles) -> u64| {
+            median(
+                rounds
+                    .iter()
+                    .map(|round| pick(&round[index].1) as f64)
+                    .collect(),
+            )
+            .0 as u64
+        };
+        let (p50, p50_low, p50_high) = ratio(|p| p.0);
+        let (p99, p99_low, p99_high) = ratio(|p| p.1);
+        println!(
+            "{:<44} {:>10} {:>10} {:>22} {:>22}",
+            name,
+            micros(absolute(|p| p.0)),
+            micros(absolute(|p| p.1)),
+            format!("{p50:.3} ({p50_low:.3}–{p50_high:.3})"),
+            format!("{p99:.3} ({p99_low:.3}–{p99_high:.3})"),
+        );
+    }
 }
 
 fn record(journal: &SqliteJournal, key: i64, value: i64) -> NewRecord {
@@ -439,8 +501,13 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if parts.contains("latency") {
-        latency("FULL");
-        latency("NORMAL");
+        let rounds = env_usize("DW_OUTBOX_ROUNDS", 3).max(1);
+        for synchronous in ["FULL", "NORMAL"] {
+            let results: Vec<_> = (1..=rounds)
+                .map(|round| latency(synchronous, round, rounds))
+                .collect();
+            summary(synchronous, &results);
+        }
     }
     if parts.contains("append") {
         append_throughput();

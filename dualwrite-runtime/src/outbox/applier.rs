@@ -547,6 +547,8 @@ impl Coordinator {
         let mut nap = NAP_MIN;
         let mut idle = Duration::ZERO;
         let mut last_poll = Instant::now();
+        // The last claim read a full batch: more records may be waiting.
+        let mut more = false;
         loop {
             let stopping = self.shared.coordinator_exit.load(Ordering::SeqCst);
             let dirty = self.shared.dirty.swap(false, Ordering::SeqCst);
@@ -554,9 +556,9 @@ impl Coordinator {
             if poll {
                 last_poll = Instant::now();
             }
-            let look = dirty || poll || self.limited;
+            let look = dirty || poll || more || self.limited;
             let round = catch_unwind(AssertUnwindSafe(|| self.round(stopping, look)));
-            let more = match round {
+            more = match round {
                 Ok(more) => more,
                 Err(payload) => {
                     let _ = catch_unwind(AssertUnwindSafe(|| {
