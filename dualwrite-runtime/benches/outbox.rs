@@ -100,10 +100,10 @@ impl Kv for SqlKv {
                 params![id, value],
             )?,
         };
-        if self.journal_in_tx {
-            if let Some(ctx) = ctx.filter(|ctx| ctx.side() == Side::Primary) {
-                sqlite::append_in(&tx, &ctx)?;
-            }
+        if self.journal_in_tx
+            && let Some(ctx) = ctx.filter(|ctx| ctx.side() == Side::Primary)
+        {
+            sqlite::append_in(&tx, &ctx)?;
         }
         tx.commit()?;
         Ok(())

@@ -8,7 +8,7 @@
 //!   [`WriteTicket::outbox_scope`](crate::WriteTicket::outbox_scope) right
 //!   before it): a store that keeps the journal in its own database inserts
 //!   the record in the transaction of its write
-//!   ([`super::sqlite::append_in`]), which marks the context journaled, and
+//!   (`outbox::sqlite::append_in`), which marks the context journaled, and
 //!   the runtime does not append it again. Native `async fn` methods do not
 //!   set it (a thread-local is not the task's across an `.await`): their
 //!   records are always appended after the primary call.
@@ -172,7 +172,7 @@ impl WriteContext {
 
     /// Tells the runtime that the record is in the journal, written in the
     /// primary store's transaction, so it is not appended again. Call it
-    /// after inserting the record (what [`super::sqlite::append_in`] does),
+    /// after inserting the record (what `outbox::sqlite::append_in` does),
     /// before the transaction commits: if the transaction then fails, the
     /// primary call fails too, and the runtime looks the record up before
     /// counting it.

@@ -18,7 +18,7 @@
 //!                    pending record
 //! ```
 //!
-//! - [`Journal`]: where records live; [`sqlite::SqliteJournal`] (feature
+//! - [`Journal`]: where records live; `sqlite::SqliteJournal` (feature
 //!   `outbox-sqlite`) is the one implementation today, with the
 //!   [`Durability`] policies (one commit per append, group commit, none).
 //! - [`WriteContext`]: the record being written, reachable by the primary
@@ -35,7 +35,7 @@
 //! once: a record applied just before a crash, and not yet marked done, is
 //! applied again after the restart, with the same idempotency id and
 //! sequence, so the secondary can recognise it (see
-//! [`sqlite::apply_once`] and [`WriteContext::version`]).
+//! `sqlite::apply_once` and [`WriteContext::version`]).
 //!
 //! Not in this module yet: a journal shared by several processes
 //! (PostgreSQL), a relay to a broker, change data capture. One process at a
@@ -315,12 +315,12 @@ pub trait JournalListener: Send + Sync {
 }
 
 /// Where outbox records are kept: the backend-neutral operations the
-/// runtime uses. [`sqlite::SqliteJournal`] implements it.
+/// runtime uses. `sqlite::SqliteJournal` implements it.
 ///
 /// One process at a time should run appliers for a stream of a journal.
 pub trait Journal: Send + Sync + fmt::Debug {
     /// Where the journal lives, for messages (a file path for SQLite), and
-    /// what [`sqlite::append_in`] compares with the store's database.
+    /// what `sqlite::append_in` compares with the store's database.
     fn location(&self) -> &str;
     /// The next sequence number: strictly greater than any handed out or
     /// journaled before, also across restarts.
@@ -496,7 +496,7 @@ pub struct OutboxConfig {
     /// 50 ms.
     pub poll_interval: Duration,
     /// How long done records are kept; default 1 hour. `None` keeps them
-    /// (until [`sqlite::SqliteJournal::prune_done`]).
+    /// (until `sqlite::SqliteJournal::prune_done`).
     pub retention: Option<Duration>,
     /// How often done records past their retention are deleted; default
     /// 10 s.

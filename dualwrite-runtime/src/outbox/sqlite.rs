@@ -825,13 +825,12 @@ impl std::ops::Deref for Bookkeeping<'_> {
 
 impl Drop for Bookkeeping<'_> {
     fn drop(&mut self) {
-        if let Some(level) = self.restore {
-            if let Err(error) = self
+        if let Some(level) = self.restore
+            && let Err(error) = self
                 .conn
                 .execute_batch(&format!("PRAGMA synchronous = {level}"))
-            {
-                tracing::error!(%error, "outbox journal: cannot restore the durability of appends");
-            }
+        {
+            tracing::error!(%error, "outbox journal: cannot restore the durability of appends");
         }
     }
 }
