@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dualwrite_runtime::outbox::sqlite::{IntegrityCheck, SqliteJournal, SqliteJournalOptions};
+use dualwrite_runtime::outbox::sqlite::{
+    IntegrityCheck, JournalCounts, SqliteJournal, SqliteJournalOptions,
+};
 use dualwrite_runtime::outbox::{Durability, Journal, OutboxConfig, OutboxError, RecordState};
 use dualwrite_runtime::{Migration, Phase, Store, SyncMode, WriteStrategy};
 use outbox_support::{
@@ -527,6 +529,46 @@ fn damaged_journal_files_are_refused_at_open() {
         .unwrap();
     let error = SqliteJournal::open(&other, Durability::PerWrite).unwrap_err();
     assert!(matches!(error, OutboxError::Format { .. }), "{error}");
+}
+
+#[test]
+fn done_records_are_pruned_after_their_retention() {
+    let dir = temp_dir("prune");
+    let journal = journal(&dir.join("journal.db"), Durability::None);
+    let users = adapter(
+        SqlStore::open(&dir.join("old.db")),
+        SqlStore::open(&dir.join("new.db")),
+        Migration::new(Phase::DualWrite),
+        &journal,
+        config()
+            .with_retention(Some(Duration::ZERO))
+            .with_prune_interval(Duration::from_millis(10)),
+    );
+    users.new_store().fail.store(true, Ordering::SeqCst);
+    users.put(99, 1).unwrap();
+    users.flush(WAIT).unwrap();
+    users.new_store().fail.store(false, Ordering::SeqCst);
+    for n in 1..=20 {
+        users.put(n, n).unwrap();
+    }
+    users.flush(WAIT).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    // Applied records are marked done shortly after (outcomes are written
+    // in batches), then pruned.
+    while journal.counts().unwrap()
+        != (JournalCounts {
+            pending: 0,
+            done: 0,
+            dead: 1,
+        })
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let counts = journal.counts().unwrap();
+    // Done records are gone; the dead letter stays.
+    assert_eq!((counts.pending, counts.done, counts.dead), (0, 0, 1));
+    assert_eq!(users.new_store().rows().len(), 20);
 }
 
 #[test]
