@@ -21,6 +21,7 @@ use crate::key::RoutingKey;
 use crate::lanes::{Job, LaneConfig, LaneContext, SecondaryLanes, XorShift64, far_future};
 use crate::latency::LatencySnapshot;
 use crate::migration::Migration;
+use crate::outbox::{Journal, JournalCodec, OutboxConfig, OutboxError, OutboxRuntime};
 use crate::phase::{ReadRoute, Store, WriteRoute};
 use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot};
@@ -45,6 +46,10 @@ pub enum WriteStrategy {
     Sync(SyncMode),
     /// Off the caller's path, by per-key ordered lanes that retry with backoff.
     AsyncSecondary(LaneConfig),
+    /// Journaled durably on the caller's path (after the primary write, or
+    /// in its transaction), then applied off it by the outbox's appliers;
+    /// see [`crate::outbox`].
+    Outbox(OutboxConfig),
 }
 
 impl Default for WriteStrategy {
@@ -134,6 +139,7 @@ pub struct DualWriteCore<C> {
     shut_down: AtomicBool,
     secondary_timeout: Option<Duration>,
     blocking: Option<BlockingSecondary<C>>,
+    outbox: Option<OutboxRuntime<C>>,
 }
 
 /// The synchronous strategy's bound on a blocking secondary call; see
@@ -177,6 +183,7 @@ impl<C> DualWriteCore<C> {
             shut_down: AtomicBool::new(false),
             secondary_timeout: Some(Duration::from_secs(30)),
             blocking: None,
+            outbox: None,
         }
     }
 
@@ -208,6 +215,17 @@ impl<C> DualWriteCore<C> {
     #[inline]
     pub(crate) fn lanes(&self) -> Option<&SecondaryLanes<C>> {
         self.lanes.as_ref()
+    }
+
+    #[inline]
+    pub(crate) fn outbox(&self) -> Option<&OutboxRuntime<C>> {
+        self.outbox.as_ref()
+    }
+
+    /// The adapter's stream in its outbox journal, under the outbox
+    /// strategy.
+    pub fn outbox_stream(&self) -> Option<&str> {
+        self.outbox.as_ref().map(OutboxRuntime::stream)
     }
 
     /// A snapshot of the counters, with the writes still pending in the
@@ -254,21 +272,28 @@ impl<C> DualWriteCore<C> {
     pub fn set_sync_mode(&mut self, mode: SyncMode) {
         self.strategy = WriteStrategy::Sync(mode);
         self.stop_lanes();
+        self.stop_outbox();
     }
 
-    /// The synchronous mode; `None` when the strategy is AsyncSecondary.
+    /// The synchronous mode; `None` when the strategy is AsyncSecondary
+    /// or Outbox.
     #[inline]
     pub fn sync_mode(&self) -> Option<SyncMode> {
         match self.strategy {
             WriteStrategy::Sync(mode) => Some(mode),
-            WriteStrategy::AsyncSecondary(_) => None,
+            WriteStrategy::AsyncSecondary(_) | WriteStrategy::Outbox(_) => None,
         }
     }
 
-    /// Whether secondary writes go through lanes.
+    /// Whether secondary writes are made off the caller's path (lanes or
+    /// the outbox): the caller hands the write over with
+    /// [`WriteTicket::submit`](crate::WriteTicket::submit).
     #[inline]
     pub fn is_async(&self) -> bool {
-        matches!(self.strategy, WriteStrategy::AsyncSecondary(_))
+        matches!(
+            self.strategy,
+            WriteStrategy::AsyncSecondary(_) | WriteStrategy::Outbox(_)
+        )
     }
 
     /// The deadline of a secondary call made on the caller's path by an
@@ -518,7 +543,22 @@ impl<C> DualWriteCore<C> {
             .unwrap_or_else(far_future);
         let mut complete = true;
         let mut still_pending = 0;
-        if let Some(lanes) = &self.lanes {
+        if let Some(outbox) = &self.outbox {
+            // Drained within the deadline if it can be; what is left stays
+            // pending in the journal for the next adapter over it.
+            let drained = self.shared.stripes.fence(deadline).map(drop).is_ok();
+            self.shut_down.store(true, Ordering::SeqCst);
+            complete = outbox.stop(deadline) && drained;
+            still_pending = self.stripes.total_pending();
+            if still_pending > 0 {
+                complete = false;
+                tracing::warn!(
+                    still_pending,
+                    stream = outbox.stream(),
+                    "shutdown deadline passed with outbox records pending: they stay in the journal and are applied by the next adapter over it"
+                );
+            }
+        } else if let Some(lanes) = &self.lanes {
             match self.shared.stripes.fence(deadline) {
                 Ok(hold) => {
                     self.shut_down.store(true, Ordering::SeqCst);
@@ -652,6 +692,16 @@ impl<C> DualWriteCore<C> {
             self.shared.lanes.store(None);
         }
     }
+
+    /// Waits until the outbox has applied (or dead-lettered) every pending
+    /// record, then stops its threads, if it runs: a strategy switch keeps
+    /// the order of writes per key.
+    fn stop_outbox(&mut self) {
+        if let Some(outbox) = self.outbox.take() {
+            let _ = self.wait_abandoned(far_future());
+            outbox.stop(far_future());
+        }
+    }
 }
 
 /// Holds the writes of chosen keys of one adapter (their stripes) while a
@@ -776,6 +826,7 @@ impl<C: Send + 'static> DualWriteCore<C> {
         F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
     {
         self.stop_lanes();
+        self.stop_outbox();
         self.lanes = Some(SecondaryLanes::start(
             config.clone(),
             Arc::clone(&self.shared),
@@ -783,11 +834,38 @@ impl<C: Send + 'static> DualWriteCore<C> {
         ));
         self.strategy = WriteStrategy::AsyncSecondary(config);
     }
+
+    /// Switches to the outbox strategy over `journal` (see
+    /// [`crate::outbox`]): counts the pending records of the adapter's
+    /// stream (from an earlier run) and starts the appliers, which run
+    /// `apply` for each record on their threads (with the record's
+    /// [`WriteContext`](crate::outbox::WriteContext) current). Lanes or an
+    /// outbox already running are drained and stopped first. Fails, with
+    /// the strategy unchanged, when the journal cannot be read.
+    pub fn start_outbox<F>(
+        &mut self,
+        journal: std::sync::Arc<dyn Journal>,
+        config: OutboxConfig,
+        codec: JournalCodec<C>,
+        apply: F,
+    ) -> Result<(), OutboxError>
+    where
+        F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.stop_lanes();
+        self.stop_outbox();
+        let runtime =
+            OutboxRuntime::start(journal, config, codec, Arc::clone(&self.shared), apply)?;
+        self.strategy = WriteStrategy::Outbox(runtime.config().clone());
+        self.outbox = Some(runtime);
+        Ok(())
+    }
 }
 
 impl<C> DualWriteCore<C> {
-    /// Hands the command to the lane that owns its key, holding the key's
-    /// stripe for the hand-off (stats pending +1). For code that makes the
+    /// Hands the command to the lane that owns its key (or, under the
+    /// outbox strategy, journals it), holding the key's stripe for the
+    /// hand-off (stats pending +1). For code that makes the
     /// primary write itself; generated adapters go through
     /// [`DualWriteCore::begin_write`], which also orders the primary write.
     ///
@@ -832,6 +910,17 @@ impl<C> DualWriteCore<C> {
 
     fn submit_job(&self, job: Job<C>) {
         let _stripe = self.shared.stripes.lock(job.stripe);
+        if let Some(outbox) = &self.outbox {
+            let (key, render) = (job.key, job.render_key);
+            return outbox.submit(
+                job.stripe,
+                job.key_hash,
+                job.method,
+                job.target,
+                job.command,
+                |command| key.or_else(|| render.and_then(|render| render(command))),
+            );
+        }
         let lane = self.lanes.as_ref().map(|lanes| lanes.lane_of(job.key_hash));
         self.hand_off(job, lane, None);
     }
@@ -887,6 +976,7 @@ impl<C> fmt::Debug for DualWriteCore<C> {
                 "lanes",
                 &self.lanes.as_ref().map(|lanes| lanes.config().lane_count()),
             )
+            .field("outbox", &self.outbox_stream())
             .field("shadow_sample_rate", &self.shadow_sample_rate())
             .field("dead_letters", &self.dead_letter_count())
             .field("stats", &self.shared.stats)

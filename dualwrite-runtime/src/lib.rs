@@ -19,7 +19,9 @@
 //! Secondary writes are synchronous ([`SyncMode::Strong`] or
 //! [`SyncMode::Tolerant`]) or handed to per-key ordered lanes that retry with
 //! backoff and keep what they give up on as [`DeadLetter`]s
-//! ([`WriteStrategy::AsyncSecondary`]).
+//! ([`WriteStrategy::AsyncSecondary`]), or kept in a durable journal first
+//! and applied from there ([`WriteStrategy::Outbox`], module [`outbox`]),
+//! so a crash of the process loses none of them.
 //!
 //! Where is a write routed? In [`DualWriteCore::begin_write`] (module
 //! `write`), which every generated write method calls: it takes the key's
@@ -44,6 +46,7 @@ mod key;
 mod lanes;
 mod latency;
 mod migration;
+pub mod outbox;
 mod phase;
 pub mod phase_source;
 #[cfg(feature = "metrics")]

@@ -241,6 +241,30 @@ type StoresMarker<T> = core::marker::PhantomData<fn() -> Box<T>>;
 )]
 pub trait SharedReceivers {}
 
+/// Names an adapter's old store type, so that the bound of `with_outbox`
+/// (the command can be journaled) is checked where it is called, not where
+/// the macro defines it (a bound on the command type alone would fail to
+/// compile for every trait without `#[dual_write(serde)]`).
+pub struct OutboxCommand<Old: ?Sized>(StoresMarker<Old>);
+
+/// Holds when the command `C` can be kept in an outbox journal.
+#[diagnostic::on_unimplemented(
+    message = "`{C}` cannot be kept in the outbox journal: it must be serialisable",
+    label = "the outbox journals this adapter's write commands",
+    note = "add `serde` to the trait's `#[dual_write(..)]` attribute and enable the `serde` feature of dualwrite-runtime"
+)]
+pub trait JournalReady<C> {
+    /// How the adapter encodes and decodes its commands.
+    fn codec() -> crate::outbox::JournalCodec<C>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<Old: ?Sized, C: crate::outbox::JournalCommand> JournalReady<C> for OutboxCommand<Old> {
+    fn codec() -> crate::outbox::JournalCodec<C> {
+        crate::outbox::JournalCodec::of()
+    }
+}
+
 /// serde, for command enums of traits marked `#[dual_write(serde)]`.
 #[cfg(feature = "serde")]
 pub use serde;

@@ -482,8 +482,8 @@ impl<'a, C> WriteTicket<'a, C> {
         self.core.is_async()
     }
 
-    /// Hands the secondary write to its key's lane, while the key's stripe
-    /// is still held. Dead-letters it instead (0 attempts) when the lane had
+    /// Hands the secondary write to its key's lane (or, under the outbox
+    /// strategy, journals it), while the key's stripe is still held. Dead-letters it instead (0 attempts) when the lane had
     /// no room, the adapter is shut down, or no lane runs.
     pub fn submit(self, command: C)
     where
@@ -492,6 +492,16 @@ impl<'a, C> WriteTicket<'a, C> {
         let Some(target) = self.route.secondary else {
             return;
         };
+        if let Some(outbox) = self.core.outbox() {
+            return outbox.submit(
+                self.stripe.index(),
+                self.key_hash,
+                self.method,
+                target,
+                command,
+                WriteCommand::key_text,
+            );
+        }
         let job = Job {
             method: command.method(),
             key: None,
@@ -504,6 +514,30 @@ impl<'a, C> WriteTicket<'a, C> {
         let refusal = self.no_room.then_some("the secondary queue stayed full");
         let lane = self.lane.and_then(|lane| usize::try_from(lane).ok());
         self.core.hand_off(job, lane, refusal);
+    }
+
+    /// Under the outbox strategy, builds the write's journal record before
+    /// the primary call and makes it the thread's
+    /// [`WriteContext`](crate::outbox::WriteContext) for that call, so the
+    /// primary store can journal it in its own transaction; otherwise
+    /// (`command` is not called) an inert scope. Keep the scope until the
+    /// method returns. For blocking methods whose command holds the
+    /// arguments as they are before the call (no `&mut` argument).
+    #[inline]
+    pub fn outbox_scope(&self, command: impl FnOnce() -> C) -> crate::outbox::OutboxScope
+    where
+        C: WriteCommand,
+    {
+        match (self.core.outbox(), self.route.secondary) {
+            (Some(outbox), Some(target)) => outbox.prepare(
+                self.stripe.index(),
+                self.key_hash,
+                self.method,
+                target,
+                command(),
+            ),
+            _ => crate::outbox::OutboxScope::inert(),
+        }
     }
 
     /// Keeps the write's command until [`ArmedWrite::secondary_done`]: if

@@ -242,6 +242,7 @@ impl Expander<'_> {
     /// if let Some(refused) = __dw_w.refused() { return <refusal as the return type> }
     /// let Some(_) = __dw_w.secondary() else { /* primary only */ };
     /// let __dw_copy_value = keep(&value);                 // for the second store
+    /// let __dw_journal = __dw_w.outbox_scope(|| KvWrite::Put { .. }); // outbox: the record, before the call
     /// let __dw_ret = match __dw_w.primary() { Old => old.put(key, value), New => .. };
     /// if !__dw_w.primary_done(ok(&__dw_ret)) { return __dw_ret; }
     /// if __dw_w.is_async() { __dw_w.submit(KvWrite::Put { .. }); return __dw_ret; }
@@ -328,6 +329,23 @@ impl Expander<'_> {
         } else {
             quote!()
         };
+        // Under the outbox strategy, the journal record is made before the
+        // primary call, so the store can journal it in its own transaction
+        // (blocking methods whose command holds the arguments as they are
+        // before the call).
+        let outbox_scope = if !is_async
+            && method.in_command
+            && !self.owned
+            && !method
+                .args
+                .iter()
+                .any(|arg| matches!(arg.mode, ArgMode::RefMut { .. }))
+        {
+            let command = self.command_value(method, false);
+            quote!(let __dw_journal = __dw_w.outbox_scope(|| #command);)
+        } else {
+            quote!()
+        };
         let secondary_call = if is_async {
             let old = self.call_inner(method, Side::Old, ArgSet::Copies, false);
             let new = self.call_inner(method, Side::New, ArgSet::Copies, false);
@@ -353,6 +371,7 @@ impl Expander<'_> {
             };
             #key_text_early
             #copies
+            #outbox_scope
             let __dw_ret: #out = #primary;
             if !__dw_w.primary_done(!(&&&#rt::__private::Probe(&__dw_ret)).dw_failed()) {
                 return __dw_ret;

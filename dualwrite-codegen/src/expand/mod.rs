@@ -25,7 +25,8 @@
 //!
 //! One file per generated item, each with its own input -> output example:
 //! [`command`] (the command enum), [`adapter`] (the struct and its inherent
-//! methods), [`method`] (the trait impl: thin dispatch into the runtime).
+//! methods), [`method`] (the trait impl: thin dispatch into the runtime),
+//! [`outbox`] (the outbox builder).
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
@@ -35,6 +36,7 @@ use syn::{GenericParam, Generics, Ident, ItemTrait, TypeParamBound};
 mod adapter;
 mod command;
 mod method;
+mod outbox;
 mod reads;
 
 use crate::attr::KeyPath;
@@ -115,6 +117,7 @@ pub fn expand_model(m: &TraitModel) -> TokenStream {
     let inherent = e.adapter_inherent();
     let async_ctor = e.async_constructor();
     let trait_impl = e.trait_impl();
+    let outbox_ctor = e.outbox_constructor();
     quote! {
         #item
         #command_enum
@@ -122,6 +125,7 @@ pub fn expand_model(m: &TraitModel) -> TokenStream {
         #adapter
         #inherent
         #async_ctor
+        #outbox_ctor
         #trait_impl
     }
 }

@@ -275,7 +275,7 @@ impl LaneConfig {
 
 /// "Equal jitter": a delay uniformly drawn from `[delay / 2, delay]`, so
 /// retries of many lanes spread out but never retry immediately.
-pub(super) fn equal_jitter(delay: Duration, random: u64) -> Duration {
+pub(crate) fn equal_jitter(delay: Duration, random: u64) -> Duration {
     let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
     let half = nanos / 2;
     Duration::from_nanos(half + random % (nanos - half + 1))

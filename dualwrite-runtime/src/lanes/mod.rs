@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-pub(crate) use config::XorShift64;
 pub use config::{LaneConfig, LaneQueue, WhenFull};
+pub(crate) use config::{XorShift64, equal_jitter};
 pub use worker::LaneContext;
 
 use crate::phase::Store;

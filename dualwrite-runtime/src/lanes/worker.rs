@@ -113,8 +113,23 @@ impl LaneContext {
         }
     }
 
+    /// A context for an outbox applier (no blocking-call bound: the
+    /// outbox's secondary calls run on the applier thread).
+    pub(crate) fn for_outbox(
+        applier: usize,
+        attempt_timeout: Option<Duration>,
+        handle: Option<Handle>,
+    ) -> Self {
+        Self::new(applier, attempt_timeout, None, handle, None)
+    }
+
+    /// Sets the attempt number [`LaneContext::attempt`] reports.
+    pub(crate) fn set_attempt(&self, attempt: u32) {
+        self.attempt.set(attempt);
+    }
+
     /// Whether the attempt just made timed out (and clears it).
-    pub(super) fn take_timed_out(&self) -> bool {
+    pub(crate) fn take_timed_out(&self) -> bool {
         self.timed_out.replace(false)
     }
 
