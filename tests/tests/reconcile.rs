@@ -160,6 +160,17 @@ struct Db {
     slow: AtomicBool,
 }
 
+impl Db {
+    /// The `people` table of the database at `path`, healthy.
+    fn at(path: &Path) -> Db {
+        Db {
+            conn: Mutex::new(open(path)),
+            fail: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
+        }
+    }
+}
+
 impl People for Db {
     fn rename(&self, id: i64, name: &str) -> Result<(), String> {
         if self.fail.load(Ordering::SeqCst) {
@@ -185,14 +196,9 @@ fn dead_letter_keys_are_rechecked_and_repaired() {
     let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
     fill(&old_path, 100);
     fill(&new_path, 100);
-    let db = |path: &Path| Db {
-        conn: Mutex::new(open(path)),
-        fail: AtomicBool::new(false),
-        slow: AtomicBool::new(false),
-    };
     let kv = PeopleDualWrite::new(
-        db(&old_path),
-        db(&new_path),
+        Db::at(&old_path),
+        Db::at(&new_path),
         Migration::new(Phase::DualWrite),
     );
     kv.new_store().fail.store(true, Ordering::SeqCst);
@@ -229,14 +235,9 @@ fn a_write_still_queued_in_a_lane_is_not_counted_as_drift() {
     let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
     fill(&old_path, 100);
     fill(&new_path, 100);
-    let db = |path: &Path| Db {
-        conn: Mutex::new(open(path)),
-        fail: AtomicBool::new(false),
-        slow: AtomicBool::new(false),
-    };
     let kv = PeopleDualWrite::new(
-        db(&old_path),
-        db(&new_path),
+        Db::at(&old_path),
+        Db::at(&new_path),
         Migration::new(Phase::DualWrite),
     )
     .with_async_secondary(LaneConfig::default());
@@ -386,11 +387,7 @@ fn a_repair_goes_through_the_write_commands() {
     let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
     fill(&old_path, 200);
     fill(&new_path, 200);
-    let new_db = Db {
-        conn: Mutex::new(open(&new_path)),
-        fail: AtomicBool::new(false),
-        slow: AtomicBool::new(false),
-    };
+    let new_db = Db::at(&new_path);
     // dualwrite-lint: allow(DW001) planted drift: New only, on purpose
     new_db.rename(5, "drifted").expect("plant");
     // dualwrite-lint: allow(DW001) planted drift: New only, on purpose
