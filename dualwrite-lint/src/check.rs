@@ -15,12 +15,15 @@ use crate::baseline::{self, BaselineOutcome};
 use crate::config::{Config, TestPolicy};
 use crate::error::DriverError;
 use crate::finding::{Finding, Fingerprint, Location, RuleId, Severity};
-use crate::intake::{self, Rejection};
+use crate::intake::{self, Rejection, Unchecked};
 use crate::suppress::{self, Suppression};
 use crate::walk::{self, SourcePath, WalkOptions};
 
-/// The stack of each parsing thread. syn recurses; the nesting pre-check
-/// keeps depth bounded, and this leaves a wide margin above it.
+/// The stack of each parsing thread (and of the thread that runs a
+/// command). syn, the drop of its syntax trees and the lint's visitors
+/// recurse; the nesting pre-check ([`crate::nesting`]) bounds how deep,
+/// and this holds the deepest it lets through with a wide margin, even in
+/// a debug build (see the README's Robustness section).
 pub const PARSE_STACK_SIZE: usize = 64 * 1024 * 1024;
 
 /// What to check and how.
@@ -63,8 +66,10 @@ pub struct CheckReport {
     pub root: PathBuf,
     /// The findings to report, sorted by file and position.
     pub findings: Vec<Finding>,
-    /// How many files were read.
+    /// How many files were checked (read and parsed).
     pub files_checked: usize,
+    /// The paths not checked and why (files, directories, links), by path.
+    pub not_checked: Vec<NotChecked>,
     /// How many bytes they held.
     pub bytes_checked: u64,
     /// What the baseline did, when one was given.
@@ -75,7 +80,27 @@ pub struct CheckReport {
     pub fail_on: Severity,
 }
 
+/// A path not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotChecked {
+    /// The path, relative to the root.
+    pub path: String,
+    /// Why: a kind of [`Unchecked`].
+    pub kind: &'static str,
+}
+
 impl CheckReport {
+    /// How many paths were not checked, per cause label, most first.
+    pub fn not_checked_by_cause(&self) -> Vec<(&'static str, usize)> {
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for n in &self.not_checked {
+            *counts.entry(Unchecked::label(n.kind)).or_insert(0) += 1;
+        }
+        let mut counts: Vec<(&'static str, usize)> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        counts
+    }
+
     /// Whether a finding is at or above `fail_on` (exit code 1).
     pub fn failed(&self) -> bool {
         self.findings.iter().any(|f| f.severity >= self.fail_on)
@@ -134,7 +159,7 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
                 |file| match intake::read_text(&file.abs, config.max_file_size) {
                     Err(rejection) => FirstPass::Done(Box::new(rejected(rejection))),
                     Ok(text) if declares_annotated_traits(&text) => FirstPass::Done(Box::new(
-                        match intake::too_deep(&text, config.max_nesting) {
+                        match intake::too_complex(&text, config.max_nesting) {
                             Some(rejection) => rejected(rejection),
                             None => summarize_file(file, &text, None),
                         },
@@ -161,7 +186,7 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
                 let text = match pass {
                     FirstPass::Done(outcome) => return *outcome,
                     FirstPass::Later(Some(text)) => {
-                        match intake::too_deep(&text, config.max_nesting) {
+                        match intake::too_complex(&text, config.max_nesting) {
                             Some(rejection) => return rejected(rejection),
                             None => text,
                         }
@@ -196,27 +221,40 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
 
     let mut findings = Vec::new();
     let mut suppressions: BTreeMap<String, Vec<Suppression>> = BTreeMap::new();
+    let mut not_checked = Vec::new();
     let mut bytes_checked = 0;
     for (file, outcome) in walked.files.iter().zip(outcomes) {
         bytes_checked += outcome.bytes;
         if let Some(rejection) = outcome.rejection {
-            findings.push(rejection_finding(file, rejection));
+            if Unchecked::is_unchecked(rejection.kind) {
+                not_checked.push(NotChecked {
+                    path: file.rel.clone(),
+                    kind: rejection.kind,
+                });
+            }
+            findings.push(rejection_finding(file, rejection, &config));
         }
         if !outcome.suppressions.is_empty() {
             suppressions.insert(file.rel.clone(), outcome.suppressions);
         }
     }
+    let files_checked = walked.files.len() - not_checked.len();
     for notice in &walked.notices {
+        not_checked.push(NotChecked {
+            path: notice.rel.clone(),
+            kind: notice.kind,
+        });
         findings.push(driver_finding(
-            RuleId::DW000,
-            Severity::Note,
+            config.unchecked.severity(),
             notice.reason.clone(),
-            "not followed".to_owned(),
+            Unchecked::help(notice.kind).to_owned(),
+            Unchecked::label(notice.kind).to_owned(),
             Location::file_start(&notice.rel),
-            "walk",
+            notice.kind,
             walk::is_test_path(&notice.rel),
         ));
     }
+    not_checked.sort_by(|a, b| a.path.cmp(&b.path));
     findings.extend(engine_findings);
     findings.retain(|f| !config.is_off(f.rule));
 
@@ -249,7 +287,8 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
     let mut report = CheckReport {
         root,
         findings,
-        files_checked: walked.files.len(),
+        files_checked,
+        not_checked,
         bytes_checked,
         baseline: None,
         baseline_written: None,
@@ -320,27 +359,40 @@ fn summarize_file(file: &SourcePath, text: &str, interest: Option<&Interest>) ->
     proc_macro2::extra::invalidate_current_thread_spans();
     let (summary, rejection) = match result {
         Ok(Ok(summary)) => (Some(summary), None),
+        Ok(Err(failure)) if failure.too_complex => (
+            None,
+            Some(Rejection {
+                kind: Unchecked::TOO_DEEP,
+                message: format!(
+                    "file not checked: too complex to walk safely: {}",
+                    failure.message
+                ),
+                help: "Move the inner parts of the expression into `let` bindings or helper functions; if the file is generated, exclude it in dualwrite.toml.".to_owned(),
+                line: failure.line.max(1),
+                column: failure.column.max(1),
+            }),
+        ),
         Ok(Err(failure)) => (
             None,
             Some(Rejection {
-                kind: "parse-error",
+                kind: Unchecked::PARSE_ERROR,
                 message: format!("file not checked: it does not parse: {}", failure.message),
+                help: Unchecked::help(Unchecked::PARSE_ERROR).to_owned(),
                 line: failure.line.max(1),
                 column: failure.column.max(1),
-                severity: Severity::Error,
             }),
         ),
         Err(panic) => (
             None,
             Some(Rejection {
-                kind: "panic",
+                kind: Unchecked::PANIC,
                 message: format!(
                     "file not checked: internal error while parsing it: {}",
                     panic_message(&*panic)
                 ),
+                help: Unchecked::help(Unchecked::PANIC).to_owned(),
                 line: 1,
                 column: 1,
-                severity: Severity::Error,
             }),
         ),
     };
@@ -352,7 +404,9 @@ fn summarize_file(file: &SourcePath, text: &str, interest: Option<&Interest>) ->
     }
 }
 
-fn rejection_finding(file: &SourcePath, rejection: Rejection) -> Finding {
+/// The DW000 finding of a file not checked: a syntax error is an error,
+/// an empty file a warning, the rest at the `unchecked` level.
+fn rejection_finding(file: &SourcePath, rejection: Rejection, config: &Config) -> Finding {
     let location = Location {
         file: file.rel.clone(),
         start_line: rejection.line,
@@ -360,18 +414,16 @@ fn rejection_finding(file: &SourcePath, rejection: Rejection) -> Finding {
         end_line: rejection.line,
         end_column: rejection.column,
     };
-    let label = match rejection.kind {
-        "parse-error" => "cannot parse",
-        "not-utf8" => "not UTF-8",
-        "too-deep" => "nested too deeply",
-        "too-large" => "too large",
-        "empty" => "empty file",
-        _ => "not checked",
+    let (severity, label) = match rejection.kind {
+        Unchecked::PARSE_ERROR => (Severity::Error, "cannot parse"),
+        "empty" => (Severity::Warning, "empty file"),
+        Unchecked::TOO_DEEP => (config.unchecked.severity(), "nested too deeply"),
+        kind => (config.unchecked.severity(), Unchecked::label(kind)),
     };
     driver_finding(
-        RuleId::DW000,
-        rejection.severity,
+        severity,
         rejection.message,
+        rejection.help,
         label.to_owned(),
         location,
         rejection.kind,
@@ -382,20 +434,21 @@ fn rejection_finding(file: &SourcePath, rejection: Rejection) -> Finding {
 /// A finding made by the driver itself (DW000); its fingerprint's callee is
 /// the kind of problem, so the baseline survives line moves.
 fn driver_finding(
-    rule: RuleId,
     severity: Severity,
     message: String,
+    help: String,
     label: String,
     location: Location,
     kind: &str,
     in_test: bool,
 ) -> Finding {
+    let rule = RuleId::DW000;
     Finding {
         rule,
         severity,
         message,
         label,
-        help: rule.help().to_owned(),
+        help,
         fingerprint: Fingerprint {
             rule,
             file: location.file.clone(),
@@ -409,7 +462,7 @@ fn driver_finding(
 }
 
 /// The text of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

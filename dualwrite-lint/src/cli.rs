@@ -7,9 +7,9 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::check::{self, CheckOptions};
+use crate::check::{self, CheckOptions, PARSE_STACK_SIZE};
 use crate::error::DriverError;
 use crate::expand;
 use crate::finding::Severity;
@@ -152,15 +152,51 @@ impl ColorChoice {
     }
 }
 
+/// Examples and exit codes, under `--help`, for the program named `bin`.
+fn after_help(bin: &str) -> String {
+    format!(
+        "Examples:
+  {bin} check                          Check the current directory's project (its root: the
+                                              nearest dualwrite.toml or workspace Cargo.toml above)
+  {bin} check src/jobs --fail-on warning
+  {bin} check --format github          Annotations in a GitHub Actions job
+  {bin} check --write-baseline dualwrite-baseline.json
+  {bin} check --baseline dualwrite-baseline.json   Only new findings fail
+  {bin} expand src/store.rs            The code #[dual_write] generates
+  {bin} report --format json           Every #[dual_write] trait and its methods
+
+Exit codes:
+  0  no finding at or above --fail-on (paths not checked are warnings unless
+     dualwrite.toml says `unchecked = \"error\"`)
+  1  findings at or above --fail-on; for expand, a trait the macro rejects
+  2  usage error, bad config or baseline file, missing path, internal error"
+    )
+}
+
+/// The command line definition, named `bin` in usage lines and help.
+pub fn command(bin: &str) -> clap::Command {
+    let help = after_help(bin);
+    Cli::command()
+        .bin_name(bin.to_owned())
+        .after_help(help.clone())
+        .mut_subcommand("check", |c| c.after_help(help))
+}
+
 /// The entry point of both binaries (`dualwrite-lint` and
 /// `cargo-dualwrite-lint`).
 pub fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     // `cargo dualwrite-lint check` runs `cargo-dualwrite-lint dualwrite-lint check`.
-    if args.get(1).is_some_and(|a| a == "dualwrite-lint") {
+    let bin = if args.get(1).is_some_and(|a| a == "dualwrite-lint") {
         args.remove(1);
-    }
-    let cli = match Cli::try_parse_from(args) {
+        "cargo dualwrite-lint"
+    } else {
+        "dualwrite-lint"
+    };
+    let parsed = command(bin)
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) => {
             let code = if error.use_stderr() {
@@ -172,7 +208,19 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match run(cli) {
+    // The command runs on a thread with the parsing threads' stack: it
+    // parses too (`expand`), and nothing it does may overflow a smaller one.
+    let outcome = std::thread::Builder::new()
+        .name("dualwrite-lint".to_owned())
+        .stack_size(PARSE_STACK_SIZE)
+        .spawn(move || run(cli))
+        .map_err(|error| DriverError::new(format!("cannot start a thread: {error}")))
+        .and_then(|thread| {
+            thread.join().map_err(|panic| {
+                DriverError::new(format!("internal error: {}", check::panic_message(&*panic)))
+            })?
+        });
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let message = error.message();
@@ -200,7 +248,11 @@ pub fn run(cli: Cli) -> Result<u8, DriverError> {
                 fail_on: args.fail_on.into(),
             };
             let report = check::run(&options)?;
-            write_stdout(&output::render(&report, args.format, args.color.enabled()))?;
+            let rendered = output::render(&report, args.format, args.color.enabled());
+            write_stdout(&rendered.stdout)?;
+            if !rendered.stderr.is_empty() {
+                eprint!("{}", rendered.stderr);
+            }
             Ok(if report.failed() {
                 EXIT_FINDINGS
             } else {

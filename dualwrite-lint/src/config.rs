@@ -18,14 +18,43 @@ use toml::Spanned;
 use crate::analysis::{AnalysisConfig, ApiSpec, ApiTable};
 use crate::error::DriverError;
 use crate::finding::{RuleId, Severity};
+use crate::nesting::MAX_NESTING_LIMIT;
 
 /// The default `max_file_size`: 5 MiB. Hand-written Rust files are far
 /// smaller; bigger ones are generated and slow to parse.
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 5 * 1024 * 1024;
 
-/// The default `max_nesting`: deeper bracket nesting than this is reported
-/// (DW000) instead of parsed, so a hostile file cannot overflow the stack.
+/// The default `max_nesting`: deeper nesting than this is reported
+/// (DW000) instead of parsed, so a hostile file cannot overflow the stack
+/// (see [`crate::nesting`]).
 pub const DEFAULT_MAX_NESTING: usize = 256;
+
+/// How paths that are not checked (too large, not UTF-8, unreadable, too
+/// complex, symlinks out of the root...) are reported: `unchecked =
+/// "warn"` (the default), `"error"` or `"note"`. Never silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UncheckedLevel {
+    /// Fail the run (with the default `--fail-on error`).
+    Error,
+    /// Reported, and counted in the summary line (default).
+    #[default]
+    #[serde(alias = "warn")]
+    Warning,
+    /// Reported as notes.
+    Note,
+}
+
+impl UncheckedLevel {
+    /// The severity of the findings.
+    pub fn severity(self) -> Severity {
+        match self {
+            UncheckedLevel::Error => Severity::Error,
+            UncheckedLevel::Warning => Severity::Warning,
+            UncheckedLevel::Note => Severity::Note,
+        }
+    }
+}
 
 /// Whether test code is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -91,8 +120,10 @@ pub struct Config {
     pub tests: TestPolicy,
     /// Files larger than this many bytes are reported, not parsed.
     pub max_file_size: u64,
-    /// Bracket nesting deeper than this is reported, not parsed.
+    /// Nesting deeper than this is reported, not parsed.
     pub max_nesting: usize,
+    /// How paths not checked are reported.
+    pub unchecked: UncheckedLevel,
     /// Changes to the raw-write API table.
     pub raw_writes: RawWrites,
 }
@@ -107,6 +138,7 @@ impl Default for Config {
             tests: TestPolicy::Check,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_nesting: DEFAULT_MAX_NESTING,
+            unchecked: UncheckedLevel::default(),
             raw_writes: RawWrites::default(),
         }
     }
@@ -189,6 +221,8 @@ struct RawConfig {
     #[serde(default)]
     max_nesting: Option<Spanned<usize>>,
     #[serde(default)]
+    unchecked: UncheckedLevel,
+    #[serde(default)]
     raw_writes: RawWrites,
 }
 
@@ -270,12 +304,12 @@ fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, DriverError>
     };
     let max_nesting = match raw.max_nesting {
         None => DEFAULT_MAX_NESTING,
-        Some(depth) if *depth.get_ref() == 0 => {
+        Some(depth) if *depth.get_ref() == 0 || *depth.get_ref() > MAX_NESTING_LIMIT => {
             return Err(spanned_error(
                 path,
                 text,
                 depth.span(),
-                "max_nesting must be at least 1",
+                &format!("max_nesting must be between 1 and {MAX_NESTING_LIMIT}"),
                 "this value",
             ));
         }
@@ -300,6 +334,7 @@ fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, DriverError>
         tests: raw.tests,
         max_file_size,
         max_nesting,
+        unchecked: raw.unchecked,
         raw_writes: raw.raw_writes,
     })
 }
@@ -447,6 +482,7 @@ exclude = ["gen/"]
 tests = "skip"
 max_file_size = "1 MiB"
 max_nesting = 64
+unchecked = "warn"
 [severity]
 DW001 = "warning"
 DW004 = "off"
@@ -464,6 +500,11 @@ remove = ["execute"]
         assert_eq!(config.tests, TestPolicy::Skip);
         assert_eq!(config.max_file_size, 1024 * 1024);
         assert_eq!(config.max_nesting, 64);
+        assert_eq!(config.unchecked, UncheckedLevel::Warning);
+        assert_eq!(
+            parse("unchecked = \"error\"").unwrap().unchecked.severity(),
+            Severity::Error
+        );
         assert_eq!(config.level(RuleId::DW001), Some(RuleLevel::Warning));
         assert!(config.is_off(RuleId::DW004));
         let table = config.api_table();
@@ -490,6 +531,8 @@ remove = ["execute"]
             ("\n\nallow = [\"src/[\"]\n", 3),
             ("allow = [\n", 1),
             ("max_file_size = \"big\"\n", 1),
+            ("\nmax_nesting = 100000\n", 2),
+            ("unchecked = \"off\"\n", 1),
         ] {
             let error = parse(text).unwrap_err().to_string();
             assert!(

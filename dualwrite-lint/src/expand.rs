@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::DEFAULT_MAX_NESTING;
 use crate::error::DriverError;
 use crate::traits::{AnnotatedTrait, annotated_traits};
 
@@ -30,10 +31,19 @@ pub struct Rejected {
 }
 
 /// Expands the `#[dual_write]` traits of `source` (only `only` when given).
+/// A source too complex to parse safely ([`crate::nesting`], at the default
+/// `max_nesting`) is an error; parse on a thread with
+/// [`crate::check::PARSE_STACK_SIZE`] of stack, as the CLI does.
 pub fn expand_source(
     source: &str,
     only: Option<&str>,
 ) -> Result<(Vec<Expansion>, Vec<Rejected>), String> {
+    if let Some(rejection) = crate::intake::too_complex(source, DEFAULT_MAX_NESTING) {
+        return Err(format!(
+            "{}:{}: {}",
+            rejection.line, rejection.column, rejection.message
+        ));
+    }
     let traits = annotated_traits(source).map_err(|error| {
         let at = error.span().start();
         format!("{}:{}: cannot parse: {error}", at.line, at.column + 1)

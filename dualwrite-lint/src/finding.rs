@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// A rule, with a stable id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RuleId {
-    /// A file that cannot be read or parsed.
+    /// A path that was not checked (unreadable, unparsable, too large,
+    /// too complex, a symlink not followed...).
     DW000,
     /// A write method of an annotated trait called on a raw store instead of the adapter.
     DW001,
@@ -55,7 +56,9 @@ impl RuleId {
     /// One line saying what the rule finds.
     pub fn description(self) -> &'static str {
         match self {
-            RuleId::DW000 => "A Rust file could not be read or parsed, so it was not checked.",
+            RuleId::DW000 => {
+                "A path was not checked: a Rust file that does not parse, is too large, not UTF-8, unreadable or too complex to parse safely, a directory that cannot be read, or a symlink not followed."
+            }
             RuleId::DW001 => {
                 "A write method of a #[dual_write] trait is called on a raw store instead of the dual-write adapter."
             }
@@ -73,7 +76,7 @@ impl RuleId {
     pub fn help(self) -> &'static str {
         match self {
             RuleId::DW000 => {
-                "Fix the file so it parses as Rust, exclude it in dualwrite.toml, or make it smaller than the size limit."
+                "Code the lint does not read can hide bypasses: fix what each finding names, or exclude the path in dualwrite.toml. Syntax errors are errors; `unchecked` in dualwrite.toml sets the level of the other causes (default: warning)."
             }
             RuleId::DW001 => {
                 "Call the write through the generated adapter (`<Trait>DualWrite`) so both stores receive it; inside a backfill or reconciliation job, allow the path in dualwrite.toml."

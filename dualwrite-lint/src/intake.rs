@@ -1,66 +1,168 @@
-//! Reading one file and deciding whether it can be parsed: too large, not
-//! UTF-8, empty, or nested deeper than the parser can take are each a
-//! reason (DW000), never a silent skip.
+//! Reading one file and deciding whether it can be parsed: not a regular
+//! file, unreadable, too large, not UTF-8, empty, or too complex to parse
+//! safely ([`crate::nesting`]) are each a reason (DW000), never a silent
+//! skip.
 
 use std::io::Read;
 use std::path::Path;
 
-use crate::finding::Severity;
+use crate::nesting;
 
-/// Why a file is not parsed.
+/// Why a file is not checked (or, for `empty`, has nothing to check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// A stable tag for the fingerprint: `too-large`, `not-utf8`, `empty`,
-    /// `too-deep`, `unreadable`, `parse-error`, `panic`.
+    /// A stable tag, the fingerprint's callee: see [`Unchecked`].
     pub kind: &'static str,
     /// The reason, for people.
     pub message: String,
+    /// What to do about it.
+    pub help: String,
     /// 1-based line.
     pub line: usize,
     /// 1-based column.
     pub column: usize,
-    /// How serious it is.
-    pub severity: Severity,
 }
 
-impl Rejection {
-    fn at_start(kind: &'static str, message: String, severity: Severity) -> Self {
-        Rejection {
-            kind,
-            message,
-            line: 1,
-            column: 1,
-            severity,
+/// The kinds of paths not checked, with their labels in the summary line
+/// (`3 not checked: 1 too large, 2 symlinks outside the root`).
+pub struct Unchecked;
+
+impl Unchecked {
+    /// A syntax error (reported as an error whatever `unchecked` says).
+    pub const PARSE_ERROR: &'static str = "parse-error";
+    /// Too complex to parse safely (see [`crate::nesting`]).
+    pub const TOO_DEEP: &'static str = "too-deep";
+    /// Larger than `max_file_size`.
+    pub const TOO_LARGE: &'static str = "too-large";
+    /// Not UTF-8.
+    pub const NOT_UTF8: &'static str = "not-utf8";
+    /// Cannot be opened or read.
+    pub const UNREADABLE: &'static str = "unreadable";
+    /// A directory that cannot be listed.
+    pub const UNREADABLE_DIR: &'static str = "unreadable-dir";
+    /// A `.rs` name on a FIFO, socket or device.
+    pub const NOT_A_FILE: &'static str = "not-a-file";
+    /// A symlink to a directory or Rust file outside the root.
+    pub const SYMLINK_OUTSIDE: &'static str = "symlink-outside-root";
+    /// A symlink that cannot be resolved (dangling, a loop).
+    pub const SYMLINK_BROKEN: &'static str = "symlink-broken";
+    /// Any other error of the walk.
+    pub const WALK_ERROR: &'static str = "walk-error";
+    /// The parser panicked.
+    pub const PANIC: &'static str = "panic";
+
+    /// The label of a kind in the summary line, and whether the count is
+    /// of files (else of paths: directories, links).
+    pub fn label(kind: &str) -> &'static str {
+        match kind {
+            Self::PARSE_ERROR => "parse error",
+            Self::TOO_DEEP => "too complex to parse safely",
+            Self::TOO_LARGE => "too large",
+            Self::NOT_UTF8 => "not UTF-8",
+            Self::UNREADABLE => "unreadable",
+            Self::UNREADABLE_DIR => "unreadable directory",
+            Self::NOT_A_FILE => "not a regular file",
+            Self::SYMLINK_OUTSIDE => "symlink outside the root",
+            Self::SYMLINK_BROKEN => "broken symlink",
+            Self::PANIC => "internal error",
+            _ => "walk error",
+        }
+    }
+
+    /// Whether findings of this kind say a path was not checked (all but
+    /// `empty`).
+    pub fn is_unchecked(kind: &str) -> bool {
+        kind != "empty"
+    }
+
+    /// The help of a finding of this kind (the too-deep help depends on
+    /// the cause and comes with the rejection).
+    pub fn help(kind: &str) -> &'static str {
+        match kind {
+            Self::PARSE_ERROR => {
+                "Fix the syntax error (rustc rejects it too); if the file is not meant to be Rust source, exclude it in dualwrite.toml."
+            }
+            Self::TOO_LARGE => {
+                "Raise `max_file_size` in dualwrite.toml, or exclude the file if it is generated."
+            }
+            Self::NOT_UTF8 => {
+                "Save the file as UTF-8 (Rust source must be), or exclude it in dualwrite.toml."
+            }
+            Self::UNREADABLE => {
+                "Make the file readable by the user running the lint (check its permissions), or exclude it in dualwrite.toml."
+            }
+            Self::UNREADABLE_DIR => {
+                "Make the directory readable and listable by the user running the lint, or exclude it in dualwrite.toml."
+            }
+            Self::NOT_A_FILE => {
+                "Only regular files are read: remove it or rename it, or exclude it in dualwrite.toml."
+            }
+            Self::SYMLINK_OUTSIDE => {
+                "Check the target too: run from (or pass `--root`) a directory that contains both; or exclude the link in dualwrite.toml if its code is checked elsewhere."
+            }
+            Self::SYMLINK_BROKEN => {
+                "Fix or remove the dangling link (or the link loop), or exclude it in dualwrite.toml."
+            }
+            Self::PANIC => {
+                "This is a bug in dualwrite-lint: please report it with the file. Exclude the file in dualwrite.toml meanwhile."
+            }
+            "empty" => {
+                "Delete the empty file, or give it content: there is nothing in it to check."
+            }
+            _ => {
+                "Fix what the message names so the walk can read the path, or exclude it in dualwrite.toml."
+            }
         }
     }
 }
 
-/// Reads `path` as Rust source text.
+impl Rejection {
+    fn at_start(kind: &'static str, message: String) -> Self {
+        Rejection {
+            kind,
+            message,
+            help: Unchecked::help(kind).to_owned(),
+            line: 1,
+            column: 1,
+        }
+    }
+}
+
+/// Reads `path` as Rust source text that is safe to parse.
 pub fn read_source(path: &Path, max_size: u64, max_nesting: usize) -> Result<String, Rejection> {
     let text = read_text(path, max_size)?;
-    if let Some(deep) = too_deep(&text, max_nesting) {
-        return Err(deep);
+    if let Some(rejection) = too_complex(&text, max_nesting) {
+        return Err(rejection);
     }
     Ok(text)
 }
 
-/// The first checks of [`read_source`]: readable, within `max_size`, UTF-8
-/// and not empty (nesting is not checked).
+/// The first checks of [`read_source`]: a regular file, readable, within
+/// `max_size`, UTF-8 and not empty (nesting is not checked).
 pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
     let unreadable = |error: std::io::Error| {
         Rejection::at_start(
-            "unreadable",
-            format!("cannot read the file: {error}"),
-            Severity::Error,
+            Unchecked::UNREADABLE,
+            format!("file not checked: cannot read it: {error}"),
         )
     };
+    // Opening a FIFO would block; a device could be endless.
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    if !metadata.is_file() {
+        return Err(Rejection::at_start(
+            Unchecked::NOT_A_FILE,
+            format!(
+                "file not checked: it is not a regular file but {}",
+                file_type_name(&metadata.file_type())
+            ),
+        ));
+    }
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let size = file.metadata().map_err(unreadable)?.len();
     if size > max_size {
         return Err(Rejection::at_start(
-            "too-large",
+            Unchecked::TOO_LARGE,
             format!("file not checked: {size} bytes is more than max_file_size ({max_size} bytes)"),
-            Severity::Error,
         ));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -70,9 +172,8 @@ pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
         .map_err(unreadable)?;
     if bytes.len() as u64 > max_size {
         return Err(Rejection::at_start(
-            "too-large",
+            Unchecked::TOO_LARGE,
             format!("file not checked: it is larger than max_file_size ({max_size} bytes)"),
-            Severity::Error,
         ));
     }
     let text = match String::from_utf8(bytes) {
@@ -82,24 +183,43 @@ pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
             let prefix = String::from_utf8_lossy(&error.as_bytes()[..valid]);
             let (line, column) = end_position(&prefix);
             return Err(Rejection {
-                kind: "not-utf8",
-                message: format!(
-                    "file not checked: it is not valid UTF-8 (invalid byte at offset {valid})"
-                ),
                 line,
                 column,
-                severity: Severity::Error,
+                ..Rejection::at_start(
+                    Unchecked::NOT_UTF8,
+                    format!(
+                        "file not checked: it is not valid UTF-8 (invalid byte at offset {valid})"
+                    ),
+                )
             });
         }
     };
     if text.trim().is_empty() {
-        return Err(Rejection::at_start(
-            "empty",
-            "file not checked: it is empty".to_owned(),
-            Severity::Warning,
-        ));
+        return Err(Rejection::at_start("empty", "the file is empty".to_owned()));
     }
     Ok(text)
+}
+
+/// `a FIFO`, `a socket`...
+fn file_type_name(file_type: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+        if file_type.is_block_device() || file_type.is_char_device() {
+            return "a device";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 /// 1-based line and column just past the end of `text`.
@@ -109,247 +229,33 @@ fn end_position(text: &str) -> (usize, usize) {
     (line, last.chars().count() + 1)
 }
 
-/// Finds nesting the parser would have to recurse through too deeply:
-/// brackets deeper than `limit` (outside comments, strings and character
-/// literals), generic angle brackets deeper than `limit`, a run of prefix
-/// operators longer than `limit` (`!!!!x`, `&&&&x`), or more than
-/// `8 * limit` words and prefix operators without a separator (`;`, `,` or
-/// a bracket), which is how closures (`|x| |y| ..`), `return return ..`
-/// and other bracket-free forms nest. Binary operators, `|` and literals
-/// are not counted, so long or-patterns and operator chains (which syn
-/// parses in a loop) pass.
-///
-/// syn parses recursively; checking first keeps a hostile or generated file
-/// from overflowing the stack, which no `catch_unwind` can catch.
-pub fn too_deep(text: &str, limit: usize) -> Option<Rejection> {
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    let mut prefix_run = 0usize;
-    let mut angle = 0usize;
-    let mut segment = 0usize;
-    let segment_limit = limit.saturating_mul(8);
-    let mut i = 0;
-    // Lines and columns are counted only for the rejection.
-    let reject = |what: &str, at: usize| {
-        let line_start = memchr::memrchr(b'\n', &bytes[..at]).map_or(0, |p| p + 1);
-        let line = memchr::memchr_iter(b'\n', &bytes[..line_start]).count() + 1;
-        let column = text[line_start..at].chars().count() + 1;
-        let why = if what == "tokens" {
-            format!(
-                "more than {segment_limit} words without `;`, `,` or a bracket (deeply nested expressions or types)"
-            )
-        } else {
-            format!("{what} nested deeper than {limit} levels")
-        };
-        Some(Rejection {
-            kind: "too-deep",
-            message: format!("file not checked: {why}"),
-            line,
-            column,
-            severity: Severity::Error,
-        })
-    };
-    while i < bytes.len() {
-        let b = bytes[i];
-        // Most bytes change no state: blanks, and identifier characters
-        // after the first (except `r`, which may start a raw string).
-        if BLANK[usize::from(b)] || b == b'\n' {
-            i += 1;
-            continue;
-        }
-        if IDENT_NOT_R[usize::from(b)] && i > 0 && IDENT[usize::from(bytes[i - 1])] {
-            i += 1;
-            while i < bytes.len() && IDENT_NOT_R[usize::from(bytes[i])] {
-                i += 1;
-            }
-            continue;
-        }
-        match b {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                i = memchr::memchr(b'\n', &bytes[i..]).map_or(bytes.len(), |p| i + p);
-                continue;
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let mut comment_depth = 0usize;
-                while i < bytes.len() {
-                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                        comment_depth += 1;
-                        i += 2;
-                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
-                        comment_depth -= 1;
-                        i += 2;
-                        if comment_depth == 0 {
-                            break;
-                        }
-                    } else {
-                        // To the next `*` or `/`.
-                        i = memchr::memchr2(b'*', b'/', &bytes[i + 1..])
-                            .map_or(bytes.len(), |p| i + 1 + p);
-                    }
-                }
-                continue;
-            }
-            b'r' if is_raw_string_start(bytes, i) => {
-                let mut j = i + 1;
-                let mut hashes = 0;
-                while bytes.get(j) == Some(&b'#') {
-                    hashes += 1;
-                    j += 1;
-                }
-                j += 1; // the opening quote
-                loop {
-                    let Some(quote) = bytes.get(j..).and_then(|rest| memchr::memchr(b'"', rest))
-                    else {
-                        j = bytes.len();
-                        break;
-                    };
-                    j += quote;
-                    if bytes[j + 1..]
-                        .iter()
-                        .take(hashes)
-                        .filter(|c| **c == b'#')
-                        .count()
-                        == hashes
-                    {
-                        j += 1 + hashes;
-                        break;
-                    }
-                    j += 1;
-                }
-                i = j;
-                prefix_run = 0;
-                continue;
-            }
-            b'"' => {
-                let mut j = i + 1;
-                while j < bytes.len() {
-                    match memchr::memchr2(b'"', b'\\', &bytes[j..]) {
-                        None => j = bytes.len(),
-                        Some(p) if bytes[j + p] == b'\\' => j += p + 2,
-                        Some(p) => {
-                            j += p;
-                            break;
-                        }
-                    }
-                }
-                i = j + 1;
-                prefix_run = 0;
-                continue;
-            }
-            b'\'' => {
-                // A character literal (`'('`, `'\''`) rather than a lifetime.
-                if bytes.get(i + 1) == Some(&b'\\') {
-                    let mut j = i + 2;
-                    while j < bytes.len() && bytes[j] != b'\'' && bytes[j] != b'\n' {
-                        j += 1;
-                    }
-                    i = j + 1;
-                    continue;
-                }
-                let next_len = text[i + 1..].chars().next().map_or(0, char::len_utf8);
-                if next_len > 0 && bytes.get(i + 1 + next_len) == Some(&b'\'') {
-                    i += 2 + next_len;
-                    continue;
-                }
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return reject("brackets", i);
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            // `Vec<Vec<..>>`: an angle bracket right after a name or `::`.
-            b'<' if i > 0
-                && (bytes[i - 1].is_ascii_alphanumeric()
-                    || matches!(bytes[i - 1], b'_' | b':')) =>
-            {
-                angle += 1;
-                if angle > limit {
-                    return reject("generic arguments", i);
-                }
-            }
-            b'>' if i > 0 && !matches!(bytes[i - 1], b'-' | b'=') => {
-                angle = angle.saturating_sub(1)
-            }
-            _ => {}
-        }
-        if matches!(b, b';' | b'{' | b'}') {
-            angle = 0;
-        }
-        if matches!(b, b';' | b',' | b'(' | b')' | b'[' | b']' | b'{' | b'}') {
-            segment = 0;
-        } else if matches!(b, b'!' | b'-' | b'*' | b'&')
-            || (b.is_ascii_alphanumeric() || b == b'_')
-                && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
-        {
-            segment += 1;
-            if segment > segment_limit {
-                return reject("tokens", i);
-            }
-        }
-        if matches!(b, b'!' | b'-' | b'*' | b'&') {
-            prefix_run += 1;
-            if prefix_run > limit {
-                return reject("prefix operators", i);
-            }
-        } else if !b.is_ascii_whitespace() {
-            prefix_run = 0;
-        }
-        i += 1;
-    }
-    None
+    let line_start = memchr::memrchr(b'\n', &bytes[..offset]).map_or(0, |p| p + 1);
+    let line = memchr::memchr_iter(b'\n', &bytes[..line_start]).count() + 1;
+    (line, text[line_start..offset].chars().count() + 1)
 }
 
-/// The byte classes [`too_deep`] looks up.
-#[derive(Clone, Copy)]
-enum ByteClass {
-    /// Whitespace other than a newline (as `u8::is_ascii_whitespace`).
-    Blank,
-    /// ASCII identifier characters.
-    Ident,
-    /// ASCII identifier characters other than `r`.
-    IdentNotR,
-}
-
-const fn byte_table(class: ByteClass) -> [bool; 256] {
-    let mut table = [false; 256];
-    let mut index = 0;
-    while index < 256 {
-        let b = index as u8;
-        let ident = b.is_ascii_alphanumeric() || b == b'_';
-        table[index] = match class {
-            ByteClass::Blank => matches!(b, b' ' | b'\t' | b'\r' | 0x0c),
-            ByteClass::Ident => ident,
-            ByteClass::IdentNotR => ident && b != b'r',
-        };
-        index += 1;
-    }
-    table
-}
-
-static BLANK: [bool; 256] = byte_table(ByteClass::Blank);
-static IDENT: [bool; 256] = byte_table(ByteClass::Ident);
-static IDENT_NOT_R: [bool; 256] = byte_table(ByteClass::IdentNotR);
-
-/// `r"`, `r#"`, `br"`... but not an identifier ending in `r`.
-fn is_raw_string_start(bytes: &[u8], i: usize) -> bool {
-    let before = i.checked_sub(1).map(|p| bytes[p]);
-    let ident_before = before.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_');
-    let byte_prefix = before == Some(b'b') || before == Some(b'c');
-    let starts_ident = !ident_before
-        || (byte_prefix
-            && i.checked_sub(2)
-                .map(|p| bytes[p])
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == b'_')));
-    if !starts_ident {
-        return false;
-    }
-    let mut j = i + 1;
-    while bytes.get(j) == Some(&b'#') {
-        j += 1;
-    }
-    bytes.get(j) == Some(&b'"')
+/// The rejection of a text too complex to parse safely (see
+/// [`crate::nesting`]), pointing at its deepest point.
+pub fn too_complex(text: &str, max_nesting: usize) -> Option<Rejection> {
+    let error = nesting::check(text, max_nesting).err()?;
+    let (line, column) = line_column(text, error.offset);
+    Some(Rejection {
+        kind: Unchecked::TOO_DEEP,
+        message: format!(
+            "file not checked: too complex to parse safely: {}",
+            error.reason()
+        ),
+        help: error.help(),
+        line,
+        column,
+    })
 }
 
 #[cfg(test)]
@@ -360,41 +266,46 @@ mod tests {
     fn rejections_point_at_the_line_and_column() {
         // An escaped newline in a string and a block comment on the way.
         let text = "let s = \"a\\\nb\";\n/* x\n y */ f((((1))));";
-        let rejection = too_deep(text, 3).expect("too deep");
+        let rejection = too_complex(text, 3).expect("too deep");
         assert_eq!((rejection.line, rejection.column), (4, 11));
         assert_eq!(
             rejection.message,
-            "file not checked: brackets nested deeper than 3 levels"
+            "file not checked: too complex to parse safely: brackets nested deeper than 3 levels"
         );
+        assert!(rejection.help.contains("max_nesting"), "{}", rejection.help);
     }
 
     #[test]
     fn ignores_brackets_in_strings_comments_and_chars() {
         let text =
             "fn f() { let a = \"((((\"; let b = '('; let c = r#\"{{{\"#; // (((\n /* [[[ */ }";
-        assert!(too_deep(text, 2).is_none());
-        assert!(too_deep("fn f<'a>(x: &'a u8) { g((((1)))) }", 3).is_some());
+        assert!(too_complex(text, 2).is_none());
+        assert!(too_complex("fn f<'a>(x: &'a u8) { g((((1)))) }", 3).is_some());
     }
 
     #[test]
-    fn finds_deep_nesting_and_operator_runs() {
-        let deep = format!("fn f() {{ {}1{} }}", "(".repeat(300), ")".repeat(300));
-        let found = too_deep(&deep, 256).unwrap();
-        assert_eq!((found.line, found.column), (1, 265));
-        assert!(too_deep(&format!("fn f() {{ {}x }}", "!".repeat(300)), 256).is_some());
-        assert!(too_deep("fn f() { a && !b || -c * *d }", 256).is_none());
-        let generic = format!("type T = {}u8{};", "Vec<".repeat(300), ">".repeat(300));
-        assert!(too_deep(&generic, 256).is_some());
-        let generic = format!("type T = {}u8{};", "Vec<".repeat(200), ">".repeat(200));
-        assert!(too_deep(&generic, 256).is_none());
-        let closures = format!("fn f() {{ let c = {}1; }}", "|x| ".repeat(3000));
-        assert!(too_deep(&closures, 256).is_some());
-        assert!(too_deep("fn f() -> Vec<u8> { if a<b && c>=d { x => y } }", 2).is_none());
-        // A long or-pattern of literals (unicode tables) is not deep.
-        let table = format!(
-            "fn t(c: char) -> bool {{ matches!(c, 'a'..='b'{}) }}",
-            " | '\\u{16100}'..='\\u{16139}'".repeat(5000)
-        );
-        assert!(too_deep(&table, 256).is_none());
+    fn line_columns_count_characters() {
+        let text = "é\nab€c\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, text.find('c').unwrap()), (2, 4));
+        // Inside a character: its start.
+        assert_eq!(line_column(text, 1), (1, 1));
+        assert_eq!(line_column(text, 100), (3, 1));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_not_opened() {
+        let dir = std::env::temp_dir().join(format!("dualwrite-lint-fifo-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let fifo = dir.join("pipe.rs");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let rejection = read_text(&fifo, 1 << 20).unwrap_err();
+            assert_eq!(rejection.kind, Unchecked::NOT_A_FILE);
+            assert!(rejection.message.contains("FIFO"), "{}", rejection.message);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

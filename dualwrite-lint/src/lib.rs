@@ -3,7 +3,8 @@
 //! the writes that bypass the adapter.
 //!
 //! The pipeline of `check` ([`check::run`]): [`walk`] the paths ->
-//! [`intake`] each file (size, UTF-8, nesting) -> in parallel,
+//! [`intake`] each file (size, UTF-8, [`nesting`], all read with the one
+//! Rust lexer, [`lex`]) -> in parallel,
 //! [`analysis::summarize`] the files that can declare annotated traits, then
 //! [`analysis::summarize_with`] the rest, recording only what the
 //! [`analysis::Interest`] names -> [`analysis::analyze`] -> [`config`]
@@ -19,6 +20,8 @@ pub mod error;
 pub mod expand;
 pub mod finding;
 pub mod intake;
+pub mod lex;
+pub mod nesting;
 pub mod output;
 pub mod report;
 pub mod suppress;

@@ -5,13 +5,15 @@
 //! suppressions can be stacked above one line). A finding is covered when
 //! its first line is the covered line. The reason is required.
 //!
-//! Suppressions are found by a small lexer over the text, not the syntax
-//! tree: it is cheap, works in files that do not parse, and ignores text in
-//! strings and doc comments that only looks like a suppression.
+//! Suppressions are found by the lint's Rust lexer ([`crate::lex`]), not
+//! the syntax tree: it is cheap, works in files that do not parse, and
+//! ignores text in strings and doc comments that only looks like a
+//! suppression.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::finding::{Finding, Fingerprint, Location, RuleId, Severity};
+use crate::lex::{Kind, Lexer};
 
 /// The text that starts a suppression comment.
 pub const MARKER: &str = "dualwrite-lint:";
@@ -78,120 +80,27 @@ pub fn scan(file: &str, text: &str) -> Vec<Suppression> {
 }
 
 /// The `//` comments of a file that are not documentation (`///`, `//!`):
-/// 0-based line index and byte offset of the `//` in its line. A small
-/// lexer skips strings (also raw and multi-line), character literals and
-/// block comments, so text that only looks like a comment is not one.
+/// 0-based line index and byte offset of the `//` in its line. The lint's
+/// Rust lexer ([`crate::lex`]) finds them, so text in strings (also raw
+/// and multi-line), character literals and block comments that only looks
+/// like a comment is not one.
 fn line_comments(text: &str) -> Vec<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
-    let mut line = 0;
-    let mut line_start = 0;
-    let mut i = 0;
-    let newline = |at: usize, line: &mut usize, line_start: &mut usize| {
-        *line += 1;
-        *line_start = at + 1;
-    };
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' => {
-                newline(i, &mut line, &mut line_start);
-                i += 1;
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                let doc = matches!(bytes.get(i + 2), Some(b'/' | b'!'));
-                if !doc {
-                    out.push((line, i - line_start));
-                }
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0usize;
-                while i < bytes.len() {
-                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        if bytes[i] == b'\n' {
-                            newline(i, &mut line, &mut line_start);
-                        }
-                        i += 1;
-                    }
-                }
-            }
-            b'r' if raw_string_hashes(bytes, i).is_some() => {
-                let hashes = raw_string_hashes(bytes, i).unwrap_or(0);
-                i += 2 + hashes;
-                while i < bytes.len() {
-                    if bytes[i] == b'"'
-                        && bytes.len() >= i + 1 + hashes
-                        && bytes[i + 1..i + 1 + hashes].iter().all(|b| *b == b'#')
-                    {
-                        i += 1 + hashes;
-                        break;
-                    }
-                    if bytes[i] == b'\n' {
-                        newline(i, &mut line, &mut line_start);
-                    }
-                    i += 1;
-                }
-            }
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        if bytes.get(i + 1) == Some(&b'\n') {
-                            newline(i + 1, &mut line, &mut line_start);
-                        }
-                        i += 1;
-                    } else if bytes[i] == b'\n' {
-                        newline(i, &mut line, &mut line_start);
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'\'' => {
-                // `'"'` and `'\''` are characters; `'a` is a lifetime.
-                if bytes.get(i + 1) == Some(&b'\\') {
-                    i += 2;
-                    while i < bytes.len() && bytes[i] != b'\'' && bytes[i] != b'\n' {
-                        i += 1;
-                    }
-                    i += 1;
-                } else {
-                    let len = text[i + 1..].chars().next().map_or(0, char::len_utf8);
-                    if len > 0 && bytes.get(i + 1 + len) == Some(&b'\'') {
-                        i += 2 + len;
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            _ => i += 1,
+    // Lines are counted from one comment to the next.
+    let (mut line, mut line_start, mut counted) = (0, 0, 0);
+    for token in Lexer::new(text) {
+        if token.kind != (Kind::LineComment { doc: false }) {
+            continue;
         }
+        for newline in memchr::memchr_iter(b'\n', &bytes[counted..token.start]) {
+            line += 1;
+            line_start = counted + newline + 1;
+        }
+        counted = token.start;
+        out.push((line, token.start - line_start));
     }
     out
-}
-
-/// At `r` starting a raw string (`r"`, `r#"`, `br"`), the number of `#`.
-fn raw_string_hashes(bytes: &[u8], i: usize) -> Option<usize> {
-    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    match i.checked_sub(1).map(|p| bytes[p]) {
-        Some(b'b' | b'c') if i.checked_sub(2).is_some_and(|p| is_ident(bytes[p])) => return None,
-        Some(b'b' | b'c') => {}
-        Some(b) if is_ident(b) => return None,
-        _ => {}
-    }
-    let hashes = bytes[i + 1..].iter().take_while(|b| **b == b'#').count();
-    (bytes.get(i + 1 + hashes) == Some(&b'"')).then_some(hashes)
 }
 
 fn parse_body(after: &str) -> (Vec<RuleId>, Option<String>, Vec<String>) {

@@ -7,7 +7,13 @@
 //! (a directory is walked unless a walk already covers it, which is what
 //! makes a link to an ancestor harmless); a target outside the root, or one
 //! that cannot be resolved (a loop, a dangling link), is reported as a
-//! [`WalkNotice`] so nothing is skipped silently.
+//! [`WalkNotice`] so nothing is skipped silently (links to files that are
+//! not Rust sources excepted). So are directories the walk cannot read and
+//! `.rs` names on FIFOs, sockets or devices, each with its own path.
+//!
+//! The root ([`resolve_root`]) is found by walking up from the current
+//! directory to the nearest `dualwrite.toml` or workspace `Cargo.toml`, so
+//! the lint works the same from any subdirectory.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Component, Path, PathBuf};
@@ -17,6 +23,7 @@ use globset::GlobSet;
 use ignore::WalkBuilder;
 
 use crate::error::DriverError;
+use crate::intake::Unchecked;
 
 /// A file to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +36,15 @@ pub struct SourcePath {
     pub is_test_file: bool,
 }
 
-/// Something the walk could not follow (reported as a DW000 note).
+/// A path the walk could not check (reported as DW000 at the `unchecked`
+/// level).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalkNotice {
-    /// The path, relative to the root.
+    /// The path, relative to the root (`.` for the root itself).
     pub rel: String,
-    /// Why it was not followed.
+    /// Why, a stable tag (see [`crate::intake::Unchecked`]).
+    pub kind: &'static str,
+    /// Why, for people.
     pub reason: String,
 }
 
@@ -62,9 +72,13 @@ pub struct WalkOptions {
 
 /// The root and the canonical paths to check.
 ///
-/// The root is `root` when given (every path must lie inside it), else the
-/// current directory when it contains every path, else the deepest
-/// directory containing them all.
+/// The root is `root` when given (every path must lie inside it). Else the
+/// search starts at the current directory when it contains every path,
+/// else at the deepest directory containing them all, and walks up to the
+/// nearest directory with a `dualwrite.toml` or a `Cargo.toml` with a
+/// `[workspace]` table (else the nearest `Cargo.toml`), not past the top
+/// of a git repository; that directory is the root when it contains every
+/// path, else the start is.
 pub fn resolve_root(
     paths: &[PathBuf],
     root: Option<&Path>,
@@ -91,25 +105,62 @@ pub fn resolve_root(
     let cwd = std::env::current_dir()
         .and_then(std::fs::canonicalize)
         .map_err(|error| DriverError::new(format!("cannot read the current directory: {error}")))?;
-    if canonical.iter().all(|p| p.starts_with(&cwd)) {
-        return Ok((cwd, canonical));
-    }
-    let mut dirs = canonical.iter().map(|p| {
-        if p.is_dir() {
-            p.clone()
-        } else {
-            p.parent().map_or_else(|| p.clone(), Path::to_path_buf)
-        }
-    });
-    let mut common = dirs.next().unwrap_or(cwd);
-    for dir in dirs {
-        while !dir.starts_with(&common) {
-            if !common.pop() {
-                break;
+    let start = if canonical.iter().all(|p| p.starts_with(&cwd)) {
+        cwd
+    } else {
+        let mut dirs = canonical.iter().map(|p| {
+            if p.is_dir() {
+                p.clone()
+            } else {
+                p.parent().map_or_else(|| p.clone(), Path::to_path_buf)
+            }
+        });
+        let mut common = dirs.next().unwrap_or(cwd);
+        for dir in dirs {
+            while !dir.starts_with(&common) {
+                if !common.pop() {
+                    break;
+                }
             }
         }
+        common
+    };
+    let root = discover_root(&start)
+        .filter(|found| canonical.iter().all(|p| p.starts_with(found)))
+        .unwrap_or(start);
+    Ok((root, canonical))
+}
+
+/// The nearest ancestor of `start` (itself included) holding a
+/// `dualwrite.toml` or a workspace `Cargo.toml`, else the nearest holding
+/// a `Cargo.toml`; the search stops at the top of a git repository.
+pub fn discover_root(start: &Path) -> Option<PathBuf> {
+    let mut nearest_manifest = None;
+    for dir in start.ancestors() {
+        if dir.join("dualwrite.toml").is_file() {
+            return Some(dir.to_path_buf());
+        }
+        let manifest = dir.join("Cargo.toml");
+        if manifest.is_file() {
+            if is_workspace_manifest(&manifest) {
+                return Some(dir.to_path_buf());
+            }
+            nearest_manifest.get_or_insert_with(|| dir.to_path_buf());
+        }
+        if dir.join(".git").exists() {
+            break;
+        }
     }
-    Ok((common, canonical))
+    nearest_manifest
+}
+
+/// Whether a `Cargo.toml` has a `[workspace]` table (one that cannot be
+/// read or parsed has not; loading the config reports it if it is used).
+fn is_workspace_manifest(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|table| table.contains_key("workspace"))
 }
 
 /// `path` relative to `root`, `/`-separated.
@@ -122,6 +173,10 @@ pub fn relative(root: &Path, path: &Path) -> String {
             _ => None,
         })
         .collect();
+    if parts.is_empty() {
+        // The root itself.
+        return ".".to_owned();
+    }
     parts.join("/")
 }
 
@@ -159,7 +214,10 @@ pub fn walk(options: &WalkOptions) -> Walk {
     }
     let mut walk = state.walk;
     walk.files.sort_by(|a, b| a.rel.cmp(&b.rel));
-    walk.notices.sort_by(|a, b| a.rel.cmp(&b.rel));
+    walk.notices
+        .sort_by(|a, b| (&a.rel, a.kind).cmp(&(&b.rel, b.kind)));
+    walk.notices
+        .dedup_by(|a, b| a.rel == b.rel && a.kind == b.kind);
     walk
 }
 
@@ -186,9 +244,10 @@ impl WalkState<'_> {
         }
     }
 
-    fn notice(&mut self, path: &Path, reason: String) {
+    fn notice(&mut self, path: &Path, kind: &'static str, reason: String) {
         self.walk.notices.push(WalkNotice {
             rel: relative(&self.options.root, path),
+            kind,
             reason,
         });
     }
@@ -220,10 +279,7 @@ impl WalkState<'_> {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(error) => {
-                    self.walk.notices.push(WalkNotice {
-                        rel: relative(&self.options.root, dir),
-                        reason: format!("cannot walk: {error}"),
-                    });
+                    self.walk_error(dir, &error);
                     continue;
                 }
             };
@@ -233,28 +289,75 @@ impl WalkState<'_> {
             let path = entry.path();
             if entry.path_is_symlink() {
                 self.follow_symlink(path, queue);
-            } else if entry.file_type().is_some_and(|t| t.is_file()) && is_rust(path) {
-                self.add_file(path.to_path_buf());
+            } else if let Some(file_type) = entry.file_type()
+                && is_rust(path)
+                && !file_type.is_dir()
+            {
+                if file_type.is_file() {
+                    self.add_file(path.to_path_buf());
+                } else {
+                    self.notice(
+                        path,
+                        Unchecked::NOT_A_FILE,
+                        "file not checked: it is not a regular file (a FIFO, socket or device)"
+                            .to_owned(),
+                    );
+                }
             }
         }
     }
 
+    /// An error of the walk: a directory (or an ignore file) it could not
+    /// read, reported at the path the error names.
+    fn walk_error(&mut self, dir: &Path, error: &ignore::Error) {
+        let path = error_path(error).unwrap_or(dir).to_path_buf();
+        let cause = error
+            .io_error()
+            .map_or_else(|| error.to_string(), ToString::to_string);
+        let (kind, reason) = if error.io_error().is_some() && !path.is_file() {
+            (
+                Unchecked::UNREADABLE_DIR,
+                format!("directory not checked: cannot read it: {cause}"),
+            )
+        } else {
+            (
+                Unchecked::WALK_ERROR,
+                format!("not checked: the walk failed here: {cause}"),
+            )
+        };
+        self.notice(&path, kind, reason);
+    }
+
     fn follow_symlink(&mut self, link: &Path, queue: &mut VecDeque<PathBuf>) {
+        // A link to a file that is not Rust source (by its name or its
+        // target's) hides no code; one without an extension may be a
+        // directory.
+        let may_hold_rust = |target: Option<&Path>| {
+            is_rust(link)
+                || target.is_some_and(is_rust)
+                || target.map_or(link.extension().is_none(), Path::is_dir)
+        };
         match std::fs::canonicalize(link) {
             Err(error) => {
-                self.notice(
-                    link,
-                    format!("symlink not followed: cannot resolve it ({error})"),
-                );
+                if may_hold_rust(None) {
+                    self.notice(
+                        link,
+                        Unchecked::SYMLINK_BROKEN,
+                        format!("symlink not followed: cannot resolve it ({error})"),
+                    );
+                }
             }
             Ok(target) if !target.starts_with(&self.options.root) => {
-                self.notice(
-                    link,
-                    format!(
-                        "symlink not followed: it points outside the root, to {}",
-                        target.display()
-                    ),
-                );
+                if may_hold_rust(Some(&target)) {
+                    self.notice(
+                        link,
+                        Unchecked::SYMLINK_OUTSIDE,
+                        format!(
+                            "symlink not followed: it points outside the root, to {}",
+                            target.display()
+                        ),
+                    );
+                }
             }
             Ok(target) if target.is_dir() => {
                 let rel = relative(&self.options.root, &target);
@@ -264,11 +367,33 @@ impl WalkState<'_> {
             }
             Ok(target) => {
                 let rel = relative(&self.options.root, &target);
-                if is_rust(link) && !self.options.exclude.is_match(&rel) {
+                if !is_rust(link) || self.options.exclude.is_match(&rel) {
+                    return;
+                }
+                if target.is_file() {
                     self.add_file(target);
+                } else {
+                    self.notice(
+                        link,
+                        Unchecked::NOT_A_FILE,
+                        "file not checked: the symlink points to something that is not a regular file (a FIFO, socket or device)".to_owned(),
+                    );
                 }
             }
         }
+    }
+}
+
+/// The path an error of the walk is about.
+fn error_path(error: &ignore::Error) -> Option<&Path> {
+    match error {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
+        ignore::Error::Partial(errors) => errors.iter().find_map(error_path),
+        ignore::Error::Loop { child, .. } => Some(child),
+        _ => None,
     }
 }
 

@@ -56,13 +56,59 @@ fn missing_path_exits_2() {
 
 #[test]
 fn works_as_a_cargo_subcommand() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-dualwrite-lint"))
-        .args(["dualwrite-lint", "check"])
-        .current_dir(fixture("driver-clean"))
-        .output()
-        .unwrap();
+    let dir = fixture("driver-clean");
+    let cargo = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cargo-dualwrite-lint"))
+            .args(args)
+            .current_dir(&dir.path)
+            .output()
+            .unwrap()
+    };
+    let output = cargo(&["dualwrite-lint", "check"]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("no findings"));
+    // Usage lines and help name the command as it was typed.
+    let help = cargo(&["dualwrite-lint", "check", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("Usage: cargo dualwrite-lint check [OPTIONS]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  cargo dualwrite-lint check --format github"),
+        "{text}"
+    );
+    let wrong = cargo(&["dualwrite-lint", "check", "--bogus"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&wrong.stderr);
+    assert!(text.contains("Usage: cargo dualwrite-lint check"), "{text}");
+    // Invoked directly, it is `dualwrite-lint`.
+    let direct = run(&dir, &["check", "--bogus"]);
+    assert!(
+        stderr(&direct).contains("Usage: dualwrite-lint check"),
+        "{}",
+        stderr(&direct)
+    );
+}
+
+#[test]
+fn help_shows_examples_and_exit_codes() {
+    let dir = fixture("driver-clean");
+    for args in [&["--help"][..], &["check", "--help"]] {
+        let help = run(&dir, args);
+        assert_eq!(code(&help), 0);
+        let text = stdout(&help);
+        for expected in [
+            "Examples:",
+            "  dualwrite-lint check --baseline dualwrite-baseline.json",
+            "Exit codes:",
+            "  0  no finding at or above --fail-on",
+            "  1  findings at or above --fail-on",
+            "  2  usage error, bad config or baseline file, missing path, internal error",
+        ] {
+            assert!(text.contains(expected), "{args:?}: {expected}\n{text}");
+        }
+    }
 }
 
 #[test]

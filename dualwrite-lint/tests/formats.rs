@@ -60,6 +60,7 @@ fn sample(tree: &TempTree) -> CheckReport {
             ),
         ],
         files_checked: 42,
+        not_checked: Vec::new(),
         bytes_checked: 1000,
         baseline: None,
         baseline_written: None,
@@ -70,7 +71,7 @@ fn sample(tree: &TempTree) -> CheckReport {
 #[test]
 fn human_format() {
     let tree = TempTree::new("fmt-human");
-    let text = output::render(&sample(&tree), Format::Human, false);
+    let text = output::render(&sample(&tree), Format::Human, false).stdout;
     assert!(text.contains("DW001(adapter-bypass)"), "{text}");
     assert!(
         text.contains("src/jobs dir/repair.rs:2:8: `insert` of `UserStore`"),
@@ -84,14 +85,57 @@ fn human_format() {
     );
     assert!(text.ends_with("1 error, 1 warning in 42 files\n"), "{text}");
     assert!(!text.contains('\u{1b}'), "no color codes: {text}");
-    let colored = output::render(&sample(&tree), Format::Human, true);
+    let colored = output::render(&sample(&tree), Format::Human, true).stdout;
     assert!(colored.contains('\u{1b}'));
+}
+
+/// A blank line between diagnostics; the rule's long help once, after
+/// them, not under every finding; a finding's own help stays under it.
+#[test]
+fn human_format_prints_each_rules_help_once() {
+    let tree = TempTree::new("fmt-human-help");
+    let mut report = sample(&tree);
+    for line in [2, 3, 3] {
+        let mut f = finding(RuleId::DW004, Severity::Warning, line, "unused suppression");
+        f.help = RuleId::DW004.help().to_owned();
+        report.findings.push(f);
+    }
+    let text = output::render(&report, Format::Human, false).stdout;
+    assert_eq!(text.matches(RuleId::DW004.help()).count(), 1, "{text}");
+    assert_eq!(text.matches(RuleId::DW001.help()).count(), 1, "{text}");
+    assert_eq!(
+        text.matches("help: call this through `UserStoreDualWrite`")
+            .count(),
+        2,
+        "{text}"
+    );
+    let about = text.find("About these rules:").expect("the rules' help");
+    assert!(
+        text[about..].contains(&format!(
+            "  DW004(suppression): {}\n    {}\n",
+            RuleId::DW004.description(),
+            RuleId::DW004.help()
+        )),
+        "{text}"
+    );
+    // Five diagnostics (each opens with its rule's code), a blank line
+    // after each, none doubled.
+    let diagnostics = &text[..about];
+    assert!(diagnostics.starts_with("DW001(adapter-bypass)\n"), "{text}");
+    assert_eq!(diagnostics.matches("\n\nDW00").count(), 4, "{text}");
+    assert!(diagnostics.ends_with("╰────\n\n"), "{text}");
+    assert!(!text.contains("\n\n\n"), "{text}");
+    assert!(
+        text.ends_with("\n\n1 error, 4 warnings in 42 files\n"),
+        "{text}"
+    );
 }
 
 #[test]
 fn github_format() {
     let tree = TempTree::new("fmt-github");
-    let text = output::render(&sample(&tree), Format::Github, false);
+    let rendered = output::render(&sample(&tree), Format::Github, false);
+    let text = rendered.stdout;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
@@ -102,7 +146,9 @@ fn github_format() {
         "{}",
         lines[1]
     );
-    assert_eq!(lines[2], "1 error, 1 warning in 42 files");
+    // Nothing but workflow commands on stdout; the summary on stderr.
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(rendered.stderr, "1 error, 1 warning in 42 files\n");
     assert_eq!(
         dualwrite_lint::output::github::escape_property("a:b,c%d\r\n"),
         "a%3Ab%2Cc%25d%0D%0A"
@@ -113,7 +159,7 @@ fn github_format() {
 fn sarif_format_field_by_field() {
     let tree = TempTree::new("fmt-sarif");
     let log: Value =
-        serde_json::from_str(&output::render(&sample(&tree), Format::Sarif, false)).unwrap();
+        serde_json::from_str(&output::render(&sample(&tree), Format::Sarif, false).stdout).unwrap();
     assert_eq!(
         log["$schema"],
         "https://json.schemastore.org/sarif-2.1.0.json"
@@ -209,7 +255,8 @@ fn sarif_format_field_by_field() {
         f.location.start_line += 2;
         f.location.end_line += 2;
     }
-    let log: Value = serde_json::from_str(&output::render(&moved, Format::Sarif, false)).unwrap();
+    let log: Value =
+        serde_json::from_str(&output::render(&moved, Format::Sarif, false).stdout).unwrap();
     assert_eq!(hash(&log["runs"][0]["results"][0]), a);
 }
 
@@ -302,7 +349,7 @@ fn assert_valid(doc: &Value) {
 fn json_format_matches_the_schema() {
     let tree = TempTree::new("fmt-json");
     let doc: Value =
-        serde_json::from_str(&output::render(&sample(&tree), Format::Json, false)).unwrap();
+        serde_json::from_str(&output::render(&sample(&tree), Format::Json, false).stdout).unwrap();
     assert_valid(&doc);
     assert_eq!(doc["version"], 1);
     assert_eq!(doc["summary"]["errors"], 1);
@@ -332,13 +379,22 @@ fn every_format_end_to_end() {
                 let log: Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(log["runs"][0]["results"].as_array().unwrap().len(), 2);
             }
-            "github" => assert!(
-                text.starts_with("::error file=src/no_reason.rs,line=3,col=27,"),
-                "{text}"
-            ),
+            "github" => {
+                assert!(
+                    text.starts_with("::error file=src/no_reason.rs,line=3,col=27,"),
+                    "{text}"
+                );
+                assert!(text.lines().all(|l| l.starts_with("::")), "{text}");
+                assert_eq!(
+                    stderr(&output),
+                    "1 error, 1 warning in 1 file; 2 not checked (parse error: 2)\n"
+                );
+            }
             _ => assert!(
                 text.contains("DW004(suppression)")
-                    && text.contains("1 error, 1 warning in 3 files"),
+                    && text.ends_with(
+                        "1 error, 1 warning in 1 file; 2 not checked (parse error: 2)\n"
+                    ),
                 "{text}"
             ),
         }

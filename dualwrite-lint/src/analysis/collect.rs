@@ -28,6 +28,12 @@ use super::summary::{
 /// re-parses its body).
 const MAX_MACRO_DEPTH: u32 = 8;
 
+/// Expressions, types and patterns nested deeper than this are not walked
+/// and the file is reported as too complex. The nesting pre-check
+/// (`crate::nesting`) lets nothing this deep through; this bound keeps the
+/// walk's own recursion safe should it ever miss a form.
+pub const MAX_WALK_DEPTH: u32 = 24_000;
+
 /// Walks one file.
 pub struct Collector<'i> {
     summary: FileSummary,
@@ -49,6 +55,10 @@ pub struct Collector<'i> {
     text: &'i str,
     /// Byte offsets of the text's line starts, made on first use.
     line_starts: Vec<usize>,
+    /// How deep the walk is in expressions, types and patterns.
+    depth: u32,
+    /// Where the walk first went deeper than [`MAX_WALK_DEPTH`].
+    too_deep: Option<proc_macro2::LineColumn>,
 }
 
 /// What entering an item changes, restored on leaving it.
@@ -84,7 +94,31 @@ impl<'i> Collector<'i> {
             interest,
             text,
             line_starts: Vec::new(),
+            depth: 0,
+            too_deep: None,
         }
+    }
+
+    /// Where the walk stopped going deeper, if it had to: the file was
+    /// not fully walked.
+    pub fn too_deep(&self) -> Option<proc_macro2::LineColumn> {
+        self.too_deep
+    }
+
+    /// Enters one more level of expression, type or pattern; false (and
+    /// the file marked) when that is too deep.
+    fn descend(&mut self, at: impl FnOnce() -> Option<proc_macro2::Span>) -> bool {
+        if self.depth >= MAX_WALK_DEPTH {
+            if self.too_deep.is_none() {
+                let start = at().map_or(proc_macro2::LineColumn { line: 1, column: 0 }, |s| {
+                    s.start()
+                });
+                self.too_deep = Some(start);
+            }
+            return false;
+        }
+        self.depth += 1;
+        true
     }
 
     /// Whether a call named `name` is to be recorded.
@@ -631,6 +665,44 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_macro(&mut self, mac: &'ast Macro) {
         self.record_macro(mac);
     }
+
+    fn visit_expr(&mut self, expr: &'ast Expr) {
+        if self.descend(|| expr_marker(expr)) {
+            visit::visit_expr(self, expr);
+            self.depth -= 1;
+        }
+    }
+
+    fn visit_type(&mut self, ty: &'ast syn::Type) {
+        if self.descend(|| None) {
+            visit::visit_type(self, ty);
+            self.depth -= 1;
+        }
+    }
+
+    fn visit_pat(&mut self, pat: &'ast Pat) {
+        if self.descend(|| None) {
+            visit::visit_pat(self, pat);
+            self.depth -= 1;
+        }
+    }
+}
+
+/// A token of an expression that locates it without walking it (its span
+/// would take a walk of the whole, as deep as it is).
+fn expr_marker(expr: &Expr) -> Option<proc_macro2::Span> {
+    Some(match expr {
+        Expr::MethodCall(e) => e.method.span(),
+        Expr::Field(e) => e.dot_token.span,
+        Expr::Call(e) => e.paren_token.span.open(),
+        Expr::Index(e) => e.bracket_token.span.open(),
+        Expr::Try(e) => e.question_token.span,
+        Expr::Cast(e) => e.as_token.span,
+        Expr::Paren(e) => e.paren_token.span.open(),
+        Expr::If(e) => e.if_token.span,
+        Expr::Path(e) => e.path.segments.last()?.ident.span(),
+        _ => return None,
+    })
 }
 
 impl Collector<'_> {

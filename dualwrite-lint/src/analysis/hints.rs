@@ -104,9 +104,22 @@ pub fn type_path(ty: &Type, self_ty: Option<&str>) -> Option<Box<str>> {
     }
 }
 
+/// How far [`expr_hint`] and [`sql_evidence`] follow an expression
+/// inward (`x.clone().unwrap()...`, `&&&x`): far beyond real code, and a
+/// bound on their recursion whatever the syntax tree's depth.
+const MAX_HINT_DEPTH: u32 = 64;
+
 /// The type an expression evidently has, from its syntax and the bindings
 /// in scope.
 pub fn expr_hint(expr: &Expr, env: &Env, self_ty: Option<&str>) -> Option<TypeHint> {
+    hint_at(expr, env, self_ty, 0)
+}
+
+fn hint_at(expr: &Expr, env: &Env, self_ty: Option<&str>, depth: u32) -> Option<TypeHint> {
+    if depth > MAX_HINT_DEPTH {
+        return None;
+    }
+    let inner = |expr: &Expr| hint_at(expr, env, self_ty, depth + 1);
     match expr {
         Expr::Path(p) if p.qself.is_none() => {
             let ident = p.path.get_ident()?;
@@ -124,7 +137,7 @@ pub fn expr_hint(expr: &Expr, env: &Env, self_ty: Option<&str>) -> Option<TypeHi
             }
         }
         Expr::Field(f) => {
-            let mut hint = expr_hint(&f.base, env, self_ty)?;
+            let mut hint = inner(&f.base)?;
             let field = match &f.member {
                 syn::Member::Named(ident) => ident.to_string(),
                 syn::Member::Unnamed(index) => index.index.to_string(),
@@ -132,15 +145,13 @@ pub fn expr_hint(expr: &Expr, env: &Env, self_ty: Option<&str>) -> Option<TypeHi
             hint.fields.push(field.into_boxed_str());
             Some(hint)
         }
-        Expr::Reference(r) => expr_hint(&r.expr, env, self_ty),
-        Expr::Paren(p) => expr_hint(&p.expr, env, self_ty),
-        Expr::Group(g) => expr_hint(&g.expr, env, self_ty),
-        Expr::Await(a) => expr_hint(&a.base, env, self_ty),
-        Expr::Try(t) => expr_hint(&t.expr, env, self_ty),
-        Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => expr_hint(&u.expr, env, self_ty),
-        Expr::MethodCall(m) if is_one_of(&m.method, PASSTHROUGH) => {
-            expr_hint(&m.receiver, env, self_ty)
-        }
+        Expr::Reference(r) => inner(&r.expr),
+        Expr::Paren(p) => inner(&p.expr),
+        Expr::Group(g) => inner(&g.expr),
+        Expr::Await(a) => inner(&a.base),
+        Expr::Try(t) => inner(&t.expr),
+        Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => inner(&u.expr),
+        Expr::MethodCall(m) if is_one_of(&m.method, PASSTHROUGH) => inner(&m.receiver),
         Expr::Struct(s) if s.qself.is_none() => {
             if s.path.is_ident("Self") {
                 self_ty.map(TypeHint::of)
@@ -148,13 +159,18 @@ pub fn expr_hint(expr: &Expr, env: &Env, self_ty: Option<&str>) -> Option<TypeHi
                 Some(TypeHint::of(path_text(&s.path)))
             }
         }
-        Expr::Call(c) => call_hint(c, env, self_ty),
+        Expr::Call(c) => call_hint(c, env, self_ty, depth),
         _ => None,
     }
 }
 
 /// `Arc::new(x)` is `x`'s type; `T::new(..)` is `T`.
-fn call_hint(call: &syn::ExprCall, env: &Env, self_ty: Option<&str>) -> Option<TypeHint> {
+fn call_hint(
+    call: &syn::ExprCall,
+    env: &Env,
+    self_ty: Option<&str>,
+    depth: u32,
+) -> Option<TypeHint> {
     let Expr::Path(func) = &*call.func else {
         return None;
     };
@@ -175,7 +191,7 @@ fn call_hint(call: &syn::ExprCall, env: &Env, self_ty: Option<&str>) -> Option<T
     let owner_text = owner.to_string();
     if POINTERS.contains(&owner_text.as_str()) && matches!(last.as_str(), "new" | "clone" | "from")
     {
-        return expr_hint(call.args.first()?, env, self_ty);
+        return hint_at(call.args.first()?, env, self_ty, depth + 1);
     }
     if !is_constructor(&last) || !owner_text.starts_with(|c: char| c.is_ascii_uppercase()) {
         return None;
@@ -236,12 +252,20 @@ const TEXT_MACROS: &[&str] = &["format", "concat", "formatcp", "indoc", "formatd
 /// The SQL evidence of an argument: a literal, `format!("..")`, a local
 /// bound to one, or a `const` by name.
 pub fn sql_evidence(expr: &Expr, env: &Env) -> Option<SqlEvidence> {
+    evidence_at(expr, env, 0)
+}
+
+fn evidence_at(expr: &Expr, env: &Env, depth: u32) -> Option<SqlEvidence> {
+    if depth > MAX_HINT_DEPTH {
+        return None;
+    }
+    let inner = |expr: &Expr| evidence_at(expr, env, depth + 1);
     match expr {
         Expr::Lit(lit) => literal_keyword(&lit.lit).map(SqlEvidence::Keyword),
-        Expr::Reference(r) => sql_evidence(&r.expr, env),
-        Expr::Paren(p) => sql_evidence(&p.expr, env),
-        Expr::Group(g) => sql_evidence(&g.expr, env),
-        Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => sql_evidence(&u.expr, env),
+        Expr::Reference(r) => inner(&r.expr),
+        Expr::Paren(p) => inner(&p.expr),
+        Expr::Group(g) => inner(&g.expr),
+        Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => inner(&u.expr),
         Expr::Macro(m) => {
             if is_one_of(&m.mac.path.segments.last()?.ident, TEXT_MACROS) {
                 first_literal_keyword(&m.mac.tokens)
@@ -249,9 +273,7 @@ pub fn sql_evidence(expr: &Expr, env: &Env) -> Option<SqlEvidence> {
                 None
             }
         }
-        Expr::MethodCall(m) if is_one_of(&m.method, TEXT_CONVERSIONS) => {
-            sql_evidence(&m.receiver, env)
-        }
+        Expr::MethodCall(m) if is_one_of(&m.method, TEXT_CONVERSIONS) => inner(&m.receiver),
         Expr::Call(c) => {
             // `String::from("INSERT ..")`
             let Expr::Path(func) = &*c.func else {
@@ -259,7 +281,7 @@ pub fn sql_evidence(expr: &Expr, env: &Env) -> Option<SqlEvidence> {
             };
             let last = func.path.segments.last()?;
             if last.ident == "from" || last.ident == "new" {
-                sql_evidence(c.args.first()?, env)
+                inner(c.args.first()?)
             } else {
                 None
             }

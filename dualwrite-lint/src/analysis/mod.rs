@@ -50,6 +50,9 @@ pub struct ParseFailure {
     pub line: usize,
     /// 1-based column of the error.
     pub column: usize,
+    /// Not a syntax error: the file nests deeper than the walk goes
+    /// (`MAX_WALK_DEPTH`).
+    pub too_complex: bool,
 }
 
 /// Engine settings.
@@ -79,6 +82,17 @@ pub fn summarize_with(
             let mut collector =
                 collect::Collector::new(file.path, file.text, file.is_test_file, interest);
             collector.visit_file(&ast);
+            if let Some(at) = collector.too_deep() {
+                return Err(ParseFailure {
+                    message: format!(
+                        "expressions, types or patterns nested deeper than {} levels",
+                        collect::MAX_WALK_DEPTH
+                    ),
+                    line: at.line,
+                    column: at.column + 1,
+                    too_complex: true,
+                });
+            }
             Ok(collector.finish())
         }
         Err(error) => {
@@ -87,6 +101,7 @@ pub fn summarize_with(
                 message: error.to_string(),
                 line: start.line,
                 column: start.column + 1,
+                too_complex: false,
             })
         }
     }

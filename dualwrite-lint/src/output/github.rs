@@ -3,13 +3,14 @@
 //! which the Actions runner turns into annotations on the pull request.
 //! Warnings use `::warning`, notes `::notice`. Values are escaped per the
 //! workflow-command rules: `%`, `\r`, `\n` everywhere, and `:` and `,` in
-//! properties.
+//! properties. The summary line goes to stderr ([`super::render`]), so
+//! stdout holds nothing but workflow commands.
 
-use super::{baseline_lines, summary_line};
+use super::baseline_lines;
 use crate::check::CheckReport;
 use crate::finding::Severity;
 
-/// Renders the report as workflow commands, then the summary line.
+/// Renders the report as workflow commands.
 pub fn render(report: &CheckReport) -> String {
     let mut out = String::new();
     for finding in &report.findings {
@@ -39,8 +40,6 @@ pub fn render(report: &CheckReport) -> String {
             escape_data(&baseline_lines(report).join("\n"))
         ));
     }
-    out.push_str(&summary_line(report));
-    out.push('\n');
     out
 }
 

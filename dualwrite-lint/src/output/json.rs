@@ -4,6 +4,8 @@
 //! Fields are only ever added in a minor version; renaming or removing one
 //! bumps [`JSON_VERSION`].
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::baseline::BaselineOutcome;
@@ -44,8 +46,13 @@ pub struct JsonTool {
 /// `summary`.
 #[derive(Debug, Serialize)]
 pub struct JsonSummary {
-    /// Files read.
+    /// Files checked (read and parsed).
     pub files: usize,
+    /// Paths not checked (files, directories, symlinks), each also a DW000
+    /// finding (unless the configuration or the baseline hides it).
+    pub not_checked: usize,
+    /// How many of them per cause (`too-large`, `symlink-outside-root`...).
+    pub not_checked_causes: BTreeMap<&'static str, usize>,
     /// Findings of severity error.
     pub errors: usize,
     /// Findings of severity warning.
@@ -89,6 +96,14 @@ pub fn render(report: &CheckReport) -> String {
         failed: report.failed(),
         summary: JsonSummary {
             files: report.files_checked,
+            not_checked: report.not_checked.len(),
+            not_checked_causes: report
+                .not_checked
+                .iter()
+                .fold(BTreeMap::new(), |mut counts, n| {
+                    *counts.entry(n.kind).or_insert(0) += 1;
+                    counts
+                }),
             errors: report.count(Severity::Error),
             warnings: report.count(Severity::Warning),
             notes: report.count(Severity::Note),

@@ -7,6 +7,7 @@ pub mod sarif;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::check::CheckReport;
 use crate::finding::{Finding, RuleId, Severity};
@@ -24,14 +25,28 @@ pub enum Format {
     Github,
 }
 
+/// What a run prints: the report on stdout and, for `github`, the summary
+/// line on stderr (so stdout holds nothing but workflow commands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// For stdout.
+    pub stdout: String,
+    /// For stderr (empty but for `github`).
+    pub stderr: String,
+}
+
 /// Renders `report` in `format`; `color` applies to `human` only.
-pub fn render(report: &CheckReport, format: Format, color: bool) -> String {
-    match format {
-        Format::Human => human::render(report, color),
-        Format::Json => json::render(report),
-        Format::Sarif => sarif::render(report),
-        Format::Github => github::render(report),
-    }
+pub fn render(report: &CheckReport, format: Format, color: bool) -> Rendered {
+    let (stdout, stderr) = match format {
+        Format::Human => (human::render(report, color), String::new()),
+        Format::Json => (json::render(report), String::new()),
+        Format::Sarif => (sarif::render(report), String::new()),
+        Format::Github => (
+            github::render(report),
+            format!("{}\n", summary_line(report)),
+        ),
+    };
+    Rendered { stdout, stderr }
 }
 
 /// The severity a rule has when the configuration says nothing: what the
@@ -43,8 +58,27 @@ pub fn default_severity(rule: RuleId) -> Severity {
     }
 }
 
-/// `3 errors, 1 warning in 42 files`, or `no findings in 42 files`.
+/// `3 errors, 1 warning in 42 files`, or `no findings in 42 files`, then
+/// what was not checked and why: `; 2 not checked (too large: 1, symlink
+/// outside the root: 1)`.
 pub fn summary_line(report: &CheckReport) -> String {
+    let mut line = findings_line(report);
+    if !report.not_checked.is_empty() {
+        let causes: Vec<String> = report
+            .not_checked_by_cause()
+            .into_iter()
+            .map(|(label, count)| format!("{label}: {count}"))
+            .collect();
+        line.push_str(&format!(
+            "; {} not checked ({})",
+            report.not_checked.len(),
+            causes.join(", ")
+        ));
+    }
+    line
+}
+
+fn findings_line(report: &CheckReport) -> String {
     let files = plural(report.files_checked, "file");
     let mut parts = Vec::new();
     for (severity, name) in [
@@ -113,7 +147,7 @@ fn plural(count: usize, word: &str) -> String {
 /// that the check itself keeps no file text in memory.
 pub struct SourceCache {
     root: PathBuf,
-    texts: HashMap<String, Option<String>>,
+    texts: HashMap<String, Option<Arc<SourceText>>>,
 }
 
 /// Files bigger than this are not shown in snippets.
@@ -128,14 +162,11 @@ impl SourceCache {
         }
     }
 
-    /// The text of the finding's file, when it can and should be shown: not
-    /// for files that were unreadable, too large, not UTF-8 or too deep.
-    pub fn text_for(&mut self, finding: &Finding) -> Option<&str> {
+    /// The text of the finding's file, when it can and should be shown: of
+    /// the files not checked, only those with a syntax error.
+    pub fn text_for(&mut self, finding: &Finding) -> Option<Arc<SourceText>> {
         if finding.rule == RuleId::DW000
-            && matches!(
-                finding.fingerprint.callee.as_str(),
-                "too-large" | "not-utf8" | "unreadable" | "too-deep" | "walk" | "empty"
-            )
+            && finding.fingerprint.callee != crate::intake::Unchecked::PARSE_ERROR
         {
             return None;
         }
@@ -148,36 +179,119 @@ impl SourceCache {
                 if size > SNIPPET_FILE_LIMIT {
                     return None;
                 }
-                std::fs::read_to_string(path).ok()
+                let text = std::fs::read_to_string(path).ok()?;
+                Some(Arc::new(SourceText::new(text)))
             })
-            .as_deref()
+            .clone()
     }
 }
 
-/// The byte offset of a 1-based line and column (in characters), clamped
-/// to the text.
-pub fn byte_offset(text: &str, line: usize, column: usize) -> usize {
-    let mut start = 0;
-    for _ in 1..line {
-        match text[start..].find('\n') {
-            Some(i) => start += i + 1,
-            None => return text.len(),
+/// A file's text with its line starts, so that each finding costs the size
+/// of its lines, not of the file (a file can have thousands of findings).
+#[derive(Debug)]
+pub struct SourceText {
+    text: String,
+    /// Byte offsets of the line starts; the first is 0.
+    line_starts: Vec<usize>,
+}
+
+impl SourceText {
+    /// Indexes `text`.
+    pub fn new(text: String) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1));
+        SourceText { text, line_starts }
+    }
+
+    /// The whole text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The text of a 1-based line, without its line break (empty past the end).
+    pub fn line(&self, line: usize) -> &str {
+        let Some(&start) = self.line_starts.get(line.saturating_sub(1)) else {
+            return "";
+        };
+        let end = self
+            .line_starts
+            .get(line)
+            .map_or(self.text.len(), |next| next - 1);
+        self.text
+            .get(start..end)
+            .unwrap_or("")
+            .trim_end_matches('\r')
+    }
+
+    /// The byte offset of a 1-based line and column (in characters),
+    /// clamped to the text.
+    pub fn offset(&self, line: usize, column: usize) -> usize {
+        let Some(&start) = self.line_starts.get(line.saturating_sub(1)) else {
+            return self.text.len();
+        };
+        let line_text = self.text[start..].split('\n').next().unwrap_or("");
+        let within = line_text
+            .char_indices()
+            .nth(column.saturating_sub(1))
+            .map_or(line_text.len(), |(i, _)| i);
+        start + within
+    }
+
+    /// The 0-based line holding a byte offset.
+    fn line_index(&self, offset: usize) -> usize {
+        self.line_starts
+            .partition_point(|start| *start <= offset)
+            .saturating_sub(1)
+    }
+}
+
+/// A [`SourceText`] as miette reads it: the lines around a span are found
+/// through the line index (miette's own implementation for strings scans
+/// the text from its start for every span).
+#[derive(Debug, Clone)]
+pub struct IndexedSource(pub Arc<SourceText>);
+
+impl miette::SourceCode for IndexedSource {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let source = &*self.0;
+        let text = source.text.as_str();
+        let start = span.offset();
+        let end = start.saturating_add(span.len());
+        if end > text.len() || !text.is_char_boundary(start) || !text.is_char_boundary(end) {
+            return Err(miette::MietteError::OutOfBounds);
         }
+        let start_line = source.line_index(start);
+        let last_line = source.line_index(end.saturating_sub(1).max(start));
+        let (window_start, line, column) = if context_lines_before == 0 {
+            let line_start = source.line_starts[start_line];
+            (start, start_line, text[line_start..start].chars().count())
+        } else {
+            let first = start_line.saturating_sub(context_lines_before);
+            (source.line_starts[first], first, 0)
+        };
+        let window_end = if context_lines_after == 0 {
+            end
+        } else {
+            source
+                .line_starts
+                .get(last_line + context_lines_after + 1)
+                .copied()
+                .unwrap_or(text.len())
+        };
+        let line_count = text[window_start..window_end].matches('\n').count();
+        Ok(Box::new(miette::MietteSpanContents::new(
+            &text.as_bytes()[window_start..window_end],
+            (window_start, window_end - window_start).into(),
+            line,
+            column,
+            line_count,
+        )))
     }
-    let line_text = text[start..].split('\n').next().unwrap_or("");
-    let within = line_text
-        .char_indices()
-        .nth(column.saturating_sub(1))
-        .map_or(line_text.len(), |(i, _)| i);
-    start + within
-}
-
-/// The text of a 1-based line.
-pub fn line_text(text: &str, line: usize) -> &str {
-    text.split('\n')
-        .nth(line.saturating_sub(1))
-        .unwrap_or("")
-        .trim_end_matches('\r')
 }
 
 /// 64-bit FNV-1a: small, and stable across releases and platforms (unlike

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::{SourceCache, default_severity, fnv1a, line_text};
+use super::{SourceCache, default_severity, fnv1a};
 use crate::check::CheckReport;
 use crate::finding::{Finding, RuleId, Severity};
 
@@ -106,7 +106,7 @@ fn result(
     };
     let line = sources
         .text_for(finding)
-        .map(|text| line_text(text, l.start_line).to_owned())
+        .map(|text| text.line(l.start_line).to_owned())
         .unwrap_or_default();
     let normalized: String = line.chars().filter(|c| !c.is_whitespace()).collect();
     let hash = fnv1a(normalized.as_bytes());

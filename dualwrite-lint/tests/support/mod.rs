@@ -51,13 +51,44 @@ impl Drop for TempTree {
     }
 }
 
-/// The fixture directory `tests/lint-fixtures/<name>` of the workspace.
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+impl std::ops::Deref for TempTree {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempTree {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A copy of the fixture directory `tests/lint-fixtures/<name>` of the
+/// workspace, in a temporary directory: run from the fixture itself, the
+/// lint would find this repository's `dualwrite.toml` above it, which
+/// excludes the fixtures.
+pub fn fixture(name: &str) -> TempTree {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/lint-fixtures")
-        .join(name)
-        .canonicalize()
-        .unwrap()
+        .join(name);
+    let tree = TempTree::new(&format!("fixture-{name}"));
+    copy_dir(&source, &tree.path);
+    tree
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// Runs `dualwrite-lint ARGS` in `dir`.
