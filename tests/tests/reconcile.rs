@@ -387,7 +387,7 @@ fn a_repair_goes_through_the_write_commands() {
     let (old_path, new_path) = (dir.join("old.db"), dir.join("new.db"));
     fill(&old_path, 200);
     fill(&new_path, 200);
-    let new_db = Db::at(&new_path);
+    let new_db: Db = Db::at(&new_path);
     // dualwrite-lint: allow(DW001) planted drift: New only, on purpose
     new_db.rename(5, "drifted").expect("plant");
     // dualwrite-lint: allow(DW001) planted drift: New only, on purpose
