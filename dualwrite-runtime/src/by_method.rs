@@ -46,7 +46,7 @@ pub(crate) const CELLS: usize = 11;
 
 impl MethodEvent {
     /// The event's cell in a [`MethodRow`].
-    fn cell(self) -> usize {
+    pub(crate) fn cell(self) -> usize {
         let store = |store: Store| match store {
             Store::Old => 0,
             Store::New => 1,
@@ -63,7 +63,7 @@ impl MethodEvent {
     }
 
     /// Every event, in cell order.
-    #[cfg(test)]
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
     pub(crate) const ALL: [MethodEvent; CELLS] = [
         MethodEvent::PrimaryFailed(Store::Old),
         MethodEvent::PrimaryFailed(Store::New),

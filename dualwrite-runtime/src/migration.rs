@@ -26,6 +26,12 @@ use crate::stripes::KeyStripes;
 mod rollouts;
 mod source;
 
+/// Told when the global phase changes, while the change holds the
+/// migration's writer lock (and the fence, when routes move).
+pub(crate) trait PhaseObserver: Send + Sync {
+    fn global_changed(&self, from: Phase, to: Phase);
+}
+
 use source::AuditDraft;
 
 /// The default longest a phase change waits for the writes routed before it.
@@ -68,6 +74,8 @@ struct Inner {
     writer: Mutex<()>,
     /// The adapters routing by this migration, fenced on a route change.
     fences: Mutex<Vec<Weak<KeyStripes>>>,
+    /// Told of every change of the global phase (see [`PhaseObserver`]).
+    observers: Mutex<Vec<Weak<dyn PhaseObserver>>>,
     /// The default fence deadline, in nanoseconds.
     fence_timeout: AtomicU64,
     /// The latest transitions, oldest first.
@@ -93,6 +101,7 @@ impl Migration {
                 overrides: ArcSwap::from_pointee(OverrideMap::default()),
                 writer: Mutex::new(()),
                 fences: Mutex::new(Vec::new()),
+                observers: Mutex::new(Vec::new()),
                 fence_timeout: AtomicU64::new(nanos(DEFAULT_FENCE_TIMEOUT)),
                 history: Mutex::new(VecDeque::new()),
                 source: Mutex::new(None),
@@ -496,6 +505,48 @@ impl Migration {
             .unwrap_or_else(PoisonError::into_inner);
         fences.retain(|fence| fence.strong_count() > 0);
         fences.push(Arc::downgrade(stripes));
+    }
+
+    /// Makes an observer of the global phase from the phase in force and
+    /// registers it (kept while it lives), with no change in between.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn observe_with<O: PhaseObserver + 'static>(
+        &self,
+        make: impl FnOnce(Phase) -> Arc<O>,
+    ) -> Arc<O> {
+        let _writer = self.lock_writer();
+        let observer = make(self.phase());
+        let mut observers = self
+            .inner
+            .observers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        observers.retain(|o| o.strong_count() > 0);
+        let weak: Weak<dyn PhaseObserver> = Arc::downgrade(&observer) as Weak<dyn PhaseObserver>;
+        observers.push(weak);
+        observer
+    }
+
+    /// Installs the global phase and tells the observers if it changed.
+    /// Call with the writer lock held, and the fence if routes move (so
+    /// the observers see no write of either phase in flight).
+    fn set_global(&self, to: Phase) {
+        let from = self.phase();
+        self.inner.global.store(to as u8, Ordering::Release);
+        if from == to {
+            return;
+        }
+        let observers: Vec<Arc<dyn PhaseObserver>> = self
+            .inner
+            .observers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for observer in observers {
+            observer.global_changed(from, to);
+        }
     }
 
     fn live_fences(&self) -> Vec<Arc<KeyStripes>> {

@@ -32,24 +32,24 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `dualwrite_writes_total` | counter | `store`, `role`, `outcome` | write attempts per store (`old`, `new`), role (`primary`, `secondary`) and outcome (`ok`, `failed`); secondary retries included |
-//! | `dualwrite_write_failures_total` | counter | `method`, `store`, `role` | failed write attempts per method |
-//! | `dualwrite_secondary_retries_total` | counter | `method`, `store` | secondary attempts after the first |
-//! | `dualwrite_dead_letters_total` | counter | `method`, `store` | secondary writes given up on (kept as dead letters) |
+//! | `dualwrite_writes_total` | counter | `phase`, `store`, `role`, `outcome` | write attempts per store (`old`, `new`), role (`primary`, `secondary`) and outcome (`ok`, `failed`); secondary retries included |
+//! | `dualwrite_write_failures_total` | counter | `phase`, `method`, `store`, `role` | failed write attempts per method |
+//! | `dualwrite_secondary_retries_total` | counter | `phase`, `method`, `store` | secondary attempts after the first |
+//! | `dualwrite_dead_letters_total` | counter | `phase`, `method`, `store` | secondary writes given up on (kept as dead letters) |
 //! | `dualwrite_dead_letters_held` | gauge | | dead letters kept in memory now |
-//! | `dualwrite_dead_letters_evicted_total` | counter | | dead letters evicted from a full list |
+//! | `dualwrite_dead_letters_evicted_total` | counter | `phase` | dead letters evicted from a full list |
 //! | `dualwrite_secondary_pending` | gauge | | secondary writes handed to lanes (or abandoned at a deadline) and not finished |
 //! | `dualwrite_lane_queue_depth` | gauge | `lane` | secondary writes queued in each lane |
 //! | `dualwrite_replication_lag_seconds` | gauge | | age of the oldest queued secondary write (a lower bound, to one publish interval; 0 when none waits) |
-//! | `dualwrite_queue_full_total` | counter | | writes that found their lane full |
-//! | `dualwrite_writes_refused_total` | counter | | calls refused before any store was written (lane full, `FailCall`) |
-//! | `dualwrite_late_completions_total` | counter | | secondary calls that returned after their deadline |
-//! | `dualwrite_primary_outcome_unknown_total` | counter | | calls that ended during their primary write with a secondary write due |
-//! | `dualwrite_shadow_reads_total` | counter | `method`, `outcome` | shadow reads: `match`, `mismatch` (a failed shadow read included), `pending` (not compared: a write of the key was pending) |
-//! | `dualwrite_shadow_dropped_total` | counter | | background comparisons dropped (queue full) |
+//! | `dualwrite_queue_full_total` | counter | `phase` | writes that found their lane full |
+//! | `dualwrite_writes_refused_total` | counter | `phase` | calls refused before any store was written (lane full, `FailCall`) |
+//! | `dualwrite_late_completions_total` | counter | `phase` | secondary calls that returned after their deadline |
+//! | `dualwrite_primary_outcome_unknown_total` | counter | `phase` | calls that ended during their primary write with a secondary write due |
+//! | `dualwrite_shadow_reads_total` | counter | `phase`, `method`, `outcome` | shadow reads: `match`, `mismatch` (a failed shadow read included), `pending` (not compared: a write of the key was pending) |
+//! | `dualwrite_shadow_dropped_total` | counter | `phase` | background comparisons dropped (queue full) |
 //! | `dualwrite_phase` | gauge | `phase` | 1 for the global phase, 0 for the others |
 //! | `dualwrite_phase_overrides` | gauge | `phase` | per-key overrides to each phase |
-//! | `dualwrite_call_duration_seconds` | histogram | `method` | the whole call (primary, then the secondary write or its hand-off) of sampled dual-write calls: one in [`crate::SAMPLE_EVERY`] per thread |
+//! | `dualwrite_call_duration_seconds` | histogram | `phase`, `method` | the whole call (primary, then the secondary write or its hand-off) of sampled dual-write calls: one in [`crate::SAMPLE_EVERY`] per thread |
 //! | `dualwrite_latency_p99_seconds` | gauge | `part` | p99 of the sampled calls since the adapter's latency was last reset: `call` (the whole call) or `primary` (its primary call alone) |
 //! | `dualwrite_p99_impact_ratio` | gauge | | p99 of the whole call over p99 of the primary call (the cutover gate's latency criterion) |
 //! | `dualwrite_backfill_rows` | gauge | `backfill`, `kind` | rows `done` (read and handled), `written`, `total` (when known) |
@@ -62,8 +62,29 @@
 //! Success counts are per store and role, not per method: a per-method
 //! count of every write would put a shared counter on every call. Failures,
 //! retries, dead letters and comparisons, which are off that path, are per
-//! method. Counts are not split by phase either; `dualwrite_phase` tells
-//! the phase, and each routed call's `tracing` span carries it.
+//! method.
+//!
+//! **Per phase.** Every counter carries the label `phase`: the global
+//! phase in force when the count was made. The publisher keeps a ledger
+//! that closes an epoch at every change of the global phase, told by the
+//! migration while the change holds its writer lock and, when the change
+//! moves a route, the fence, so no write of either phase is in flight: a
+//! write is counted under the phase that routed it (test
+//! `counts_are_split_exactly_at_a_phase_change_under_load`). Nothing is
+//! added to a call's path. What to know:
+//! - A key routed by a per-key override or a rollout is counted under the
+//!   global phase (`dualwrite_phase_overrides` shows when such keys exist;
+//!   each call's `tracing` span carries its own phase).
+//! - A change that moves no route (`DualWrite` → `ShadowRead`) is not
+//!   fenced: a call running across it is counted under either phase (they
+//!   route it alike).
+//! - Counts made before the publisher was made are put under the phase in
+//!   force then: make it with the adapter.
+//! - Sampled call durations are put under the phase in force at the
+//!   publish that reads them, so near a change they may be one publish
+//!   interval off.
+//! - A phase's series appear once it has been the global phase while the
+//!   publisher existed.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -81,6 +102,10 @@ use crate::phase::{Phase, Store};
 use crate::reconcile::ReconcileReport;
 use crate::shared::Source;
 use crate::stats::{Role, write_cell};
+
+mod ledger;
+
+use ledger::{PhaseLedger, SCALARS, Tally};
 
 /// The metric names; see the [module docs](self) for what each one counts.
 pub mod names {
@@ -148,6 +173,8 @@ const LAG_SAMPLES: usize = 4096;
 pub struct MetricsPublisher {
     source: Arc<dyn Source>,
     migration: Migration,
+    /// The counts split by the phase they were made in.
+    ledger: Arc<PhaseLedger>,
     labels: Vec<Label>,
     /// Made at the first publish.
     state: Mutex<Option<State>>,
@@ -158,29 +185,32 @@ pub struct MetricsPublisher {
 /// lag estimate needs.
 struct State {
     fixed: Fixed,
-    methods: HashMap<&'static str, MethodHandles>,
-    durations: HashMap<&'static str, Histogram>,
+    /// The counters of each phase that has had an epoch.
+    phases: HashMap<Phase, PhaseHandles>,
+    durations: HashMap<(Phase, &'static str), Histogram>,
     lanes: Vec<LaneState>,
     samples: Vec<Sample>,
 }
 
-/// The handles every adapter has.
+/// The gauges every adapter has.
 struct Fixed {
-    writes: [Counter; 8],
     dead_letters_held: Gauge,
-    dead_letters_evicted: Counter,
     pending: Gauge,
     lag: Gauge,
-    queue_full: Counter,
-    writes_refused: Counter,
-    late_completions: Counter,
-    primary_outcome_unknown: Counter,
-    shadow_dropped: Counter,
     phase: [Gauge; 6],
     overrides: [Gauge; 6],
     p99_impact: Gauge,
     /// call, primary.
     p99: [Gauge; 2],
+}
+
+/// The counters of one phase.
+struct PhaseHandles {
+    /// Indexed by `write_cell`.
+    writes: [Counter; 8],
+    /// In [`Tally::scalars`] order.
+    scalars: [Counter; SCALARS],
+    methods: HashMap<&'static str, MethodHandles>,
 }
 
 /// The handles of one method: a write's (failures, retries, dead
@@ -216,9 +246,11 @@ impl MetricsPublisher {
     pub(crate) fn new(source: Arc<dyn Source>, migration: Migration) -> Self {
         let labels = vec![Label::new("trait", source.info().name)];
         source.latency().keep_samples(true);
+        let ledger = PhaseLedger::attach(Arc::clone(&source), &migration);
         MetricsPublisher {
             source,
             migration,
+            ledger,
             labels,
             state: Mutex::new(None),
             backfills: Mutex::new(Vec::new()),
@@ -261,30 +293,17 @@ impl MetricsPublisher {
             State::new(&self.labels)
         });
         let source = &*self.source;
-        let stats = source.stats();
-        let snapshot = stats.snapshot();
-
-        let cells = stats.write_cells();
-        for (counter, value) in state.fixed.writes.iter().zip(cells) {
-            counter.absolute(value);
+        let (split, current) = self.ledger.split();
+        for (phase, tally) in &split {
+            self.publish_phase(state, *phase, tally);
         }
         let fixed = &state.fixed;
         fixed
             .dead_letters_held
             .set(source.dead_letters_held() as f64);
         fixed
-            .dead_letters_evicted
-            .absolute(snapshot.dead_letters_evicted);
-        fixed.queue_full.absolute(snapshot.queue_full);
-        fixed.writes_refused.absolute(snapshot.writes_refused);
-        fixed.late_completions.absolute(snapshot.late_completions);
-        fixed
-            .primary_outcome_unknown
-            .absolute(snapshot.primary_outcome_unknown);
-        fixed.shadow_dropped.absolute(snapshot.shadow_dropped);
-        fixed
             .pending
-            .set((snapshot.secondary_pending + source.pending()) as f64);
+            .set((source.stats().snapshot().secondary_pending + source.pending()) as f64);
 
         let global = self.migration.phase();
         let mut overrides = [0_u64; 6];
@@ -297,30 +316,8 @@ impl MetricsPublisher {
             fixed.overrides[index].set(overrides[index] as f64);
         }
 
-        self.register_methods(state);
-        for row in stats.by_method().rows().iter() {
-            let Some(handles) = state.methods.get(row.method) else {
-                continue;
-            };
-            if let Some(write) = &handles.write {
-                for store in [Store::Old, Store::New] {
-                    let s = store_index(store);
-                    write.failures[s * 2].absolute(row.get(MethodEvent::PrimaryFailed(store)));
-                    write.failures[s * 2 + 1]
-                        .absolute(row.get(MethodEvent::SecondaryFailed(store)));
-                    write.retries[s].absolute(row.get(MethodEvent::Retry(store)));
-                    write.dead_letters[s].absolute(row.get(MethodEvent::DeadLetter(store)));
-                }
-            }
-            if let Some(shadow) = &handles.shadow {
-                shadow[0].absolute(row.get(MethodEvent::ShadowMatched));
-                shadow[1].absolute(row.get(MethodEvent::ShadowMismatched));
-                shadow[2].absolute(row.get(MethodEvent::ShadowPending));
-            }
-        }
-
         self.publish_lanes(state);
-        self.publish_latency(state);
+        self.publish_latency(state, current);
         let backfills = self
             .backfills
             .lock()
@@ -356,13 +353,16 @@ impl MetricsPublisher {
     }
 
     /// The sampled durations since the last publish, and the p99 impact.
-    fn publish_latency(&self, state: &mut State) {
+    /// The samples are put under `phase`, the phase in force now.
+    fn publish_latency(&self, state: &mut State, phase: Phase) {
         let latency = self.source.latency();
         latency.drain_samples(&mut state.samples);
         for sample in state.samples.drain(..) {
-            let histogram = state.durations.entry(sample.method).or_insert_with(|| {
+            let key = (phase, sample.method);
+            let histogram = state.durations.entry(key).or_insert_with(|| {
                 let mut labels = self.labels.clone();
                 labels.push(Label::new("method", sample.method));
+                labels.push(Label::new("phase", phase.as_str()));
                 metrics::histogram!(names::CALL_DURATION, labels)
             });
             histogram.record(Duration::from_nanos(sample.nanos).as_secs_f64());
@@ -377,53 +377,81 @@ impl MetricsPublisher {
         }
     }
 
-    /// Registers the handles of methods that have none yet.
-    fn register_methods(&self, state: &mut State) {
-        let info = self.source.info();
-        let rows = self.source.stats().by_method().rows();
-        for row in rows.iter() {
-            if state.methods.contains_key(row.method) {
-                continue;
+    /// Sets the counters of `phase` from its tally, registering the
+    /// handles of the phase and of its methods the first time.
+    fn publish_phase(&self, state: &mut State, phase: Phase, tally: &Tally) {
+        let handles = state
+            .phases
+            .entry(phase)
+            .or_insert_with(|| PhaseHandles::new(&self.labels, phase));
+        for (counter, value) in handles.writes.iter().zip(tally.writes) {
+            counter.absolute(value);
+        }
+        for (counter, value) in handles.scalars.iter().zip(tally.scalars) {
+            counter.absolute(value);
+        }
+        for (&method, counts) in &tally.methods {
+            let handles = handles
+                .methods
+                .entry(method)
+                .or_insert_with(|| self.method_handles(phase, method));
+            let get = |event: MethodEvent| counts[event.cell()];
+            if let Some(write) = &handles.write {
+                for store in [Store::Old, Store::New] {
+                    let s = store_index(store);
+                    write.failures[s * 2].absolute(get(MethodEvent::PrimaryFailed(store)));
+                    write.failures[s * 2 + 1].absolute(get(MethodEvent::SecondaryFailed(store)));
+                    write.retries[s].absolute(get(MethodEvent::Retry(store)));
+                    write.dead_letters[s].absolute(get(MethodEvent::DeadLetter(store)));
+                }
             }
-            let with = |pairs: &[(&'static str, &'static str)]| {
-                let mut labels = self.labels.clone();
-                labels.push(Label::new("method", row.method));
-                labels.extend(pairs.iter().map(|&(k, v)| Label::new(k, v)));
-                labels
-            };
-            let failure = |store: Store, role: &'static str| {
-                metrics::counter!(
-                    names::WRITE_FAILURES,
-                    with(&[("store", store.as_str()), ("role", role)])
-                )
-            };
-            let per_store = |name: &'static str| {
-                [Store::Old, Store::New]
-                    .map(|store| metrics::counter!(name, with(&[("store", store.as_str())])))
-            };
-            let shadow = |outcome: &'static str| {
-                metrics::counter!(names::SHADOW_READS, with(&[("outcome", outcome)]))
-            };
-            let is_write = info.writes.contains(&row.method);
-            let is_read = info.reads.contains(&row.method);
-            let unlisted = !is_write && !is_read;
-            state.methods.insert(
-                row.method,
-                MethodHandles {
-                    write: (is_write || unlisted).then(|| WriteHandles {
-                        failures: [
-                            failure(Store::Old, "primary"),
-                            failure(Store::Old, "secondary"),
-                            failure(Store::New, "primary"),
-                            failure(Store::New, "secondary"),
-                        ],
-                        retries: per_store(names::SECONDARY_RETRIES),
-                        dead_letters: per_store(names::DEAD_LETTERS),
-                    }),
-                    shadow: (is_read || unlisted)
-                        .then(|| [shadow("match"), shadow("mismatch"), shadow("pending")]),
-                },
-            );
+            if let Some(shadow) = &handles.shadow {
+                shadow[0].absolute(get(MethodEvent::ShadowMatched));
+                shadow[1].absolute(get(MethodEvent::ShadowMismatched));
+                shadow[2].absolute(get(MethodEvent::ShadowPending));
+            }
+        }
+    }
+
+    /// The handles of one method's counters in `phase`.
+    fn method_handles(&self, phase: Phase, method: &'static str) -> MethodHandles {
+        let info = self.source.info();
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut labels = self.labels.clone();
+            labels.push(Label::new("method", method));
+            labels.push(Label::new("phase", phase.as_str()));
+            labels.extend(pairs.iter().map(|&(k, v)| Label::new(k, v)));
+            labels
+        };
+        let failure = |store: Store, role: &'static str| {
+            metrics::counter!(
+                names::WRITE_FAILURES,
+                with(&[("store", store.as_str()), ("role", role)])
+            )
+        };
+        let per_store = |name: &'static str| {
+            [Store::Old, Store::New]
+                .map(|store| metrics::counter!(name, with(&[("store", store.as_str())])))
+        };
+        let shadow = |outcome: &'static str| {
+            metrics::counter!(names::SHADOW_READS, with(&[("outcome", outcome)]))
+        };
+        let is_write = info.writes.contains(&method);
+        let is_read = info.reads.contains(&method);
+        let unlisted = !is_write && !is_read;
+        MethodHandles {
+            write: (is_write || unlisted).then(|| WriteHandles {
+                failures: [
+                    failure(Store::Old, "primary"),
+                    failure(Store::Old, "secondary"),
+                    failure(Store::New, "primary"),
+                    failure(Store::New, "secondary"),
+                ],
+                retries: per_store(names::SECONDARY_RETRIES),
+                dead_letters: per_store(names::DEAD_LETTERS),
+            }),
+            shadow: (is_read || unlisted)
+                .then(|| [shadow("match"), shadow("mismatch"), shadow("pending")]),
         }
     }
 
@@ -492,6 +520,37 @@ impl State {
             all.extend(pairs.iter().map(|&(k, v)| Label::new(k, v)));
             all
         };
+        let plain_gauge = |name: &'static str| metrics::gauge!(name, labels.to_vec());
+        let per_phase = |name: &'static str| {
+            Phase::ALL.map(|phase| metrics::gauge!(name, with(&[("phase", phase.as_str())])))
+        };
+        State {
+            fixed: Fixed {
+                dead_letters_held: plain_gauge(names::DEAD_LETTERS_HELD),
+                pending: plain_gauge(names::SECONDARY_PENDING),
+                lag: plain_gauge(names::REPLICATION_LAG),
+                phase: per_phase(names::PHASE),
+                overrides: per_phase(names::PHASE_OVERRIDES),
+                p99_impact: plain_gauge(names::P99_IMPACT),
+                p99: ["call", "primary"]
+                    .map(|part| metrics::gauge!(names::LATENCY_P99, with(&[("part", part)]))),
+            },
+            phases: HashMap::new(),
+            durations: HashMap::new(),
+            lanes: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+}
+
+impl PhaseHandles {
+    fn new(labels: &[Label], phase: Phase) -> Self {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = labels.to_vec();
+            all.push(Label::new("phase", phase.as_str()));
+            all.extend(pairs.iter().map(|&(k, v)| Label::new(k, v)));
+            all
+        };
         let write = |cell: usize| {
             let store = if cell < 4 { Store::Old } else { Store::New };
             let role = if cell % 4 < 2 {
@@ -516,33 +575,18 @@ impl State {
                 ])
             )
         };
-        let plain_counter = |name: &'static str| metrics::counter!(name, labels.to_vec());
-        let plain_gauge = |name: &'static str| metrics::gauge!(name, labels.to_vec());
-        let per_phase = |name: &'static str| {
-            Phase::ALL.map(|phase| metrics::gauge!(name, with(&[("phase", phase.as_str())])))
-        };
-        State {
-            fixed: Fixed {
-                writes: std::array::from_fn(write),
-                dead_letters_held: plain_gauge(names::DEAD_LETTERS_HELD),
-                dead_letters_evicted: plain_counter(names::DEAD_LETTERS_EVICTED),
-                pending: plain_gauge(names::SECONDARY_PENDING),
-                lag: plain_gauge(names::REPLICATION_LAG),
-                queue_full: plain_counter(names::QUEUE_FULL),
-                writes_refused: plain_counter(names::WRITES_REFUSED),
-                late_completions: plain_counter(names::LATE_COMPLETIONS),
-                primary_outcome_unknown: plain_counter(names::PRIMARY_OUTCOME_UNKNOWN),
-                shadow_dropped: plain_counter(names::SHADOW_DROPPED),
-                phase: per_phase(names::PHASE),
-                overrides: per_phase(names::PHASE_OVERRIDES),
-                p99_impact: plain_gauge(names::P99_IMPACT),
-                p99: ["call", "primary"]
-                    .map(|part| metrics::gauge!(names::LATENCY_P99, with(&[("part", part)]))),
-            },
+        let scalars = [
+            names::DEAD_LETTERS_EVICTED,
+            names::QUEUE_FULL,
+            names::WRITES_REFUSED,
+            names::LATE_COMPLETIONS,
+            names::PRIMARY_OUTCOME_UNKNOWN,
+            names::SHADOW_DROPPED,
+        ];
+        PhaseHandles {
+            writes: std::array::from_fn(write),
+            scalars: scalars.map(|name| metrics::counter!(name, with(&[]))),
             methods: HashMap::new(),
-            durations: HashMap::new(),
-            lanes: Vec::new(),
-            samples: Vec::new(),
         }
     }
 }
@@ -665,7 +709,7 @@ fn describe() {
     describe_counter!(
         names::WRITES,
         Unit::Count,
-        "write attempts per store, role and outcome"
+        "write attempts per phase, store, role and outcome"
     );
     describe_counter!(
         names::WRITE_FAILURES,

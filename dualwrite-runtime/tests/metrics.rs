@@ -247,17 +247,67 @@ fn synchronous_dual_writes_with_failures_are_published_as_the_stats_count_them()
         for key in [1, 2, 3, 4] {
             assert!(adapter.get(key).is_ok());
         }
+        let before = adapter.stats();
+        assert!(adapter.put(50, 5).is_ok());
         publisher.publish();
         let stats = adapter.stats();
         assert_eq!((stats.reads_matched, stats.reads_mismatched), (3, 1));
         let taken = take(&snapshotter);
-        let shadow = |outcome: &str| {
-            let labels = [("trait", "Kv"), ("method", "get"), ("outcome", outcome)];
+        let shadow = |phase: &str, outcome: &str| {
+            let labels = [
+                ("trait", "Kv"),
+                ("method", "get"),
+                ("phase", phase),
+                ("outcome", outcome),
+            ];
             counter(&taken, names::SHADOW_READS, &labels)
         };
-        assert_eq!(shadow("match"), stats.reads_matched);
-        assert_eq!(shadow("mismatch"), stats.reads_mismatched);
-        assert_eq!(shadow("pending"), 0);
+        // Every count is under the phase it was made in.
+        assert_eq!(shadow("shadow_read", "match"), stats.reads_matched);
+        assert_eq!(shadow("shadow_read", "mismatch"), stats.reads_mismatched);
+        assert_eq!(shadow("shadow_read", "pending"), 0);
+        assert_eq!(shadow("dual_write", "match"), 0);
+        assert_eq!(shadow("backfill", "match"), 0);
+        let primary_ok = |phase: &str| {
+            let labels = [
+                ("trait", "Kv"),
+                ("phase", phase),
+                ("store", "old"),
+                ("role", "primary"),
+                ("outcome", "ok"),
+            ];
+            counter(&taken, names::WRITES, &labels)
+        };
+        assert_eq!(primary_ok("dual_write"), before.primary_writes_ok);
+        assert_eq!(primary_ok("shadow_read"), 1);
+        assert_eq!(primary_ok("backfill"), 0);
+        assert!(value(&taken, names::WRITES, &[("phase", "cutover")]).is_none());
+        assert_eq!(
+            counter(
+                &taken,
+                names::WRITE_FAILURES,
+                &[
+                    ("method", "put"),
+                    ("phase", "dual_write"),
+                    ("store", "new"),
+                    ("role", "secondary")
+                ]
+            ),
+            2
+        );
+        assert_eq!(
+            counter(
+                &taken,
+                names::WRITE_FAILURES,
+                &[
+                    ("method", "put"),
+                    ("phase", "shadow_read"),
+                    ("store", "new"),
+                    ("role", "secondary")
+                ]
+            ),
+            0
+        );
         assert_eq!(
             gauge(
                 &taken,
@@ -463,4 +513,78 @@ fn publishing_without_a_recorder_is_harmless() {
     assert_eq!(adapter.stats().dead_letters, 1);
     drop(publisher);
     assert!(adapter.put(9, 9).is_ok());
+}
+
+/// Writers keep writing while the global phase moves ShadowRead → Cutover
+/// (the primary moves from Old to New) and back: every write is counted
+/// under the phase it was routed by, and the phases add up to the totals.
+#[test]
+fn counts_are_split_exactly_at_a_phase_change_under_load() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let adapter = Arc::new(KvDualWrite::new(
+            Mem::default(),
+            Mem::default(),
+            Migration::new(Phase::ShadowRead),
+        ));
+        let publisher = adapter.core().metrics_publisher();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..3_u64)
+            .map(|t| {
+                let adapter = Arc::clone(&adapter);
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    let mut key = t * 1_000_000;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        adapter.put(key % 64, key).expect("in-memory write");
+                        key += 1;
+                    }
+                })
+            })
+            .collect();
+        for phase in [Phase::Cutover, Phase::ShadowRead, Phase::Cutover] {
+            thread::sleep(Duration::from_millis(20));
+            adapter
+                .migration()
+                .change(dualwrite_runtime::PhaseChange::to(phase).forced())
+                .expect("a phase change");
+            publisher.publish();
+        }
+        thread::sleep(Duration::from_millis(20));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for writer in writers {
+            writer.join().expect("a writer");
+        }
+        publisher.publish();
+        let taken = take(&snapshotter);
+        let writes = |phase: &str, store: &str, role: &str| {
+            let labels = [
+                ("phase", phase),
+                ("store", store),
+                ("role", role),
+                ("outcome", "ok"),
+            ];
+            counter(&taken, names::WRITES, &labels)
+        };
+        // In ShadowRead Old is the primary, in Cutover New is.
+        assert_eq!(writes("shadow_read", "new", "primary"), 0);
+        assert_eq!(writes("cutover", "old", "primary"), 0);
+        assert!(writes("shadow_read", "old", "primary") > 0);
+        assert!(writes("cutover", "new", "primary") > 0);
+        // Every primary write had its secondary, in the same phase.
+        assert_eq!(
+            writes("shadow_read", "old", "primary"),
+            writes("shadow_read", "new", "secondary")
+        );
+        assert_eq!(
+            writes("cutover", "new", "primary"),
+            writes("cutover", "old", "secondary")
+        );
+        let stats = adapter.stats();
+        assert_eq!(
+            writes("shadow_read", "old", "primary") + writes("cutover", "new", "primary"),
+            stats.primary_writes_ok
+        );
+    });
 }

@@ -3,7 +3,6 @@
 //! effect, and the source's changes applied through the fence.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -70,7 +69,7 @@ impl Migration {
                 Err(error) => return Err(source_error(error)),
             }
         }
-        self.inner.global.store(global as u8, Ordering::Release);
+        self.set_global(global);
         self.publish(by_key, rollouts);
         Ok(())
     }
@@ -274,15 +273,11 @@ impl Migration {
                     pending,
                 }
             })?;
-            self.inner
-                .global
-                .store(state.global as u8, Ordering::Release);
+            self.set_global(state.global);
             self.publish(by_key, rollouts);
             drop(holds);
         } else {
-            self.inner
-                .global
-                .store(state.global as u8, Ordering::Release);
+            self.set_global(state.global);
             self.publish(by_key, rollouts);
         }
         let fenced = moves_routes.then(|| started.elapsed());
