@@ -508,10 +508,6 @@ impl PgJournal {
             stop: AtomicBool::new(false),
             shown,
         });
-        run_on(&runtime, options.timeout, {
-            let inner = Arc::clone(&inner);
-            async move { heartbeat(&inner).await }
-        })?;
         if let Some(rx) = group_rx {
             runtime.spawn(group_commit(Arc::clone(&inner), rx));
         }
@@ -1302,8 +1298,32 @@ async fn heartbeat(inner: &Inner) -> Result<(), OutboxError> {
 
 async fn lease_round(inner: &Inner) -> Result<(), OutboxError> {
     const DURING: &str = "renewing leases";
-    heartbeat(inner).await?;
+    // Only a handle that drains a stream is a member: one that only
+    // appends or lists takes no share of the partitions.
+    let (attached, holding) = {
+        let mut leases = inner.leases();
+        leases.streams.retain(|_, listener| listener.strong_count() > 0);
+        let attached: Vec<String> = leases.streams.keys().cloned().collect();
+        (attached, !leases.held.is_empty())
+    };
+    if !attached.is_empty() {
+        heartbeat(inner).await?;
+    }
+    if attached.is_empty() && !holding {
+        return Ok(());
+    }
     let ttl = inner.lease_ttl.as_secs_f64();
+    // Leases of streams no adapter drains any more are given back.
+    let release = format!(
+        "UPDATE {} SET owner = NULL, expires_at = now() WHERE owner = $1 AND NOT (stream = ANY($2))",
+        inner.sql.leases
+    );
+    sqlx::query(AssertSqlSafe(release))
+        .bind(&inner.owner)
+        .bind(&attached)
+        .execute(&inner.pool)
+        .await
+        .map_err(storage("giving leases back"))?;
     // Renewal: a lease still ours (no one took it since, expired or not)
     // keeps its epoch, so what was claimed under it stays valid.
     let renew = format!(
