@@ -511,7 +511,10 @@ fn kill_9(mode: &str) {
     let primary: BTreeMap<i64, i64> = if mode == "transactional" {
         PgStore::open(&url, &format!("{}_old", schema.name)).rows()
     } else {
-        SqlStore::open(&dir.join("old.db")).rows().into_iter().collect()
+        SqlStore::open(&dir.join("old.db"))
+            .rows()
+            .into_iter()
+            .collect()
     };
     let adapter = LedgerDualWrite::new(
         SqlStore::open(&dir.join("restart-old.db")),
@@ -648,7 +651,10 @@ fn two_instances_drain_one_journal_and_one_is_killed() {
             println!("members: {members:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "both instances hold leases: {members:?}");
+        assert!(
+            Instant::now() < deadline,
+            "both instances hold leases: {members:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let total = prefill(&journal, 60);
@@ -670,7 +676,10 @@ fn two_instances_drain_one_journal_and_one_is_killed() {
     // B takes A's partitions once their leases expire, and finishes.
     drain(&journal, Duration::from_secs(120));
     let members = journal.members().expect("members");
-    println!("after the drain: {members:?}; B: {}", b_held.lock().unwrap());
+    println!(
+        "after the drain: {members:?}; B: {}",
+        b_held.lock().unwrap()
+    );
     let b_owner = members
         .iter()
         .find(|m| m.alive)
@@ -688,7 +697,11 @@ fn two_instances_drain_one_journal_and_one_is_killed() {
     assert_per_key_order(&history);
     let rows = secondary.rows();
     for key in 0..KEYS {
-        assert_eq!(rows.get(&key), Some(&60), "key {key} reached its last value");
+        assert_eq!(
+            rows.get(&key),
+            Some(&60),
+            "key {key} reached its last value"
+        );
     }
     let applied: HashSet<(i64, i64)> = history.iter().map(|&(k, v, _)| (k, v)).collect();
     assert_eq!(applied.len(), total, "every record applied");
@@ -846,7 +859,9 @@ fn the_secondary_cut_off_and_restarted_mid_run() {
                 while !stop.load(Ordering::SeqCst) {
                     value += 1;
                     for key in (writer..KEYS).step_by(4) {
-                        adapter.put(key, value).expect("the primary and the journal are up");
+                        adapter
+                            .put(key, value)
+                            .expect("the primary and the journal are up");
                     }
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -966,7 +981,10 @@ fn a_table_of_another_shape_is_a_clear_error_and_is_left_alone() {
         .expect_err("another table's shape");
     println!("{error}");
     assert!(matches!(error, OutboxError::Format { .. }), "{error:?}");
-    assert!(error.to_string().contains("has no column `stream`"), "{error}");
+    assert!(
+        error.to_string().contains("has no column `stream`"),
+        "{error}"
+    );
     let kept: i64 = schema.client.run({
         let admin = schema.admin.clone();
         let sql = format!("SELECT count(*) FROM {}.dualwrite_outbox", schema.name);
@@ -994,7 +1012,10 @@ fn a_table_of_another_shape_is_a_clear_error_and_is_left_alone() {
     );
     let error = PgJournal::open_with(&url, journal_options(&other.name, Durability::PerWrite))
         .expect_err("a column of another type");
-    assert!(error.to_string().contains("seq is text, expected bigint"), "{error}");
+    assert!(
+        error.to_string().contains("seq is text, expected bigint"),
+        "{error}"
+    );
 
     // Not created when told not to.
     let empty = Schema::new(&url, "shape_missing");
@@ -1044,8 +1065,13 @@ fn corrupt_records_become_dead_letters_with_their_error() {
     assert_eq!((counts.pending, counts.done, counts.dead), (0, 1, 2));
     assert_eq!(adapter.new_store().rows().get(&3), Some(&3));
     // The unreadable row is named, not skipped.
-    let error = journal.dead_letters().expect_err("an unreadable dead letter");
-    assert!(error.to_string().contains("unknown target `bogus`"), "{error}");
+    let error = journal
+        .dead_letters()
+        .expect_err("an unreadable dead letter");
+    assert!(
+        error.to_string().contains("unknown target `bogus`"),
+        "{error}"
+    );
     let OutboxError::BadRecord { id, .. } = error else {
         panic!("{error:?}");
     };

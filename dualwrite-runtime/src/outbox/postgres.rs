@@ -538,7 +538,8 @@ impl PgJournal {
 
     /// The journal table, schema-qualified and quoted as in SQL.
     pub fn table(&self) -> &str {
-        self.inner().map_or("", |inner| inner.sql.qualified.as_str())
+        self.inner()
+            .map_or("", |inner| inner.sql.qualified.as_str())
     }
 
     /// The partitions of `stream` this handle holds the lease of, sorted.
@@ -602,7 +603,10 @@ impl PgJournal {
             if let Some(stream) = stream {
                 query = query.bind(stream);
             }
-            let rows = query.fetch_all(&inner.pool).await.map_err(storage(during))?;
+            let rows = query
+                .fetch_all(&inner.pool)
+                .await
+                .map_err(storage(during))?;
             rows.iter().map(read_record).collect()
         })
     }
@@ -684,7 +688,11 @@ impl PgJournal {
     /// id, the same idempotency id and sequence, attempts from zero.
     /// Returns the new id.
     pub fn replay(&self, id: i64) -> Result<i64, OutboxError> {
-        let moved = self.requeue("replaying a dead letter", "j.id = $1 AND j.state = 2", RequeueBy::Id(id))?;
+        let moved = self.requeue(
+            "replaying a dead letter",
+            "j.id = $1 AND j.state = 2",
+            RequeueBy::Id(id),
+        )?;
         match moved.first() {
             Some(new_id) => Ok(*new_id),
             None => Err(self.not_dead(id)),
@@ -773,7 +781,10 @@ impl PgJournal {
     /// The error for a record that could not be replayed or discarded.
     fn not_dead(&self, id: i64) -> OutboxError {
         let state = self.run(move |inner| async move {
-            let query = format!("SELECT state::int8 FROM {} WHERE id = $1", inner.sql.qualified);
+            let query = format!(
+                "SELECT state::int8 FROM {} WHERE id = $1",
+                inner.sql.qualified
+            );
             sqlx::query_scalar::<_, i64>(AssertSqlSafe(query))
                 .bind(id)
                 .fetch_optional(&inner.pool)
@@ -796,7 +807,10 @@ impl PgJournal {
     /// Deletes a dead letter (after repairing its write by other means).
     pub fn discard(&self, id: i64) -> Result<(), OutboxError> {
         let deleted = self.run(move |inner| async move {
-            let query = format!("DELETE FROM {} WHERE id = $1 AND state = 2", inner.sql.qualified);
+            let query = format!(
+                "DELETE FROM {} WHERE id = $1 AND state = 2",
+                inner.sql.qualified
+            );
             sqlx::query(AssertSqlSafe(query))
                 .bind(id)
                 .execute(&inner.pool)
@@ -955,11 +969,14 @@ impl Journal for PgJournal {
             });
         }
         self.run(move |inner| async move {
-            bind_record(sqlx::query(AssertSqlSafe(inner.sql.insert_one.as_str())), &record)
-                .execute(&inner.pool)
-                .await
-                .map(drop)
-                .map_err(storage("appending a record"))
+            bind_record(
+                sqlx::query(AssertSqlSafe(inner.sql.insert_one.as_str())),
+                &record,
+            )
+            .execute(&inner.pool)
+            .await
+            .map(drop)
+            .map_err(storage("appending a record"))
         })
     }
 
@@ -1302,7 +1319,9 @@ async fn lease_round(inner: &Inner) -> Result<(), OutboxError> {
     // appends or lists takes no share of the partitions.
     let (attached, holding) = {
         let mut leases = inner.leases();
-        leases.streams.retain(|_, listener| listener.strong_count() > 0);
+        leases
+            .streams
+            .retain(|_, listener| listener.strong_count() > 0);
         let attached: Vec<String> = leases.streams.keys().cloned().collect();
         (attached, !leases.held.is_empty())
     };
@@ -1345,13 +1364,21 @@ async fn lease_round(inner: &Inner) -> Result<(), OutboxError> {
             .cloned()
             .collect();
         for key in &lost {
-            tracing::warn!(journal = inner.shown, owner = inner.owner, stream = key.0, partition = key.1, "outbox: partition lease lost to another instance");
+            tracing::warn!(
+                journal = inner.shown,
+                owner = inner.owner,
+                stream = key.0,
+                partition = key.1,
+                "outbox: partition lease lost to another instance"
+            );
         }
         leases.held = renewed
             .into_iter()
             .map(|(stream, part, epoch)| ((stream, part), epoch))
             .collect();
-        leases.streams.retain(|_, listener| listener.strong_count() > 0);
+        leases
+            .streams
+            .retain(|_, listener| listener.strong_count() > 0);
         let streams: Vec<String> = leases.streams.keys().cloned().collect();
         let unseeded: Vec<String> = streams
             .iter()
@@ -1813,7 +1840,8 @@ fn default_owner() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
-    let random = IdempotencyId::generate().as_u128() as u32;
+    // The id's per-process random bits and its counter.
+    let random = (IdempotencyId::generate().as_u128() >> 32) as u32;
     format!("{host}-{}-{random:08x}", std::process::id())
 }
 
@@ -1934,7 +1962,10 @@ pub async fn create_applied_table(conn: &mut PgConnection) -> Result<(), sqlx::E
 /// For writes that are not idempotent in themselves (counters, appends).
 /// For upserts a version guard is cheaper and also keeps an older replayed
 /// record from overwriting a newer one ([`apply_if_newer_sql`]).
-pub async fn mark_applied(conn: &mut PgConnection, ctx: &WriteContext) -> Result<bool, sqlx::Error> {
+pub async fn mark_applied(
+    conn: &mut PgConnection,
+    ctx: &WriteContext,
+) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO dualwrite_applied (idempotency_id, seq) VALUES ($1, $2) ON CONFLICT (idempotency_id) DO NOTHING",
     )
@@ -2017,7 +2048,12 @@ mod tests {
     #[test]
     fn options_are_validated() {
         assert!(PgJournalOptions::default().validate().is_ok());
-        assert!(PgJournalOptions::default().with_partitions(0).validate().is_err());
+        assert!(
+            PgJournalOptions::default()
+                .with_partitions(0)
+                .validate()
+                .is_err()
+        );
         assert!(
             PgJournalOptions::default()
                 .with_table("x\"y")
