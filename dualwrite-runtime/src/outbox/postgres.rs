@@ -27,9 +27,10 @@
 //! handle renews its leases every third of [`PgJournalOptions::lease_ttl`],
 //! takes free or expired leases up to its fair share (partitions divided by
 //! the live instances, rounded up), and gives back leases above its share
-//! that have nothing in flight, so instances that start together split the
-//! partitions and a killed instance's partitions move to the others once
-//! their leases expire. Claims lock the claimer's lease rows and read
+//! (it stops claiming from them, and releases each once nothing claimed
+//! under it is in flight), so instances share the partitions, a joining
+//! instance gets its part, and a killed instance's partitions move to the
+//! others once their leases expire. Claims lock the claimer's lease rows and read
 //! pending records with `FOR UPDATE SKIP LOCKED`: a lease cannot change
 //! hands during a claim, so a new owner sees every record its predecessor
 //! claimed and resumes the partition in journal order.
@@ -337,7 +338,8 @@ impl Sql {
         let claim = format!(
             "WITH held AS ( \
                SELECT part, epoch FROM {leases} \
-               WHERE stream = $1 AND owner = $2 AND expires_at > now() FOR UPDATE \
+               WHERE stream = $1 AND owner = $2 AND expires_at > now() \
+                 AND NOT (part = ANY($4::int[])) FOR UPDATE \
              ), picked AS ( \
                SELECT j.id, h.epoch FROM {qualified} j JOIN held h ON j.part = h.part \
                WHERE j.stream = $1 AND j.state = 0 AND j.claim_epoch IS DISTINCT FROM h.epoch \
@@ -388,6 +390,9 @@ struct LeaseState {
     held: HashMap<(String, i32), i64>,
     /// Claimed records without a final outcome, by id.
     outstanding: HashMap<i64, Outstanding>,
+    /// Leases above the fair share, not claimed from any more and given
+    /// back once nothing claimed under them is in flight.
+    releasing: HashSet<(String, i32)>,
 }
 
 struct Inner {
@@ -1005,10 +1010,18 @@ impl Journal for PgJournal {
         let stream = stream.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |inner| async move {
+            let releasing: Vec<i32> = inner
+                .leases()
+                .releasing
+                .iter()
+                .filter(|(s, _)| *s == stream)
+                .map(|(_, part)| *part)
+                .collect();
             let rows = sqlx::query(AssertSqlSafe(inner.sql.claim.as_str()))
                 .bind(&stream)
                 .bind(&inner.owner)
                 .bind(limit)
+                .bind(&releasing)
                 .fetch_all(&inner.pool)
                 .await
                 .map_err(storage(DURING))?;
@@ -1419,6 +1432,7 @@ async fn lease_round(inner: &Inner) -> Result<(), OutboxError> {
             .filter(|(s, _)| *s == stream)
             .count() as u32;
         if held < share {
+            inner.leases().releasing.retain(|(s, _)| *s != stream);
             let acquire = format!(
                 "UPDATE {l} SET owner = $2, epoch = epoch + 1, acquired_at = now(), \
                    expires_at = now() + make_interval(secs => $3) \
@@ -1449,29 +1463,49 @@ async fn lease_round(inner: &Inner) -> Result<(), OutboxError> {
                     listener.wake();
                 }
             }
-        } else if held > share {
-            // Gives back leases above the share that have nothing in
-            // flight, so a joining instance gets its part.
+        } else {
+            // Leases above the share are claimed from no more, and given
+            // back once nothing claimed under them is in flight, so a
+            // joining instance gets its part even under load.
             let idle: Vec<(i32, i64)> = {
-                let leases = inner.leases();
-                let busy: HashSet<(&str, i32)> = leases
-                    .outstanding
+                let mut leases = inner.leases();
+                let LeaseState {
+                    held: held_leases,
+                    releasing,
+                    outstanding,
+                    ..
+                } = &mut *leases;
+                releasing.retain(|key| held_leases.contains_key(key));
+                let mut mine: Vec<i32> = held_leases
+                    .keys()
+                    .filter(|(s, _)| *s == stream)
+                    .map(|(_, p)| *p)
+                    .collect();
+                mine.sort_unstable_by(|a, b| b.cmp(a));
+                let surplus = held.saturating_sub(share) as usize;
+                for (index, part) in mine.iter().enumerate() {
+                    let key = (stream.clone(), *part);
+                    if index < surplus {
+                        releasing.insert(key);
+                    } else {
+                        releasing.remove(&key);
+                    }
+                }
+                let busy: HashSet<(&str, i32)> = outstanding
                     .values()
                     .map(|o| (o.stream.as_str(), o.part))
                     .collect();
-                let mut idle: Vec<(i32, i64)> = leases
-                    .held
+                releasing
                     .iter()
-                    .filter(|((s, p), _)| *s == stream && !busy.contains(&(s.as_str(), *p)))
-                    .map(|((_, p), e)| (*p, *e))
-                    .collect();
-                idle.sort_unstable();
-                idle.truncate((held - share) as usize);
-                idle
+                    .filter(|(s, p)| *s == stream && !busy.contains(&(s.as_str(), *p)))
+                    .filter_map(|key| held_leases.get(key).map(|epoch| (key.1, *epoch)))
+                    .collect()
             };
             for (part, epoch) in idle {
                 {
-                    inner.leases().held.remove(&(stream.clone(), part));
+                    let mut leases = inner.leases();
+                    leases.held.remove(&(stream.clone(), part));
+                    leases.releasing.remove(&(stream.clone(), part));
                 }
                 let release = format!(
                     "UPDATE {} SET owner = NULL, expires_at = now() WHERE stream = $1 AND part = $2 AND owner = $3 AND epoch = $4",
