@@ -100,6 +100,7 @@ impl Drop for Schema {
 fn psql(url: &str, sql: &str) {
     let status = std::process::Command::new("psql")
         .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
         .stdout(std::process::Stdio::null())
         .status()
         .expect("psql");

@@ -2000,6 +2000,7 @@ pub async fn mark_applied(
     conn: &mut PgConnection,
     ctx: &WriteContext,
 ) -> Result<bool, sqlx::Error> {
+    // dualwrite-lint: allow(DW002) the secondary store's table of applied idempotency ids, inside the store's own write
     let inserted = sqlx::query(
         "INSERT INTO dualwrite_applied (idempotency_id, seq) VALUES ($1, $2) ON CONFLICT (idempotency_id) DO NOTHING",
     )
