@@ -309,6 +309,7 @@ impl<C: Send + 'static> OutboxRuntime<C> {
             unwritten: Vec::new(),
             last_written: Instant::now(),
             last_prune: Instant::now(),
+            last_settled: Instant::now(),
             reported: None,
             limited: false,
         };
@@ -535,6 +536,8 @@ struct Coordinator {
     unwritten: Vec<Outcome>,
     last_written: Instant,
     last_prune: Instant,
+    /// When a shared journal was last asked about records applied elsewhere.
+    last_settled: Instant,
     /// The last storage error logged, so a failing journal is logged once
     /// per kind of error, not once per round.
     reported: Option<String>,
@@ -625,7 +628,31 @@ impl Coordinator {
             self.claim()
         };
         self.prune_if_due();
+        self.settle_if_due();
         more
+    }
+
+    /// On a journal drained by several instances: releases the pending
+    /// count of records this process journaled that another applied.
+    fn settle_if_due(&mut self) {
+        if !self.shared.journal.is_shared()
+            || self.last_settled.elapsed() < self.config.poll_interval
+        {
+            return;
+        }
+        self.last_settled = Instant::now();
+        let ids: Vec<IdempotencyId> = self.shared.counted().iter().take(4096).copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        match self.shared.journal.settled(&self.shared.stream, &ids) {
+            Ok(settled) => {
+                for (id, key_hash) in settled {
+                    self.shared.uncount(id, KeyStripes::index(key_hash));
+                }
+            }
+            Err(error) => self.report(&error),
+        }
     }
 
     fn collect_outcomes(&mut self, stopping: bool) {

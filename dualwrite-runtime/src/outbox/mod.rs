@@ -37,13 +37,16 @@
 //! sequence, so the secondary can recognise it (see
 //! `sqlite::apply_once` and [`WriteContext::version`]).
 //!
-//! Not in this module yet: a journal shared by several processes
-//! (PostgreSQL), a relay to a broker, change data capture. One process at a
-//! time should run appliers for a stream of a journal.
+//! A journal shared by several processes: `postgres::PgJournal` (feature
+//! `outbox-postgres`) partitions records by key and gives each partition to
+//! one instance at a time through expiring leases. Other journals expect
+//! one process at a time to run appliers for a stream.
 
 mod applier;
 mod context;
 mod ids;
+#[cfg(feature = "outbox-postgres")]
+pub mod postgres;
 #[cfg(feature = "outbox-sqlite")]
 pub mod sqlite;
 
@@ -352,6 +355,26 @@ pub trait Journal: Send + Sync + fmt::Debug {
     fn replay(&self, id: i64) -> Result<i64, OutboxError>;
     /// Deletes a dead letter.
     fn discard(&self, id: i64) -> Result<(), OutboxError>;
+    /// Whether other processes may apply this journal's records (a journal
+    /// drained by several instances): then the runtime asks
+    /// [`Journal::settled`] about the records it journaled and has not
+    /// claimed. False unless a journal says otherwise.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Of these records (journaled by this process and not claimed by it),
+    /// the ones no longer pending: applied or dead-lettered by another
+    /// instance, with their key hash. Records not in the journal (not
+    /// committed yet) are not among them. None unless
+    /// [`Journal::is_shared`].
+    fn settled(
+        &self,
+        stream: &str,
+        ids: &[IdempotencyId],
+    ) -> Result<Vec<(IdempotencyId, Option<u64>)>, OutboxError> {
+        let _ = (stream, ids);
+        Ok(Vec::new())
+    }
 }
 
 /// What went wrong with a journal.
