@@ -37,6 +37,7 @@
 
 pub mod backfill;
 mod by_method;
+pub mod cdc;
 mod command;
 mod core;
 mod dead_letter;
