@@ -383,10 +383,7 @@ impl<C: WriteCommand> Runner<C> {
         if !records.is_empty() {
             outbox.journal_external(&records)?;
         }
-        let previous = self.status().confirmed;
-        if batch.through > previous || !batch.changes.is_empty() {
-            self.source.confirm(batch.through)?;
-        }
+        self.source.confirm(batch.through)?;
         {
             let mut status = self.status();
             status.confirmed = status.confirmed.max(batch.through);

@@ -57,6 +57,12 @@ pub struct PostgresSource {
     conn: Option<Connected>,
     /// The slot's confirmed position, as this source last set or read it.
     confirmed: Position,
+    /// The WAL position a complete read (nothing left out) reached, once
+    /// confirmed: while the WAL's head stays there, there is nothing to
+    /// decode.
+    read_to: Option<Position>,
+    /// The WAL position the last read reached, if it was complete.
+    complete_to: Option<Position>,
 }
 
 /// The connection and the current-thread runtime it runs on.
@@ -75,6 +81,8 @@ impl PostgresSource {
             create: false,
             conn: None,
             confirmed: Position(0),
+            read_to: None,
+            complete_to: None,
         }
     }
 
@@ -276,6 +284,13 @@ impl ChangeSource for PostgresSource {
 
     fn read(&mut self, limit: usize) -> Result<ChangeBatch, CdcError> {
         let upto = self.current_lsn()?;
+        if self.read_to == Some(upto) {
+            // No WAL since the last complete read: skip the decoding.
+            return Ok(ChangeBatch {
+                changes: Vec::new(),
+                through: upto,
+            });
+        }
         let slot = self.slot.clone();
         let limit_rows = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
         let upto_text = upto.to_string();
@@ -329,6 +344,7 @@ impl ChangeSource for PostgresSource {
                 }
             }
         }
+        self.complete_to = complete.then_some(upto);
         let through = if complete {
             upto
         } else {
@@ -338,6 +354,10 @@ impl ChangeSource for PostgresSource {
     }
 
     fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
+        // Confirmed, so nothing before it is to be read again.
+        if self.complete_to == Some(through) {
+            self.read_to = Some(through);
+        }
         if through <= self.confirmed {
             return Ok(());
         }
