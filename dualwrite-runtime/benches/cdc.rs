@@ -86,7 +86,6 @@ impl Kv for PgKv {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         self.runtime
             .block_on(
-                // dualwrite-lint: allow(DW002) the benchmark's primary store's own write
                 sqlx::query(AssertSqlSafe(self.upsert.clone()))
                     .bind(id)
                     .bind(value)
@@ -126,7 +125,6 @@ impl Kv for SqlKv {
             .map_or(0, |ctx| ctx.version());
         {
             let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            // dualwrite-lint: allow(DW002) the benchmark's secondary store's own write
             conn.execute(
                 "INSERT INTO kv (id, value, version) VALUES (?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET value = excluded.value, version = excluded.version

@@ -243,7 +243,6 @@ impl PgLedger {
 
 impl Ledger for PgLedger {
     fn put(&self, id: i64, value: i64) -> Result<(), DbError> {
-        // dualwrite-lint: allow(DW002) the primary store's own write, made by the test store that plays the old database
         self.execute(
             format!(
                 "INSERT INTO {} (id, value) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = excluded.value",
@@ -255,7 +254,6 @@ impl Ledger for PgLedger {
     }
 
     fn add(&self, id: i64, by: i64) -> Result<(), DbError> {
-        // dualwrite-lint: allow(DW002) the primary store's own write, made by the test store that plays the old database
         self.execute(
             format!(
                 "INSERT INTO {t} (id, value) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = {t}.value + excluded.value",
@@ -323,7 +321,6 @@ impl Ledger for CountingStore {
     fn put(&self, id: i64, value: i64) -> Result<(), DbError> {
         self.inner.put(id, value)?;
         if let Some(ctx) = WriteContext::current().filter(|ctx| ctx.side() == Side::Apply) {
-            // dualwrite-lint: allow(DW002) the test secondary's own count of applies, not a write to a migrated store
             self.applies
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
