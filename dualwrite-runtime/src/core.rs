@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
+use crate::cdc::{Cdc, CdcError, CdcFollower, CdcStatus};
 use crate::command::WriteCommand;
 use crate::dead_letter::{DEFAULT_DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::helpers::Helpers;
@@ -50,6 +51,10 @@ pub enum WriteStrategy {
     /// in its transaction), then applied off it by the outbox's appliers;
     /// see [`crate::outbox`].
     Outbox(OutboxConfig),
+    /// Change data capture: the primary only on the caller's path; a
+    /// follower reads the old database's changes into the outbox journal,
+    /// whose appliers apply them to the new store; see [`crate::cdc`].
+    Cdc(OutboxConfig),
 }
 
 impl Default for WriteStrategy {
@@ -140,6 +145,7 @@ pub struct DualWriteCore<C> {
     secondary_timeout: Option<Duration>,
     blocking: Option<BlockingSecondary<C>>,
     outbox: Option<OutboxRuntime<C>>,
+    cdc: Option<CdcFollower>,
 }
 
 /// The synchronous strategy's bound on a blocking secondary call; see
@@ -184,6 +190,7 @@ impl<C> DualWriteCore<C> {
             secondary_timeout: Some(Duration::from_secs(30)),
             blocking: None,
             outbox: None,
+            cdc: None,
         }
     }
 
@@ -220,6 +227,20 @@ impl<C> DualWriteCore<C> {
     #[inline]
     pub(crate) fn outbox(&self) -> Option<&OutboxRuntime<C>> {
         self.outbox.as_ref()
+    }
+
+    /// Whether a write's secondary copy for `target` is left to the
+    /// change-data-capture follower (the CDC strategy carries the old
+    /// store's changes to the new one).
+    #[inline]
+    pub(crate) fn left_to_follower(&self, target: Store) -> bool {
+        target == Store::New && self.cdc.is_some()
+    }
+
+    /// What the change-data-capture follower has done so far, under the
+    /// CDC strategy.
+    pub fn cdc_status(&self) -> Option<CdcStatus> {
+        self.cdc.as_ref().map(CdcFollower::status)
     }
 
     /// The adapter's stream in its outbox journal, under the outbox
@@ -275,24 +296,26 @@ impl<C> DualWriteCore<C> {
         self.stop_outbox();
     }
 
-    /// The synchronous mode; `None` when the strategy is AsyncSecondary
-    /// or Outbox.
+    /// The synchronous mode; `None` when the strategy is AsyncSecondary,
+    /// Outbox or Cdc.
     #[inline]
     pub fn sync_mode(&self) -> Option<SyncMode> {
         match self.strategy {
             WriteStrategy::Sync(mode) => Some(mode),
-            WriteStrategy::AsyncSecondary(_) | WriteStrategy::Outbox(_) => None,
+            WriteStrategy::AsyncSecondary(_) | WriteStrategy::Outbox(_) | WriteStrategy::Cdc(_) => {
+                None
+            }
         }
     }
 
-    /// Whether secondary writes are made off the caller's path (lanes or
-    /// the outbox): the caller hands the write over with
-    /// [`WriteTicket::submit`](crate::WriteTicket::submit).
+    /// Whether secondary writes are made off the caller's path (lanes, the
+    /// outbox, or change data capture): the caller hands the write over
+    /// with [`WriteTicket::submit`](crate::WriteTicket::submit).
     #[inline]
     pub fn is_async(&self) -> bool {
         matches!(
             self.strategy,
-            WriteStrategy::AsyncSecondary(_) | WriteStrategy::Outbox(_)
+            WriteStrategy::AsyncSecondary(_) | WriteStrategy::Outbox(_) | WriteStrategy::Cdc(_)
         )
     }
 
@@ -464,10 +487,17 @@ impl<C> DualWriteCore<C> {
     /// A blocking store call abandoned at its attempt timeout
     /// ([`LaneConfig::blocking_attempt_timeout`]) counts until it returns:
     /// it may still write.
+    ///
+    /// Under the CDC strategy it first has the follower journal every
+    /// change the source holds up to now, then waits for the appliers: the
+    /// new store then shows every write committed on the old one before the
+    /// call. A follower that cannot catch up in time counts as one pending
+    /// write.
     pub fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
         let deadline = Instant::now()
             .checked_add(timeout)
             .unwrap_or_else(far_future);
+        self.catch_up_follower(deadline)?;
         let Some(lanes) = &self.lanes else {
             return self.wait_abandoned(deadline);
         };
@@ -492,11 +522,12 @@ impl<C> DualWriteCore<C> {
     /// writes without one.
     pub async fn flush_async(&self, timeout: Duration) -> Result<(), FlushError> {
         let Some(lanes) = &self.lanes else {
-            // Abandoned blocking calls of the synchronous strategy: polled
-            // without blocking the thread.
+            // Abandoned blocking calls of the synchronous strategy (or the
+            // outbox's records): polled without blocking the thread.
             let deadline = Instant::now()
                 .checked_add(timeout)
                 .unwrap_or_else(far_future);
+            self.catch_up_follower(deadline)?;
             let timers = Handle::try_current().is_ok();
             loop {
                 let pending = self.stripes.total_pending();
@@ -525,6 +556,20 @@ impl<C> DualWriteCore<C> {
         Ok(())
     }
 
+    /// Under the CDC strategy, has the follower journal what its source
+    /// holds up to now (see [`DualWriteCore::flush`]).
+    fn catch_up_follower(&self, deadline: Instant) -> Result<(), FlushError> {
+        let Some(cdc) = &self.cdc else {
+            return Ok(());
+        };
+        cdc.catch_up(deadline).map_err(|error| {
+            tracing::warn!(%error, source = cdc.source(), "flush: the change-data-capture follower did not catch up");
+            FlushError::TimedOut {
+                pending: self.stripes.total_pending().max(1),
+            }
+        })
+    }
+
     /// Drains the lanes and stops them: new writes are held while every
     /// write in flight hands off and every pending secondary write is
     /// applied or dead-lettered, then the lane threads are joined. Writes
@@ -546,9 +591,15 @@ impl<C> DualWriteCore<C> {
         if let Some(outbox) = &self.outbox {
             // Drained within the deadline if it can be; what is left stays
             // pending in the journal for the next adapter over it.
+            // Under CDC the fence first has the follower catch up.
             let drained = self.shared.stripes.fence(deadline).map(drop).is_ok();
             self.shut_down.store(true, Ordering::SeqCst);
-            complete = outbox.stop(deadline) && drained;
+            if let Some(cdc) = &self.cdc {
+                // Changes not journaled stay in the source for the next
+                // follower.
+                complete &= cdc.stop(deadline);
+            }
+            complete = outbox.stop(deadline) && drained && complete;
             still_pending = self.stripes.total_pending();
             if still_pending > 0 {
                 complete = false;
@@ -697,6 +748,11 @@ impl<C> DualWriteCore<C> {
     /// record, then stops its threads, if it runs: a strategy switch keeps
     /// the order of writes per key.
     fn stop_outbox(&mut self) {
+        if let Some(cdc) = self.cdc.take() {
+            // What the follower has not journaled stays in the source.
+            self.stripes.set_catch_up(None);
+            cdc.stop(far_future());
+        }
         if let Some(outbox) = self.outbox.take() {
             let _ = self.wait_abandoned(far_future());
             outbox.stop(far_future());
@@ -860,6 +916,44 @@ impl<C: Send + 'static> DualWriteCore<C> {
         self.outbox = Some(runtime);
         Ok(())
     }
+
+    /// Switches to change data capture (see [`crate::cdc`]): starts the
+    /// outbox's appliers over `journal` (as [`DualWriteCore::start_outbox`],
+    /// `apply` runs each record), then the follower, which opens the
+    /// source, reads its changes, maps them with the [`Cdc`]'s function
+    /// and journals them. From then on a write reaches the primary only
+    /// when the follower carries its copy (old store primary, new store
+    /// secondary); a copy for the old store (the new store is primary) is
+    /// journaled as under the outbox strategy. Phase changes and flushes
+    /// have the follower catch up first. Fails, with the strategy
+    /// unchanged, when the journal cannot be read or the source cannot be
+    /// opened (a missing slot, `wal_level` not `logical`).
+    pub fn start_cdc<F>(
+        &mut self,
+        journal: std::sync::Arc<dyn Journal>,
+        config: OutboxConfig,
+        codec: JournalCodec<C>,
+        cdc: Cdc<C>,
+        apply: F,
+    ) -> Result<(), CdcError>
+    where
+        C: WriteCommand,
+        F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
+    {
+        // The source first: a missing slot leaves the strategy as it was.
+        let follower = CdcFollower::open(cdc, self.migration.clone(), codec.encode)?;
+        self.stop_lanes();
+        self.stop_outbox();
+        let runtime =
+            OutboxRuntime::start(journal, config, codec, Arc::clone(&self.shared), apply)?;
+        follower.run(runtime.shared());
+        let catch_up = follower.catch_up_hook();
+        self.stripes.set_catch_up(Some(catch_up));
+        self.strategy = WriteStrategy::Cdc(runtime.config().clone());
+        self.outbox = Some(runtime);
+        self.cdc = Some(follower);
+        Ok(())
+    }
 }
 
 impl<C> DualWriteCore<C> {
@@ -910,6 +1004,9 @@ impl<C> DualWriteCore<C> {
 
     fn submit_job(&self, job: Job<C>) {
         let _stripe = self.shared.stripes.lock(job.stripe);
+        if self.left_to_follower(job.target) {
+            return;
+        }
         if let Some(outbox) = &self.outbox {
             let (key, render) = (job.key, job.render_key);
             return outbox.submit(
@@ -977,6 +1074,7 @@ impl<C> fmt::Debug for DualWriteCore<C> {
                 &self.lanes.as_ref().map(|lanes| lanes.config().lane_count()),
             )
             .field("outbox", &self.outbox_stream())
+            .field("cdc", &self.cdc.as_ref().map(CdcFollower::source))
             .field("shadow_sample_rate", &self.shadow_sample_rate())
             .field("dead_letters", &self.dead_letter_count())
             .field("stats", &self.shared.stats)

@@ -21,7 +21,10 @@
 //! backoff and keep what they give up on as [`DeadLetter`]s
 //! ([`WriteStrategy::AsyncSecondary`]), or kept in a durable journal first
 //! and applied from there ([`WriteStrategy::Outbox`], module [`outbox`]),
-//! so a crash of the process loses none of them.
+//! so a crash of the process loses none of them; or, with change data
+//! capture, not made on the caller's path at all: a follower reads the old
+//! database's change stream into the same journal ([`WriteStrategy::Cdc`],
+//! module [`cdc`]).
 //!
 //! Where is a write routed? In [`DualWriteCore::begin_write`] (module
 //! `write`), which every generated write method calls: it takes the key's
@@ -37,6 +40,7 @@
 
 pub mod backfill;
 mod by_method;
+pub mod cdc;
 mod command;
 mod core;
 mod dead_letter;

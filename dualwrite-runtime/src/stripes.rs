@@ -80,7 +80,14 @@ pub(crate) struct KeyStripes {
     lock: Mutex<()>,
     released: Condvar,
     released_async: Notify,
+    /// Run by a fence once it holds every stripe, before it waits for the
+    /// pending writes: the change-data-capture follower journals what the
+    /// source holds up to now (counted pending). `false`: it could not.
+    catch_up: Mutex<Option<CatchUp>>,
 }
+
+/// See `KeyStripes::catch_up`.
+pub(crate) type CatchUp = std::sync::Arc<dyn Fn(Instant) -> bool + Send + Sync>;
 
 impl Default for KeyStripes {
     fn default() -> Self {
@@ -101,6 +108,7 @@ impl KeyStripes {
             lock: Mutex::new(()),
             released: Condvar::new(),
             released_async: Notify::new(),
+            catch_up: Mutex::new(None),
         }
     }
 
@@ -317,6 +325,12 @@ impl KeyStripes {
             }
             hold.taken += 1;
         }
+        let catch_up = self.catch_up_hook();
+        if let Some(catch_up) = catch_up
+            && !catch_up(deadline)
+        {
+            return Err(self.total_pending().max(1));
+        }
         // Nothing can start now; the lanes drain what is queued.
         let mut nap = Duration::from_micros(20);
         loop {
@@ -331,6 +345,20 @@ impl KeyStripes {
             thread::sleep(nap.min(deadline - now));
             nap = (nap * 2).min(Duration::from_millis(1));
         }
+    }
+
+    /// Sets (or clears) what a fence runs before it waits for the pending
+    /// writes; see `KeyStripes::catch_up`.
+    pub(crate) fn set_catch_up(&self, catch_up: Option<CatchUp>) {
+        *self.catch_up.lock().unwrap_or_else(PoisonError::into_inner) = catch_up;
+    }
+
+    /// What a fence runs before it waits for the pending writes, if set.
+    pub(crate) fn catch_up_hook(&self) -> Option<CatchUp> {
+        self.catch_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Takes a stripe for a fence (ignoring `fencing`), waiting until

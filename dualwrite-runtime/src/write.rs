@@ -492,6 +492,10 @@ impl<'a, C> WriteTicket<'a, C> {
         let Some(target) = self.route.secondary else {
             return;
         };
+        if self.core.left_to_follower(target) {
+            // Change data capture carries the primary's change.
+            return;
+        }
         if let Some(outbox) = self.core.outbox() {
             return outbox.submit(
                 self.stripe.index(),
@@ -529,7 +533,7 @@ impl<'a, C> WriteTicket<'a, C> {
         C: WriteCommand,
     {
         match (self.core.outbox(), self.route.secondary) {
-            (Some(outbox), Some(target)) => outbox.prepare(
+            (Some(outbox), Some(target)) if !self.core.left_to_follower(target) => outbox.prepare(
                 self.stripe.index(),
                 self.key_hash,
                 self.method,

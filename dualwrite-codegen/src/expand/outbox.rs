@@ -1,12 +1,17 @@
-//! The adapter's outbox builder: `with_outbox`, thin dispatch into
-//! `DualWriteCore::start_outbox` (the journal, the appliers and the write
-//! path are in `dualwrite_runtime::outbox`).
+//! The adapter's outbox and change-data-capture builders: `with_outbox`
+//! and `with_cdc`, thin dispatch into `DualWriteCore::start_outbox` and
+//! `DualWriteCore::start_cdc` (the journal, the appliers, the follower and
+//! the write path are in `dualwrite_runtime::outbox` and
+//! `dualwrite_runtime::cdc`).
 //!
 //! ```text
 //! impl<Old: UserStore + Send + Sync + 'static, New: ..> UserStoreDualWrite<Old, New> {
 //!     pub fn with_outbox(self, journal: Arc<dyn Journal>, config: OutboxConfig) -> Result<Self, OutboxError>
 //!     where OutboxCommand<Old>: JournalReady<UserStoreWrite>   // serde, checked at the call
 //!     { /* start the appliers, which apply commands to the secondary store */ }
+//!     pub fn with_cdc(self, journal: Arc<dyn Journal>, cdc: Cdc<UserStoreWrite>, config: OutboxConfig) -> Result<Self, CdcError>
+//!     where OutboxCommand<Old>: JournalReady<UserStoreWrite>
+//!     { /* the same appliers, fed by the follower of the old database */ }
 //! }
 //! ```
 
@@ -40,6 +45,23 @@ impl Expander<'_> {
                 config: #rt::outbox::OutboxConfig,
             ) -> ::core::result::Result<Self, #rt::outbox::OutboxError>
         };
+        let cdc_doc = quote! {
+            /// Change data capture: writes reach the old (primary) store only, and a
+            /// follower reads its change stream (`cdc.source`), maps each row change
+            /// to a write command (`cdc`'s function) and journals it; the outbox's
+            /// appliers apply the journal to the new store (per-key order, retries,
+            /// dead letters kept in the journal). Phase changes and flushes have the
+            /// follower catch up first. Needs `#[dual_write(serde)]`. Fails when the
+            /// journal cannot be read or the source cannot be opened.
+        };
+        let cdc_signature = quote! {
+            #vis fn with_cdc(
+                mut self,
+                journal: ::std::sync::Arc<dyn #rt::outbox::Journal>,
+                cdc: #rt::cdc::Cdc<#cmd_ty>,
+                config: #rt::outbox::OutboxConfig,
+            ) -> ::core::result::Result<Self, #rt::cdc::CdcError>
+        };
         if self.owned {
             // The bound cannot hold: calling the method is a compile error
             // that says why (see `SharedReceivers`).
@@ -57,6 +79,15 @@ impl Expander<'_> {
                         #rt::__private::MutReceiverWrites<Old, New>: #rt::__private::SharedReceivers,
                     {
                         let _ = (journal, config);
+                        ::core::result::Result::Ok(self)
+                    }
+
+                    #cdc_doc
+                    #cdc_signature
+                    where
+                        #rt::__private::MutReceiverWrites<Old, New>: #rt::__private::SharedReceivers,
+                    {
+                        let _ = (journal, cdc, config);
                         ::core::result::Result::Ok(self)
                     }
                 }
@@ -91,6 +122,29 @@ impl Expander<'_> {
                         journal,
                         config,
                         <#rt::__private::OutboxCommand<Old> as #rt::__private::JournalReady<#cmd_ty>>::codec(),
+                        move |ctx: &#rt::LaneContext, target: #rt::Store, command: &#cmd_ty| {
+                            let _ = ctx;
+                            match target {
+                                #rt::Store::Old => #apply_old,
+                                #rt::Store::New => #apply_new,
+                            }
+                        },
+                    )?;
+                    ::core::result::Result::Ok(self)
+                }
+
+                #cdc_doc
+                #cdc_signature
+                where
+                    #rt::__private::OutboxCommand<Old>: #rt::__private::JournalReady<#cmd_ty>,
+                {
+                    let old = ::std::sync::Arc::clone(&self.old);
+                    let new = ::std::sync::Arc::clone(&self.new);
+                    self.core.start_cdc(
+                        journal,
+                        config,
+                        <#rt::__private::OutboxCommand<Old> as #rt::__private::JournalReady<#cmd_ty>>::codec(),
+                        cdc,
                         move |ctx: &#rt::LaneContext, target: #rt::Store, command: &#cmd_ty| {
                             let _ = ctx;
                             match target {

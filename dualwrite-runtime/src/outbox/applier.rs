@@ -169,6 +169,41 @@ impl OutboxShared {
     }
 }
 
+impl OutboxShared {
+    /// The journal.
+    pub(crate) fn journal(&self) -> &dyn Journal {
+        &*self.journal
+    }
+
+    /// The adapter's stream in the journal.
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Journals records made outside the write path (change data capture)
+    /// in one transaction, counted pending first so a fence waits for
+    /// them; wakes the coordinator.
+    pub(crate) fn journal_external(&self, records: &[NewRecord]) -> Result<(), OutboxError> {
+        for record in records {
+            self.count(record.idempotency_id, KeyStripes::index(record.key_hash));
+        }
+        let appended = match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.journal.append_many(records))
+            }
+            _ => self.journal.append_many(records),
+        };
+        if let Err(error) = appended {
+            for record in records {
+                self.uncount(record.idempotency_id, KeyStripes::index(record.key_hash));
+            }
+            return Err(error);
+        }
+        self.wake_coordinator();
+        Ok(())
+    }
+}
+
 impl JournalListener for OutboxShared {
     fn requeuing(&self, id: IdempotencyId, key_hash: Option<u64>) {
         self.count(id, KeyStripes::index(key_hash));
@@ -328,6 +363,11 @@ impl<C> OutboxRuntime<C> {
     /// The adapter's stream in the journal.
     pub(crate) fn stream(&self) -> &str {
         &self.shared.stream
+    }
+
+    /// The state the appliers share (for the change-data-capture follower).
+    pub(crate) fn shared(&self) -> Arc<OutboxShared> {
+        Arc::clone(&self.shared)
     }
 
     /// The configuration the outbox runs with.
@@ -832,6 +872,10 @@ where
         } = record;
         let stripe = KeyStripes::index(record.key_hash);
         let target = record.target;
+        if let Some(error) = crate::cdc::rejected_error(&record.payload) {
+            let error = error.to_owned();
+            return self.dead(id, earlier, error, &record, stripe);
+        }
         let command = match (self.decode)(&record.payload) {
             Ok(command) => command,
             Err(error) => {

@@ -41,6 +41,9 @@
 //! `outbox-postgres`) partitions records by key and gives each partition to
 //! one instance at a time through expiring leases. Other journals expect
 //! one process at a time to run appliers for a stream.
+//!
+//! Change data capture ([`crate::cdc`]) journals the changes it reads from
+//! the old database here too, and the same appliers apply them.
 
 mod applier;
 mod context;
@@ -56,7 +59,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::phase::Store;
 
-pub(crate) use applier::OutboxRuntime;
+pub(crate) use applier::{OutboxRuntime, OutboxShared};
 pub use context::{OutboxScope, Side, WriteContext};
 pub use ids::IdempotencyId;
 
@@ -341,6 +344,12 @@ pub trait Journal: Send + Sync + fmt::Debug {
     /// runtime dead-letters them instead of stalling on them or skipping
     /// them silently.
     fn claim(&self, stream: &str, after: i64, limit: usize) -> Result<Claimed, OutboxError>;
+    /// Appends records durably in one transaction when the journal can
+    /// (the change-data-capture follower journals a batch of changes at a
+    /// time); by default one [`Journal::append`] after the other.
+    fn append_many(&self, records: &[NewRecord]) -> Result<(), OutboxError> {
+        records.iter().try_for_each(|record| self.append(record))
+    }
     /// Records what appliers did, in one transaction.
     fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), OutboxError>;
     /// Deletes up to `limit` done records last changed at or before `before`;

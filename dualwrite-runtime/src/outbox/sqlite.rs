@@ -663,6 +663,13 @@ impl Journal for SqliteJournal {
         }
     }
 
+    fn append_many(&self, records: &[NewRecord]) -> Result<(), OutboxError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write_records(records)
+    }
+
     fn contains(&self, id: &IdempotencyId) -> Result<bool, OutboxError> {
         let conn = self.reader();
         conn.prepare_cached("SELECT 1 FROM dualwrite_outbox WHERE idempotency_id = ?1")

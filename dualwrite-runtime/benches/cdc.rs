@@ -1,0 +1,427 @@
+//! Cost of change data capture with a PostgreSQL primary and a SQLite-file
+//! secondary (plain timing, a table per part).
+//!
+//! ```text
+//! DUALWRITE_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo bench -p dualwrite-runtime --features cdc-postgres --bench cdc
+//! ```
+//!
+//! 1. **Caller latency** (p50, p99, p99.9 of one caller's `put` calls, and
+//!    the ratio to primary-only): primary only (`Prepare`, no follower
+//!    running) against CDC (`DualWrite`, the follower polling the slot and
+//!    the appliers writing the SQLite secondary). The modes alternate in
+//!    blocks (each block starts its own adapter; the CDC block's follower
+//!    and appliers run only during it, so its load on the server is in its
+//!    figures), the first mode alternating between rounds; the summary
+//!    gives the median and range of the per-round ratios.
+//! 2. **End-to-end lag** (the primary's commit, as the caller's `put`
+//!    returns, to the secondary's apply, as the applier's store call
+//!    returns), p50 / p99 / max, under a steady load of `DW_CDC_RATE`
+//!    writes a second for `DW_CDC_SECONDS` seconds.
+//!
+//! Environment: `DUALWRITE_POSTGRES_URL` (skipped without it, or when its
+//! `wal_level` is not `logical`), `DW_CDC_CALLS` (calls per block, default
+//! 2 000), `DW_CDC_ROUNDS` (default 4), `DW_CDC_RATE` (default 500),
+//! `DW_CDC_SECONDS` (default 10), `DW_CDC_POLL_MS` (the follower's poll
+//! interval, default 10).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dualwrite_runtime::cdc::postgres::PostgresSource;
+use dualwrite_runtime::cdc::{Cdc, CdcConfig, ChangeKind, RowChange};
+use dualwrite_runtime::outbox::sqlite::SqliteJournal;
+use dualwrite_runtime::outbox::{Durability, OutboxConfig, Side, WriteContext};
+use dualwrite_runtime::{Migration, Phase, dual_write};
+use rusqlite::{Connection, params};
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Connection as _};
+
+#[derive(Debug, Clone)]
+pub struct BenchError(String);
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[dual_write(serde)]
+pub trait Kv {
+    #[dual_write(key = id)]
+    fn put(&self, id: i64, value: i64) -> Result<(), BenchError>;
+}
+
+/// The primary: a PostgreSQL table, one connection.
+pub struct PgKv {
+    runtime: tokio::runtime::Runtime,
+    conn: Mutex<PgConnection>,
+    upsert: String,
+}
+
+impl PgKv {
+    fn connect(url: &str, table: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let conn = runtime
+            .block_on(PgConnection::connect(url))
+            .expect("connect");
+        PgKv {
+            runtime,
+            conn: Mutex::new(conn),
+            upsert: format!(
+                "INSERT INTO {table} (id, value) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = excluded.value"
+            ),
+        }
+    }
+}
+
+impl Kv for PgKv {
+    fn put(&self, id: i64, value: i64) -> Result<(), BenchError> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        self.runtime
+            .block_on(
+                sqlx::query(AssertSqlSafe(self.upsert.clone()))
+                    .bind(id)
+                    .bind(value)
+                    .execute(&mut *conn),
+            )
+            .map(drop)
+            .map_err(|error| BenchError(error.to_string()))
+    }
+}
+
+/// The secondary: a SQLite file (version-guarded upserts), noting when
+/// each `(id, value)` was applied.
+pub struct SqlKv {
+    conn: Mutex<Connection>,
+    applied: Mutex<HashMap<(i64, i64), Instant>>,
+}
+
+impl SqlKv {
+    fn open(path: &Path) -> Self {
+        let conn = Connection::open(path).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS kv (id INTEGER PRIMARY KEY, value INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0);",
+        )
+        .expect("schema");
+        SqlKv {
+            conn: Mutex::new(conn),
+            applied: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Kv for SqlKv {
+    fn put(&self, id: i64, value: i64) -> Result<(), BenchError> {
+        let version = WriteContext::current()
+            .filter(|ctx| ctx.side() == Side::Apply)
+            .map_or(0, |ctx| ctx.version());
+        {
+            let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            conn.execute(
+                "INSERT INTO kv (id, value, version) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET value = excluded.value, version = excluded.version
+                 WHERE kv.version < excluded.version",
+                params![id, value, version],
+            )
+            .map_err(|error| BenchError(error.to_string()))?;
+        }
+        self.applied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((id, value), Instant::now());
+        Ok(())
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn on_runtime<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+fn sql(url: &str, statement: String) {
+    let url = url.to_owned();
+    on_runtime(async move {
+        let mut conn = PgConnection::connect(&url).await.expect("connect");
+        sqlx::query(AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .expect("statement");
+    });
+}
+
+fn wal_level(url: &str) -> String {
+    let url = url.to_owned();
+    on_runtime(async move {
+        let mut conn = PgConnection::connect(&url).await.expect("connect");
+        let (level,): (String,) = sqlx::query_as("SHOW wal_level")
+            .fetch_one(&mut conn)
+            .await
+            .expect("SHOW wal_level");
+        level
+    })
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dualwrite-bench-cdc-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn micros(nanos: u64) -> String {
+    format!("{:.0} µs", nanos as f64 / 1_000.0)
+}
+
+/// The bench's tables and slot; dropped at the end.
+struct Setup {
+    url: String,
+    plain: String,
+    cdc: String,
+    slot: String,
+    dir: PathBuf,
+}
+
+impl Setup {
+    fn new(url: String) -> Self {
+        let tag = format!("{}", std::process::id());
+        let setup = Setup {
+            plain: format!("dw_bench_plain_{tag}"),
+            cdc: format!("dw_bench_cdc_{tag}"),
+            slot: format!("dw_bench_cdc_{tag}"),
+            dir: temp_dir(),
+            url,
+        };
+        for table in [&setup.plain, &setup.cdc] {
+            sql(
+                &setup.url,
+                format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, value BIGINT)"),
+            );
+        }
+        PostgresSource::create_slot(&setup.url, &setup.slot).expect("create the slot");
+        setup
+    }
+
+    fn primary_only(&self) -> KvDualWrite<PgKv, SqlKv> {
+        KvDualWrite::new(
+            PgKv::connect(&self.url, &self.plain),
+            SqlKv::open(&self.dir.join("plain.db")),
+            Migration::new(Phase::Prepare),
+        )
+    }
+
+    fn with_cdc(&self) -> KvDualWrite<PgKv, SqlKv> {
+        let table = self.cdc.clone();
+        let source = PostgresSource::new(&self.url, &self.slot);
+        let cdc = Cdc::new(source, move |change: &RowChange| {
+            if change.table != table || change.kind == ChangeKind::Delete {
+                return None;
+            }
+            Some((|| {
+                Ok(KvWrite::Put {
+                    id: change.parse("id")?,
+                    value: change.parse("value")?,
+                })
+            })())
+        })
+        .with_config(
+            CdcConfig::default()
+                .with_poll_interval(Duration::from_millis(env("DW_CDC_POLL_MS", 10))),
+        );
+        let journal = Arc::new(
+            SqliteJournal::open(self.dir.join("journal.db"), Durability::PerWrite)
+                .expect("journal"),
+        );
+        KvDualWrite::new(
+            PgKv::connect(&self.url, &self.cdc),
+            SqlKv::open(&self.dir.join("cdc.db")),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_cdc(journal, cdc, OutboxConfig::default())
+        .expect("start change data capture")
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = PostgresSource::drop_slot(&self.url, &self.slot);
+        for table in [&self.plain, &self.cdc] {
+            sql(&self.url, format!("DROP TABLE IF EXISTS {table}"));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Times `calls` puts; the latencies in nanoseconds.
+fn block(adapter: &KvDualWrite<PgKv, SqlKv>, calls: u64, next: &mut i64) -> Vec<u64> {
+    (0..calls)
+        .map(|_| {
+            *next += 1;
+            let started = Instant::now();
+            adapter.put(*next % 1_000, *next).expect("put");
+            started.elapsed().as_nanos() as u64
+        })
+        .collect()
+}
+
+fn caller_latency(setup: &Setup) {
+    let calls = env("DW_CDC_CALLS", 2_000);
+    let rounds = env("DW_CDC_ROUNDS", 4);
+    println!(
+        "## Caller latency, PostgreSQL primary, SQLite-file secondary ({calls} calls a block)"
+    );
+    println!();
+    println!("| round | mode | p50 | p99 | p99.9 | p99 ratio |");
+    println!("|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    let mut next = 0_i64;
+    // Warm-up: connections, the slot's first decoding.
+    {
+        let adapter = setup.primary_only();
+        block(&adapter, 200, &mut next);
+    }
+    for round in 0..rounds {
+        let mut plain = Vec::new();
+        let mut cdc = Vec::new();
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_cdc in order {
+            if with_cdc {
+                let adapter = setup.with_cdc();
+                cdc = block(&adapter, calls, &mut next);
+                adapter.flush(Duration::from_secs(120)).expect("flush");
+                let _ = adapter.shutdown(Duration::from_secs(60));
+            } else {
+                let adapter = setup.primary_only();
+                plain = block(&adapter, calls, &mut next);
+            }
+        }
+        plain.sort_unstable();
+        cdc.sort_unstable();
+        let base = percentile(&plain, 99.0).max(1);
+        let ratio = percentile(&cdc, 99.0) as f64 / base as f64;
+        ratios.push(ratio);
+        for (name, samples) in [("primary only", &plain), ("cdc", &cdc)] {
+            println!(
+                "| {round} | {name} | {} | {} | {} | {:.3} |",
+                micros(percentile(samples, 50.0)),
+                micros(percentile(samples, 99.0)),
+                micros(percentile(samples, 99.9)),
+                percentile(samples, 99.0) as f64 / base as f64
+            );
+        }
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!();
+    println!(
+        "CDC p99 / primary-only p99: median {:.3}, range {:.3} to {:.3} over {rounds} rounds",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    println!();
+}
+
+fn lag(setup: &Setup) {
+    let rate = env("DW_CDC_RATE", 500).max(1);
+    let seconds = env("DW_CDC_SECONDS", 10);
+    let adapter = setup.with_cdc();
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let mut committed: Vec<((i64, i64), Instant)> = Vec::new();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut value = 1_000_000_000_i64;
+    let mut due = start;
+    while Instant::now() < end {
+        value += 1;
+        let key = (value % 1_000, value);
+        adapter.put(key.0, key.1).expect("put");
+        committed.push((key, Instant::now()));
+        due += interval;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    adapter.flush(Duration::from_secs(120)).expect("flush");
+    let applied = adapter
+        .new_store()
+        .applied
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut lags: Vec<u64> = committed
+        .iter()
+        .filter_map(|(key, at)| {
+            applied
+                .get(key)
+                .map(|applied| applied.saturating_duration_since(*at).as_nanos() as u64)
+        })
+        .collect();
+    let missing = committed.len() - lags.len();
+    lags.sort_unstable();
+    println!(
+        "## End-to-end lag (primary commit -> secondary apply), {rate} writes/s for {seconds} s"
+    );
+    println!();
+    println!("| writes | p50 | p99 | max | not applied |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {missing} |",
+        committed.len(),
+        micros(percentile(&lags, 50.0)),
+        micros(percentile(&lags, 99.0)),
+        micros(lags.last().copied().unwrap_or(0))
+    );
+    let _ = adapter.shutdown(Duration::from_secs(60));
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is ignored.
+    let Ok(url) = std::env::var("DUALWRITE_POSTGRES_URL") else {
+        println!(
+            "skipped: cdc bench: set DUALWRITE_POSTGRES_URL to a PostgreSQL server with wal_level = logical"
+        );
+        return;
+    };
+    let level = wal_level(&url);
+    if level != "logical" {
+        println!("skipped: cdc bench: the server's wal_level is `{level}`, not `logical`");
+        return;
+    }
+    let setup = Setup::new(url);
+    caller_latency(&setup);
+    lag(&setup);
+}

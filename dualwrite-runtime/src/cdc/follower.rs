@@ -1,0 +1,469 @@
+//! The follower thread: reads the source, journals the mapped commands,
+//! then confirms the source's position; answers catch-up requests of
+//! fences and flushes.
+//!
+//! ```text
+//! follower thread                         fence / flush (another thread)
+//! open the source -> report to with_cdc   catch_up(deadline):
+//! loop:                                     request -> wait for the answer
+//!   a catch-up request? read until the      (until the deadline)
+//!     source's head then is confirmed;
+//!     answer
+//!   else every poll interval: one round
+//! round: read -> map -> journal (counted pending first) -> confirm
+//! ```
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use super::{Cdc, CdcConfig, CdcError, CdcStatus, ChangeSource, MapFn, REJECTED_MARKER, RowChange};
+use crate::command::WriteCommand;
+use crate::helpers::panic_message;
+use crate::key::RoutingKey;
+use crate::migration::Migration;
+use crate::outbox::{NewRecord, OutboxShared};
+use crate::phase::Store;
+
+/// A request to the follower thread.
+enum Request {
+    /// Read until the source's head (as of now) is confirmed, then answer.
+    CatchUp(Sender<Result<(), CdcError>>),
+}
+
+/// The running follower of an adapter.
+pub(crate) struct CdcFollower {
+    /// Hands the follower thread its journal once its source is open.
+    go: Mutex<Option<Sender<Arc<OutboxShared>>>>,
+    requests: Sender<Request>,
+    exit: Arc<AtomicBool>,
+    status: Arc<Mutex<CdcStatus>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    source: String,
+}
+
+impl CdcFollower {
+    /// Starts the follower thread and waits until its source is open;
+    /// fails when it cannot be opened within the configured time. It reads
+    /// nothing until [`CdcFollower::run`] hands it the journal.
+    pub(crate) fn open<C>(
+        cdc: Cdc<C>,
+        migration: Migration,
+        encode: fn(&C) -> Result<String, String>,
+    ) -> Result<Self, CdcError>
+    where
+        C: WriteCommand + 'static,
+    {
+        let Cdc {
+            source,
+            map,
+            config,
+        } = cdc;
+        let description = source.describe();
+        let (requests, requests_rx) = crossbeam_channel::unbounded();
+        let (opened_tx, opened_rx) = crossbeam_channel::bounded(1);
+        let (go, go_rx) = crossbeam_channel::bounded::<Arc<OutboxShared>>(1);
+        let exit = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Mutex::new(CdcStatus::default()));
+        let open_timeout = config.open_timeout;
+        let mut runner = Runner {
+            source,
+            map,
+            encode,
+            outbox: None,
+            migration,
+            config,
+            status: Arc::clone(&status),
+            exit: Arc::clone(&exit),
+            check_duplicates: true,
+            reported: None,
+        };
+        let thread = thread::Builder::new()
+            .name("dualwrite-cdc".to_owned())
+            .spawn(move || {
+                let opened = catch_unwind(AssertUnwindSafe(|| runner.source.open()))
+                    .unwrap_or_else(|payload| {
+                        Err(CdcError::Source {
+                            source: runner.source.describe(),
+                            during: "opening the source",
+                            error: format!("panicked: {}", panic_message(payload.as_ref())),
+                        })
+                    });
+                let ok = match opened {
+                    Ok(position) => {
+                        runner.status().confirmed = position;
+                        let _ = opened_tx.send(Ok(()));
+                        true
+                    }
+                    Err(error) => {
+                        let _ = opened_tx.send(Err(error));
+                        false
+                    }
+                };
+                if !ok {
+                    return;
+                }
+                // Dropped unsent when the adapter gives up the start.
+                if let Ok(outbox) = go_rx.recv() {
+                    runner.outbox = Some(outbox);
+                    runner.run(&requests_rx);
+                }
+            })
+            .map_err(|error| CdcError::Source {
+                source: description.clone(),
+                during: "starting the follower thread",
+                error: error.to_string(),
+            })?;
+        let follower = CdcFollower {
+            go: Mutex::new(Some(go)),
+            requests,
+            exit,
+            status,
+            thread: Mutex::new(Some(thread)),
+            source: description,
+        };
+        let opened = blocking(|| opened_rx.recv_timeout(open_timeout));
+        match opened {
+            Ok(Ok(())) => Ok(follower),
+            Ok(Err(error)) => {
+                follower.stop(Instant::now() + Duration::from_secs(5));
+                Err(error)
+            }
+            Err(_) => {
+                follower.stop(Instant::now());
+                Err(CdcError::TimedOut {
+                    waiting_for: "the change source to open",
+                })
+            }
+        }
+    }
+
+    /// Starts reading: records go to `outbox`'s journal.
+    pub(crate) fn run(&self, outbox: Arc<OutboxShared>) {
+        if let Some(go) = self
+            .go
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = go.send(outbox);
+        }
+    }
+
+    /// What a fence runs (see `KeyStripes::catch_up`): the follower's
+    /// catch-up, `false` (logged) when it fails.
+    pub(crate) fn catch_up_hook(&self) -> crate::stripes::CatchUp {
+        let requests = self.requests.clone();
+        let source = self.source.clone();
+        Arc::new(move |deadline| match catch_up_with(&requests, deadline) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, source, "fence: the change-data-capture follower did not catch up");
+                false
+            }
+        })
+    }
+
+    /// The source, for messages.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// What the follower has done so far.
+    pub(crate) fn status(&self) -> CdcStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Has the follower read the source up to its head as of now and
+    /// journal what it read (counted pending), waiting until `deadline`.
+    pub(crate) fn catch_up(&self, deadline: Instant) -> Result<(), CdcError> {
+        catch_up_with(&self.requests, deadline)
+    }
+
+    /// Stops the follower thread (a round under way is finished first),
+    /// waiting for it until `deadline`; whether it stopped. Changes not
+    /// confirmed stay in the source, for the next follower.
+    pub(crate) fn stop(&self, deadline: Instant) -> bool {
+        self.exit.store(true, Ordering::SeqCst);
+        // A thread still waiting for its journal stops.
+        drop(
+            self.go
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let mut slot = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(thread) = slot.take() else {
+            return true;
+        };
+        let mut nap = Duration::from_micros(100);
+        while !thread.is_finished() {
+            let now = Instant::now();
+            if now >= deadline {
+                *slot = Some(thread);
+                return false;
+            }
+            thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(10));
+        }
+        let _ = thread.join();
+        true
+    }
+}
+
+impl Drop for CdcFollower {
+    fn drop(&mut self) {
+        if !self.stop(Instant::now() + Duration::from_secs(5)) {
+            tracing::warn!(
+                source = self.source,
+                "the change-data-capture follower was still busy when the adapter was dropped; it stops after its current round"
+            );
+        }
+    }
+}
+
+/// Asks the follower thread behind `requests` to catch up; waits for its
+/// answer until `deadline`.
+fn catch_up_with(requests: &Sender<Request>, deadline: Instant) -> Result<(), CdcError> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    requests
+        .send(Request::CatchUp(reply))
+        .map_err(|_| CdcError::Stopped)?;
+    let wait = deadline.saturating_duration_since(Instant::now());
+    match blocking(|| answer.recv_timeout(wait)) {
+        Ok(result) => result,
+        Err(RecvTimeoutError::Timeout) => Err(CdcError::TimedOut {
+            waiting_for: "the change-data-capture follower to catch up",
+        }),
+        Err(RecvTimeoutError::Disconnected) => Err(CdcError::Stopped),
+    }
+}
+
+/// Waits on the current thread, letting a multi-thread tokio runtime move
+/// this worker's other tasks meanwhile.
+fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
+/// The follower thread's state.
+struct Runner<C> {
+    source: Box<dyn ChangeSource>,
+    map: Arc<MapFn<C>>,
+    encode: fn(&C) -> Result<String, String>,
+    /// The journal's side of the outbox; set before `run`.
+    outbox: Option<Arc<OutboxShared>>,
+    migration: Migration,
+    config: CdcConfig,
+    status: Arc<Mutex<CdcStatus>>,
+    exit: Arc<AtomicBool>,
+    /// Changes read first after a start may be in the journal already
+    /// (journaled, then the process stopped before the source was
+    /// confirmed): they are looked up until one is not there.
+    check_duplicates: bool,
+    /// The last error logged, so a failing source is logged once.
+    reported: Option<String>,
+}
+
+/// What one round did.
+struct Round {
+    /// The position confirmed after it.
+    through: crate::cdc::Position,
+    /// It read a full batch: more changes may be waiting.
+    full: bool,
+}
+
+impl<C: WriteCommand> Runner<C> {
+    fn status(&self) -> std::sync::MutexGuard<'_, CdcStatus> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(&mut self, requests: &Receiver<Request>) {
+        let mut wait = Duration::ZERO;
+        loop {
+            if self.exit.load(Ordering::SeqCst) {
+                return;
+            }
+            // Short waits, so a stop is seen within 50 ms.
+            match requests.recv_timeout(wait.min(Duration::from_millis(50))) {
+                Ok(Request::CatchUp(reply)) => {
+                    let result = self.guarded(|runner| runner.catch_up());
+                    let _ = reply.send(result);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if wait > Duration::from_millis(50) {
+                wait -= Duration::from_millis(50);
+                continue;
+            }
+            wait = match self.guarded(Runner::round) {
+                Ok(round) if round.full => Duration::ZERO,
+                Ok(_) => self.config.poll_interval,
+                Err(error) => {
+                    self.report(&error);
+                    self.config.retry_interval
+                }
+            };
+        }
+    }
+
+    /// Runs `work`, turning a panic (of the source) into an error.
+    fn guarded<T>(
+        &mut self,
+        work: impl FnOnce(&mut Self) -> Result<T, CdcError>,
+    ) -> Result<T, CdcError> {
+        catch_unwind(AssertUnwindSafe(|| work(self))).unwrap_or_else(|payload| {
+            Err(CdcError::Source {
+                source: self.source.describe(),
+                during: "reading changes",
+                error: format!("panicked: {}", panic_message(payload.as_ref())),
+            })
+        })
+    }
+
+    fn report(&mut self, error: &CdcError) {
+        let text = error.to_string();
+        self.status().last_error = Some(text.clone());
+        if self.reported.as_deref() != Some(text.as_str()) {
+            tracing::error!(%error, "change data capture: reading the source failed; retrying");
+            self.reported = Some(text);
+        }
+    }
+
+    /// Reads until the source's current head is confirmed.
+    fn catch_up(&mut self) -> Result<(), CdcError> {
+        let head = self.source.head()?;
+        loop {
+            let round = self.round()?;
+            if round.through >= head {
+                return Ok(());
+            }
+            if self.exit.load(Ordering::SeqCst) {
+                return Err(CdcError::Stopped);
+            }
+        }
+    }
+
+    /// Reads a batch, journals it, confirms it.
+    fn round(&mut self) -> Result<Round, CdcError> {
+        let Some(outbox) = self.outbox.clone() else {
+            return Err(CdcError::Stopped);
+        };
+        let limit = self.config.batch.max(1);
+        let batch = self.source.read(limit)?;
+        let read = batch.changes.len();
+        let mut records = Vec::with_capacity(read);
+        let (mut skipped, mut rejected, mut duplicates) = (0_u64, 0_u64, 0_u64);
+        for change in &batch.changes {
+            let Some(record) = self.record(&outbox, change, &mut rejected) else {
+                skipped += 1;
+                continue;
+            };
+            if self.check_duplicates {
+                if outbox.journal().contains(&record.idempotency_id)? {
+                    duplicates += 1;
+                    continue;
+                }
+                self.check_duplicates = false;
+            }
+            records.push(record);
+        }
+        if !records.is_empty() {
+            outbox.journal_external(&records)?;
+        }
+        self.source.confirm(batch.through)?;
+        {
+            let mut status = self.status();
+            status.confirmed = status.confirmed.max(batch.through);
+            status.changes_read += read as u64;
+            status.journaled += records.len() as u64;
+            status.skipped += skipped;
+            status.rejected += rejected;
+            status.duplicates += duplicates;
+            status.last_error = None;
+        }
+        self.reported = None;
+        Ok(Round {
+            through: batch.through,
+            full: read >= limit,
+        })
+    }
+
+    /// The journal record of a change: its mapped command for the new
+    /// store, a rejected change kept as a dead letter, or `None` when it
+    /// is skipped.
+    fn record(
+        &self,
+        outbox: &OutboxShared,
+        change: &RowChange,
+        rejected: &mut u64,
+    ) -> Option<NewRecord> {
+        let stream = outbox.stream();
+        let mapped =
+            catch_unwind(AssertUnwindSafe(|| (self.map)(change))).unwrap_or_else(|payload| {
+                Some(Err(format!(
+                    "the mapping function panicked: {}",
+                    panic_message(payload.as_ref())
+                )))
+            });
+        let error = match mapped? {
+            Ok(command) => {
+                let key_text = command.key_text();
+                // Carried only where the adapter would write the new store
+                // as the secondary: not before `DualWrite`, and not once
+                // the new store is primary (the old store's change is then
+                // the appliers' copy of the adapter's write).
+                let route = self
+                    .migration
+                    .write_route(key_text.as_ref().map(|text| text as &dyn RoutingKey));
+                if route.primary != Store::Old || route.secondary != Some(Store::New) {
+                    return None;
+                }
+                match (self.encode)(&command) {
+                    Ok(payload) => {
+                        return Some(NewRecord {
+                            stream: stream.to_owned(),
+                            idempotency_id: change.idempotency_id(stream),
+                            sequence: outbox.journal().next_sequence(),
+                            key_text,
+                            key_hash: command.key_hash(),
+                            method: command.method().to_owned(),
+                            target: Store::New,
+                            payload,
+                        });
+                    }
+                    Err(error) => format!("cannot encode the mapped command: {error}"),
+                }
+            }
+            Err(error) => error,
+        };
+        *rejected += 1;
+        tracing::error!(
+            change = %change,
+            %error,
+            "change data capture: a row change could not be mapped; kept as a dead letter in the journal"
+        );
+        Some(NewRecord {
+            stream: stream.to_owned(),
+            idempotency_id: change.idempotency_id(stream),
+            sequence: outbox.journal().next_sequence(),
+            key_text: None,
+            key_hash: None,
+            method: format!("cdc {}.{}", change.schema, change.table),
+            target: Store::New,
+            payload: format!("{REJECTED_MARKER}{error}; the change: {change}"),
+        })
+    }
+}

@@ -1,0 +1,758 @@
+//! Change data capture from PostgreSQL through a generated adapter: the
+//! adapter writes a PostgreSQL table only, the follower reads a logical
+//! replication slot (`test_decoding`) into a SQLite outbox journal, and the
+//! appliers apply it to a SQLite secondary. Per-key order, a phase change
+//! that catches the follower up, kill -9 of a child process mid-stream, a
+//! restart that replays nothing, mapping errors as dead letters, and the
+//! errors of a missing slot or a server without logical decoding.
+//!
+//! Needs `DUALWRITE_POSTGRES_URL` (`.ci/run` sets it and makes the server's
+//! `wal_level` logical); each test says it skipped without it, or when the
+//! server's `wal_level` is not `logical` (except the test of that error).
+
+mod outbox_support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dualwrite_runtime::cdc::postgres::PostgresSource;
+use dualwrite_runtime::cdc::{Cdc, CdcConfig, CdcError, ChangeKind, RowChange};
+use dualwrite_runtime::outbox::sqlite::SqliteJournal;
+use dualwrite_runtime::outbox::{Durability, OutboxConfig, Side, WriteContext};
+use dualwrite_runtime::{Migration, Phase, WriteStrategy};
+use outbox_support::{
+    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, temp_dir,
+};
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+/// Set in the child of the kill test: `<directory> <table> <slot>`.
+const CHILD: &str = "DUALWRITE_CDC_CHILD";
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The server's URL if it can run these tests: set, and `wal_level` is
+/// `logical`; otherwise a `skipped:` line.
+fn logical_server(test: &str) -> Option<String> {
+    let Ok(url) = std::env::var("DUALWRITE_POSTGRES_URL") else {
+        eprintln!(
+            "skipped: {test}: set DUALWRITE_POSTGRES_URL to run against a PostgreSQL server with wal_level = logical"
+        );
+        return None;
+    };
+    let level = wal_level(&url);
+    if level != "logical" {
+        eprintln!(
+            "skipped: {test}: the server's wal_level is `{level}`, not `logical` (`.ci/run` sets it)"
+        );
+        return None;
+    }
+    Some(url)
+}
+
+fn wal_level(url: &str) -> String {
+    let url = url.to_owned();
+    on_runtime(async move {
+        let mut conn = PgConnection::connect(&url).await.expect("connect");
+        let (level,): (String,) = sqlx::query_as("SHOW wal_level")
+            .fetch_one(&mut conn)
+            .await
+            .expect("SHOW wal_level");
+        level
+    })
+}
+
+fn on_runtime<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// Names unique to one test run.
+fn unique(test: &str) -> String {
+    format!(
+        "dw_cdc_{test}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_micros())
+    )
+}
+
+/// A table and a slot for one test; both dropped at the end.
+struct Fixture {
+    url: String,
+    table: String,
+    slot: String,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(url: String, test: &str) -> Self {
+        let name = unique(test);
+        let fixture = Fixture {
+            url,
+            table: name.clone(),
+            slot: name.clone(),
+            dir: temp_dir(&format!("cdc-{test}")),
+        };
+        let (url, table) = (fixture.url.clone(), fixture.table.clone());
+        on_runtime(async move {
+            let mut conn = PgConnection::connect(&url).await.expect("connect");
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {table} (id BIGINT PRIMARY KEY, value BIGINT)"
+            )))
+            .execute(&mut conn)
+            .await
+            .expect("create table");
+        });
+        // The slot before any write: it holds every change from now on.
+        assert!(PostgresSource::create_slot(&fixture.url, &fixture.slot).expect("create slot"));
+        fixture
+    }
+
+    fn source(&self) -> PostgresSource {
+        PostgresSource::new(&self.url, &self.slot)
+    }
+
+    fn journal(&self) -> Arc<SqliteJournal> {
+        Arc::new(
+            SqliteJournal::open(self.dir.join("journal.db"), Durability::PerWrite)
+                .expect("journal"),
+        )
+    }
+
+    fn primary(&self) -> PgLedger {
+        PgLedger::connect(&self.url, &self.table)
+    }
+
+    fn secondary(&self) -> CountingStore {
+        CountingStore::open(&self.dir)
+    }
+
+    fn cdc(&self) -> Cdc<LedgerWrite> {
+        let table = self.table.clone();
+        Cdc::new(self.source(), move |change: &RowChange| map(&table, change))
+            .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(5)))
+    }
+
+    fn adapter(&self, phase: Phase) -> LedgerDualWrite<PgLedger, CountingStore> {
+        LedgerDualWrite::new(self.primary(), self.secondary(), Migration::new(phase))
+            .with_cdc(self.journal(), self.cdc(), outbox_config())
+            .expect("start change data capture")
+    }
+
+    /// Every row of the primary table.
+    fn primary_rows(&self) -> BTreeMap<i64, Option<i64>> {
+        let (url, table) = (self.url.clone(), self.table.clone());
+        on_runtime(async move {
+            let mut conn = PgConnection::connect(&url).await.expect("connect");
+            let rows: Vec<(i64, Option<i64>)> =
+                sqlx::query_as(AssertSqlSafe(format!("SELECT id, value FROM {table}")))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("select");
+            rows.into_iter().collect()
+        })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = PostgresSource::drop_slot(&self.url, &self.slot);
+        let (url, table) = (self.url.clone(), self.table.clone());
+        on_runtime(async move {
+            if let Ok(mut conn) = PgConnection::connect(&url).await {
+                let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
+    }
+}
+
+fn outbox_config() -> OutboxConfig {
+    OutboxConfig::default()
+        .with_appliers(2)
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(1))
+        .with_max_backoff(Duration::from_millis(5))
+        .with_poll_interval(Duration::from_millis(10))
+}
+
+/// The mapping function: a row of the table to `put`; a NULL or negative
+/// value is rejected (a dead letter); a value of 666 panics; deletes and
+/// other tables are skipped.
+fn map(table: &str, change: &RowChange) -> Option<Result<LedgerWrite, String>> {
+    if change.table != table || !matches!(change.kind, ChangeKind::Insert | ChangeKind::Update) {
+        return None;
+    }
+    Some((|| {
+        let id = change.parse::<i64>("id")?;
+        let value = change.parse::<i64>("value")?;
+        assert_ne!(value, 666, "the mapping function's own bug");
+        if value < 0 {
+            return Err(format!("negative value {value} for account {id}"));
+        }
+        Ok(LedgerWrite::Put { id, value })
+    })())
+}
+
+/// The primary: a PostgreSQL table written through sqlx.
+pub struct PgLedger {
+    table: String,
+    runtime: tokio::runtime::Runtime,
+    conn: Mutex<PgConnection>,
+}
+
+impl PgLedger {
+    fn connect(url: &str, table: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let conn = runtime
+            .block_on(PgConnection::connect(url))
+            .expect("connect");
+        PgLedger {
+            table: table.to_owned(),
+            runtime,
+            conn: Mutex::new(conn),
+        }
+    }
+
+    fn execute(&self, sql: String, id: i64, value: i64) -> Result<(), DbError> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        self.runtime
+            .block_on(
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(value)
+                    .execute(&mut *conn),
+            )
+            .map(drop)
+            .map_err(|error| DbError(error.to_string()))
+    }
+}
+
+impl Ledger for PgLedger {
+    fn put(&self, id: i64, value: i64) -> Result<(), DbError> {
+        self.execute(
+            format!(
+                "INSERT INTO {} (id, value) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+                self.table
+            ),
+            id,
+            value,
+        )
+    }
+
+    fn add(&self, id: i64, by: i64) -> Result<(), DbError> {
+        self.execute(
+            format!(
+                "INSERT INTO {t} (id, value) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = {t}.value + excluded.value",
+                t = self.table
+            ),
+            id,
+            by,
+        )
+    }
+
+    fn get(&self, id: i64) -> Result<Option<i64>, DbError> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let row: Option<(Option<i64>,)> = self
+            .runtime
+            .block_on(
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT value FROM {} WHERE id = $1",
+                    self.table
+                )))
+                .bind(id)
+                .fetch_optional(&mut *conn),
+            )
+            .map_err(|error| DbError(error.to_string()))?;
+        Ok(row.and_then(|(value,)| value))
+    }
+}
+
+/// The secondary: the outbox tests' SQLite store (version-guarded upserts,
+/// a history of applied changes), and a count of applies per idempotency
+/// id in a file of its own (it survives a kill).
+pub struct CountingStore {
+    inner: SqlStore,
+    applies: Mutex<rusqlite::Connection>,
+}
+
+impl CountingStore {
+    fn open(dir: &Path) -> Self {
+        let applies = rusqlite::Connection::open(dir.join("applies.db")).expect("applies");
+        applies
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS applies (idempotency_id TEXT NOT NULL)",
+            )
+            .expect("applies table");
+        CountingStore {
+            inner: SqlStore::open(&dir.join("new.db")),
+            applies: Mutex::new(applies),
+        }
+    }
+
+    /// Applies per idempotency id.
+    fn applies(&self) -> HashMap<String, u64> {
+        let conn = self.applies.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut statement = conn
+            .prepare("SELECT idempotency_id, count(*) FROM applies GROUP BY idempotency_id")
+            .expect("select");
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))
+            .expect("applies")
+            .collect::<Result<_, _>>()
+            .expect("applies")
+    }
+}
+
+impl Ledger for CountingStore {
+    fn put(&self, id: i64, value: i64) -> Result<(), DbError> {
+        self.inner.put(id, value)?;
+        if let Some(ctx) = WriteContext::current().filter(|ctx| ctx.side() == Side::Apply) {
+            self.applies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .execute(
+                    "INSERT INTO applies (idempotency_id) VALUES (?1)",
+                    [ctx.idempotency_id().to_string()],
+                )?;
+        }
+        Ok(())
+    }
+
+    fn add(&self, id: i64, by: i64) -> Result<(), DbError> {
+        self.inner.add(id, by)
+    }
+
+    fn get(&self, id: i64) -> Result<Option<i64>, DbError> {
+        self.inner.get(id)
+    }
+}
+
+fn secondary_rows(store: &CountingStore) -> BTreeMap<i64, Option<i64>> {
+    store
+        .inner
+        .rows()
+        .into_iter()
+        .map(|(id, value)| (id, Some(value)))
+        .collect()
+}
+
+/// Writes `rounds` growing values to each of `keys` keys from `writers`
+/// threads (a key always from the same writer).
+fn write_stream(
+    adapter: &Arc<LedgerDualWrite<PgLedger, CountingStore>>,
+    writers: i64,
+    keys: i64,
+    rounds: i64,
+    base: i64,
+) {
+    let threads: Vec<_> = (0..writers)
+        .map(|writer| {
+            let adapter = Arc::clone(adapter);
+            std::thread::spawn(move || {
+                for round in 1..=rounds {
+                    for key in (writer..keys).step_by(writers as usize) {
+                        adapter.put(key, base + round).expect("put");
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("writer");
+    }
+}
+
+#[test]
+fn changes_reach_the_sqlite_secondary_in_key_order() {
+    let Some(url) = logical_server("changes_reach_the_sqlite_secondary_in_key_order") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "order");
+    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+    assert!(matches!(adapter.core().strategy(), WriteStrategy::Cdc(_)));
+    write_stream(&adapter, 4, 16, 25, 0);
+    adapter
+        .flush(WAIT)
+        .expect("the follower catches up and the appliers drain");
+    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
+    assert_per_key_order(&adapter.new_store().inner.history());
+    let status = adapter.core().cdc_status().expect("cdc status");
+    assert_eq!(status.journaled, 16 * 25, "{status:?}");
+    assert_eq!(status.rejected, 0);
+    // Every record applied once.
+    let applies = adapter.new_store().applies();
+    assert_eq!(applies.len(), 16 * 25);
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+#[test]
+fn a_phase_change_catches_the_follower_up() {
+    let Some(url) = logical_server("a_phase_change_catches_the_follower_up") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "fence");
+    let adapter = Arc::new(fixture.adapter(Phase::ShadowRead));
+    // A secondary slower than the primary: the follower and the appliers
+    // are behind when the phase changes.
+    adapter
+        .new_store()
+        .inner
+        .delay_micros
+        .store(2_000, std::sync::atomic::Ordering::SeqCst);
+    write_stream(&adapter, 2, 8, 20, 0);
+    // Moving to Cutover moves the write route: the fence waits for the
+    // follower to journal every change up to the WAL's head, and for the
+    // appliers to apply them.
+    adapter
+        .core()
+        .migration()
+        .set_phase(Phase::Cutover)
+        .expect("the phase change");
+    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
+    // From Cutover on, the new store is primary; the old store's copy goes
+    // through the journal, and the follower does not carry it back.
+    adapter.put(100, 7).expect("put");
+    adapter.flush(WAIT).expect("flush");
+    assert_eq!(adapter.new_store().get(100).expect("get"), Some(7));
+    assert_eq!(fixture.primary_rows().get(&100), Some(&Some(7)));
+    assert!(adapter.core().cdc_status().expect("status").skipped >= 1);
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+#[test]
+fn a_restart_reads_nothing_twice() {
+    let Some(url) = logical_server("a_restart_reads_nothing_twice") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "restart");
+    {
+        let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+        write_stream(&adapter, 2, 8, 10, 0);
+        adapter.flush(WAIT).expect("flush");
+        assert!(adapter.shutdown(WAIT).complete);
+    }
+    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+    write_stream(&adapter, 2, 8, 5, 100);
+    adapter.flush(WAIT).expect("flush");
+    let status = adapter.core().cdc_status().expect("status");
+    assert_eq!(
+        status.journaled,
+        8 * 5,
+        "only the new changes are journaled: {status:?}"
+    );
+    assert_eq!(status.duplicates, 0);
+    let applies = adapter.new_store().applies();
+    assert_eq!(applies.len(), 8 * 15);
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
+    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+#[test]
+fn a_mapping_error_is_a_dead_letter_not_a_panic() {
+    let Some(url) = logical_server("a_mapping_error_is_a_dead_letter_not_a_panic") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "deadletter");
+    let journal = fixture.journal();
+    let adapter = LedgerDualWrite::new(
+        fixture.primary(),
+        fixture.secondary(),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(journal.clone(), fixture.cdc(), outbox_config())
+    .expect("start");
+    adapter.put(1, 10).expect("put");
+    adapter.put(2, -5).expect("the primary takes it");
+    adapter.put(3, 666).expect("the primary takes it");
+    adapter.put(1, 11).expect("put");
+    adapter.flush(WAIT).expect("flush");
+    let dead = journal.dead_letters().expect("dead letters");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let errors: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.last_error.as_deref())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("negative value -5 for account 2")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("the mapping function panicked")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| e.contains("the change: INSERT")),
+        "{errors:?}"
+    );
+    // The follower went on: later changes are applied.
+    assert_eq!(adapter.new_store().get(1).expect("get"), Some(11));
+    let status = adapter.core().cdc_status().expect("status");
+    assert_eq!(status.rejected, 2);
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+#[test]
+fn a_missing_slot_is_a_clear_error() {
+    let Some(url) = logical_server("a_missing_slot_is_a_clear_error") else {
+        return;
+    };
+    let dir = temp_dir("cdc-missing");
+    let slot = unique("missing");
+    let journal = Arc::new(
+        SqliteJournal::open(dir.join("journal.db"), Durability::PerWrite).expect("journal"),
+    );
+    let result = LedgerDualWrite::new(
+        SqlStore::open(&dir.join("old.db")),
+        SqlStore::open(&dir.join("new.db")),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(
+        journal,
+        Cdc::new(PostgresSource::new(&url, &slot), |_: &RowChange| None),
+        outbox_config(),
+    );
+    let error = result.err().expect("a missing slot fails");
+    assert!(
+        matches!(&error, CdcError::MissingSlot { slot: s, .. } if *s == slot),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&slot) && message.contains("does not exist"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_server_without_logical_decoding_is_a_clear_error() {
+    let Ok(url) = std::env::var("DUALWRITE_POSTGRES_URL") else {
+        eprintln!(
+            "skipped: a_server_without_logical_decoding_is_a_clear_error: set DUALWRITE_POSTGRES_URL"
+        );
+        return;
+    };
+    let level = wal_level(&url);
+    if level == "logical" {
+        eprintln!(
+            "skipped: a_server_without_logical_decoding_is_a_clear_error: the server's wal_level is logical (the error needs a server without it)"
+        );
+        return;
+    }
+    let error = PostgresSource::create_slot(&url, "dw_cdc_never").expect_err("no logical decoding");
+    assert!(matches!(error, CdcError::Setup { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("wal_level is `{level}`"))
+            && message.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{message}"
+    );
+    let dir = temp_dir("cdc-wal-level");
+    let journal = Arc::new(
+        SqliteJournal::open(dir.join("journal.db"), Durability::PerWrite).expect("journal"),
+    );
+    let error = LedgerDualWrite::new(
+        SqlStore::open(&dir.join("old.db")),
+        SqlStore::open(&dir.join("new.db")),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(
+        journal,
+        Cdc::new(
+            PostgresSource::new(&url, "dw_cdc_never"),
+            |_: &RowChange| None,
+        ),
+        outbox_config(),
+    )
+    .err()
+    .expect("fails");
+    assert!(matches!(error, CdcError::Setup { .. }), "{error:?}");
+}
+
+/// The child of the kill test: writes until killed, printing each
+/// acknowledged `key value`.
+#[test]
+fn child_role() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let mut parts = spec.split(' ');
+    let (Some(dir), Some(url), Some(table), Some(slot)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("`<dir> <url> <table> <slot>`");
+    };
+    let fixture = Fixture {
+        url: url.to_owned(),
+        table: table.to_owned(),
+        slot: slot.to_owned(),
+        dir: PathBuf::from(dir),
+    };
+    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+    // A secondary slower than the primary, so records wait in the journal
+    // when the process dies.
+    adapter
+        .new_store()
+        .inner
+        .delay_micros
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let writers: Vec<_> = (0..2_i64)
+        .map(|writer| {
+            let adapter = Arc::clone(&adapter);
+            std::thread::spawn(move || {
+                let mut value = 0;
+                loop {
+                    value += 1;
+                    for key in (writer..16).step_by(2) {
+                        adapter.put(key, value).expect("put");
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "ack {key} {value}").expect("stdout");
+                        out.flush().expect("stdout");
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        let _ = writer.join();
+    }
+    // The fixture's table and slot belong to the parent.
+    std::mem::forget(fixture);
+    unreachable!("the writers loop until the process is killed")
+}
+
+#[test]
+fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
+    let Some(url) = logical_server("kill_9_mid_stream_loses_nothing_and_keeps_key_order") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "kill");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_role",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(
+            CHILD,
+            format!(
+                "{} {} {} {}",
+                fixture.dir.display(),
+                fixture.url,
+                fixture.table,
+                fixture.slot
+            ),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut acked: Vec<(i64, i64)> = Vec::new();
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut killed = false;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).expect("read") == 0 {
+            break;
+        }
+        if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
+            let (key, value) = ack.split_once(' ').expect("`ack key value`");
+            acked.push((key.parse().unwrap(), value.parse().unwrap()));
+        }
+        if !killed && (acked.len() >= 600 || Instant::now() > deadline) {
+            child.kill().expect("SIGKILL");
+            killed = true;
+        }
+    }
+    let status = child.wait().expect("wait");
+    assert!(killed && !status.success(), "{status:?}");
+    assert!(acked.len() >= 600, "only {} acknowledgements", acked.len());
+
+    // The restart: a new adapter over the same journal, slot and stores.
+    let journal = fixture.journal();
+    let pending_at_restart = journal.counts().expect("counts").pending;
+    let adapter = LedgerDualWrite::new(
+        fixture.primary(),
+        fixture.secondary(),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(journal.clone(), fixture.cdc(), outbox_config())
+    .expect("restart");
+    adapter
+        .flush(WAIT)
+        .expect("the follower catches up and the appliers drain");
+    let store = adapter.new_store();
+    let history = store.inner.history();
+    let applied: HashSet<(i64, i64)> = history.iter().map(|&(k, v, _)| (k, v)).collect();
+    let dead = journal.dead_letters().expect("dead letters");
+    let dead: HashSet<(i64, i64)> = dead
+        .iter()
+        .filter_map(|letter| match letter.command::<LedgerWrite>() {
+            Ok(LedgerWrite::Put { id, value }) => Some((id, value)),
+            _ => None,
+        })
+        .collect();
+    // The secondary's version guard skips an older value once a newer one
+    // is applied, so an acknowledged write is there, or a later one of
+    // its key is.
+    let latest_applied: HashMap<i64, i64> =
+        history.iter().fold(HashMap::new(), |mut m, &(k, v, _)| {
+            m.insert(k, v);
+            m
+        });
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|w| {
+            !applied.contains(w)
+                && !dead.contains(w)
+                && latest_applied.get(&w.0).is_none_or(|&v| v < w.1)
+        })
+        .collect();
+    let applies = store.applies();
+    let twice = applies.values().filter(|&&n| n > 1).count();
+    let status = adapter.core().cdc_status().expect("status");
+    println!(
+        "cdc: {} writes acknowledged before SIGKILL, {} records pending in the journal at restart, {} changes read again and found journaled, {} records applied twice (in flight at the kill), {} acknowledged writes missing, {} dead letters",
+        acked.len(),
+        pending_at_restart,
+        status.duplicates,
+        twice,
+        missing.len(),
+        dead.len()
+    );
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    assert_per_key_order(&history);
+    // Every committed primary write: the stores agree.
+    assert_eq!(secondary_rows(store), fixture.primary_rows());
+    // Nothing journaled twice, nothing applied more than once beyond the
+    // records in flight at the kill.
+    let records = journal.records("LedgerWrite").expect("records");
+    let ids: HashSet<_> = records.iter().map(|r| r.record.idempotency_id).collect();
+    assert_eq!(ids.len(), records.len(), "a change journaled twice");
+    assert!(applies.values().all(|&n| n <= 2), "{applies:?}");
+    assert!(twice <= 64, "{twice} records applied twice");
+    assert!(adapter.shutdown(WAIT).complete);
+}
