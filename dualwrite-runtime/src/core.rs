@@ -22,7 +22,7 @@ use crate::key::RoutingKey;
 use crate::lanes::{Job, LaneConfig, LaneContext, SecondaryLanes, XorShift64, far_future};
 use crate::latency::LatencySnapshot;
 use crate::migration::Migration;
-use crate::outbox::{Journal, JournalCodec, OutboxConfig, OutboxError, OutboxRuntime};
+use crate::outbox::{Journal, JournalCodec, OutboxConfig, OutboxError, OutboxRelay, OutboxRuntime};
 use crate::phase::{ReadRoute, Store, WriteRoute};
 use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot};
@@ -952,6 +952,37 @@ impl<C: Send + 'static> DualWriteCore<C> {
         self.strategy = WriteStrategy::Cdc(runtime.config().clone());
         self.outbox = Some(runtime);
         self.cdc = Some(follower);
+        Ok(())
+    }
+
+    /// Like [`DualWriteCore::start_outbox`], with the journal relayed to a
+    /// message broker: `relay`'s threads publish the journal's records and
+    /// consume them, running `apply` for each as the appliers would (see
+    /// `outbox::nats`, feature `outbox-nats`). A flush or a phase change
+    /// waits until the consumers have applied what was journaled.
+    pub fn start_outbox_relay<F>(
+        &mut self,
+        journal: std::sync::Arc<dyn Journal>,
+        config: OutboxConfig,
+        codec: JournalCodec<C>,
+        relay: Box<dyn OutboxRelay>,
+        apply: F,
+    ) -> Result<(), OutboxError>
+    where
+        F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.stop_lanes();
+        self.stop_outbox();
+        let runtime = OutboxRuntime::start_with(
+            journal,
+            config,
+            codec,
+            Arc::clone(&self.shared),
+            apply,
+            Some(relay),
+        )?;
+        self.strategy = WriteStrategy::Outbox(runtime.config().clone());
+        self.outbox = Some(runtime);
         Ok(())
     }
 }

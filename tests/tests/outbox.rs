@@ -454,7 +454,9 @@ fn damaged_journal_files_are_refused_at_open() {
             SqlStore::open(&dir.join("new.db")),
             Migration::new(Phase::DualWrite),
             &journal,
-            config().with_max_attempts(1_000),
+            // Never given up on, however slow the appends are: every record
+            // must still be pending when the file is copied.
+            config().with_max_attempts(u32::MAX),
         );
         // Enough records for several pages; the secondary is down so they
         // stay pending.

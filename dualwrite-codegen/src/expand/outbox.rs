@@ -1,7 +1,8 @@
-//! The adapter's outbox and change-data-capture builders: `with_outbox`
-//! and `with_cdc`, thin dispatch into `DualWriteCore::start_outbox` and
-//! `DualWriteCore::start_cdc` (the journal, the appliers, the follower and
-//! the write path are in `dualwrite_runtime::outbox` and
+//! The adapter's outbox, relay and change-data-capture builders:
+//! `with_outbox`, `with_outbox_relay` and `with_cdc`, thin dispatch into
+//! `DualWriteCore::start_outbox`, `DualWriteCore::start_outbox_relay` and
+//! `DualWriteCore::start_cdc` (the journal, the appliers, the relays, the
+//! follower and the write path are in `dualwrite_runtime::outbox` and
 //! `dualwrite_runtime::cdc`).
 //!
 //! ```text
@@ -62,6 +63,23 @@ impl Expander<'_> {
                 config: #rt::outbox::OutboxConfig,
             ) -> ::core::result::Result<Self, #rt::cdc::CdcError>
         };
+        let relay_doc = quote! {
+            /// Like `with_outbox`, with the journal relayed to a message broker:
+            /// records are published (per key partition, in journal order) and the
+            /// broker's consumers apply them to the secondary store with explicit
+            /// acks (e.g. `outbox::nats::NatsConfig`, feature `outbox-nats` of the
+            /// runtime). Fails when the journal cannot be read or the relay's
+            /// configuration is not valid; an unreachable broker is not an error
+            /// (records wait in the journal).
+        };
+        let relay_signature = quote! {
+            #vis fn with_outbox_relay(
+                mut self,
+                journal: ::std::sync::Arc<dyn #rt::outbox::Journal>,
+                config: #rt::outbox::OutboxConfig,
+                relay: impl #rt::outbox::OutboxRelay + 'static,
+            ) -> ::core::result::Result<Self, #rt::outbox::OutboxError>
+        };
         if self.owned {
             // The bound cannot hold: calling the method is a compile error
             // that says why (see `SharedReceivers`).
@@ -90,6 +108,15 @@ impl Expander<'_> {
                         let _ = (journal, cdc, config);
                         ::core::result::Result::Ok(self)
                     }
+
+                    #relay_doc
+                    #relay_signature
+                    where
+                        #rt::__private::MutReceiverWrites<Old, New>: #rt::__private::SharedReceivers,
+                    {
+                        let _ = (journal, config, relay);
+                        ::core::result::Result::Ok(self)
+                    }
                 }
             };
         }
@@ -109,6 +136,15 @@ impl Expander<'_> {
         };
         let apply_old = apply(quote!(old));
         let apply_new = apply(quote!(new));
+        let applier = quote! {
+            move |ctx: &#rt::LaneContext, target: #rt::Store, command: &#cmd_ty| {
+                let _ = ctx;
+                match target {
+                    #rt::Store::Old => #apply_old,
+                    #rt::Store::New => #apply_new,
+                }
+            }
+        };
         quote! {
             impl #impl_generics #adapter #ty_generics where #(#preds),* {
                 #doc
@@ -122,13 +158,24 @@ impl Expander<'_> {
                         journal,
                         config,
                         <#rt::__private::OutboxCommand<Old> as #rt::__private::JournalReady<#cmd_ty>>::codec(),
-                        move |ctx: &#rt::LaneContext, target: #rt::Store, command: &#cmd_ty| {
-                            let _ = ctx;
-                            match target {
-                                #rt::Store::Old => #apply_old,
-                                #rt::Store::New => #apply_new,
-                            }
-                        },
+                        #applier,
+                    )?;
+                    ::core::result::Result::Ok(self)
+                }
+
+                #relay_doc
+                #relay_signature
+                where
+                    #rt::__private::OutboxCommand<Old>: #rt::__private::JournalReady<#cmd_ty>,
+                {
+                    let old = ::std::sync::Arc::clone(&self.old);
+                    let new = ::std::sync::Arc::clone(&self.new);
+                    self.core.start_outbox_relay(
+                        journal,
+                        config,
+                        <#rt::__private::OutboxCommand<Old> as #rt::__private::JournalReady<#cmd_ty>>::codec(),
+                        ::std::boxed::Box::new(relay),
+                        #applier,
                     )?;
                     ::core::result::Result::Ok(self)
                 }
@@ -145,13 +192,7 @@ impl Expander<'_> {
                         config,
                         <#rt::__private::OutboxCommand<Old> as #rt::__private::JournalReady<#cmd_ty>>::codec(),
                         cdc,
-                        move |ctx: &#rt::LaneContext, target: #rt::Store, command: &#cmd_ty| {
-                            let _ = ctx;
-                            match target {
-                                #rt::Store::Old => #apply_old,
-                                #rt::Store::New => #apply_new,
-                            }
-                        },
+                        #applier,
                     )?;
                     ::core::result::Result::Ok(self)
                 }

@@ -36,6 +36,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::context::{self, ApplyScope, OutboxScope, Side, WriteContext};
 use super::ids::IdempotencyId;
+use super::relay::{OutboxRelay, Processor, RelayParts};
 use super::{
     Journal, JournalCodec, JournalListener, JournalRecord, NewRecord, OutboxConfig, OutboxError,
     Outcome, Unreadable, default_stream,
@@ -71,22 +72,22 @@ const PARK_AFTER: Duration = Duration::from_millis(20);
 /// What the caller's path, the coordinator, the appliers and the journal's
 /// replay notice share.
 pub(crate) struct OutboxShared {
-    journal: Arc<dyn Journal>,
+    pub(super) journal: Arc<dyn Journal>,
     location: Arc<str>,
-    stream: String,
-    stripes: Arc<KeyStripes>,
+    pub(super) stream: String,
+    pub(super) stripes: Arc<KeyStripes>,
     stats: Stats,
     wake_tx: Sender<()>,
     /// Appliers stop taking records.
-    exit: AtomicBool,
+    pub(super) exit: AtomicBool,
     /// The coordinator writes the last outcomes and stops.
-    coordinator_exit: AtomicBool,
+    pub(super) coordinator_exit: AtomicBool,
     /// Records handed to appliers and not finished.
     in_flight: AtomicUsize,
     /// Records were journaled (or replayed) since the coordinator looked.
-    dirty: AtomicBool,
+    pub(super) dirty: AtomicBool,
     /// The coordinator is blocked until woken (see `Coordinator::park`).
-    parked: AtomicBool,
+    pub(super) parked: AtomicBool,
     /// Records counted pending by this adapter and not claimed yet.
     counted: Mutex<HashSet<IdempotencyId>>,
     /// The highest id counted when the outbox started: every pending record
@@ -127,7 +128,7 @@ impl OutboxShared {
     }
 
     /// A record is claimed: counts it now unless it was counted before.
-    fn claimed(&self, row_id: i64, id: Option<IdempotencyId>, stripe: usize) {
+    pub(super) fn claimed(&self, row_id: i64, id: Option<IdempotencyId>, stripe: usize) {
         let counted =
             row_id <= self.counted_at_start || id.is_some_and(|id| self.counted().remove(&id));
         if !counted {
@@ -241,6 +242,22 @@ impl<C: Send + 'static> OutboxRuntime<C> {
     where
         F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
     {
+        Self::start_with(journal, config, codec, core, apply, None)
+    }
+
+    /// Like [`OutboxRuntime::start`]; with a relay, the relay's threads
+    /// take the places of the coordinator and the appliers.
+    pub(crate) fn start_with<F>(
+        journal: Arc<dyn Journal>,
+        config: OutboxConfig,
+        codec: JournalCodec<C>,
+        core: Arc<Shared<C>>,
+        apply: F,
+        relay: Option<Box<dyn OutboxRelay>>,
+    ) -> Result<Self, OutboxError>
+    where
+        F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
+    {
         let stream = config.stream.clone().unwrap_or_else(default_stream::<C>);
         let pending = journal.pending_keys(&stream)?;
         let stripes = Arc::clone(&core.stripes);
@@ -282,7 +299,16 @@ impl<C: Send + 'static> OutboxRuntime<C> {
             appliers: Mutex::new(Vec::new()),
             coordinator: Mutex::new(None),
         };
-        if let Err(error) = runtime.spawn(apply, wake_rx) {
+        let spawned = match relay {
+            None => runtime
+                .spawn(apply, wake_rx)
+                .map_err(|error| OutboxError::Storage {
+                    during: "starting the outbox threads",
+                    error: error.to_string(),
+                }),
+            Some(relay) => runtime.spawn_relay(relay, apply, wake_rx, pending.clone()),
+        };
+        if let Err(error) = spawned {
             runtime.stop(Instant::now() + Duration::from_secs(5));
             for (_, key_hash) in pending {
                 runtime
@@ -290,12 +316,65 @@ impl<C: Send + 'static> OutboxRuntime<C> {
                     .stripes
                     .finish_pending(KeyStripes::index(key_hash));
             }
-            return Err(OutboxError::Storage {
-                during: "starting the outbox threads",
-                error: error.to_string(),
-            });
+            return Err(error);
         }
         Ok(runtime)
+    }
+
+    /// Starts a relay's threads, with a record processor per consumer that
+    /// applies records as the appliers do.
+    fn spawn_relay<F>(
+        &self,
+        relay: Box<dyn OutboxRelay>,
+        apply: F,
+        wake_rx: Receiver<()>,
+        pending: Vec<(i64, Option<u64>)>,
+    ) -> Result<(), OutboxError>
+    where
+        F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let apply = Arc::new(apply);
+        let handle = Handle::try_current()
+            .ok()
+            .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+        let (shared, config, decode) = (
+            Arc::clone(&self.shared),
+            self.config.clone(),
+            self.codec.decode,
+        );
+        let processor = move |index: usize| -> Processor {
+            let (outcome_tx, outcome_rx) = crossbeam_channel::unbounded();
+            let mut applier = Applier {
+                index,
+                context: LaneContext::for_outbox(index, config.attempt_timeout, handle.clone()),
+                apply: Arc::clone(&apply),
+                decode,
+                shared: Arc::clone(&shared),
+                config: config.clone(),
+                outcomes: outcome_tx,
+                rng: XorShift64::seeded(index as u64 ^ 0x0B0C),
+            };
+            Box::new(move |record: JournalRecord| {
+                let finished = applier.process(record);
+                (finished, outcome_rx.try_iter().collect())
+            })
+        };
+        let threads = relay.spawn(RelayParts {
+            shared: Arc::clone(&self.shared),
+            config: self.config.clone(),
+            wake: wake_rx,
+            pending_at_start: pending,
+            processor: Arc::new(processor),
+        })?;
+        self.appliers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(threads.consumers);
+        *self
+            .coordinator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(threads.relay);
+        Ok(())
     }
 
     fn spawn<F>(&self, apply: F, wake_rx: Receiver<()>) -> std::io::Result<()>
@@ -850,7 +929,9 @@ where
                 // Left pending in the journal for the next run.
                 return;
             }
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.process(record)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let _finished = self.process(record);
+            }));
             if outcome.is_err() {
                 let index = self.index;
                 let _ = catch_unwind(|| {
@@ -863,7 +944,8 @@ where
 
     /// Applies one record, retrying with backoff; reports it done or dead.
     /// Returns early, leaving the record pending, when the outbox stops.
-    fn process(&mut self, record: JournalRecord) {
+    /// Whether the record was finished (done or dead).
+    fn process(&mut self, record: JournalRecord) -> bool {
         let JournalRecord {
             id,
             record,
@@ -874,13 +956,15 @@ where
         let target = record.target;
         if let Some(error) = crate::cdc::rejected_error(&record.payload) {
             let error = error.to_owned();
-            return self.dead(id, earlier, error, &record, stripe);
+            self.dead(id, earlier, error, &record, stripe);
+            return true;
         }
         let command = match (self.decode)(&record.payload) {
             Ok(command) => command,
             Err(error) => {
                 let error = format!("cannot decode the journaled command: {error}");
-                return self.dead(id, earlier, error, &record, stripe);
+                self.dead(id, earlier, error, &record, stripe);
+                return true;
             }
         };
         let limit = self.config.max_attempts.max(1);
@@ -914,14 +998,15 @@ where
                 Ok(()) => {
                     self.shared.stripes.finish_pending(stripe);
                     let _ = self.outcomes.send(Outcome::Done { id, attempts });
-                    return;
+                    return true;
                 }
                 Err(error) => error,
             };
             // A timed-out attempt may still land: a retry could be
             // overwritten by it, so it is left to the dead letter.
             if attempts >= limit || self.context.take_timed_out() {
-                return self.dead(id, attempts, error, ctx.record(), stripe);
+                self.dead(id, attempts, error, ctx.record(), stripe);
+                return true;
             }
             tracing::warn!(
                 method = ctx.method(),
@@ -939,7 +1024,7 @@ where
             self.shared.stats.record_secondary_retry();
             let delay = equal_jitter(self.config.backoff(attempts), self.rng.next_u64());
             if !self.sleep(delay) {
-                return;
+                return false;
             }
             attempts = attempts.saturating_add(1);
             ctx = WriteContext::new(

@@ -44,12 +44,20 @@
 //!
 //! Change data capture ([`crate::cdc`]) journals the changes it reads from
 //! the old database here too, and the same appliers apply them.
+//!
+//! With a relay ([`OutboxRelay`]; `nats::NatsConfig`, feature
+//! `outbox-nats`) the journal's records are published to a message broker
+//! instead, and the broker's consumers apply them through the same path
+//! (see the `nats` module).
 
 mod applier;
 mod context;
 mod ids;
+#[cfg(feature = "outbox-nats")]
+pub mod nats;
 #[cfg(feature = "outbox-postgres")]
 pub mod postgres;
+mod relay;
 #[cfg(feature = "outbox-sqlite")]
 pub mod sqlite;
 
@@ -62,6 +70,7 @@ use crate::phase::Store;
 pub(crate) use applier::{OutboxRuntime, OutboxShared};
 pub use context::{OutboxScope, Side, WriteContext};
 pub use ids::IdempotencyId;
+pub use relay::{OutboxRelay, RelayParts, RelayThreads};
 
 /// A write command that can be kept in a journal: encoded as text when it
 /// is journaled, decoded when an applier replays it.
@@ -384,6 +393,54 @@ pub trait Journal: Send + Sync + fmt::Debug {
         let _ = (stream, ids);
         Ok(Vec::new())
     }
+
+    /// Like [`Journal::claim`], for a relay to a message broker: pending
+    /// records not yet marked relayed ([`Journal::mark_relayed`]). The
+    /// default reads every pending record (a journal that keeps no relay
+    /// state): after a restart the relay publishes again what it had
+    /// published, and the broker's deduplication (or the idempotency id)
+    /// makes the copies harmless.
+    fn claim_unrelayed(
+        &self,
+        stream: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Claimed, OutboxError> {
+        self.claim(stream, after, limit)
+    }
+
+    /// Marks records as relayed: the broker acknowledged them, so a relay
+    /// started later does not publish them again. They stay pending until
+    /// applied. The default keeps nothing.
+    fn mark_relayed(&self, ids: &[i64]) -> Result<(), OutboxError> {
+        let _ = ids;
+        Ok(())
+    }
+
+    /// Where a record stands, for a broker's consumer that receives a record
+    /// again (a redelivery after a crash) and skips it if it was applied or
+    /// dead-lettered meanwhile. The default cannot tell.
+    fn status(&self, id: i64) -> Result<RecordStatus, OutboxError> {
+        let _ = id;
+        Ok(RecordStatus::Unknown)
+    }
+}
+
+/// What [`Journal::status`] knows of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordStatus {
+    /// The journal keeps no state it can look up.
+    Unknown,
+    /// No such record: pruned after it was applied, or a discarded dead
+    /// letter.
+    Gone,
+    /// In the journal.
+    Present {
+        /// Its state.
+        state: RecordState,
+        /// Attempts made so far.
+        attempts: u32,
+    },
 }
 
 /// What went wrong with a journal.

@@ -74,7 +74,7 @@ use rusqlite::{
 
 use super::{
     Claimed, Durability, IdempotencyId, Journal, JournalListener, JournalRecord, NewRecord,
-    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext,
+    OutboxError, Outcome, RecordState, RecordStatus, Side, Unreadable, WriteContext,
 };
 use crate::phase::Store;
 
@@ -103,6 +103,11 @@ CREATE TABLE dualwrite_outbox (
 );
 CREATE TABLE dualwrite_outbox_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// The ids of pending records a relay published to a broker (and the broker
+/// acknowledged); added to journals of this format when they are opened.
+const RELAYED_SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS dualwrite_outbox_relayed (id INTEGER PRIMARY KEY)";
 
 /// The columns of the records table, in the order [`read_record`] reads.
 const COLUMNS: &str = "id, stream, idempotency_id, seq, key_text, key_hash, method, target, \
@@ -775,6 +780,13 @@ impl Journal for SqliteJournal {
         .map_err(storage(DURING))?;
         // dualwrite-lint: allow(DW002) the journal's own meta table, not a store write
         tx.execute(KEEP_LAST_ID, []).map_err(storage(DURING))?;
+        // dualwrite-lint: allow(DW002) the journal's own relay table, not a store write
+        tx.execute(
+            "DELETE FROM dualwrite_outbox_relayed WHERE id IN \
+             (SELECT id FROM dualwrite_outbox WHERE state = 1 AND updated_at <= ?1 ORDER BY id LIMIT ?2)",
+            params![before, limit],
+        )
+        .map_err(storage(DURING))?;
         let deleted = tx
             // dualwrite-lint: allow(DW002) the journal's own table (the durable queue of secondary writes), not a store write
             .execute(
@@ -804,6 +816,84 @@ impl Journal for SqliteJournal {
 
     fn discard(&self, id: i64) -> Result<(), OutboxError> {
         SqliteJournal::discard(self, id)
+    }
+
+    fn claim_unrelayed(
+        &self,
+        stream: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Claimed, OutboxError> {
+        const DURING: &str = "claiming records to relay";
+        let conn = self.reader();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM dualwrite_outbox o \
+                 WHERE state = 0 AND stream = ?1 AND id > ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM dualwrite_outbox_relayed r WHERE r.id = o.id) \
+                 ORDER BY id LIMIT ?3"
+            ))
+            .map_err(storage(DURING))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = statement
+            .query(params![stream, after, limit])
+            .map_err(storage(DURING))?;
+        let mut claimed = Claimed::default();
+        while let Some(row) = rows.next().map_err(storage(DURING))? {
+            match read_record(row) {
+                Ok(record) => claimed.records.push(record),
+                Err(error) => claimed.unreadable.push(Unreadable {
+                    id: row.get(0).map_err(storage(DURING))?,
+                    key_hash: lenient_key_hash(row, 5),
+                    idempotency_id: lenient_id(row, 2),
+                    error: error.to_string(),
+                }),
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn mark_relayed(&self, ids: &[i64]) -> Result<(), OutboxError> {
+        const DURING: &str = "marking records relayed";
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let conn = self.bookkeeping();
+        let tx = immediate(&conn, DURING)?;
+        {
+            let mut mark = tx
+                // dualwrite-lint: allow(DW002) the journal's own relay table, not a store write
+                .prepare_cached("INSERT OR IGNORE INTO dualwrite_outbox_relayed (id) VALUES (?1)")
+                .map_err(storage(DURING))?;
+            for id in ids {
+                mark.execute([id]).map_err(storage(DURING))?;
+            }
+        }
+        tx.commit().map_err(storage(DURING))
+    }
+
+    fn status(&self, id: i64) -> Result<RecordStatus, OutboxError> {
+        const DURING: &str = "looking a record up";
+        let conn = self.reader();
+        let row: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT state, attempts FROM dualwrite_outbox WHERE id = ?1")
+            .and_then(|mut statement| {
+                statement
+                    .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(storage(DURING))?;
+        let Some((state, attempts)) = row else {
+            return Ok(RecordStatus::Gone);
+        };
+        let state = RecordState::from_code(state).ok_or_else(|| OutboxError::BadRecord {
+            id,
+            detail: format!("unknown state {state}"),
+        })?;
+        Ok(RecordStatus::Present {
+            state,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        })
     }
 }
 
@@ -1346,6 +1436,8 @@ fn ensure_schema(conn: &Connection, shown: &str, create: bool) -> Result<bool, O
             let tx = immediate(conn, "creating the journal's tables")?;
             tx.execute_batch(SCHEMA)
                 .map_err(open_error(shown, "creating the journal's tables"))?;
+            tx.execute_batch(RELAYED_SCHEMA)
+                .map_err(open_error(shown, "creating the journal's tables"))?;
             // dualwrite-lint: allow(DW002) the journal's own meta table, written when the journal is created
             tx.execute(
                 "INSERT INTO dualwrite_outbox_meta (name, value) VALUES ('format', ?1), ('last_seq', '0'), ('last_id', '0')",
@@ -1389,6 +1481,8 @@ fn ensure_schema(conn: &Connection, shown: &str, create: bool) -> Result<bool, O
                     missing.join(", ")
                 )));
             }
+            conn.execute_batch(RELAYED_SCHEMA)
+                .map_err(open_error(shown, "creating the journal's relay table"))?;
             Ok(false)
         }
         _ => Err(format_error(format!(
