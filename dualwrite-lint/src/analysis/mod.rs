@@ -20,6 +20,7 @@ pub mod macros;
 mod rules;
 pub mod sql;
 pub mod summary;
+pub mod ty;
 
 use serde::{Deserialize, Serialize};
 use syn::visit::Visit;
@@ -39,6 +40,10 @@ pub struct SourceFile<'a> {
     pub text: &'a str,
     /// Whether the whole file is test code (under a `tests/` directory).
     pub is_test_file: bool,
+    /// The file's directory on disk: SQL that the file includes
+    /// (`include_str!("queries/insert.sql")`) is read relative to it.
+    /// `None`: included files are not read.
+    pub dir: Option<&'a std::path::Path>,
 }
 
 /// Why a file could not be summarized (reported as DW000 by the driver).
@@ -60,6 +65,11 @@ pub struct ParseFailure {
 pub struct AnalysisConfig {
     /// The raw-write APIs DW002 looks for.
     pub apis: ApiTable,
+    /// The checked root on disk: each file's crate manifest (`Cargo.toml`,
+    /// and `Cargo.lock` when present) is looked up between the file and
+    /// the root, and a client's APIs apply only where the crate depends on
+    /// that client. `None`: every API applies everywhere.
+    pub root: Option<std::path::PathBuf>,
 }
 
 /// Parses one file and extracts its summary. Must be called on the thread
@@ -80,7 +90,13 @@ pub fn summarize_with(
     match syn::parse_file(file.text) {
         Ok(ast) => {
             let mut collector =
-                collect::Collector::new(file.path, file.text, file.is_test_file, interest);
+                collect::Collector::new(
+                file.path,
+                file.text,
+                file.is_test_file,
+                interest,
+                file.dir,
+            );
             collector.visit_file(&ast);
             if let Some(at) = collector.too_deep() {
                 return Err(ParseFailure {

@@ -240,7 +240,7 @@ fn raw_write(
     let receiver_type = match (&call.receiver, call.kind) {
         (Some(hint), CallKind::Method) => {
             let resolved = index.resolve_hint(scope, hint);
-            Some((scope.expand(&hint.base), resolved))
+            Some((scope.expand(hint.base_text()), resolved))
         }
         _ => None,
     };
