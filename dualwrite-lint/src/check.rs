@@ -460,6 +460,7 @@ fn driver_finding(
         },
         location,
         in_test,
+        explain: Vec::new(),
     }
 }
 

@@ -63,7 +63,8 @@ fn summaries(name: &str, passes: Passes) -> Vec<FileSummary> {
             )
         })
         .collect();
-    let summarize_one = |(rel, text, dir): &(String, String, PathBuf), interest: Option<&Interest>| {
+    let summarize_one = |(rel, text, dir): &(String, String, PathBuf),
+                         interest: Option<&Interest>| {
         let summary = summarize_with(
             SourceFile {
                 path: rel,
@@ -329,4 +330,11 @@ fn fingerprints_number_repeated_calls_and_ignore_lines() {
         assert_eq!(before.fingerprint, after.fingerprint);
         assert_ne!(before.location.start_line, after.location.start_line);
     }
+}
+
+#[test]
+fn receivers_inferred() {
+    let found = check("receivers_inferred");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW001));
+    assert!(found.iter().all(|f| f.explain.len() >= 2), "{found:#?}");
 }

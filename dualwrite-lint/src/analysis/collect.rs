@@ -14,16 +14,16 @@ use dualwrite_codegen::{MethodKind, NameClass, TraitModel, classify_name};
 
 use super::env::Env;
 use super::hints::{
-    expr_hint, first_literal_keyword, included_keyword, literal_keyword, path_text, receiver_text, span_between,
-    span_of, sql_evidence, type_path,
+    expr_hint, first_literal_keyword, included_keyword, literal_keyword, path_text, receiver_text,
+    span_between, span_of, sql_evidence, type_path,
 };
-use super::ty::encode;
 use super::interest::Interest;
 use super::macros::{self, Piece};
 use super::summary::{
     CallKind, CallSite, CodegenError, FileSummary, ImplHeader, Import, ItemContext, SqlEvidence,
     Step, StructSummary, TraitSummary, TypeHint,
 };
+use super::ty::encode;
 
 /// Nested macro invocations deeper than this are not read (each level
 /// re-parses its body).
@@ -226,7 +226,7 @@ impl<'i> Collector<'i> {
         let written = encode(ty, self.self_ty.as_deref());
         let (hint, how) = match (written, init) {
             (Some(text), Some(init)) if text.contains('_') => (Some(init), "`let`"),
-            (Some(text), _) => (Some(TypeHint::of(text)), "its type annotation"),
+            (Some(text), _) => (Some(TypeHint::of(text)), "as annotated"),
             (None, init) => (init, "`let`"),
         };
         self.bind_pat_sql(pat, hint, how, sql);
@@ -779,7 +779,10 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             return;
         }
         let receiver = self.hint(&call.receiver);
-        let sql = call.args.first().and_then(|a| sql_evidence(a, &self.env, self.dir));
+        let sql = call
+            .args
+            .first()
+            .and_then(|a| sql_evidence(a, &self.env, self.dir));
         self.push_call(CallSite {
             kind: CallKind::Method,
             callee: call.method.to_string().into_boxed_str(),
@@ -815,7 +818,10 @@ impl<'ast> Visit<'ast> for Collector<'_> {
                 .as_ref()
                 .and_then(|q| type_path(&q.ty, self.self_ty.as_deref()));
             let receiver = call.args.first().and_then(|a| self.hint(a));
-            let sql = call.args.first().and_then(|a| sql_evidence(a, &self.env, self.dir));
+            let sql = call
+                .args
+                .first()
+                .and_then(|a| sql_evidence(a, &self.env, self.dir));
             let mut callee = path_text(&func.path);
             if func.path.segments.len() == 2
                 && func.path.segments[0].ident == "Self"
@@ -883,17 +889,18 @@ fn expr_marker(expr: &Expr) -> Option<proc_macro2::Span> {
 
 impl Collector<'_> {
     fn record_const(&mut self, ident: &syn::Ident, expr: &Expr) {
-        let keyword = match expr {
-            Expr::Macro(m)
-                if m.mac.path.segments.last().is_some_and(|s| {
-                    s.ident == "include_str" || s.ident == "include_bytes"
-                }) =>
-            {
-                included_keyword(&m.mac.tokens, self.dir)
-            }
-            Expr::Macro(m) => first_literal_keyword(&m.mac.tokens),
-            other => sql_evidence(other, &Env::default(), self.dir),
-        };
+        let keyword =
+            match expr {
+                Expr::Macro(m)
+                    if m.mac.path.segments.last().is_some_and(|s| {
+                        s.ident == "include_str" || s.ident == "include_bytes"
+                    }) =>
+                {
+                    included_keyword(&m.mac.tokens, self.dir)
+                }
+                Expr::Macro(m) => first_literal_keyword(&m.mac.tokens),
+                other => sql_evidence(other, &Env::default(), self.dir),
+            };
         if let Some(SqlEvidence::Keyword(keyword)) = keyword {
             self.summary
                 .consts

@@ -135,10 +135,7 @@ fn collect_tables(table: &toml::Table, out: &mut HashSet<String>) {
             continue;
         };
         for (name, spec) in deps {
-            let package = spec
-                .get("package")
-                .and_then(|p| p.as_str())
-                .unwrap_or(name);
+            let package = spec.get("package").and_then(|p| p.as_str()).unwrap_or(name);
             out.insert(normalize(package));
         }
     }
@@ -202,7 +199,11 @@ mod tests {
             "version = 3\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"deadpool-postgres\", \"sea-orm\"]\n[[package]]\nname = \"deadpool-postgres\"\nversion = \"0.14.0\"\ndependencies = [\"tokio-postgres 0.7.12 (registry+https://github.com/rust-lang/crates.io-index)\"]\n",
         )
         .unwrap();
-        std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"app\"]\n").unwrap();
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"app\"]\n",
+        )
+        .unwrap();
         let mut cache = DepsCache::new(&root);
         let deps = cache.for_file("app/src/db/mod.rs").unwrap();
         for name in ["sea-orm", "sea_orm", "redis", "tokio-postgres"] {

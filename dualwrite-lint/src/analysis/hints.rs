@@ -206,10 +206,9 @@ fn hint_at(expr: &Expr, env: &Env, self_ty: Option<&str>, depth: u32) -> Option<
                     syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated,
                 )
                 .ok()?;
-            let first = inner(elems.first()?)?;
-            wrap_plain(first, |t| format!("Vec<{t}>"))
+            Some(inner(elems.first()?)?.then(Step::Collect))
         }
-        Expr::Array(a) => wrap_plain(inner(a.elems.first()?)?, |t| format!("[{t}]")),
+        Expr::Array(a) => Some(inner(a.elems.first()?)?.then(Step::Collect)),
         Expr::Tuple(t) if !t.elems.is_empty() => {
             let mut text = String::from("(");
             for (i, elem) in t.elems.iter().enumerate() {
@@ -232,14 +231,6 @@ fn hint_at(expr: &Expr, env: &Env, self_ty: Option<&str>, depth: u32) -> Option<
     }
 }
 
-/// A plain type hint (a type, no steps) wrapped by `wrap` (`Vec<..>`).
-fn wrap_plain(hint: TypeHint, wrap: impl FnOnce(&str) -> String) -> Option<TypeHint> {
-    match &hint.base {
-        HintBase::Type(ty) if hint.steps.is_empty() => Some(TypeHint::of(wrap(ty))),
-        _ => None,
-    }
-}
-
 /// `Arc::new(x)` is `x`'s type; `Some(x)` an `Option` of it; `T::new(..)`
 /// is `T`; `T::f(..)` and `f(..)` what they return (found in pass 2).
 fn call_hint(
@@ -256,12 +247,15 @@ fn call_hint(
     if let Some(qself) = &func.qself {
         // `<T>::new(..)`, `<T as Trait>::open(..)`
         let ty = type_path(&qself.ty, self_ty)?;
-        return Some(TypeHint::from_base(HintBase::Assoc(ty, last.into_boxed_str())));
+        return Some(TypeHint::from_base(HintBase::Assoc(
+            ty,
+            last.into_boxed_str(),
+        )));
     }
     if segments.len() == 1 {
         let arg = || hint_at(call.args.first()?, env, self_ty, depth + 1);
         return match last.as_str() {
-            "Some" | "Ok" => wrap_plain(arg()?, |t| format!("Option<{t}>")),
+            "Some" | "Ok" => Some(arg()?.then(Step::Collect)),
             "Err" | "None" => None,
             _ if last.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') => {
                 Some(TypeHint::from_base(HintBase::Call(last.into_boxed_str())))

@@ -196,7 +196,8 @@ impl<'a> Index<'a> {
             return Ty::Named(last_segment(&path).to_owned(), args);
         }
         if let Some((owner, name)) = path.rsplit_once("::")
-            && let Ty::Named(owner, _) = self.normalize(Ty::Named(owner.to_owned(), Vec::new()), steps + 1)
+            && let Ty::Named(owner, _) =
+                self.normalize(Ty::Named(owner.to_owned(), Vec::new()), steps + 1)
             && let Some(found) = self.assoc_types.get(&(owner, name))
         {
             return match found {
@@ -234,75 +235,94 @@ impl<'a> Index<'a> {
         &self,
         scope: &FileScope<'_>,
         hint: &TypeHint,
-        mut explain: Option<&mut Vec<String>>,
+        explain: Option<&mut Vec<String>>,
     ) -> Option<Ty> {
-        let (mut ty, mut text, how) = match &hint.base {
+        let explaining = explain.is_some();
+        let (mut ty, how) = match &hint.base {
             HintBase::Type(written) => {
                 let ty = self.normalize(localize(scope, written), 0);
-                (ty, format!("`{written}`"), String::new())
+                (ty, String::new())
             }
             HintBase::Call(path) => {
                 let name = last_segment(path);
                 let ret = self.fns.get(name)?.clone()?;
-                let how = format!("`{path}` returns `{ret}`");
-                (self.normalize(ret, 0), format!("`{path}(..)`"), how)
+                let how = explaining
+                    .then(|| format!("`{path}` returns `{ret}`"))
+                    .unwrap_or_default();
+                (self.normalize(ret, 0), how)
             }
             HintBase::Assoc(owner, name) => {
                 let owner_ty = self.resolve_type(scope, owner)?;
                 match self.methods.get(&(owner_ty.clone(), &**name)) {
                     Some(Some(ret)) => {
-                        let how = format!("`{owner}::{name}` returns `{ret}`");
-                        (
-                            self.normalize(ret.clone(), 0),
-                            format!("`{owner}::{name}(..)`"),
-                            how,
-                        )
+                        let how = explaining
+                            .then(|| format!("`{owner}::{name}` returns `{ret}`"))
+                            .unwrap_or_default();
+                        (self.normalize(ret.clone(), 0), how)
                     }
                     Some(None) => return None,
-                    None if is_constructor(name) => (
-                        Ty::Named(owner_ty, Vec::new()),
-                        format!("`{owner}::{name}(..)`"),
-                        format!("`{name}` is a constructor of `{owner}` by convention"),
-                    ),
+                    None if is_constructor(name) => {
+                        let how = explaining
+                            .then(|| {
+                                format!("`{name}` is a constructor of `{owner}` by convention")
+                            })
+                            .unwrap_or_default();
+                        (Ty::Named(owner_ty, Vec::new()), how)
+                    }
                     None => return None,
                 }
             }
         };
-        let mut notes = hint.notes.iter().peekable();
-        if let Some(lines) = explain.as_deref_mut() {
-            let mut line = format!("{text} is `{ty}`");
-            if !how.is_empty() {
-                line.push_str(&format!(" ({how})"));
+        let Some(lines) = explain else {
+            // The fast path: no text.
+            for step in &hint.steps {
+                ty = self.step(&ty, step)?.0;
             }
-            lines.push(line);
+            return Some(ty);
+        };
+        let mut text = match &hint.base {
+            HintBase::Type(written) => written.to_string(),
+            HintBase::Call(path) => format!("{path}(..)"),
+            HintBase::Assoc(owner, name) => format!("{owner}::{name}(..)"),
+        };
+        let mut notes = hint.notes.iter().peekable();
+        let typed_name = match &hint.base {
+            HintBase::Type(_) => notes.next_if(|n| n.at == 0),
+            _ => None,
+        };
+        lines.push(match typed_name {
+            Some(note) if note.how.starts_with('`') => {
+                format!("`{}` = `{text}` (bound by {}): `{ty}`", note.name, note.how)
+            }
+            Some(note) => format!("`{}` is `{ty}` ({})", note.name, note.how),
+            None if how.is_empty() => format!("`{text}` is `{ty}`"),
+            None => format!("`{text}` is `{ty}` ({how})"),
+        });
+        if let Some(note) = typed_name {
+            text = note.name.to_string();
         }
-        let mut take_notes = |at: usize, text: &mut String, ty: &Ty, lines: Option<&mut Vec<String>>| {
-            let mut lines = lines;
+        let mut take_notes = |at: usize, text: &mut String, ty: &Ty, lines: &mut Vec<String>| {
             while let Some(note) = notes.next_if(|n| n.at as usize == at) {
-                if let Some(lines) = lines.as_deref_mut() {
-                    lines.push(format!(
-                        "`{}` bound by {} to {text}: `{ty}`",
-                        note.name, note.how
-                    ));
-                }
-                *text = format!("`{}`", note.name);
+                lines.push(format!(
+                    "`{}` = `{text}` (bound by {}): `{ty}`",
+                    note.name, note.how
+                ));
+                *text = note.name.to_string();
             }
         };
-        take_notes(0, &mut text, &ty, explain.as_deref_mut());
+        take_notes(0, &mut text, &ty, lines);
         for (i, step) in hint.steps.iter().enumerate() {
             let (next, how) = self.step(&ty, step)?;
-            let shown = text.trim_matches('`');
             text = match step {
-                Step::Field(f) => format!("`{shown}.{f}`"),
-                Step::Method(m) => format!("`{shown}.{m}()`"),
-                Step::Unwrap => format!("`{shown}?`"),
-                Step::Elem => format!("an element of `{shown}`"),
+                Step::Field(f) => format!("{text}.{f}"),
+                Step::Method(m) => format!("{text}.{m}()"),
+                Step::Unwrap => format!("{text}?"),
+                Step::Elem => format!("{text}[_]"),
+                Step::Collect => format!("[{text}]"),
             };
-            if let Some(lines) = explain.as_deref_mut() {
-                lines.push(format!("{text} is `{next}` ({how})"));
-            }
+            lines.push(format!("`{text}` is `{next}` ({how})"));
             ty = next;
-            take_notes(i + 1, &mut text, &ty, explain.as_deref_mut());
+            take_notes(i + 1, &mut text, &ty, lines);
         }
         Some(ty)
     }
@@ -329,18 +349,26 @@ impl<'a> Index<'a> {
                     self.normalize(args.first()?.clone(), 0),
                     format!("the value inside `{name}`"),
                 ),
-                _ => (ty.clone(), "unchanged".to_owned()),
+                _ => (
+                    ty.clone(),
+                    "no `Option` or `Result` around it: the same value".to_owned(),
+                ),
             },
             Step::Elem => (
                 self.normalize(element(ty)?, 0),
                 format!("an element of `{ty}`"),
             ),
+            Step::Collect => (
+                Ty::Named("Vec".to_owned(), vec![ty.clone()]),
+                "a collection of it".to_owned(),
+            ),
             Step::Method(method) => self.method(ty, method)?,
         };
-        if found.0 == Ty::Unknown {
+        let ty = self.normalize(found.0, 0);
+        if ty == Ty::Unknown {
             return None;
         }
-        Some(found)
+        Some((ty, found.1))
     }
 
     /// What calling `method` on a value of type `ty` gives, and why.
@@ -370,15 +398,14 @@ impl<'a> Index<'a> {
                 match method {
                     "iter" | "iter_mut" | "into_iter" | "drain" | "as_slice" | "as_mut_slice"
                     | "rev" | "skip" | "take" | "filter" | "cloned" | "copied" | "peekable"
-                    | "step_by" | "chain" | "skip_while" | "take_while" | "by_ref"
-                    | "inspect" => same(),
+                    | "step_by" | "chain" | "skip_while" | "take_while" | "by_ref" | "inspect" => {
+                        same()
+                    }
                     "values" | "values_mut" | "into_values" if is_map(name) => Some((
                         Ty::Named("Vec".to_owned(), vec![args.get(1)?.clone()]),
                         format!("`{method}()` of `{ty}`"),
                     )),
-                    "get" | "get_mut" | "remove" if is_map(name) => {
-                        option_of(args.get(1)?.clone())
-                    }
+                    "get" | "get_mut" | "remove" if is_map(name) => option_of(args.get(1)?.clone()),
                     "first" | "last" | "get" | "get_mut" | "first_mut" | "last_mut" | "pop"
                     | "pop_front" | "pop_back" | "front" | "back" | "front_mut" | "back_mut"
                     | "next" | "next_back" | "nth" | "find" | "min_by_key" | "max_by_key" => {
@@ -387,7 +414,10 @@ impl<'a> Index<'a> {
                     "enumerate" => Some((
                         Ty::Named(
                             "Vec".to_owned(),
-                            vec![Ty::Tuple(vec![Ty::Named("usize".to_owned(), Vec::new()), elem])],
+                            vec![Ty::Tuple(vec![
+                                Ty::Named("usize".to_owned(), Vec::new()),
+                                elem,
+                            ])],
                         ),
                         format!("`enumerate()` of `{ty}`"),
                     )),
@@ -413,10 +443,9 @@ impl<'a> Index<'a> {
             Ty::Named(name, args) if matches!(name.as_str(), "OnceCell" | "OnceLock") => {
                 match method {
                     "get" | "get_mut" => option_of(args.first()?.clone()),
-                    "get_or_init" | "get_or_try_init" => Some((
-                        args.first()?.clone(),
-                        format!("`{method}()` of `{ty}`"),
-                    )),
+                    "get_or_init" | "get_or_try_init" => {
+                        Some((args.first()?.clone(), format!("`{method}()` of `{ty}`")))
+                    }
                     _ => None,
                 }
             }
@@ -473,7 +502,10 @@ fn localize(scope: &FileScope<'_>, text: &str) -> Ty {
 
 /// Types that hold one value or none (`?` and `unwrap` give it).
 fn is_option_like(name: &str) -> bool {
-    matches!(name, "Option" | "Result" | "Poll" | "LockResult" | "TryLockResult")
+    matches!(
+        name,
+        "Option" | "Result" | "Poll" | "LockResult" | "TryLockResult"
+    )
 }
 
 /// Collections of elements.
@@ -534,9 +566,7 @@ fn is_guard(method: &str) -> bool {
 fn element(ty: &Ty) -> Option<Ty> {
     match ty {
         Ty::Slice(elem) => Some((**elem).clone()),
-        Ty::Named(name, args) if is_sequence(name) || is_option_like(name) => {
-            args.first().cloned()
-        }
+        Ty::Named(name, args) if is_sequence(name) || is_option_like(name) => args.first().cloned(),
         Ty::Named(name, args) if is_map(name) => {
             Some(Ty::Tuple(vec![args.first()?.clone(), args.get(1)?.clone()]))
         }

@@ -12,6 +12,7 @@
 
 pub mod apis;
 mod collect;
+mod deps;
 mod env;
 mod hints;
 mod index;
@@ -89,8 +90,7 @@ pub fn summarize_with(
 ) -> Result<FileSummary, ParseFailure> {
     match syn::parse_file(file.text) {
         Ok(ast) => {
-            let mut collector =
-                collect::Collector::new(
+            let mut collector = collect::Collector::new(
                 file.path,
                 file.text,
                 file.is_test_file,
@@ -127,5 +127,5 @@ pub fn summarize_with(
 /// ordered by file, line, column and rule, all with severity `error` (the
 /// driver applies the configured severities, allowed paths and test policy).
 pub fn analyze(summaries: &[FileSummary], config: &AnalysisConfig) -> Vec<Finding> {
-    rules::apply(summaries, &config.apis)
+    rules::apply(summaries, &config.apis, config.root.as_deref())
 }

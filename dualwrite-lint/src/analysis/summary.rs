@@ -166,6 +166,8 @@ pub enum Step {
     Unwrap,
     /// An element of a collection (`for x in ..`, `xs[i]`).
     Elem,
+    /// A collection of the value (`vec![x, ..]`, `[x, ..]`, `Some(x)`).
+    Collect,
 }
 
 /// A local name bound to the value on the way (for `--explain`).

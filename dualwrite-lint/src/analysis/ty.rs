@@ -163,10 +163,9 @@ impl Ty {
     /// The same type with every path passed through `f`.
     pub fn map_paths(&self, f: &mut impl FnMut(&str) -> String) -> Ty {
         match self {
-            Ty::Named(name, args) => Ty::Named(
-                f(name),
-                args.iter().map(|a| a.map_paths(f)).collect(),
-            ),
+            Ty::Named(name, args) => {
+                Ty::Named(f(name), args.iter().map(|a| a.map_paths(f)).collect())
+            }
             Ty::Tuple(elems) => Ty::Tuple(elems.iter().map(|e| e.map_paths(f)).collect()),
             Ty::Slice(elem) => Ty::Slice(Box::new(elem.map_paths(f))),
             Ty::Unknown => Ty::Unknown,
@@ -188,7 +187,8 @@ fn parse_at(text: &[u8], at: &mut usize, depth: u32) -> Ty {
         return Ty::Unknown;
     }
     match text.get(*at) {
-        Some(b'_') if !matches!(text.get(*at + 1), Some(b) if b.is_ascii_alphanumeric() || *b == b'_') => {
+        Some(b'_') if !matches!(text.get(*at + 1), Some(b) if b.is_ascii_alphanumeric() || *b == b'_') =>
+        {
             *at += 1;
             Ty::Unknown
         }
@@ -313,7 +313,13 @@ mod tests {
 
     #[test]
     fn text_reads_back() {
-        for text in ["Result<Option<Vec<db::Pg>>,E>", "(Pg,_)", "[Pg]", "A::B", "()"] {
+        for text in [
+            "Result<Option<Vec<db::Pg>>,E>",
+            "(Pg,_)",
+            "[Pg]",
+            "A::B",
+            "()",
+        ] {
             let ty = Ty::parse(text);
             assert_ne!(ty, Ty::Unknown, "{text}");
         }
