@@ -338,3 +338,17 @@ fn receivers_inferred() {
     assert!(found.iter().all(|f| f.rule == RuleId::DW001));
     assert!(found.iter().all(|f| f.explain.len() >= 2), "{found:#?}");
 }
+
+#[test]
+fn sql_forms() {
+    let found = check("sql_forms");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+}
+
+/// A client's rules apply only in crates that depend on it (`Cargo.toml`,
+/// renamed dependencies, `Cargo.lock`).
+#[test]
+fn client_deps() {
+    let found = check("client_deps");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+}

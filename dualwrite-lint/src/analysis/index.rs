@@ -246,27 +246,31 @@ impl<'a> Index<'a> {
             HintBase::Call(path) => {
                 let name = last_segment(path);
                 let ret = self.fns.get(name)?.clone()?;
-                let how = explaining
-                    .then(|| format!("`{path}` returns `{ret}`"))
-                    .unwrap_or_default();
+                let how = if explaining {
+                    format!("`{path}` returns `{ret}`")
+                } else {
+                    String::new()
+                };
                 (self.normalize(ret, 0), how)
             }
             HintBase::Assoc(owner, name) => {
                 let owner_ty = self.resolve_type(scope, owner)?;
                 match self.methods.get(&(owner_ty.clone(), &**name)) {
                     Some(Some(ret)) => {
-                        let how = explaining
-                            .then(|| format!("`{owner}::{name}` returns `{ret}`"))
-                            .unwrap_or_default();
+                        let how = if explaining {
+                            format!("`{owner}::{name}` returns `{ret}`")
+                        } else {
+                            String::new()
+                        };
                         (self.normalize(ret.clone(), 0), how)
                     }
                     Some(None) => return None,
                     None if is_constructor(name) => {
-                        let how = explaining
-                            .then(|| {
-                                format!("`{name}` is a constructor of `{owner}` by convention")
-                            })
-                            .unwrap_or_default();
+                        let how = if explaining {
+                            format!("`{name}` is a constructor of `{owner}` by convention")
+                        } else {
+                            String::new()
+                        };
                         (Ty::Named(owner_ty, Vec::new()), how)
                     }
                     None => return None,
