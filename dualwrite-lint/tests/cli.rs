@@ -342,5 +342,5 @@ fn clients_are_gated_and_included_sql_is_read() {
         .iter()
         .map(|f| f["location"]["start_line"].as_u64().unwrap())
         .collect();
-    assert_eq!(lines, [9, 16, 31, 36, 47, 50, 60, 62, 65, 66, 72]);
+    assert_eq!(lines, [9, 16, 31, 36, 47, 50, 60, 62, 65, 66, 71, 74]);
 }

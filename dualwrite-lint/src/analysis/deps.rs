@@ -16,12 +16,24 @@ const MAX_MANIFEST: u64 = 8 << 20;
 #[derive(Debug, Default)]
 pub struct CrateDeps {
     names: HashSet<String>,
+    /// Renamed dependencies as paths name them: (`kv`, `redis`) for
+    /// `kv = { package = "redis" }`.
+    renames: Vec<(String, String)>,
 }
 
 impl CrateDeps {
     /// Whether `package` is among the dependencies.
     pub fn contains(&self, package: &str) -> bool {
         self.names.contains(&normalize(package))
+    }
+
+    /// `path` with a renamed dependency's name replaced by its package's
+    /// crate name (`kv::cmd` -> `redis::cmd`); `None` when it starts with
+    /// no renamed dependency.
+    pub fn unrename(&self, path: &str) -> Option<String> {
+        let (first, rest) = path.split_once("::")?;
+        let (_, package) = self.renames.iter().find(|(local, _)| local == first)?;
+        Some(format!("{package}::{rest}"))
     }
 }
 
@@ -78,10 +90,11 @@ impl DepsCache {
     /// `Cargo.lock` up to the root, what they depend on.
     fn deps_of(&self, manifest: &toml::Table, dir: &str) -> CrateDeps {
         let mut names = HashSet::new();
-        collect_tables(manifest, &mut names);
+        let mut renames = Vec::new();
+        collect_tables(manifest, &mut names, &mut renames);
         if let Some(targets) = manifest.get("target").and_then(|t| t.as_table()) {
             for target in targets.values().filter_map(|t| t.as_table()) {
-                collect_tables(target, &mut names);
+                collect_tables(target, &mut names, &mut renames);
             }
         }
         let package = manifest
@@ -94,7 +107,7 @@ impl DepsCache {
         {
             names.extend(lock_closure(&lock, &package));
         }
-        CrateDeps { names }
+        CrateDeps { names, renames }
     }
 
     /// The nearest `Cargo.lock` from `dir` up to the root.
@@ -123,7 +136,11 @@ fn read_manifest(path: &Path) -> Option<toml::Table> {
 
 /// The package names of `[dependencies]`, `[dev-dependencies]` and
 /// `[build-dependencies]` (a renamed one by its `package`).
-fn collect_tables(table: &toml::Table, out: &mut HashSet<String>) {
+fn collect_tables(
+    table: &toml::Table,
+    out: &mut HashSet<String>,
+    renames: &mut Vec<(String, String)>,
+) {
     for key in [
         "dependencies",
         "dev-dependencies",
@@ -136,6 +153,9 @@ fn collect_tables(table: &toml::Table, out: &mut HashSet<String>) {
         };
         for (name, spec) in deps {
             let package = spec.get("package").and_then(|p| p.as_str()).unwrap_or(name);
+            if package != name {
+                renames.push((name.replace('-', "_"), package.replace('-', "_")));
+            }
             out.insert(normalize(package));
         }
     }
@@ -210,6 +230,11 @@ mod tests {
             assert!(deps.contains(name), "{name}");
         }
         assert!(!deps.contains("orm"));
+        assert_eq!(
+            deps.unrename("orm::Entity::update_many").as_deref(),
+            Some("sea_orm::Entity::update_many")
+        );
+        assert_eq!(deps.unrename("sqlx::query"), None);
         assert!(!deps.contains("sqlx"));
         assert!(cache.for_file("build.rs").is_none());
         std::fs::remove_dir_all(&root).unwrap();

@@ -263,14 +263,23 @@ fn raw_write(
 ) -> Option<Draft> {
     let name = last_segment(&call.callee);
     let candidates = matcher.by_name.get(name)?;
-    let paths = match call.kind {
+    let mut paths = match call.kind {
         CallKind::Method => Vec::new(),
         CallKind::Path | CallKind::Macro => scope.candidates(&call.callee),
     };
+    if let Some(deps) = crate_deps {
+        // `kv::cmd(..)` under `kv = { package = "redis" }` is `redis::cmd`.
+        let renamed: Vec<String> = paths.iter().filter_map(|p| deps.unrename(p)).collect();
+        paths.extend(renamed);
+    }
     let receiver_type = match (&call.receiver, call.kind) {
         (Some(hint), CallKind::Method) => {
             let resolved = index.resolve_hint(scope, hint);
-            Some((scope.expand(hint.base_text()), resolved))
+            let written = scope.expand(hint.base_text());
+            let written = crate_deps
+                .and_then(|deps| deps.unrename(&written))
+                .unwrap_or(written);
+            Some((written, resolved))
         }
         _ => None,
     };

@@ -68,6 +68,8 @@ pub fn redis_pipelines(con: &mut kv::Connection) -> kv::RedisResult<()> {
         .cmd("GET") // a read: fine
         .arg("orders");
     pipe.query::<()>(con)?;
+    kv::cmd("SET").arg("order:2").arg(0).query::<()>(con)?; // DW002: the renamed crate's `cmd`
+    kv::cmd("GET").arg("order:2").query::<i64>(con)?; // a read: fine
     kv::transaction(con, &["order:1"], |con, pipe| {
         pipe.incr("order:1", 1) // DW002: the transaction's pipeline
             .query(con)
