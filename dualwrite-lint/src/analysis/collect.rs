@@ -762,20 +762,12 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_expr_closure(&mut self, closure: &'ast ExprClosure) {
-        self.env.push_scope();
-        for input in &closure.inputs {
-            match input {
-                Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, None, None),
-                other => self.visit_pat(other),
-            }
-        }
-        self.visit_expr(&closure.body);
-        self.env.pop_scope();
+        self.visit_closure_with(closure, None);
     }
 
     fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
         if !self.wanted(&call.method) {
-            visit::visit_expr_method_call(self, call);
+            self.visit_method_call_parts(call);
             return;
         }
         let receiver = self.hint(&call.receiver);
@@ -794,7 +786,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             item: 0,
             in_test: false,
         });
-        visit::visit_expr_method_call(self, call);
+        self.visit_method_call_parts(call);
     }
 
     fn visit_expr_call(&mut self, call: &'ast ExprCall) {
@@ -887,7 +879,68 @@ fn expr_marker(expr: &Expr) -> Option<proc_macro2::Span> {
     })
 }
 
-impl Collector<'_> {
+/// Methods of iterators, `Option` and `Result` whose first argument is a
+/// closure called with the elements (or the value inside).
+const ADAPTORS: &[&str] = &[
+    "for_each",
+    "try_for_each",
+    "map",
+    "filter",
+    "filter_map",
+    "flat_map",
+    "any",
+    "all",
+    "find",
+    "find_map",
+    "inspect",
+    "position",
+    "take_while",
+    "skip_while",
+    "and_then",
+    "is_some_and",
+    "is_ok_and",
+];
+
+impl<'ast> Collector<'_> {
+    /// Walks a method call's receiver and arguments; the closure given to
+    /// an iterator adaptor (`stores.iter().for_each(|s| ..)`) gets the
+    /// elements' type for its first parameter.
+    fn visit_method_call_parts(&mut self, call: &'ast ExprMethodCall) {
+        self.visit_expr(&call.receiver);
+        for (i, arg) in call.args.iter().enumerate() {
+            if i == 0
+                && let Expr::Closure(closure) = arg
+                && ADAPTORS.iter().any(|a| call.method == a)
+                && self.descend(|| None)
+            {
+                let hint = self.hint(&call.receiver).map(|h| h.then(Step::Elem));
+                self.visit_closure_with(closure, hint);
+                self.depth -= 1;
+            } else {
+                self.visit_expr(arg);
+            }
+        }
+    }
+
+    /// Walks a closure, its first parameter bound to `first` when the
+    /// parameter has no type of its own.
+    fn visit_closure_with(&mut self, closure: &'ast ExprClosure, first: Option<TypeHint>) {
+        self.env.push_scope();
+        let mut first = first;
+        for input in &closure.inputs {
+            match input {
+                Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, None, None),
+                other => match first.take() {
+                    Some(hint) => self.bind_pat(other, Some(hint), "a closure parameter", 0),
+                    None => self.visit_pat(other),
+                },
+            }
+            first = None;
+        }
+        self.visit_expr(&closure.body);
+        self.env.pop_scope();
+    }
+
     fn record_const(&mut self, ident: &syn::Ident, expr: &Expr) {
         let keyword =
             match expr {

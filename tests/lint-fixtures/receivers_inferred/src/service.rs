@@ -123,3 +123,15 @@ fn trait_objects_from_elsewhere(store: &dyn OrderStore, boxed: Box<dyn OrderStor
 fn ref_cells(cell: &RefCell<PgOrders>) {
     cell.borrow_mut().insert(1, "a".into()).unwrap(); // DW001: RefCell guard
 }
+
+impl OrderService {
+    fn closures_of_adaptors(&self) {
+        self.stores.iter().for_each(|s| {
+            s.insert(9, "i".into()).unwrap(); // DW001: an iterator adaptor's closure
+        });
+        let _ = self.legacy.as_ref().map(|m| m.delete(9)); // DW001: `Option::map`'s closure
+        let _ = self.by_region.iter().any(|(_, s)| s.get(1).is_ok()); // a read: fine
+        let ids = vec![1_u64, 2];
+        ids.iter().for_each(|id| drop(id)); // not a store: fine
+    }
+}
