@@ -270,6 +270,7 @@ fn main() {
                             path: &file.rel,
                             text,
                             is_test_file: file.is_test_file,
+                            dir: file.abs.parent(),
                         },
                         interest,
                     )

@@ -145,7 +145,8 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
         .thread_name(|i| format!("dualwrite-lint-{i}"))
         .build()
         .map_err(|error| DriverError::new(format!("cannot start worker threads: {error}")))?;
-    let analysis_config = config.analysis_config();
+    let mut analysis_config = config.analysis_config();
+    analysis_config.root = Some(root.to_path_buf());
     let (outcomes, engine_findings) = pool.install(|| {
         // Files that declare annotated traits first, recording every call;
         // then the rest, recording only the calls that can match a rule
@@ -350,6 +351,7 @@ fn summarize_file(file: &SourcePath, text: &str, interest: Option<&Interest>) ->
         path: &file.rel,
         text,
         is_test_file: file.is_test_file,
+        dir: file.abs.parent(),
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
         analysis::summarize_with(source, interest)
@@ -458,6 +460,7 @@ fn driver_finding(
         },
         location,
         in_test,
+        explain: Vec::new(),
     }
 }
 

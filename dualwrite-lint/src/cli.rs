@@ -81,6 +81,10 @@ pub struct CheckArgs {
     /// Colors in human output (auto: when stdout is a terminal and NO_COLOR is unset).
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+    /// Human output: show under each DW001 finding how the receiver's type
+    /// was inferred (JSON and SARIF always carry it).
+    #[arg(long)]
+    pub explain: bool,
 }
 
 /// `expand` flags.
@@ -247,7 +251,12 @@ pub fn run(cli: Cli) -> Result<u8, DriverError> {
                 write_baseline: args.write_baseline,
                 fail_on: args.fail_on.into(),
             };
-            let report = check::run(&options)?;
+            let mut report = check::run(&options)?;
+            if args.format == Format::Human && !args.explain {
+                for finding in &mut report.findings {
+                    finding.explain.clear();
+                }
+            }
             let rendered = output::render(&report, args.format, args.color.enabled());
             write_stdout(&rendered.stdout)?;
             if !rendered.stderr.is_empty() {

@@ -195,6 +195,7 @@ impl Config {
     pub fn analysis_config(&self) -> AnalysisConfig {
         AnalysisConfig {
             apis: self.api_table(),
+            root: None,
         }
     }
 

@@ -219,4 +219,8 @@ pub struct Finding {
     pub fingerprint: Fingerprint,
     /// Inside `#[cfg(test)]` / `#[test]` code or a `tests/` directory.
     pub in_test: bool,
+    /// How the receiver's type was inferred, one step a line (DW001):
+    /// shown by `check --explain`, always in JSON and SARIF.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explain: Vec<String>,
 }

@@ -197,6 +197,7 @@ pub fn apply(
                     occurrence: *occurrence,
                 },
                 in_test: false,
+                explain: Vec::new(),
             });
             *occurrence += 1;
         };

@@ -264,3 +264,83 @@ fn this_workspace_is_clean() {
     );
     assert!(stdout.contains("no findings"), "{stdout}");
 }
+
+/// `--explain` shows how each DW001 receiver's type was inferred; JSON and
+/// SARIF always carry it.
+#[test]
+fn explain_shows_the_inference_chain() {
+    let dir = fixture("receivers_inferred");
+    let chain = "`s` = `self.stores[_]` (bound by `for`): `PgOrders`";
+    let plain = stdout(&run(&dir, &["check"]));
+    assert!(!plain.contains("receiver type, as inferred"), "{plain}");
+    let explained = stdout(&run(&dir, &["check", "--explain"]));
+    assert!(
+        explained.contains("receiver type, as inferred:"),
+        "{explained}"
+    );
+    assert!(explained.contains(chain), "{explained}");
+    let (code, doc) = check_json(&dir, &[]);
+    assert_eq!(code, 1);
+    let explain = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["location"]["file"] == "src/service.rs" && f["location"]["start_line"] == 24)
+        .map(|f| f["explain"].clone())
+        .unwrap();
+    assert_eq!(
+        explain,
+        serde_json::json!([
+            "`self` is `OrderService` (the method's receiver)",
+            "`self.stores` is `Vec<crate::store::PgOrders>` (field `stores` of `OrderService`)",
+            "`self.stores[_]` is `PgOrders` (an element of `Vec<crate::store::PgOrders>`)",
+            chain,
+            "`PgOrders` implements the #[dual_write] trait `OrderStore`: it is a raw store, and `insert` is a write",
+        ])
+    );
+    let sarif: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&dir, &["check", "--format", "sarif"]))).unwrap();
+    let results = sarif["runs"][0]["results"].as_array().unwrap();
+    assert!(
+        results.iter().all(|r| r["properties"]["explain"]
+            .as_array()
+            .is_some_and(|e| e.len() >= 2)),
+        "{results:#?}"
+    );
+}
+
+/// Through the driver: each crate's manifest (and the workspace's
+/// `Cargo.lock`) gates the clients' rules, and included SQL is read next
+/// to the file that includes it.
+#[test]
+fn clients_are_gated_and_included_sql_is_read() {
+    let (_, doc) = check_json(&fixture("client_deps"), &[]);
+    let mut found: Vec<(String, u64)> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["location"]["file"].as_str().unwrap().to_owned(),
+                f["location"]["start_line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("catalog/src/lib.rs".to_owned(), 9),
+            ("community/src/lib.rs".to_owned(), 24),
+            ("jobs/src/lib.rs".to_owned(), 3),
+        ]
+    );
+    let (_, doc) = check_json(&fixture("sql_forms"), &[]);
+    let lines: Vec<u64> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["location"]["start_line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [9, 16, 31, 36, 47, 50, 60, 62, 65, 66, 71, 74]);
+}

@@ -38,6 +38,7 @@ fn finding(rule: RuleId, severity: Severity, line: usize, message: &str) -> Find
             occurrence: line - 2,
         },
         in_test: false,
+        explain: Vec::new(),
     }
 }
 

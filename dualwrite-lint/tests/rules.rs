@@ -48,7 +48,7 @@ fn summaries(name: &str, passes: Passes) -> Vec<FileSummary> {
     let root = fixtures_root().join(name);
     let mut files = Vec::new();
     rust_files(&root, &mut files);
-    let sources: Vec<(String, String)> = files
+    let sources: Vec<(String, String, PathBuf)> = files
         .iter()
         .map(|path| {
             let rel = path
@@ -56,15 +56,21 @@ fn summaries(name: &str, passes: Passes) -> Vec<FileSummary> {
                 .unwrap()
                 .to_string_lossy()
                 .replace('\\', "/");
-            (rel, std::fs::read_to_string(path).unwrap())
+            (
+                rel,
+                std::fs::read_to_string(path).unwrap(),
+                path.parent().unwrap().to_path_buf(),
+            )
         })
         .collect();
-    let summarize_one = |(rel, text): &(String, String), interest: Option<&Interest>| {
+    let summarize_one = |(rel, text, dir): &(String, String, PathBuf),
+                         interest: Option<&Interest>| {
         let summary = summarize_with(
             SourceFile {
                 path: rel,
                 text,
                 is_test_file: rel.starts_with("tests/"),
+                dir: Some(dir),
             },
             interest,
         )
@@ -72,7 +78,7 @@ fn summaries(name: &str, passes: Passes) -> Vec<FileSummary> {
         proc_macro2::extra::invalidate_current_thread_spans();
         summary
     };
-    let first_pass = |(_, text): &&(String, String)| {
+    let first_pass = |(_, text, _): &&(String, String, PathBuf)| {
         passes == Passes::RecordAll || declares_annotated_traits(text)
     };
     let mut out: Vec<Option<FileSummary>> = sources
@@ -99,6 +105,7 @@ fn findings(name: &str) -> Vec<Finding> {
 fn findings_with(name: &str, passes: Passes) -> Vec<Finding> {
     let config = AnalysisConfig {
         apis: ApiTable::default_table(),
+        root: Some(fixtures_root().join(name)),
     };
     analyze(&summaries(name, passes), &config)
 }
@@ -130,6 +137,7 @@ fn bodies_naming_an_annotated_trait_are_walked() {
         path: "src/store.rs",
         text: "#[dual_write] pub trait UserStore { fn rename_account(&self, id: u64); }\n",
         is_test_file: false,
+        dir: None,
     })
     .unwrap();
     let interest = Interest::new(&ApiTable::default_table(), [&declaring]);
@@ -139,6 +147,7 @@ fn bodies_naming_an_annotated_trait_are_walked() {
             path: "src/setup.rs",
             text,
             is_test_file: false,
+            dir: None,
         },
         Some(&interest),
     )
@@ -162,6 +171,7 @@ fn calls_of_no_interest_are_not_recorded() {
         path: "src/lib.rs",
         text,
         is_test_file: false,
+        dir: None,
     };
     let interest = Interest::new(&ApiTable::default_table(), []);
     let all = summarize(source).unwrap();
@@ -304,6 +314,7 @@ fn fingerprints_number_repeated_calls_and_ignore_lines() {
         path: "src/lib.rs",
         text: &shifted,
         is_test_file: false,
+        dir: None,
     })
     .unwrap();
     proc_macro2::extra::invalidate_current_thread_spans();
@@ -311,6 +322,7 @@ fn fingerprints_number_repeated_calls_and_ignore_lines() {
         &[summary],
         &AnalysisConfig {
             apis: ApiTable::default_table(),
+            root: None,
         },
     );
     assert_eq!(moved.len(), found.len());
@@ -318,4 +330,25 @@ fn fingerprints_number_repeated_calls_and_ignore_lines() {
         assert_eq!(before.fingerprint, after.fingerprint);
         assert_ne!(before.location.start_line, after.location.start_line);
     }
+}
+
+#[test]
+fn receivers_inferred() {
+    let found = check("receivers_inferred");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW001));
+    assert!(found.iter().all(|f| f.explain.len() >= 2), "{found:#?}");
+}
+
+#[test]
+fn sql_forms() {
+    let found = check("sql_forms");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+}
+
+/// A client's rules apply only in crates that depend on it (`Cargo.toml`,
+/// renamed dependencies, `Cargo.lock`).
+#[test]
+fn client_deps() {
+    let found = check("client_deps");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
 }

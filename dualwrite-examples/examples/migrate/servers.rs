@@ -73,6 +73,7 @@ impl MariaOld {
         self.rt.block_on(async {
             for start in (1..=users).step_by(1_000) {
                 let ids = start..=(start + 999).min(users);
+                // dualwrite-lint: allow(DW002) seeds the old store's history before the migration starts
                 let mut insert = QueryBuilder::new(
                     "INSERT INTO dw_users (id, full_name, email, signup_ts, version) ",
                 );
@@ -84,6 +85,7 @@ impl MariaOld {
                         .push_bind(1_i64);
                 });
                 insert.build().execute(&self.pool).await?;
+                // dualwrite-lint: allow(DW002) seeds the old store's history before the migration starts
                 let mut insert = QueryBuilder::new(
                     "INSERT INTO dw_orders (id, user_id, amount_cents, status, note, version) ",
                 );

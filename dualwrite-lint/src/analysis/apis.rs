@@ -67,6 +67,11 @@ pub struct ApiSpec {
     /// For [`ApiKind::Command`]: the command words that write (`SET`, `DEL`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<String>,
+    /// If set, the spec applies only in crates that depend (directly, or
+    /// through `Cargo.lock`) on one of these packages; files of no known
+    /// crate are always checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crates: Vec<String>,
 }
 
 impl ApiSpec {
@@ -79,7 +84,26 @@ impl ApiSpec {
             library: Some(library.to_owned()),
             receiver: None,
             commands: Vec::new(),
+            crates: Vec::new(),
         }
+    }
+
+    /// The name a call must carry to match: the last segment of `name`, or
+    /// for an associated constructor (`QueryBuilder::new`) the type's, so
+    /// that `new` alone does not make every constructor call interesting.
+    pub fn interest_name(&self) -> Option<&str> {
+        let mut segments = self.name.trim_end_matches('!').rsplit("::");
+        let last = segments.next()?;
+        match segments.next() {
+            Some(owner) if last == "new" => Some(owner),
+            _ => Some(last),
+        }
+    }
+
+    /// The same spec, applied only in crates that depend on one of `crates`.
+    pub fn in_crates(mut self, crates: &[&str]) -> Self {
+        self.crates = crates.iter().map(|c| (*c).to_owned()).collect();
+        self
     }
 
     /// The same spec, matching only receivers that contain `receiver`.
@@ -110,6 +134,33 @@ impl ApiTable {
     pub fn default_table() -> ApiTable {
         use ApiKind::{Command, Sql, Write};
         use CallForm::{Function, Macro, Method};
+        // The packages through which each client is used (pools and async
+        // wrappers re-export it).
+        const SQLX: &[&str] = &["sqlx", "sqlx-core", "sea-orm"];
+        const POSTGRES: &[&str] = &[
+            "postgres",
+            "tokio-postgres",
+            "deadpool-postgres",
+            "bb8-postgres",
+            "r2d2_postgres",
+        ];
+        const RUSQLITE: &[&str] = &[
+            "rusqlite",
+            "r2d2_sqlite",
+            "deadpool-sqlite",
+            "tokio-rusqlite",
+            "async-sqlite",
+        ];
+        const DIESEL: &[&str] = &["diesel", "diesel-async"];
+        const SEA_ORM: &[&str] = &["sea-orm"];
+        const REDIS: &[&str] = &[
+            "redis",
+            "deadpool-redis",
+            "bb8-redis",
+            "r2d2_redis",
+            "redis-async",
+        ];
+        const MONGODB: &[&str] = &["mongodb"];
         let mut specs = Vec::new();
         for name in [
             "sqlx::query",
@@ -120,8 +171,10 @@ impl ApiTable {
             "sqlx::query_scalar_with",
             "sqlx::raw_sql",
         ] {
-            specs.push(ApiSpec::new(name, Sql, Function, "sqlx"));
+            specs.push(ApiSpec::new(name, Sql, Function, "sqlx").in_crates(SQLX));
         }
+        // `QueryBuilder::new("INSERT INTO t (a, b) ")`.
+        specs.push(ApiSpec::new("QueryBuilder::new", Sql, Function, "sqlx").in_crates(SQLX));
         for name in [
             "query!",
             "query_as!",
@@ -129,13 +182,14 @@ impl ApiTable {
             "query_unchecked!",
             "query_as_unchecked!",
         ] {
-            specs.push(ApiSpec::new(name, Sql, Macro, "sqlx"));
+            specs.push(ApiSpec::new(name, Sql, Macro, "sqlx").in_crates(SQLX));
         }
         // Method names shared by several clients: one spec each, naming them all.
         let shared = "sqlx, rusqlite or postgres";
-        specs.push(ApiSpec::new("execute", Sql, Method, shared));
+        let shared_crates: Vec<&str> = [SQLX, POSTGRES, RUSQLITE, DIESEL].concat();
+        specs.push(ApiSpec::new("execute", Sql, Method, shared).in_crates(&shared_crates));
         for name in ["execute_batch", "prepare", "prepare_cached"] {
-            specs.push(ApiSpec::new(name, Sql, Method, "rusqlite"));
+            specs.push(ApiSpec::new(name, Sql, Method, "rusqlite").in_crates(RUSQLITE));
         }
         for name in [
             "query",
@@ -145,7 +199,7 @@ impl ApiTable {
             "batch_execute",
             "simple_query",
         ] {
-            specs.push(ApiSpec::new(name, Sql, Method, "postgres"));
+            specs.push(ApiSpec::new(name, Sql, Method, "postgres").in_crates(POSTGRES));
         }
         for name in [
             "diesel::insert_into",
@@ -154,10 +208,16 @@ impl ApiTable {
             "diesel::replace_into",
             "diesel::insert_or_ignore_into",
         ] {
-            specs.push(ApiSpec::new(name, Write, Function, "diesel"));
+            specs.push(ApiSpec::new(name, Write, Function, "diesel").in_crates(DIESEL));
         }
+        // `diesel::sql_query("UPDATE ..")`.
+        specs.push(ApiSpec::new("diesel::sql_query", Sql, Function, "diesel").in_crates(DIESEL));
         for name in ["insert", "update", "delete", "save"] {
-            specs.push(ApiSpec::new(name, Write, Method, "sea-orm").on_receiver("ActiveModel"));
+            specs.push(
+                ApiSpec::new(name, Write, Method, "sea-orm")
+                    .on_receiver("ActiveModel")
+                    .in_crates(SEA_ORM),
+            );
         }
         for name in [
             "Entity::insert",
@@ -166,14 +226,21 @@ impl ApiTable {
             "delete_many",
             "delete_by_id",
         ] {
-            specs.push(ApiSpec::new(name, Write, Function, "sea-orm"));
+            specs.push(ApiSpec::new(name, Write, Function, "sea-orm").in_crates(SEA_ORM));
         }
-        let mut cmd = ApiSpec::new("redis::cmd", Command, Function, "redis");
-        cmd.commands = REDIS_WRITE_COMMANDS
+        let commands: Vec<String> = REDIS_WRITE_COMMANDS
             .iter()
             .map(|c| (*c).to_owned())
             .collect();
+        let mut cmd = ApiSpec::new("redis::cmd", Command, Function, "redis").in_crates(REDIS);
+        cmd.commands = commands.clone();
         specs.push(cmd);
+        // `redis::pipe().cmd("SET")`.
+        let mut pipe_cmd = ApiSpec::new("cmd", Command, Method, "redis")
+            .on_receiver("redis|pipe|Pipeline")
+            .in_crates(REDIS);
+        pipe_cmd.commands = commands;
+        specs.push(pipe_cmd);
         for name in [
             "set",
             "set_ex",
@@ -195,9 +262,15 @@ impl ApiTable {
             "expire",
             "xadd",
         ] {
+            // On connections, and on pipelines and transactions
+            // (`redis::pipe().atomic().set(..)`, `Pipeline::new()`, the
+            // `pipe` of `redis::transaction`).
             specs.push(
                 ApiSpec::new(name, Write, Method, "redis")
-                    .on_receiver("redis|Connection|ConnectionManager|MultiplexedConnection"),
+                    .on_receiver(
+                        "redis|Connection|ConnectionManager|MultiplexedConnection|Pipeline|pipe",
+                    )
+                    .in_crates(REDIS),
             );
         }
         for name in [
@@ -213,7 +286,7 @@ impl ApiTable {
             "find_one_and_delete",
             "bulk_write",
         ] {
-            specs.push(ApiSpec::new(name, Write, Method, "mongodb"));
+            specs.push(ApiSpec::new(name, Write, Method, "mongodb").in_crates(MONGODB));
         }
         ApiTable { specs }
     }

@@ -14,15 +14,16 @@ use dualwrite_codegen::{MethodKind, NameClass, TraitModel, classify_name};
 
 use super::env::Env;
 use super::hints::{
-    expr_hint, first_literal_keyword, literal_keyword, path_text, receiver_text, span_between,
-    span_of, sql_evidence, type_path,
+    expr_hint, first_literal_keyword, included_keyword, literal_keyword, path_text, receiver_text,
+    span_between, span_of, sql_evidence, type_path,
 };
 use super::interest::Interest;
 use super::macros::{self, Piece};
 use super::summary::{
     CallKind, CallSite, CodegenError, FileSummary, ImplHeader, Import, ItemContext, SqlEvidence,
-    StructSummary, TraitSummary, TypeHint,
+    Step, StructSummary, TraitSummary, TypeHint,
 };
+use super::ty::encode;
 
 /// Nested macro invocations deeper than this are not read (each level
 /// re-parses its body).
@@ -33,6 +34,9 @@ const MAX_MACRO_DEPTH: u32 = 8;
 /// (`crate::nesting`) lets nothing this deep through; this bound keeps the
 /// walk's own recursion safe should it ever miss a form.
 pub const MAX_WALK_DEPTH: u32 = 24_000;
+
+/// Patterns nested deeper than this bind their names without types.
+const MAX_PATTERN_DEPTH: u32 = 32;
 
 /// Walks one file.
 pub struct Collector<'i> {
@@ -53,6 +57,8 @@ pub struct Collector<'i> {
     interest: Option<&'i Interest>,
     /// The file's text (macro bodies are scanned in it).
     text: &'i str,
+    /// The file's directory on disk (`include_str!` SQL is read from it).
+    dir: Option<&'i std::path::Path>,
     /// Byte offsets of the text's line starts, made on first use.
     line_starts: Vec<usize>,
     /// How deep the walk is in expressions, types and patterns.
@@ -77,6 +83,7 @@ impl<'i> Collector<'i> {
         text: &'i str,
         is_test_file: bool,
         interest: Option<&'i Interest>,
+        dir: Option<&'i std::path::Path>,
     ) -> Self {
         Collector {
             summary: FileSummary {
@@ -93,6 +100,7 @@ impl<'i> Collector<'i> {
             macro_depth: 0,
             interest,
             text,
+            dir,
             line_starts: Vec::new(),
             depth: 0,
             too_deep: None,
@@ -193,25 +201,138 @@ impl<'i> Collector<'i> {
                     let hint = if !self_known {
                         None
                     } else if let syn::ReceiverKind::Typed(_, ty) = &receiver.kind {
-                        type_path(ty, self.self_ty.as_deref()).map(TypeHint::of)
+                        encode(ty, self.self_ty.as_deref()).map(TypeHint::of)
                     } else {
                         self.self_ty.as_deref().map(TypeHint::of)
                     };
+                    let hint = hint.map(|h| h.bound("self", "the method's receiver"));
                     self.env.bind("self".into(), hint, None);
                 }
-                FnArg::Typed(typed) => self.bind_typed(&typed.pat, &typed.ty, None),
+                FnArg::Typed(typed) => self.bind_typed(&typed.pat, &typed.ty, None, None),
             }
         }
     }
 
-    /// Binds `pat: ty`; patterns other than a name bind their names without hints.
-    fn bind_typed(&mut self, pat: &Pat, ty: &syn::Type, sql: Option<SqlEvidence>) {
+    /// Binds `pat: ty` (a parameter, or a `let` with its initializer's
+    /// hint `init`, used when the written type says less: `Box<dyn T>`,
+    /// `Vec<_>`).
+    fn bind_typed(
+        &mut self,
+        pat: &Pat,
+        ty: &syn::Type,
+        sql: Option<SqlEvidence>,
+        init: Option<TypeHint>,
+    ) {
+        let written = encode(ty, self.self_ty.as_deref());
+        let (hint, how) = match (written, init) {
+            (Some(text), Some(init)) if text.contains('_') => (Some(init), "`let`"),
+            (Some(text), _) => (Some(TypeHint::of(text)), "as annotated"),
+            (None, init) => (init, "`let`"),
+        };
+        self.bind_pat_sql(pat, hint, how, sql);
+    }
+
+    /// Binds the names of `pat` matched against a value of type `hint`:
+    /// tuple, struct, slice, `Some`/`Ok` and reference patterns follow the
+    /// value's fields, elements and contents.
+    fn bind_pat(&mut self, pat: &Pat, hint: Option<TypeHint>, how: &'static str, depth: u32) {
+        if depth > MAX_PATTERN_DEPTH {
+            self.visit_pat(pat);
+            return;
+        }
+        let with = |step: Step| hint.clone().map(|h| h.then(step));
         match pat {
-            Pat::Ident(ident) if ident.subpat.is_none() => {
-                let hint = type_path(ty, self.self_ty.as_deref()).map(TypeHint::of);
-                self.env.bind(ident.ident.to_string().into(), hint, sql);
+            Pat::Ident(ident) => {
+                let name = ident.ident.to_string();
+                let bound = hint.clone().map(|h| h.bound(&name, how));
+                self.env.bind(name.into_boxed_str(), bound, None);
+                if let Some((_, sub)) = &ident.subpat {
+                    self.bind_pat(sub, hint, how, depth + 1);
+                }
+            }
+            Pat::Reference(r) => self.bind_pat(&r.pat, hint, how, depth + 1),
+            Pat::Paren(p) => self.bind_pat(&p.pat, hint, how, depth + 1),
+            Pat::Type(typed) => {
+                let written = encode(&typed.ty, self.self_ty.as_deref()).map(TypeHint::of);
+                self.bind_pat(&typed.pat, written.or(hint), how, depth + 1);
+            }
+            Pat::Tuple(tuple) => {
+                let mut after_rest = false;
+                for (i, elem) in tuple.elems.iter().enumerate() {
+                    after_rest |= matches!(elem, Pat::Rest(_));
+                    let elem_hint = if after_rest {
+                        None
+                    } else {
+                        with(Step::Field(i.to_string().into_boxed_str()))
+                    };
+                    self.bind_pat(elem, elem_hint, how, depth + 1);
+                }
+            }
+            Pat::TupleStruct(tuple) => {
+                let last = tuple.path.segments.last().map(|s| s.ident.to_string());
+                let unwrap = matches!(last.as_deref(), Some("Some" | "Ok"))
+                    && tuple.path.segments.len() == 1;
+                let mut after_rest = false;
+                for (i, elem) in tuple.elems.iter().enumerate() {
+                    after_rest |= matches!(elem, Pat::Rest(_));
+                    let elem_hint = if unwrap && i == 0 {
+                        with(Step::Unwrap)
+                    } else if after_rest || unwrap {
+                        None
+                    } else {
+                        with(Step::Field(i.to_string().into_boxed_str()))
+                    };
+                    self.bind_pat(elem, elem_hint, how, depth + 1);
+                }
+            }
+            Pat::Struct(s) => {
+                for field in &s.fields {
+                    let member = match &field.member {
+                        syn::Member::Named(ident) => ident.to_string(),
+                        syn::Member::Unnamed(index) => index.index.to_string(),
+                    };
+                    let field_hint = with(Step::Field(member.into_boxed_str()));
+                    self.bind_pat(&field.pat, field_hint, how, depth + 1);
+                }
+            }
+            Pat::Slice(slice) => {
+                for elem in &slice.elems {
+                    let elem_hint = if matches!(elem, Pat::Rest(_)) {
+                        None
+                    } else {
+                        with(Step::Elem)
+                    };
+                    self.bind_pat(elem, elem_hint, how, depth + 1);
+                }
+            }
+            Pat::Guard(guarded) => {
+                self.bind_pat(&guarded.pat, hint, how, depth + 1);
+                self.visit_expr(&guarded.guard);
+            }
+            Pat::Or(or) => {
+                for case in &or.cases {
+                    self.bind_pat(case, hint.clone(), how, depth + 1);
+                }
             }
             other => self.visit_pat(other),
+        }
+    }
+
+    /// [`Self::bind_pat`], keeping SQL evidence on a plain name.
+    fn bind_pat_sql(
+        &mut self,
+        pat: &Pat,
+        hint: Option<TypeHint>,
+        how: &'static str,
+        sql: Option<SqlEvidence>,
+    ) {
+        match pat {
+            Pat::Ident(ident) if ident.subpat.is_none() => {
+                let name = ident.ident.to_string();
+                let bound = hint.map(|h| h.bound(&name, how));
+                self.env.bind(name.into_boxed_str(), bound, sql);
+            }
+            other => self.bind_pat(other, hint, how, 0),
         }
     }
 
@@ -306,7 +427,7 @@ impl<'i> Collector<'i> {
         let facts = macros::body_facts(&mac.tokens);
         self.summary.calls[index].sql = facts
             .sql
-            .and_then(|token| token_sql_evidence(token, &self.env));
+            .and_then(|token| token_sql_evidence(token, &self.env, self.dir));
         if facts.may_call && (self.interest.is_none() || self.body_mentions_interest(mac)) {
             self.read_macro_body(mac, &last.ident);
         }
@@ -413,6 +534,13 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
+        if let syn::ReturnType::Type(_, ret) = &item.sig.output
+            && let Some(ret) = encode(ret, None)
+        {
+            self.summary
+                .fns
+                .push((item.sig.ident.to_string().into_boxed_str(), ret));
+        }
         let saved = self.enter(Some(format!("fn {}", item.sig.ident)), &item.attrs);
         // A free function inside an impl method does not see `self`.
         self.self_ty = None;
@@ -442,6 +570,16 @@ impl<'ast> Visit<'ast> for Collector<'_> {
         for impl_item in &item.items {
             match impl_item {
                 ImplItem::Fn(method) => {
+                    if let (Some(owner), syn::ReturnType::Type(_, ret)) =
+                        (&self.self_ty, &method.sig.output)
+                        && let Some(ret) = encode(ret, Some(owner))
+                    {
+                        self.summary.methods.push((
+                            owner.clone(),
+                            method.sig.ident.to_string().into_boxed_str(),
+                            ret,
+                        ));
+                    }
                     let saved = self.enter(Some(method.sig.ident.to_string()), &method.attrs);
                     self.visit_fn_body(&method.sig, &method.block, true);
                     self.leave(saved);
@@ -454,6 +592,18 @@ impl<'ast> Visit<'ast> for Collector<'_> {
                     }
                 }
                 ImplItem::Macro(mac) => self.visit_macro(&mac.mac),
+                ImplItem::Type(assoc) => {
+                    if let Some(owner) = &self.self_ty
+                        && self.impl_trait.is_some()
+                        && let Some(ty) = encode(&assoc.ty, Some(owner))
+                    {
+                        self.summary.assoc_types.push((
+                            owner.clone(),
+                            assoc.ident.to_string().into_boxed_str(),
+                            ty,
+                        ));
+                    }
+                }
                 _ => {}
             }
         }
@@ -499,7 +649,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
                     .ident
                     .as_ref()
                     .map_or_else(|| i.to_string(), |ident| ident.to_string());
-                let ty = type_path(&field.ty, Some(&item.ident.to_string()))?;
+                let ty = encode(&field.ty, Some(&item.ident.to_string()))?;
                 Some((name.into_boxed_str(), ty))
             })
             .collect();
@@ -510,7 +660,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_item_type(&mut self, item: &'ast ItemType) {
-        if let Some(target) = type_path(&item.ty, None) {
+        if let Some(target) = encode(&item.ty, None) {
             self.summary
                 .type_aliases
                 .push((item.ident.to_string().into_boxed_str(), target));
@@ -570,14 +720,37 @@ impl<'ast> Visit<'ast> for Collector<'_> {
                 self.visit_expr(diverge);
             }
             hint = self.hint(&init.expr);
-            sql = sql_evidence(&init.expr, &self.env);
+            sql = sql_evidence(&init.expr, &self.env, self.dir);
         }
         match &local.pat {
-            Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, sql),
-            Pat::Ident(ident) if ident.subpat.is_none() => {
-                self.env.bind(ident.ident.to_string().into(), hint, sql);
-            }
-            other => self.visit_pat(other),
+            Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, sql, hint),
+            other => self.bind_pat_sql(other, hint, "`let`", sql),
+        }
+    }
+
+    fn visit_expr_for_loop(&mut self, expr: &'ast syn::ExprForLoop) {
+        self.visit_expr(&expr.expr);
+        let hint = self.hint(&expr.expr).map(|h| h.then(Step::Elem));
+        self.env.push_scope();
+        self.bind_pat(&expr.pat, hint, "`for`", 0);
+        self.visit_block(&expr.body);
+        self.env.pop_scope();
+    }
+
+    fn visit_expr_let(&mut self, expr: &'ast syn::ExprLet) {
+        self.visit_expr(&expr.expr);
+        let hint = self.hint(&expr.expr);
+        self.bind_pat(&expr.pat, hint, "`if let`", 0);
+    }
+
+    fn visit_expr_match(&mut self, expr: &'ast syn::ExprMatch) {
+        self.visit_expr(&expr.expr);
+        let hint = self.hint(&expr.expr);
+        for arm in &expr.arms {
+            self.env.push_scope();
+            self.bind_pat(&arm.pat, hint.clone(), "`match`", 0);
+            self.visit_expr(&arm.body);
+            self.env.pop_scope();
         }
     }
 
@@ -589,24 +762,19 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_expr_closure(&mut self, closure: &'ast ExprClosure) {
-        self.env.push_scope();
-        for input in &closure.inputs {
-            match input {
-                Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, None),
-                other => self.visit_pat(other),
-            }
-        }
-        self.visit_expr(&closure.body);
-        self.env.pop_scope();
+        self.visit_closure_with(closure, None);
     }
 
     fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
         if !self.wanted(&call.method) {
-            visit::visit_expr_method_call(self, call);
+            self.visit_method_call_parts(call);
             return;
         }
         let receiver = self.hint(&call.receiver);
-        let sql = call.args.first().and_then(|a| sql_evidence(a, &self.env));
+        let sql = call
+            .args
+            .first()
+            .and_then(|a| sql_evidence(a, &self.env, self.dir));
         self.push_call(CallSite {
             kind: CallKind::Method,
             callee: call.method.to_string().into_boxed_str(),
@@ -618,13 +786,16 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             item: 0,
             in_test: false,
         });
-        visit::visit_expr_method_call(self, call);
+        self.visit_method_call_parts(call);
     }
 
     fn visit_expr_call(&mut self, call: &'ast ExprCall) {
         if let Expr::Path(func) = &*call.func
             && let Some(last) = func.path.segments.last()
-            && self.wanted(&last.ident)
+            && (self.wanted(&last.ident)
+                || (last.ident == "new"
+                    && func.path.segments.len() >= 2
+                    && self.wanted(&func.path.segments[func.path.segments.len() - 2].ident)))
         {
             let first = match &func.qself {
                 Some(qself) => qself.lt_token.span,
@@ -639,7 +810,10 @@ impl<'ast> Visit<'ast> for Collector<'_> {
                 .as_ref()
                 .and_then(|q| type_path(&q.ty, self.self_ty.as_deref()));
             let receiver = call.args.first().and_then(|a| self.hint(a));
-            let sql = call.args.first().and_then(|a| sql_evidence(a, &self.env));
+            let sql = call
+                .args
+                .first()
+                .and_then(|a| sql_evidence(a, &self.env, self.dir));
             let mut callee = path_text(&func.path);
             if func.path.segments.len() == 2
                 && func.path.segments[0].ident == "Self"
@@ -705,12 +879,81 @@ fn expr_marker(expr: &Expr) -> Option<proc_macro2::Span> {
     })
 }
 
-impl Collector<'_> {
+/// Methods of iterators, `Option` and `Result` whose first argument is a
+/// closure called with the elements (or the value inside).
+const ADAPTORS: &[&str] = &[
+    "for_each",
+    "try_for_each",
+    "map",
+    "filter",
+    "filter_map",
+    "flat_map",
+    "any",
+    "all",
+    "find",
+    "find_map",
+    "inspect",
+    "position",
+    "take_while",
+    "skip_while",
+    "and_then",
+    "is_some_and",
+    "is_ok_and",
+];
+
+impl<'ast> Collector<'_> {
+    /// Walks a method call's receiver and arguments; the closure given to
+    /// an iterator adaptor (`stores.iter().for_each(|s| ..)`) gets the
+    /// elements' type for its first parameter.
+    fn visit_method_call_parts(&mut self, call: &'ast ExprMethodCall) {
+        self.visit_expr(&call.receiver);
+        for (i, arg) in call.args.iter().enumerate() {
+            if i == 0
+                && let Expr::Closure(closure) = arg
+                && ADAPTORS.iter().any(|a| call.method == a)
+                && self.descend(|| None)
+            {
+                let hint = self.hint(&call.receiver).map(|h| h.then(Step::Elem));
+                self.visit_closure_with(closure, hint);
+                self.depth -= 1;
+            } else {
+                self.visit_expr(arg);
+            }
+        }
+    }
+
+    /// Walks a closure, its first parameter bound to `first` when the
+    /// parameter has no type of its own.
+    fn visit_closure_with(&mut self, closure: &'ast ExprClosure, first: Option<TypeHint>) {
+        self.env.push_scope();
+        let mut first = first;
+        for input in &closure.inputs {
+            match input {
+                Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, None, None),
+                other => match first.take() {
+                    Some(hint) => self.bind_pat(other, Some(hint), "a closure parameter", 0),
+                    None => self.visit_pat(other),
+                },
+            }
+            first = None;
+        }
+        self.visit_expr(&closure.body);
+        self.env.pop_scope();
+    }
+
     fn record_const(&mut self, ident: &syn::Ident, expr: &Expr) {
-        let keyword = match expr {
-            Expr::Macro(m) => first_literal_keyword(&m.mac.tokens),
-            other => sql_evidence(other, &Env::default()),
-        };
+        let keyword =
+            match expr {
+                Expr::Macro(m)
+                    if m.mac.path.segments.last().is_some_and(|s| {
+                        s.ident == "include_str" || s.ident == "include_bytes"
+                    }) =>
+                {
+                    included_keyword(&m.mac.tokens, self.dir)
+                }
+                Expr::Macro(m) => first_literal_keyword(&m.mac.tokens),
+                other => sql_evidence(other, &Env::default(), self.dir),
+            };
         if let Some(SqlEvidence::Keyword(keyword)) = keyword {
             self.summary
                 .consts
@@ -720,7 +963,11 @@ impl Collector<'_> {
 }
 
 /// The SQL evidence of the token [`macros::body_facts`] picked.
-fn token_sql_evidence(token: TokenTree, env: &Env) -> Option<SqlEvidence> {
+fn token_sql_evidence(
+    token: TokenTree,
+    env: &Env,
+    dir: Option<&std::path::Path>,
+) -> Option<SqlEvidence> {
     match token {
         TokenTree::Literal(literal) => {
             literal_keyword(&syn::Lit::new(literal)).map(SqlEvidence::Keyword)
@@ -732,6 +979,7 @@ fn token_sql_evidence(token: TokenTree, env: &Env) -> Option<SqlEvidence> {
                 path: ident.into(),
             }),
             env,
+            dir,
         ),
         _ => None,
     }
@@ -911,7 +1159,7 @@ mod tests {
         let syn::Stmt::Macro(statement) = &function.block.stmts[1] else {
             panic!("a macro statement")
         };
-        let mut collector = Collector::new("f.rs", text, false, None);
+        let mut collector = Collector::new("f.rs", text, false, None, None);
         let span = statement.mac.delimiter.span().join();
         let start = collector.byte_offset(span.start()).unwrap();
         let end = collector.byte_offset(span.end()).unwrap();

@@ -4,21 +4,23 @@
 //! argument carries.
 
 use std::fmt::Write;
+use std::path::Path as FsPath;
 
 use proc_macro2::{Ident, Span as TokenSpan, TokenStream, TokenTree};
 use syn::{Expr, Lit, Path, Type};
 
 use super::env::Env;
 use super::sql::leading_keyword;
-use super::summary::{Span, SqlEvidence, TypeHint};
+use super::summary::{HintBase, Span, SqlEvidence, Step, TypeHint};
 
 /// Wrappers that deref to the value they hold: a method called on
 /// `Arc<PgUserStore>` runs on the `PgUserStore`.
 const POINTERS: &[&str] = &["Arc", "Rc", "Box"];
 
 /// Associated functions that, by convention, return `Self` (possibly in a
-/// `Result` or a future): `T::new(..)`, `T::connect(..).await?`.
-fn is_constructor(name: &str) -> bool {
+/// `Result` or a future): `T::new(..)`, `T::connect(..).await?`. Used when
+/// the crate does not define the function.
+pub fn is_constructor(name: &str) -> bool {
     matches!(
         name,
         "new" | "default" | "connect" | "open" | "init" | "from" | "try_new" | "try_from"
@@ -38,8 +40,6 @@ const PASSTHROUGH: &[&str] = &[
     "borrow_mut",
     "deref",
     "deref_mut",
-    "unwrap",
-    "expect",
 ];
 
 /// Methods that turn their receiver's text into another string type.
@@ -115,6 +115,35 @@ pub fn expr_hint(expr: &Expr, env: &Env, self_ty: Option<&str>) -> Option<TypeHi
     hint_at(expr, env, self_ty, 0)
 }
 
+/// Methods that give the value inside an `Option` or `Result`.
+const UNWRAPS: &[&str] = &[
+    "unwrap",
+    "expect",
+    "unwrap_or_default",
+    "unwrap_or",
+    "unwrap_or_else",
+    "unwrap_unchecked",
+];
+
+/// Methods that keep an `Option`/`Result` (or error context) around the
+/// same value: `.ok()?`, `.context("..")?`.
+const KEEPS: &[&str] = &[
+    "ok",
+    "ok_or",
+    "ok_or_else",
+    "context",
+    "with_context",
+    "wrap_err",
+    "map_err",
+];
+
+/// Wrapper constructors whose argument is the value: `Arc::new(x)`,
+/// `Mutex::new(x)`.
+fn is_wrapper_constructor(owner: &str, name: &str) -> bool {
+    crate::analysis::ty::TRANSPARENT.contains(&owner)
+        && matches!(name, "new" | "clone" | "from" | "pin")
+}
+
 fn hint_at(expr: &Expr, env: &Env, self_ty: Option<&str>, depth: u32) -> Option<TypeHint> {
     if depth > MAX_HINT_DEPTH {
         return None;
@@ -137,21 +166,30 @@ fn hint_at(expr: &Expr, env: &Env, self_ty: Option<&str>, depth: u32) -> Option<
             }
         }
         Expr::Field(f) => {
-            let mut hint = inner(&f.base)?;
+            let hint = inner(&f.base)?;
             let field = match &f.member {
                 syn::Member::Named(ident) => ident.to_string(),
                 syn::Member::Unnamed(index) => index.index.to_string(),
             };
-            hint.fields.push(field.into_boxed_str());
-            Some(hint)
+            Some(hint.then(Step::Field(field.into_boxed_str())))
         }
         Expr::Reference(r) => inner(&r.expr),
         Expr::Paren(p) => inner(&p.expr),
         Expr::Group(g) => inner(&g.expr),
         Expr::Await(a) => inner(&a.base),
-        Expr::Try(t) => inner(&t.expr),
+        Expr::Cast(c) => inner(&c.expr),
+        Expr::Try(t) => Some(inner(&t.expr)?.then(Step::Unwrap)),
+        Expr::Index(i) => Some(inner(&i.expr)?.then(Step::Elem)),
         Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => inner(&u.expr),
         Expr::MethodCall(m) if is_one_of(&m.method, PASSTHROUGH) => inner(&m.receiver),
+        Expr::MethodCall(m) if is_one_of(&m.method, KEEPS) => inner(&m.receiver),
+        Expr::MethodCall(m) if is_one_of(&m.method, UNWRAPS) => {
+            Some(inner(&m.receiver)?.then(Step::Unwrap))
+        }
+        Expr::MethodCall(m) => {
+            let hint = inner(&m.receiver)?;
+            Some(hint.then(Step::Method(m.method.to_string().into_boxed_str())))
+        }
         Expr::Struct(s) if s.qself.is_none() => {
             if s.path.is_ident("Self") {
                 self_ty.map(TypeHint::of)
@@ -160,11 +198,41 @@ fn hint_at(expr: &Expr, env: &Env, self_ty: Option<&str>, depth: u32) -> Option<
             }
         }
         Expr::Call(c) => call_hint(c, env, self_ty, depth),
+        Expr::Macro(m) if m.mac.path.is_ident("vec") => {
+            // `vec![PgOrders::new(), ..]`
+            let elems = m
+                .mac
+                .parse_body_with(
+                    syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated,
+                )
+                .ok()?;
+            Some(inner(elems.first()?)?.then(Step::Collect))
+        }
+        Expr::Array(a) => Some(inner(a.elems.first()?)?.then(Step::Collect)),
+        Expr::Tuple(t) if !t.elems.is_empty() => {
+            let mut text = String::from("(");
+            for (i, elem) in t.elems.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                match inner(elem) {
+                    Some(TypeHint {
+                        base: HintBase::Type(ty),
+                        steps,
+                        ..
+                    }) if steps.is_empty() => text.push_str(&ty),
+                    _ => text.push('_'),
+                }
+            }
+            text.push(')');
+            Some(TypeHint::of(text))
+        }
         _ => None,
     }
 }
 
-/// `Arc::new(x)` is `x`'s type; `T::new(..)` is `T`.
+/// `Arc::new(x)` is `x`'s type; `Some(x)` an `Option` of it; `T::new(..)`
+/// is `T`; `T::f(..)` and `f(..)` what they return (found in pass 2).
 fn call_hint(
     call: &syn::ExprCall,
     env: &Env,
@@ -177,39 +245,54 @@ fn call_hint(
     let segments = &func.path.segments;
     let last = segments.last()?.ident.to_string();
     if let Some(qself) = &func.qself {
-        // `<T>::new(..)`
-        return if qself.position == 0 && is_constructor(&last) {
-            type_path(&qself.ty, self_ty).map(TypeHint::of)
-        } else {
-            None
-        };
+        // `<T>::new(..)`, `<T as Trait>::open(..)`
+        let ty = type_path(&qself.ty, self_ty)?;
+        return Some(TypeHint::from_base(HintBase::Assoc(
+            ty,
+            last.into_boxed_str(),
+        )));
     }
-    if segments.len() < 2 {
-        return None;
+    if segments.len() == 1 {
+        let arg = || hint_at(call.args.first()?, env, self_ty, depth + 1);
+        return match last.as_str() {
+            "Some" | "Ok" => Some(arg()?.then(Step::Collect)),
+            "Err" | "None" => None,
+            _ if last.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') => {
+                Some(TypeHint::from_base(HintBase::Call(last.into_boxed_str())))
+            }
+            _ => None,
+        };
     }
     let owner = &segments[segments.len() - 2].ident;
     let owner_text = owner.to_string();
-    if POINTERS.contains(&owner_text.as_str()) && matches!(last.as_str(), "new" | "clone" | "from")
-    {
+    if is_wrapper_constructor(&owner_text, &last) {
         return hint_at(call.args.first()?, env, self_ty, depth + 1);
     }
-    if !is_constructor(&last) || !owner_text.starts_with(|c: char| c.is_ascii_uppercase()) {
-        return None;
-    }
-    if owner_text == "Self" && segments.len() == 2 {
-        return self_ty.map(TypeHint::of);
+    if !owner_text.starts_with(|c: char| c.is_ascii_uppercase()) {
+        // `db::connect(..)`, `redis::pipe()`
+        return Some(TypeHint::from_base(HintBase::Call(
+            path_text(&func.path).into_boxed_str(),
+        )));
     }
     if owner_text == "Default" {
         return None;
     }
-    let mut text = String::new();
-    for (i, segment) in segments.iter().take(segments.len() - 1).enumerate() {
-        if i > 0 {
-            text.push_str("::");
+    let owner_path = if owner_text == "Self" && segments.len() == 2 {
+        Box::from(self_ty?)
+    } else {
+        let mut text = String::new();
+        for (i, segment) in segments.iter().take(segments.len() - 1).enumerate() {
+            if i > 0 {
+                text.push_str("::");
+            }
+            text.push_str(&segment.ident.to_string());
         }
-        text.push_str(&segment.ident.to_string());
-    }
-    Some(TypeHint::of(text))
+        text.into_boxed_str()
+    };
+    Some(TypeHint::from_base(HintBase::Assoc(
+        owner_path,
+        last.into_boxed_str(),
+    )))
 }
 
 /// The receiver's text when it is a plain path or field chain
@@ -235,7 +318,9 @@ pub fn receiver_text(expr: &Expr) -> Option<Box<str>> {
             }
             Expr::Reference(r) => write(&r.expr, out, depth + 1),
             Expr::Paren(p) => write(&p.expr, out, depth + 1),
-            Expr::MethodCall(m) if is_one_of(&m.method, PASSTHROUGH) => {
+            Expr::MethodCall(m)
+                if is_one_of(&m.method, PASSTHROUGH) || is_one_of(&m.method, UNWRAPS) =>
+            {
                 write(&m.receiver, out, depth + 1)
             }
             _ => None,
@@ -251,15 +336,37 @@ const TEXT_MACROS: &[&str] = &["format", "concat", "formatcp", "indoc", "formatd
 
 /// The SQL evidence of an argument: a literal, `format!("..")`, a local
 /// bound to one, or a `const` by name.
-pub fn sql_evidence(expr: &Expr, env: &Env) -> Option<SqlEvidence> {
-    evidence_at(expr, env, 0)
+/// `include_str!("x.sql")` is read relative to `dir`.
+pub fn sql_evidence(expr: &Expr, env: &Env, dir: Option<&FsPath>) -> Option<SqlEvidence> {
+    evidence_at(expr, env, dir, 0)
 }
 
-fn evidence_at(expr: &Expr, env: &Env, depth: u32) -> Option<SqlEvidence> {
+/// Included SQL files larger than this are not read.
+const MAX_INCLUDED_SQL: u64 = 1 << 20;
+
+/// The leading keyword of the file `include_str!`/`include_bytes!` names,
+/// read relative to `dir`.
+pub fn included_keyword(tokens: &TokenStream, dir: Option<&FsPath>) -> Option<SqlEvidence> {
+    let dir = dir?;
+    let TokenTree::Literal(literal) = tokens.clone().into_iter().next()? else {
+        return None;
+    };
+    let Lit::Str(name) = Lit::new(literal) else {
+        return None;
+    };
+    let path = dir.join(name.value());
+    let file = std::fs::File::open(&path).ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_INCLUDED_SQL), &mut text)
+        .ok()?;
+    leading_keyword(&text).map(SqlEvidence::Keyword)
+}
+
+fn evidence_at(expr: &Expr, env: &Env, dir: Option<&FsPath>, depth: u32) -> Option<SqlEvidence> {
     if depth > MAX_HINT_DEPTH {
         return None;
     }
-    let inner = |expr: &Expr| evidence_at(expr, env, depth + 1);
+    let inner = |expr: &Expr| evidence_at(expr, env, dir, depth + 1);
     match expr {
         Expr::Lit(lit) => literal_keyword(&lit.lit).map(SqlEvidence::Keyword),
         Expr::Reference(r) => inner(&r.expr),
@@ -267,8 +374,11 @@ fn evidence_at(expr: &Expr, env: &Env, depth: u32) -> Option<SqlEvidence> {
         Expr::Group(g) => inner(&g.expr),
         Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => inner(&u.expr),
         Expr::Macro(m) => {
-            if is_one_of(&m.mac.path.segments.last()?.ident, TEXT_MACROS) {
+            let name = &m.mac.path.segments.last()?.ident;
+            if is_one_of(name, TEXT_MACROS) {
                 first_literal_keyword(&m.mac.tokens)
+            } else if is_one_of(name, &["include_str", "include_bytes"]) {
+                included_keyword(&m.mac.tokens, dir)
             } else {
                 None
             }

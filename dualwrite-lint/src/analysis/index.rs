@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::summary::{FileSummary, TypeHint};
+use super::hints::is_constructor;
+use super::summary::{FileSummary, HintBase, Step, TypeHint};
+use super::ty::Ty;
 
 /// Alias chains longer than this are treated as unresolvable (and cycles
 /// end here).
@@ -90,12 +92,20 @@ pub struct Index<'a> {
     pub write_names: HashSet<&'a str>,
     /// Raw stores: type name -> the annotated traits it implements.
     pub raw_stores: HashMap<String, Vec<&'a str>>,
-    /// Struct name -> field -> field type name (after the struct file's
+    /// Struct name -> field -> field type (paths after the struct file's
     /// imports); `None` when structs of that name disagree.
-    structs: HashMap<&'a str, HashMap<&'a str, Option<String>>>,
-    /// Alias name -> target type name (after the alias file's imports);
+    structs: HashMap<&'a str, HashMap<&'a str, Option<Ty>>>,
+    /// Alias name -> target type (paths after the alias file's imports);
     /// `None` when aliases of that name disagree.
-    aliases: HashMap<&'a str, Option<String>>,
+    aliases: HashMap<&'a str, Option<Ty>>,
+    /// Free function name -> return type; `None` when functions of that
+    /// name disagree.
+    fns: HashMap<&'a str, Option<Ty>>,
+    /// (self type, name) of `impl` methods and associated functions ->
+    /// return type.
+    methods: HashMap<(String, &'a str), Option<Ty>>,
+    /// (type, name) of associated types in `impl Trait for Type` -> type.
+    assoc_types: HashMap<(String, &'a str), Option<Ty>>,
     /// Constant name -> leading keyword; `None` when constants of that name disagree.
     consts: HashMap<&'a str, Option<&'a str>>,
     /// The adapters the annotated traits generate.
@@ -117,13 +127,16 @@ impl<'a> Index<'a> {
         for file in files {
             let scope = FileScope::new(file);
             for (name, target) in &file.type_aliases {
-                merge(&mut index.aliases, name, scope.type_name(target));
+                merge(&mut index.aliases, name, localize(&scope, target));
             }
             for s in &file.structs {
                 let fields = index.structs.entry(&s.name).or_default();
                 for (field, ty) in &s.fields {
-                    merge(fields, field, scope.type_name(ty));
+                    merge(fields, field, localize(&scope, ty));
                 }
+            }
+            for (name, ret) in &file.fns {
+                merge(&mut index.fns, name, localize(&scope, ret));
             }
             for (name, keyword) in &file.consts {
                 merge(&mut index.consts, name, &**keyword);
@@ -132,6 +145,18 @@ impl<'a> Index<'a> {
         index.adapters = index.traits.values().map(|t| t.adapter).collect();
         for file in files {
             let scope = FileScope::new(file);
+            for (owner, name, ret) in &file.methods {
+                let Some(owner) = index.resolve_type(&scope, owner) else {
+                    continue;
+                };
+                merge_owned(&mut index.methods, (owner, name), localize(&scope, ret));
+            }
+            for (owner, name, ty) in &file.assoc_types {
+                let Some(owner) = index.resolve_type(&scope, owner) else {
+                    continue;
+                };
+                merge_owned(&mut index.assoc_types, (owner, name), localize(&scope, ty));
+            }
             for header in &file.impls {
                 let trait_name = scope.type_name(&header.trait_path);
                 let Some((&trait_name, _)) = index.traits.get_key_value(trait_name.as_str()) else {
@@ -154,15 +179,40 @@ impl<'a> Index<'a> {
 
     /// Follows type aliases from `name`; `None` when an alias is ambiguous.
     fn chase(&self, name: String) -> Option<String> {
-        let mut name = name;
-        for _ in 0..MAX_ALIAS_STEPS {
-            match self.aliases.get(name.as_str()) {
-                Some(Some(target)) if *target != name => name = target.clone(),
-                Some(Some(_)) | None => return Some(name),
-                Some(None) => return None,
-            }
+        match self.normalize(Ty::Named(name, Vec::new()), 0) {
+            Ty::Named(name, _) => Some(name),
+            Ty::Unknown => None,
+            other => Some(other.to_string()),
         }
-        Some(name)
+    }
+
+    /// `ty` with its outer path resolved: associated types (`X::Store`),
+    /// then the last segment through the type aliases.
+    fn normalize(&self, ty: Ty, steps: usize) -> Ty {
+        let Ty::Named(path, args) = ty else {
+            return ty;
+        };
+        if steps >= MAX_ALIAS_STEPS {
+            return Ty::Named(last_segment(&path).to_owned(), args);
+        }
+        if let Some((owner, name)) = path.rsplit_once("::")
+            && let Ty::Named(owner, _) =
+                self.normalize(Ty::Named(owner.to_owned(), Vec::new()), steps + 1)
+            && let Some(found) = self.assoc_types.get(&(owner, name))
+        {
+            return match found {
+                Some(target) => self.normalize(target.clone(), steps + 1),
+                None => Ty::Unknown,
+            };
+        }
+        let name = last_segment(&path);
+        match self.aliases.get(name) {
+            Some(Some(target)) if !matches!(target, Ty::Named(t, _) if t == name || last_segment(t) == name) => {
+                self.normalize(target.clone(), steps + 1)
+            }
+            Some(None) => Ty::Unknown,
+            _ => Ty::Named(name.to_owned(), args),
+        }
     }
 
     /// The type a path written in `scope` names, through imports and aliases.
@@ -170,14 +220,253 @@ impl<'a> Index<'a> {
         self.chase(scope.type_name(path))
     }
 
-    /// The type a hint names, following its fields through the struct table.
+    /// The type a hint names (its last path segment), following its steps.
     pub fn resolve_hint(&self, scope: &FileScope<'_>, hint: &TypeHint) -> Option<String> {
-        let mut ty = self.resolve_type(scope, &hint.base)?;
-        for field in &hint.fields {
-            let field_ty = self.structs.get(ty.as_str())?.get(&**field)?.clone()?;
-            ty = self.chase(field_ty)?;
+        match self.resolve_hint_ty(scope, hint, None)? {
+            Ty::Named(name, _) => Some(name),
+            Ty::Unknown => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// The type a hint names, following its steps; with `explain`, one
+    /// line per step saying how the type was found.
+    pub fn resolve_hint_ty(
+        &self,
+        scope: &FileScope<'_>,
+        hint: &TypeHint,
+        explain: Option<&mut Vec<String>>,
+    ) -> Option<Ty> {
+        let explaining = explain.is_some();
+        let (mut ty, how) = match &hint.base {
+            HintBase::Type(written) => {
+                let ty = self.normalize(localize(scope, written), 0);
+                (ty, String::new())
+            }
+            HintBase::Call(path) => {
+                let name = last_segment(path);
+                let ret = self.fns.get(name)?.clone()?;
+                let how = if explaining {
+                    format!("`{path}` returns `{ret}`")
+                } else {
+                    String::new()
+                };
+                (self.normalize(ret, 0), how)
+            }
+            HintBase::Assoc(owner, name) => {
+                let owner_ty = self.resolve_type(scope, owner)?;
+                match self.methods.get(&(owner_ty.clone(), &**name)) {
+                    Some(Some(ret)) => {
+                        let how = if explaining {
+                            format!("`{owner}::{name}` returns `{ret}`")
+                        } else {
+                            String::new()
+                        };
+                        (self.normalize(ret.clone(), 0), how)
+                    }
+                    Some(None) => return None,
+                    None if is_constructor(name) => {
+                        let how = if explaining {
+                            format!("`{name}` is a constructor of `{owner}` by convention")
+                        } else {
+                            String::new()
+                        };
+                        (Ty::Named(owner_ty, Vec::new()), how)
+                    }
+                    None => return None,
+                }
+            }
+        };
+        let Some(lines) = explain else {
+            // The fast path: no text.
+            for step in &hint.steps {
+                ty = self.step(&ty, step)?.0;
+            }
+            return Some(ty);
+        };
+        let mut text = match &hint.base {
+            HintBase::Type(written) => written.to_string(),
+            HintBase::Call(path) => format!("{path}(..)"),
+            HintBase::Assoc(owner, name) => format!("{owner}::{name}(..)"),
+        };
+        let mut notes = hint.notes.iter().peekable();
+        let typed_name = match &hint.base {
+            HintBase::Type(_) => notes.next_if(|n| n.at == 0),
+            _ => None,
+        };
+        lines.push(match typed_name {
+            Some(note) if note.how.starts_with('`') => {
+                format!("`{}` = `{text}` (bound by {}): `{ty}`", note.name, note.how)
+            }
+            Some(note) => format!("`{}` is `{ty}` ({})", note.name, note.how),
+            None if how.is_empty() => format!("`{text}` is `{ty}`"),
+            None => format!("`{text}` is `{ty}` ({how})"),
+        });
+        if let Some(note) = typed_name {
+            text = note.name.to_string();
+        }
+        let mut take_notes = |at: usize, text: &mut String, ty: &Ty, lines: &mut Vec<String>| {
+            while let Some(note) = notes.next_if(|n| n.at as usize == at) {
+                lines.push(format!(
+                    "`{}` = `{text}` (bound by {}): `{ty}`",
+                    note.name, note.how
+                ));
+                *text = note.name.to_string();
+            }
+        };
+        take_notes(0, &mut text, &ty, lines);
+        for (i, step) in hint.steps.iter().enumerate() {
+            let (next, how) = self.step(&ty, step)?;
+            text = match step {
+                Step::Field(f) => format!("{text}.{f}"),
+                Step::Method(m) => format!("{text}.{m}()"),
+                Step::Unwrap => format!("{text}?"),
+                Step::Elem => format!("{text}[_]"),
+                Step::Collect => format!("[{text}]"),
+            };
+            lines.push(format!("`{text}` is `{next}` ({how})"));
+            ty = next;
+            take_notes(i + 1, &mut text, &ty, lines);
         }
         Some(ty)
+    }
+
+    /// One step from a value of type `ty`, and why.
+    fn step(&self, ty: &Ty, step: &Step) -> Option<(Ty, String)> {
+        let found = match step {
+            Step::Field(field) => match ty {
+                Ty::Named(name, _) => {
+                    let target = self.structs.get(name.as_str())?.get(&**field)?.clone()?;
+                    (
+                        self.normalize(target, 0),
+                        format!("field `{field}` of `{name}`"),
+                    )
+                }
+                Ty::Tuple(elems) => (
+                    elems.get(field.parse::<usize>().ok()?)?.clone(),
+                    format!("element {field} of the tuple"),
+                ),
+                _ => return None,
+            },
+            Step::Unwrap => match ty {
+                Ty::Named(name, args) if is_option_like(name) => (
+                    self.normalize(args.first()?.clone(), 0),
+                    format!("the value inside `{name}`"),
+                ),
+                _ => (
+                    ty.clone(),
+                    "no `Option` or `Result` around it: the same value".to_owned(),
+                ),
+            },
+            Step::Elem => (
+                self.normalize(element(ty)?, 0),
+                format!("an element of `{ty}`"),
+            ),
+            Step::Collect => (
+                Ty::Named("Vec".to_owned(), vec![ty.clone()]),
+                "a collection of it".to_owned(),
+            ),
+            Step::Method(method) => self.method(ty, method)?,
+        };
+        let ty = self.normalize(found.0, 0);
+        if ty == Ty::Unknown {
+            return None;
+        }
+        Some((ty, found.1))
+    }
+
+    /// What calling `method` on a value of type `ty` gives, and why.
+    fn method(&self, ty: &Ty, method: &str) -> Option<(Ty, String)> {
+        let same = || Some((ty.clone(), format!("`{method}()` gives the value it holds")));
+        let option_of = |inner: Ty| {
+            Some((
+                Ty::Named("Option".to_owned(), vec![inner]),
+                format!("`{method}()` of `{ty}`"),
+            ))
+        };
+        match ty {
+            Ty::Named(name, args) if self.adapters.contains(name.as_str()) => {
+                let found = match method {
+                    "old_store" | "old_store_mut" | "old_shared" => args.first()?.clone(),
+                    "new_store" | "new_store_mut" | "new_shared" => args.get(1)?.clone(),
+                    "into_stores" => Ty::Tuple(args.clone()),
+                    _ => return None,
+                };
+                Some((
+                    self.normalize(found, 0),
+                    format!("the adapter's raw accessor `{method}()`"),
+                ))
+            }
+            Ty::Named(name, args) if is_sequence(name) || is_map(name) => {
+                let elem = element(ty)?;
+                match method {
+                    "iter" | "iter_mut" | "into_iter" | "drain" | "as_slice" | "as_mut_slice"
+                    | "rev" | "skip" | "take" | "filter" | "cloned" | "copied" | "peekable"
+                    | "step_by" | "chain" | "skip_while" | "take_while" | "by_ref" | "inspect" => {
+                        same()
+                    }
+                    "values" | "values_mut" | "into_values" if is_map(name) => Some((
+                        Ty::Named("Vec".to_owned(), vec![args.get(1)?.clone()]),
+                        format!("`{method}()` of `{ty}`"),
+                    )),
+                    "get" | "get_mut" | "remove" if is_map(name) => option_of(args.get(1)?.clone()),
+                    "first" | "last" | "get" | "get_mut" | "first_mut" | "last_mut" | "pop"
+                    | "pop_front" | "pop_back" | "front" | "back" | "front_mut" | "back_mut"
+                    | "next" | "next_back" | "nth" | "find" | "min_by_key" | "max_by_key" => {
+                        option_of(elem)
+                    }
+                    "enumerate" => Some((
+                        Ty::Named(
+                            "Vec".to_owned(),
+                            vec![Ty::Tuple(vec![
+                                Ty::Named("usize".to_owned(), Vec::new()),
+                                elem,
+                            ])],
+                        ),
+                        format!("`enumerate()` of `{ty}`"),
+                    )),
+                    _ => None,
+                }
+            }
+            Ty::Slice(elem) => match method {
+                "iter" | "iter_mut" | "into_iter" | "rev" | "skip" | "take" | "filter"
+                | "cloned" | "copied" => same(),
+                "first" | "last" | "get" | "get_mut" | "first_mut" | "last_mut" => {
+                    option_of((**elem).clone())
+                }
+                _ => None,
+            },
+            Ty::Named(name, args) if is_option_like(name) => match method {
+                "as_ref" | "as_mut" | "as_deref" | "as_deref_mut" | "take" | "cloned"
+                | "copied" | "iter" | "ok" => same(),
+                _ => {
+                    let _ = args;
+                    None
+                }
+            },
+            Ty::Named(name, args) if matches!(name.as_str(), "OnceCell" | "OnceLock") => {
+                match method {
+                    "get" | "get_mut" => option_of(args.first()?.clone()),
+                    "get_or_init" | "get_or_try_init" => {
+                        Some((args.first()?.clone(), format!("`{method}()` of `{ty}`")))
+                    }
+                    _ => None,
+                }
+            }
+            Ty::Named(name, _) => match self.methods.get(&(name.clone(), method)) {
+                Some(Some(ret)) => Some((
+                    self.normalize(ret.clone(), 0),
+                    format!("`{name}::{method}` returns `{ret}`"),
+                )),
+                Some(None) => None,
+                None if is_guard(method) => Some((
+                    ty.clone(),
+                    format!("`{method}()` guards or lends the value it holds"),
+                )),
+                None => None,
+            },
+            _ => None,
+        }
     }
 
     /// The annotated trait for which `store` is a raw store and `method` a write.
@@ -207,6 +496,103 @@ impl<'a> Index<'a> {
     /// The leading keyword of a string constant, when unambiguous.
     pub fn const_keyword(&self, name: &str) -> Option<&'a str> {
         self.consts.get(name).copied().flatten()
+    }
+}
+
+/// A type's text read in the file's scope: paths expanded through its imports.
+fn localize(scope: &FileScope<'_>, text: &str) -> Ty {
+    Ty::parse(text).map_paths(&mut |path| scope.expand(path))
+}
+
+/// Types that hold one value or none (`?` and `unwrap` give it).
+fn is_option_like(name: &str) -> bool {
+    matches!(
+        name,
+        "Option" | "Result" | "Poll" | "LockResult" | "TryLockResult"
+    )
+}
+
+/// Collections of elements.
+fn is_sequence(name: &str) -> bool {
+    matches!(
+        name,
+        "Vec"
+            | "VecDeque"
+            | "LinkedList"
+            | "HashSet"
+            | "BTreeSet"
+            | "IndexSet"
+            | "BinaryHeap"
+            | "SmallVec"
+            | "ArrayVec"
+            | "IntoIter"
+            | "Iter"
+            | "IterMut"
+    )
+}
+
+/// Collections of key-value pairs.
+fn is_map(name: &str) -> bool {
+    matches!(name, "HashMap" | "BTreeMap" | "IndexMap" | "DashMap")
+}
+
+/// Methods of locks, cells and smart pointers that give (a guard of) the
+/// value they hold, when the type defines no method of that name.
+fn is_guard(method: &str) -> bool {
+    matches!(
+        method,
+        "lock"
+            | "read"
+            | "write"
+            | "try_lock"
+            | "try_read"
+            | "try_write"
+            | "lock_owned"
+            | "read_owned"
+            | "write_owned"
+            | "blocking_lock"
+            | "blocking_read"
+            | "blocking_write"
+            | "borrow"
+            | "borrow_mut"
+            | "try_borrow"
+            | "try_borrow_mut"
+            | "get_mut"
+            | "load"
+            | "load_full"
+            | "as_ref"
+            | "as_mut"
+            | "clone"
+    )
+}
+
+/// The element type of a collection (a map's elements are `(key, value)`).
+fn element(ty: &Ty) -> Option<Ty> {
+    match ty {
+        Ty::Slice(elem) => Some((**elem).clone()),
+        Ty::Named(name, args) if is_sequence(name) || is_option_like(name) => args.first().cloned(),
+        Ty::Named(name, args) if is_map(name) => {
+            Some(Ty::Tuple(vec![args.first()?.clone(), args.get(1)?.clone()]))
+        }
+        _ => None,
+    }
+}
+
+/// [`merge`] for owned keys.
+fn merge_owned<'a, V: PartialEq>(
+    map: &mut HashMap<(String, &'a str), Option<V>>,
+    key: (String, &'a str),
+    value: V,
+) {
+    match map.get_mut(&key) {
+        None => {
+            map.insert(key, Some(value));
+        }
+        Some(existing) => {
+            if existing.as_ref() != Some(&value) {
+                *existing = None;
+            }
+        }
     }
 }
 

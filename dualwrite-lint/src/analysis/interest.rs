@@ -58,7 +58,7 @@ impl Interest {
         let mut names: HashSet<Box<str>, FixedState> = apis
             .specs
             .iter()
-            .filter_map(|spec| spec.name.trim_end_matches('!').rsplit("::").next())
+            .filter_map(|spec| spec.interest_name())
             .map(Box::from)
             .collect();
         for summary in summaries {

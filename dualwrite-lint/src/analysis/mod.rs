@@ -12,6 +12,7 @@
 
 pub mod apis;
 mod collect;
+mod deps;
 mod env;
 mod hints;
 mod index;
@@ -20,6 +21,7 @@ pub mod macros;
 mod rules;
 pub mod sql;
 pub mod summary;
+pub mod ty;
 
 use serde::{Deserialize, Serialize};
 use syn::visit::Visit;
@@ -39,6 +41,10 @@ pub struct SourceFile<'a> {
     pub text: &'a str,
     /// Whether the whole file is test code (under a `tests/` directory).
     pub is_test_file: bool,
+    /// The file's directory on disk: SQL that the file includes
+    /// (`include_str!("queries/insert.sql")`) is read relative to it.
+    /// `None`: included files are not read.
+    pub dir: Option<&'a std::path::Path>,
 }
 
 /// Why a file could not be summarized (reported as DW000 by the driver).
@@ -60,6 +66,11 @@ pub struct ParseFailure {
 pub struct AnalysisConfig {
     /// The raw-write APIs DW002 looks for.
     pub apis: ApiTable,
+    /// The checked root on disk: each file's crate manifest (`Cargo.toml`,
+    /// and `Cargo.lock` when present) is looked up between the file and
+    /// the root, and a client's APIs apply only where the crate depends on
+    /// that client. `None`: every API applies everywhere.
+    pub root: Option<std::path::PathBuf>,
 }
 
 /// Parses one file and extracts its summary. Must be called on the thread
@@ -79,8 +90,13 @@ pub fn summarize_with(
 ) -> Result<FileSummary, ParseFailure> {
     match syn::parse_file(file.text) {
         Ok(ast) => {
-            let mut collector =
-                collect::Collector::new(file.path, file.text, file.is_test_file, interest);
+            let mut collector = collect::Collector::new(
+                file.path,
+                file.text,
+                file.is_test_file,
+                interest,
+                file.dir,
+            );
             collector.visit_file(&ast);
             if let Some(at) = collector.too_deep() {
                 return Err(ParseFailure {
@@ -111,5 +127,5 @@ pub fn summarize_with(
 /// ordered by file, line, column and rule, all with severity `error` (the
 /// driver applies the configured severities, allowed paths and test policy).
 pub fn analyze(summaries: &[FileSummary], config: &AnalysisConfig) -> Vec<Finding> {
-    rules::apply(summaries, &config.apis)
+    rules::apply(summaries, &config.apis, config.root.as_deref())
 }

@@ -3,8 +3,10 @@
 //! global [`Index`], with line-independent fingerprints.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use super::apis::{ApiKind, ApiSpec, ApiTable, CallForm};
+use super::deps::{CrateDeps, DepsCache};
 use super::index::{FileScope, Index, last_segment};
 use super::sql::is_write_verb;
 use super::summary::{CallKind, CallSite, FileSummary, Span, SqlEvidence};
@@ -20,15 +22,21 @@ struct Draft {
     item: String,
     callee: String,
     in_test: bool,
+    explain: Vec<String>,
 }
 
 /// Applies the rules to every file.
-pub fn apply(files: &[FileSummary], apis: &ApiTable) -> Vec<Finding> {
+pub fn apply(files: &[FileSummary], apis: &ApiTable, root: Option<&Path>) -> Vec<Finding> {
     let index = Index::build(files);
     let matcher = ApiMatcher::new(apis);
+    let mut deps = root.map(DepsCache::new);
     let mut findings = Vec::new();
     for file in files {
         let scope = FileScope::new(file);
+        let crate_deps = match &mut deps {
+            Some(cache) if !file.calls.is_empty() => cache.for_file(&file.path),
+            _ => None,
+        };
         let mut drafts = unclassified_methods(file);
         for call in &file.calls {
             let Some(context) = file.items.get(call.item as usize) else {
@@ -42,7 +50,7 @@ pub fn apply(files: &[FileSummary], apis: &ApiTable) -> Vec<Finding> {
                 continue;
             }
             let draft = adapter_bypass(&index, &scope, call)
-                .or_else(|| raw_write(&index, &matcher, &scope, call));
+                .or_else(|| raw_write(&index, &matcher, &scope, call, crate_deps.as_deref()));
             if let Some(mut draft) = draft {
                 draft.item = context.path.to_string();
                 draft.in_test = call.in_test;
@@ -99,6 +107,7 @@ fn finish(file: &FileSummary, mut drafts: Vec<Draft>, out: &mut Vec<Finding>) {
                 occurrence,
             },
             in_test: draft.in_test,
+            explain: draft.explain,
         });
     }
 }
@@ -117,6 +126,7 @@ fn unclassified_methods(file: &FileSummary) -> Vec<Draft> {
                 item: format!("trait {}", t.name),
                 callee: t.name.to_string(),
                 in_test: t.in_test,
+                explain: Vec::new(),
             });
         }
     }
@@ -166,6 +176,24 @@ fn adapter_bypass(index: &Index<'_>, scope: &FileScope<'_>, call: &CallSite) -> 
         CallKind::Macro => return None,
     };
     let adapter = index.traits.get(trait_name).map_or("", |t| t.adapter);
+    let mut explain = Vec::new();
+    match (call.kind, &call.qself, &call.receiver) {
+        (CallKind::Path, Some(qself), _) => {
+            explain.push(format!(
+                "`<{qself} as ..>::{method}` names the type `{store}`"
+            ));
+        }
+        (CallKind::Path, None, _) if !call.callee.starts_with(trait_name) => {
+            explain.push(format!("`{}` names the type `{store}`", call.callee));
+        }
+        (_, _, Some(hint)) => {
+            index.resolve_hint_ty(scope, hint, Some(&mut explain));
+        }
+        _ => {}
+    }
+    explain.push(format!(
+        "`{store}` implements the #[dual_write] trait `{trait_name}`: it is a raw store, and `{method}` is a write"
+    ));
     Some(Draft {
         rule: RuleId::DW001,
         span: call.span,
@@ -177,6 +205,7 @@ fn adapter_bypass(index: &Index<'_>, scope: &FileScope<'_>, call: &CallSite) -> 
         item: String::new(),
         callee: format!("{store}::{method}"),
         in_test: false,
+        explain,
     })
 }
 
@@ -230,17 +259,27 @@ fn raw_write(
     matcher: &ApiMatcher<'_>,
     scope: &FileScope<'_>,
     call: &CallSite,
+    crate_deps: Option<&CrateDeps>,
 ) -> Option<Draft> {
     let name = last_segment(&call.callee);
     let candidates = matcher.by_name.get(name)?;
-    let paths = match call.kind {
+    let mut paths = match call.kind {
         CallKind::Method => Vec::new(),
         CallKind::Path | CallKind::Macro => scope.candidates(&call.callee),
     };
+    if let Some(deps) = crate_deps {
+        // `kv::cmd(..)` under `kv = { package = "redis" }` is `redis::cmd`.
+        let renamed: Vec<String> = paths.iter().filter_map(|p| deps.unrename(p)).collect();
+        paths.extend(renamed);
+    }
     let receiver_type = match (&call.receiver, call.kind) {
         (Some(hint), CallKind::Method) => {
             let resolved = index.resolve_hint(scope, hint);
-            Some((scope.expand(&hint.base), resolved))
+            let written = scope.expand(hint.base_text());
+            let written = crate_deps
+                .and_then(|deps| deps.unrename(&written))
+                .unwrap_or(written);
+            Some((written, resolved))
         }
         _ => None,
     };
@@ -251,6 +290,13 @@ fn raw_write(
     }
     for m in candidates {
         let spec = m.spec;
+        if !spec.crates.is_empty()
+            && let Some(deps) = crate_deps
+            && !spec.crates.iter().any(|c| deps.contains(c))
+        {
+            // The crate does not depend on this client.
+            continue;
+        }
         let form_ok = matches!(
             (spec.call, call.kind),
             (CallForm::Any, _)
@@ -363,6 +409,7 @@ fn raw_write(
             item: String::new(),
             callee,
             in_test: false,
+            explain: Vec::new(),
         });
     }
     None

@@ -1,5 +1,5 @@
-//! What an SQL text does: its leading keyword, after whitespace, comments and
-//! a leading `WITH … AS (…)` list, decides whether it writes.
+//! What an SQL text does: a statement writes when any part of it writes
+//! (its leading verb, or a data-modifying CTE or subquery at any depth).
 
 /// The statement verbs that modify data.
 pub const WRITE_VERBS: &[&str] = &[
@@ -18,27 +18,53 @@ pub fn is_write_verb(keyword: &str) -> bool {
 /// The keyword that says what `text` does, upper-cased. Each statement's
 /// first keyword is read after whitespace, `--` line comments and (nested)
 /// `/* */` block comments, skipping a leading `WITH name [(cols)] AS [NOT]
-/// [MATERIALIZED] (…), …` list. The first write verb of any statement wins
-/// (`BEGIN; DELETE FROM t; COMMIT` is a `DELETE`); otherwise the first
-/// statement's keyword is returned. `None` when the text does not start
-/// with a word.
+/// [MATERIALIZED] (…), …` list. A write verb anywhere in a statement that
+/// is not DDL counts too (`WITH x AS (INSERT … RETURNING id) SELECT …`,
+/// `SELECT * FROM (DELETE … RETURNING *)`), except where it is no
+/// statement: `FOR UPDATE`, `ON DELETE`/`ON UPDATE`, `FOR NO KEY UPDATE`,
+/// a qualified name (`t.update`) or a function call (`replace(a, b)`). The
+/// first write of any statement wins (`BEGIN; DELETE FROM t; COMMIT` is a
+/// `DELETE`); otherwise the first statement's keyword is returned. `None`
+/// when the text does not start with a word.
 pub fn leading_keyword(text: &str) -> Option<Box<str>> {
     let mut cursor = Cursor {
         bytes: text.as_bytes(),
         at: 0,
     };
+    let start = cursor.at;
     let first = cursor.statement_keyword()?;
     if is_write_verb(&first) {
         return Some(first);
     }
-    while cursor.skip_statement() {
-        if let Some(keyword) = cursor.statement_keyword()
-            && is_write_verb(&keyword)
-        {
-            return Some(keyword);
+    cursor.at = start;
+    let mut keyword = Some(first.clone());
+    loop {
+        let scan = keyword.as_deref().is_none_or(|k| !is_ddl(k));
+        let (write, more) = cursor.scan_statement(scan);
+        if write.is_some() {
+            return write;
         }
+        if !more {
+            return Some(first);
+        }
+        let start = cursor.at;
+        keyword = cursor.statement_keyword();
+        if let Some(k) = &keyword
+            && is_write_verb(k)
+        {
+            return keyword;
+        }
+        cursor.at = start;
     }
-    Some(first)
+}
+
+/// Statements whose inner verbs are definitions, not writes
+/// (`CREATE TRIGGER … AFTER INSERT`), or not run (`EXPLAIN DELETE …`).
+fn is_ddl(keyword: &str) -> bool {
+    matches!(
+        keyword,
+        "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "EXPLAIN" | "PREPARE"
+    )
 }
 
 fn upper(word: &str) -> Box<str> {
@@ -64,28 +90,82 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Moves past the next `;` outside strings, quoted names and comments;
-    /// `false` at the end of the text.
-    fn skip_statement(&mut self) -> bool {
+    /// Reads the statement at the cursor up to and past its `;`; with
+    /// `scan`, returns its first write verb that is a statement of its own
+    /// (see [`leading_keyword`]). The flag is `false` at the end of the text.
+    fn scan_statement(&mut self, scan: bool) -> (Option<Box<str>>, bool) {
+        let mut previous: Option<&str> = None;
+        let mut after_dot = false;
         loop {
             self.skip_trivia();
             let Some(b) = self.peek(0) else {
-                return false;
+                return (None, false);
             };
-            self.at += 1;
             match b {
-                b';' => return true,
+                b';' => {
+                    self.at += 1;
+                    return (None, true);
+                }
                 b'\'' | b'"' | b'`' => {
+                    self.at += 1;
                     while let Some(c) = self.peek(0) {
                         self.at += 1;
                         if c == b {
                             break;
                         }
                     }
+                    previous = None;
+                    after_dot = false;
                 }
-                _ => {}
+                b'$' => {
+                    // A dollar-quoted body (`$$ … $$`, `$tag$ … $tag$`) is
+                    // read as SQL: a `DO` block's writes are writes.
+                    self.at += 1;
+                    after_dot = false;
+                }
+                b if b.is_ascii_alphabetic() || b == b'_' => {
+                    let start = self.at;
+                    while matches!(self.peek(0), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
+                    {
+                        self.at += 1;
+                    }
+                    let word = std::str::from_utf8(&self.bytes[start..self.at]).unwrap_or("");
+                    if scan && !after_dot && word.len() <= MAX_KEYWORD {
+                        let upper = word.to_ascii_uppercase();
+                        let qualified = previous.is_some_and(|p| {
+                            ["FOR", "ON", "KEY", "BEFORE", "AFTER", "OF", "INSTEAD"]
+                                .iter()
+                                .any(|q| p.eq_ignore_ascii_case(q))
+                        });
+                        if is_write_verb(&upper) && !qualified && !self.next_is(b'(') {
+                            return (Some(upper.into_boxed_str()), true);
+                        }
+                    }
+                    previous = Some(word);
+                    after_dot = false;
+                }
+                b'.' => {
+                    self.at += 1;
+                    after_dot = true;
+                }
+                _ => {
+                    self.at += 1;
+                    after_dot = false;
+                    if !b.is_ascii_digit() {
+                        previous = None;
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the next byte after whitespace and comments is `b`.
+    fn next_is(&mut self, b: u8) -> bool {
+        let save = self.at;
+        self.skip_trivia();
+        let found = self.peek(0) == Some(b);
+        self.at = save;
+        found
     }
 
     fn peek(&self, offset: usize) -> Option<u8> {
@@ -294,6 +374,47 @@ mod tests {
         );
         assert_eq!(kw("SELECT 1; SELECT 2").as_deref(), Some("SELECT"));
         assert_eq!(kw("SELECT 'a; DELETE'").as_deref(), Some("SELECT"));
+    }
+
+    #[test]
+    fn writes_anywhere_in_a_statement() {
+        let cte = "WITH new_user AS (INSERT INTO users (name) VALUES ($1) RETURNING id) SELECT id FROM new_user";
+        assert_eq!(kw(cte).as_deref(), Some("INSERT"));
+        let deep = "WITH a AS (SELECT 1), b AS (SELECT * FROM (WITH c AS (DELETE FROM t RETURNING *) SELECT * FROM c) d) SELECT * FROM b";
+        assert_eq!(kw(deep).as_deref(), Some("DELETE"));
+        assert_eq!(
+            kw("SELECT * FROM t WHERE id = (UPDATE t SET a = 1 RETURNING id)").as_deref(),
+            Some("UPDATE")
+        );
+        // Not statements: locking reads, DDL, names, functions, strings.
+        assert_eq!(kw("SELECT * FROM t FOR UPDATE").as_deref(), Some("SELECT"));
+        assert_eq!(
+            kw("SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED").as_deref(),
+            Some("SELECT")
+        );
+        assert_eq!(
+            kw("CREATE TABLE t (a INT REFERENCES u ON DELETE CASCADE)").as_deref(),
+            Some("CREATE")
+        );
+        assert_eq!(
+            kw("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()").as_deref(),
+            Some("CREATE")
+        );
+        assert_eq!(
+            kw("SELECT t.update, replace(a, 'x', 'y') FROM t").as_deref(),
+            Some("SELECT")
+        );
+        assert_eq!(
+            kw("SELECT 'INSERT' AS kind, \"delete\" FROM t").as_deref(),
+            Some("SELECT")
+        );
+        assert_eq!(kw("SELECT updated_at FROM t").as_deref(), Some("SELECT"));
+        assert_eq!(kw("EXPLAIN DELETE FROM t").as_deref(), Some("EXPLAIN"));
+        // Several statements: a later CTE write counts.
+        assert_eq!(
+            kw("SELECT 1; WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x").as_deref(),
+            Some("UPDATE")
+        );
     }
 
     #[test]

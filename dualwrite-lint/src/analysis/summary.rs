@@ -39,6 +39,13 @@ pub struct FileSummary {
     pub items: Vec<ItemContext>,
     /// Every call, in walk order.
     pub calls: Vec<CallSite>,
+    /// Free functions: name -> return type (`ty::encode` text).
+    pub fns: Vec<(Box<str>, Box<str>)>,
+    /// Methods and associated functions of `impl` blocks: (self type, name,
+    /// return type), `Self` replaced.
+    pub methods: Vec<(Box<str>, Box<str>, Box<str>)>,
+    /// Associated types of `impl Trait for X`: (X, name, type).
+    pub assoc_types: Vec<(Box<str>, Box<str>, Box<str>)>,
 }
 
 /// A `#[dual_write]` trait as the macro reads it.
@@ -81,8 +88,8 @@ pub struct ImplHeader {
 pub struct StructSummary {
     /// The struct's name.
     pub name: Box<str>,
-    /// `(field, type path)`, positional fields named `0`, `1`...; fields
-    /// whose type is not a path (tuples, `dyn`...) are left out.
+    /// `(field, type)` in the text form of `ty::encode`, positional fields
+    /// named `0`, `1`...; fields of no known type (`dyn`...) are left out.
     pub fields: Vec<(Box<str>, Box<str>)>,
 }
 
@@ -118,24 +125,101 @@ pub enum CallKind {
     Macro,
 }
 
-/// What is known, without compiling, about the type of an expression: the
-/// type `base` (a path as written in this file), then the named fields
-/// followed from it (`self.db` in `impl OrderService` is `OrderService` +
-/// `[db]`). Pass 2 resolves imports, aliases and fields.
+/// What is known, without compiling, about the type of an expression: a
+/// starting point (`base`), then the steps that lead from it to the value
+/// (`self.stores[0].lock().unwrap()` is `OrderService` + field `stores`,
+/// element, method `lock`, unwrap). Pass 2 resolves imports, aliases,
+/// fields, return types and containers (see `index::Index::resolve_hint`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeHint {
-    /// A type path as written (generics dropped).
-    pub base: Box<str>,
-    /// Fields to follow from `base`, outermost first.
-    pub fields: Vec<Box<str>>,
+    /// Where the value comes from.
+    pub base: HintBase,
+    /// What is applied to it, in order.
+    pub steps: Vec<Step>,
+    /// The local names bound on the way, for `--explain`.
+    pub notes: Vec<Note>,
+}
+
+/// The start of a [`TypeHint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HintBase {
+    /// A type as written in this file, in the text form of `ty::encode`
+    /// (`PgOrders`, `Vec<PgOrders>`, `(A,B)`).
+    Type(Box<str>),
+    /// What a free function returns: its path as written (`connect`,
+    /// `db::connect`, `redis::pipe`).
+    Call(Box<str>),
+    /// What an associated function returns: the type as written and the
+    /// function (`PgOrders::open`; `Self` already replaced).
+    Assoc(Box<str>, Box<str>),
+}
+
+/// One step of a [`TypeHint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A named or positional field (`.db`, `.0`).
+    Field(Box<str>),
+    /// A method call's result (`.lock()`, `.first()`, `.pick()`).
+    Method(Box<str>),
+    /// `?`, `.unwrap()`, `.expect(..)`, `Some(x)`/`Ok(x)` patterns: the
+    /// value inside an `Option` or `Result` (nothing for other types).
+    Unwrap,
+    /// An element of a collection (`for x in ..`, `xs[i]`).
+    Elem,
+    /// A collection of the value (`vec![x, ..]`, `[x, ..]`, `Some(x)`).
+    Collect,
+}
+
+/// A local name bound to the value on the way (for `--explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The name bound.
+    pub name: Box<str>,
+    /// How: `let`, `for`, `if let`, `match`, `parameter`...
+    pub how: &'static str,
+    /// How many steps had been applied when it was bound.
+    pub at: u32,
 }
 
 impl TypeHint {
     /// A plain type.
     pub fn of(base: impl Into<Box<str>>) -> Self {
         TypeHint {
-            base: base.into(),
-            fields: Vec::new(),
+            base: HintBase::Type(base.into()),
+            steps: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// A hint starting at `base`.
+    pub fn from_base(base: HintBase) -> Self {
+        TypeHint {
+            base,
+            steps: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// This hint with one more step.
+    pub fn then(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// This hint, recorded as bound to `name` by `how`.
+    pub fn bound(mut self, name: &str, how: &'static str) -> Self {
+        self.notes.push(Note {
+            name: name.into(),
+            how,
+            at: self.steps.len() as u32,
+        });
+        self
+    }
+
+    /// The written text of the base: a type or a called path.
+    pub fn base_text(&self) -> &str {
+        match &self.base {
+            HintBase::Type(t) | HintBase::Call(t) | HintBase::Assoc(t, _) => t,
         }
     }
 }

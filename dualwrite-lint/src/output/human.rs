@@ -38,7 +38,14 @@ pub fn render(report: &CheckReport, color: bool) -> String {
             rendered = plain(finding);
         }
         out.push_str(rendered.trim_end_matches('\n'));
-        out.push_str("\n\n");
+        out.push('\n');
+        if !finding.explain.is_empty() {
+            out.push_str("  receiver type, as inferred:\n");
+            for (i, step) in finding.explain.iter().enumerate() {
+                out.push_str(&format!("    {}. {step}\n", i + 1));
+            }
+        }
+        out.push('\n');
     }
     let rules: BTreeSet<RuleId> = report.findings.iter().map(|f| f.rule).collect();
     if !rules.is_empty() {

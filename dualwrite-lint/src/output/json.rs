@@ -82,6 +82,9 @@ pub struct JsonFinding<'a> {
     pub fingerprint: &'a Fingerprint,
     /// In test code.
     pub in_test: bool,
+    /// How the receiver's type was inferred, one step a line (DW001).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub explain: &'a [String],
 }
 
 /// Renders the report as pretty-printed JSON.
@@ -121,6 +124,7 @@ pub fn render(report: &CheckReport) -> String {
                 location: &f.location,
                 fingerprint: &f.fingerprint,
                 in_test: f.in_test,
+                explain: &f.explain,
             })
             .collect(),
         baseline: report.baseline.as_ref(),

@@ -142,7 +142,11 @@ fn result(
             "primaryLocationLineHash": format!("{hash:016x}:{occurrence}"),
             "dualwrite/v1": format!("{:016x}", fnv1a(identity.as_bytes())),
         },
-        "properties": { "inTest": finding.in_test },
+        "properties": if finding.explain.is_empty() {
+            json!({ "inTest": finding.in_test })
+        } else {
+            json!({ "inTest": finding.in_test, "explain": finding.explain })
+        },
     });
     if report.baseline.is_some() {
         value["baselineState"] = json!("new");

@@ -1,0 +1,3 @@
+pub mod backend;
+pub mod service;
+pub mod store;

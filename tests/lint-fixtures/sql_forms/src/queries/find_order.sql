@@ -1,0 +1,1 @@
+SELECT id, customer, total FROM orders WHERE id = $1
