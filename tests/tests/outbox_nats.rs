@@ -117,8 +117,9 @@ fn journal(path: &Path) -> Arc<SqliteJournal> {
 /// hide it; fails on demand.
 #[derive(Default)]
 struct Recorder {
-    /// (key, value) of every applied call, in order.
-    calls: Mutex<Vec<(i64, i64)>>,
+    /// (key, value) of every applied call, in order (shared, so it can be
+    /// read after the adapter is gone).
+    calls: Arc<Mutex<Vec<(i64, i64)>>>,
     /// This value always fails.
     poison: Option<i64>,
     /// Every n-th call fails (0: none).
@@ -339,9 +340,11 @@ fn per_key_order_holds_across_redelivery() {
     let journal = journal(&dir.join("journal.db"));
     // Every third call fails: records sit in their retry backoff when the
     // first adapter stops, and go back to JetStream unacknowledged.
+    let first_calls = Arc::new(Mutex::new(Vec::new()));
     let first = LedgerDualWrite::new(
         SqlStore::open(&dir.join("old.db")),
         Recorder {
+            calls: Arc::clone(&first_calls),
             fail_every: 3,
             delay: Duration::from_millis(1),
             ..Recorder::default()
@@ -364,8 +367,10 @@ fn per_key_order_holds_across_redelivery() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let report = first.shutdown(Duration::from_millis(300));
-    let before = first.new_store().calls();
+    // Read once its threads are joined: a consumer still in a store call
+    // when the short shutdown returned finishes that record first.
     drop(first);
+    let before = first_calls.lock().unwrap().clone();
     let pending = journal.counts().unwrap().pending;
     assert!(pending > 0, "records left for the second adapter");
 
