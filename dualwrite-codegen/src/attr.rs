@@ -230,9 +230,18 @@ pub struct MethodAttrs {
     pub invalid: bool,
 }
 
-/// Whether an attribute is one of ours.
+/// Whether an attribute on a method or argument of the trait is our
+/// helper attribute, `#[dual_write(..)]`: the one matcher of the macro and
+/// the lint (the macro has been expanded by then, so only the bare name
+/// can remain).
 pub fn is_dual_write_attr(attr: &Attribute) -> bool {
     attr.path().is_ident(ATTR)
+}
+
+/// Whether an attribute on a trait invokes the macro: `#[dual_write]` or
+/// a path ending in it (`#[dualwrite_runtime::dual_write]`).
+pub fn is_macro_attr(attr: &Attribute) -> bool {
+    attr.path().segments.last().is_some_and(|s| s.ident == ATTR)
 }
 
 /// Parses the `#[dual_write(...)]` attributes of a method.

@@ -2,8 +2,8 @@
 //! traits.
 //!
 //! One parser, two users: the `#[dual_write]` macro (`dualwrite-macros`) and
-//! the `dualwrite-lint` CLI both read traits through [`TraitModel::parse`], so
-//! they always agree on which methods are writes and which argument is a key.
+//! the `dualwrite-lint` CLI both read traits through [`TraitModel::analyze`] (the
+//! macro through [`TraitModel::parse`]), so they always agree on which methods are writes and which argument is a key.
 //!
 //! The stages, one module each: [`attr`] reads the options, [`model`] builds
 //! the model from the syntax, `valid` checks every rule on it
@@ -22,7 +22,10 @@ use quote::quote;
 use syn::ItemTrait;
 
 pub use classify::{NameClass, classify_name};
-pub use model::{Arg, ArgMode, Compare, Flavor, KindSource, Method, MethodKind, TraitModel};
+pub use model::{
+    Analysis, Annotated, Arg, ArgMode, Compare, Flavor, KindSource, Method, MethodKind, TraitModel,
+    annotated,
+};
 
 /// Expands `#[dual_write(args)]` on `input`.
 ///

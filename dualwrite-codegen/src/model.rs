@@ -230,16 +230,33 @@ impl TraitModel {
     /// own, then each item's in declaration order (an option that does not
     /// parse first), then those about every method.
     pub fn parse(args: TokenStream, item: &ItemTrait) -> Result<TraitModel, Vec<syn::Error>> {
+        let analysis = TraitModel::analyze(args, item);
+        if analysis.errors.is_empty() {
+            Ok(analysis.model)
+        } else {
+            Err(analysis.errors)
+        }
+    }
+
+    /// Reads and checks a trait, returning the model together with every
+    /// error found: for a trait the macro rejects, the model is partial
+    /// (it has a [`Method`] for each `fn` whose kind could be told, as the
+    /// macro classified it), which is what the lint guards.
+    pub fn analyze(args: TokenStream, item: &ItemTrait) -> Analysis {
         let mut cx = Ctxt::new();
         // Options that do not parse are reported while reading them: the
         // model is built from what they say.
         let trait_args = attr::parse_trait_args(&mut cx, args);
         let built = build(&mut cx, trait_args, item);
         valid::check(&mut cx, item, &built);
-        if cx.is_empty() {
-            Ok(built.model)
+        let errors = if cx.is_empty() {
+            Vec::new()
         } else {
-            Err(cx.into_errors())
+            cx.into_errors()
+        };
+        Analysis {
+            model: built.model,
+            errors,
         }
     }
 
@@ -269,6 +286,41 @@ impl TraitModel {
     pub fn needs_owned_stores(&self) -> bool {
         self.routed().any(|m| m.mut_receiver)
     }
+}
+
+/// What [`TraitModel::analyze`] found in a trait.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    /// The model: complete when `errors` is empty, else partial (methods
+    /// whose kind cannot be told are left out).
+    pub model: TraitModel,
+    /// Every error, in the order of the trait; empty when the macro
+    /// accepts the trait.
+    pub errors: Vec<syn::Error>,
+}
+
+/// A trait annotated with the macro, as the macro receives it.
+#[derive(Debug, Clone)]
+pub struct Annotated {
+    /// The attribute's arguments.
+    pub args: TokenStream,
+    /// The trait without the macro's own attribute.
+    pub item: ItemTrait,
+}
+
+/// The trait's `#[dual_write(..)]` (or `#[path::dual_write(..)]`) and the
+/// trait as the macro receives it; `None` for a trait without it. The one
+/// trait finder of the macro's users (the lint's `check`, `expand` and
+/// `report`).
+pub fn annotated(item: &ItemTrait) -> Option<Annotated> {
+    let attr = item.attrs.iter().find(|a| attr::is_macro_attr(a))?;
+    let args = match &attr.meta {
+        syn::Meta::List(list) => list.tokens.clone(),
+        _ => TokenStream::new(),
+    };
+    let mut bare = item.clone();
+    bare.attrs.retain(|a| a != attr);
+    Some(Annotated { args, item: bare })
 }
 
 /// The trait with every `#[dual_write(...)]` helper attribute removed.

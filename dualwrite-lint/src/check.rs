@@ -85,8 +85,8 @@ pub struct CheckReport {
 pub struct NotChecked {
     /// The path, relative to the root.
     pub path: String,
-    /// Why: a kind of [`Unchecked`].
-    pub kind: &'static str,
+    /// Why.
+    pub kind: Unchecked,
 }
 
 impl CheckReport {
@@ -94,7 +94,7 @@ impl CheckReport {
     pub fn not_checked_by_cause(&self) -> Vec<(&'static str, usize)> {
         let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
         for n in &self.not_checked {
-            *counts.entry(Unchecked::label(n.kind)).or_insert(0) += 1;
+            *counts.entry(n.kind.label()).or_insert(0) += 1;
         }
         let mut counts: Vec<(&'static str, usize)> = counts.into_iter().collect();
         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -227,7 +227,7 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
     for (file, outcome) in walked.files.iter().zip(outcomes) {
         bytes_checked += outcome.bytes;
         if let Some(rejection) = outcome.rejection {
-            if Unchecked::is_unchecked(rejection.kind) {
+            if rejection.kind.is_unchecked() {
                 not_checked.push(NotChecked {
                     path: file.rel.clone(),
                     kind: rejection.kind,
@@ -248,8 +248,8 @@ pub fn run(options: &CheckOptions) -> Result<CheckReport, DriverError> {
         findings.push(driver_finding(
             config.unchecked.severity(),
             notice.reason.clone(),
-            Unchecked::help(notice.kind).to_owned(),
-            Unchecked::label(notice.kind).to_owned(),
+            notice.kind.help().to_owned(),
+            notice.kind.label().to_owned(),
             Location::file_start(&notice.rel),
             notice.kind,
             walk::is_test_path(&notice.rel),
@@ -364,7 +364,7 @@ fn summarize_file(file: &SourcePath, text: &str, interest: Option<&Interest>) ->
         Ok(Err(failure)) if failure.too_complex => (
             None,
             Some(Rejection {
-                kind: Unchecked::TOO_DEEP,
+                kind: Unchecked::TooDeep,
                 message: format!(
                     "file not checked: too complex to walk safely: {}",
                     failure.message
@@ -374,12 +374,26 @@ fn summarize_file(file: &SourcePath, text: &str, interest: Option<&Interest>) ->
                 column: failure.column.max(1),
             }),
         ),
+        Ok(Err(failure)) if crate::lex::nightly_syntax(text).is_some() => (
+            None,
+            Some(Rejection {
+                kind: Unchecked::NightlySyntax,
+                message: format!(
+                    "file not checked: it uses nightly-only syntax ({}), which the parser does not read: {}",
+                    crate::lex::nightly_syntax(text).unwrap_or_default(),
+                    failure.message
+                ),
+                help: Unchecked::NightlySyntax.help().to_owned(),
+                line: failure.line.max(1),
+                column: failure.column.max(1),
+            }),
+        ),
         Ok(Err(failure)) => (
             None,
             Some(Rejection {
-                kind: Unchecked::PARSE_ERROR,
+                kind: Unchecked::ParseError,
                 message: format!("file not checked: it does not parse: {}", failure.message),
-                help: Unchecked::help(Unchecked::PARSE_ERROR).to_owned(),
+                help: Unchecked::ParseError.help().to_owned(),
                 line: failure.line.max(1),
                 column: failure.column.max(1),
             }),
@@ -387,12 +401,12 @@ fn summarize_file(file: &SourcePath, text: &str, interest: Option<&Interest>) ->
         Err(panic) => (
             None,
             Some(Rejection {
-                kind: Unchecked::PANIC,
+                kind: Unchecked::Panic,
                 message: format!(
                     "file not checked: internal error while parsing it: {}",
                     panic_message(&*panic)
                 ),
-                help: Unchecked::help(Unchecked::PANIC).to_owned(),
+                help: Unchecked::Panic.help().to_owned(),
                 line: 1,
                 column: 1,
             }),
@@ -416,12 +430,12 @@ fn rejection_finding(file: &SourcePath, rejection: Rejection, config: &Config) -
         end_line: rejection.line,
         end_column: rejection.column,
     };
-    let (severity, label) = match rejection.kind {
-        Unchecked::PARSE_ERROR => (Severity::Error, "cannot parse"),
-        "empty" => (Severity::Warning, "empty file"),
-        Unchecked::TOO_DEEP => (config.unchecked.severity(), "nested too deeply"),
-        kind => (config.unchecked.severity(), Unchecked::label(kind)),
+    let severity = match rejection.kind {
+        Unchecked::ParseError => Severity::Error,
+        Unchecked::Empty => Severity::Warning,
+        _ => config.unchecked.severity(),
     };
+    let label = rejection.kind.finding_label();
     driver_finding(
         severity,
         rejection.message,
@@ -441,7 +455,7 @@ fn driver_finding(
     help: String,
     label: String,
     location: Location,
-    kind: &str,
+    kind: Unchecked,
     in_test: bool,
 ) -> Finding {
     let rule = RuleId::DW000;
@@ -455,7 +469,7 @@ fn driver_finding(
             rule,
             file: location.file.clone(),
             item: String::new(),
-            callee: kind.to_owned(),
+            callee: kind.tag().to_owned(),
             occurrence: 0,
         },
         location,

@@ -8,11 +8,12 @@ use std::path::Path;
 
 use crate::nesting;
 
-/// Why a file is not checked (or, for `empty`, has nothing to check).
+/// Why a file is not checked (or, for [`Unchecked::Empty`], has nothing to
+/// check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// A stable tag, the fingerprint's callee: see [`Unchecked`].
-    pub kind: &'static str,
+    /// The cause.
+    pub kind: Unchecked,
     /// The reason, for people.
     pub message: String,
     /// What to do about it.
@@ -23,93 +24,135 @@ pub struct Rejection {
     pub column: usize,
 }
 
-/// The kinds of paths not checked, with their labels in the summary line
-/// (`3 not checked: 1 too large, 2 symlinks outside the root`).
-pub struct Unchecked;
+/// Why a path is not checked: one cause per kind, each with its stable tag
+/// (the fingerprint's callee, the key of `summary.not_checked_causes`), its
+/// label in the summary line (`3 not checked: 1 too large, 2 symlinks
+/// outside the root`) and its help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unchecked {
+    /// A syntax error (reported as an error whatever `unchecked` says).
+    ParseError,
+    /// Does not parse, and uses nightly-only syntax.
+    NightlySyntax,
+    /// Too complex to parse safely (see [`crate::nesting`]).
+    TooDeep,
+    /// Larger than `max_file_size`.
+    TooLarge,
+    /// Not UTF-8.
+    NotUtf8,
+    /// Cannot be opened or read.
+    Unreadable,
+    /// A directory that cannot be listed.
+    UnreadableDir,
+    /// A `.rs` name on a FIFO, socket or device.
+    NotAFile,
+    /// A symlink to a directory or Rust file outside the root.
+    SymlinkOutside,
+    /// A symlink that cannot be resolved (dangling, a loop).
+    SymlinkBroken,
+    /// Any other error of the walk.
+    WalkError,
+    /// The parser panicked.
+    Panic,
+    /// The file is empty: checked (there is nothing in it), but warned about.
+    Empty,
+}
 
 impl Unchecked {
-    /// A syntax error (reported as an error whatever `unchecked` says).
-    pub const PARSE_ERROR: &'static str = "parse-error";
-    /// Too complex to parse safely (see [`crate::nesting`]).
-    pub const TOO_DEEP: &'static str = "too-deep";
-    /// Larger than `max_file_size`.
-    pub const TOO_LARGE: &'static str = "too-large";
-    /// Not UTF-8.
-    pub const NOT_UTF8: &'static str = "not-utf8";
-    /// Cannot be opened or read.
-    pub const UNREADABLE: &'static str = "unreadable";
-    /// A directory that cannot be listed.
-    pub const UNREADABLE_DIR: &'static str = "unreadable-dir";
-    /// A `.rs` name on a FIFO, socket or device.
-    pub const NOT_A_FILE: &'static str = "not-a-file";
-    /// A symlink to a directory or Rust file outside the root.
-    pub const SYMLINK_OUTSIDE: &'static str = "symlink-outside-root";
-    /// A symlink that cannot be resolved (dangling, a loop).
-    pub const SYMLINK_BROKEN: &'static str = "symlink-broken";
-    /// Any other error of the walk.
-    pub const WALK_ERROR: &'static str = "walk-error";
-    /// The parser panicked.
-    pub const PANIC: &'static str = "panic";
+    /// The stable tag.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::ParseError => "parse-error",
+            Self::NightlySyntax => "nightly-syntax",
+            Self::TooDeep => "too-deep",
+            Self::TooLarge => "too-large",
+            Self::NotUtf8 => "not-utf8",
+            Self::Unreadable => "unreadable",
+            Self::UnreadableDir => "unreadable-dir",
+            Self::NotAFile => "not-a-file",
+            Self::SymlinkOutside => "symlink-outside-root",
+            Self::SymlinkBroken => "symlink-broken",
+            Self::WalkError => "walk-error",
+            Self::Panic => "panic",
+            Self::Empty => "empty",
+        }
+    }
 
-    /// The label of a kind in the summary line, and whether the count is
-    /// of files (else of paths: directories, links).
-    pub fn label(kind: &str) -> &'static str {
-        match kind {
-            Self::PARSE_ERROR => "parse error",
-            Self::TOO_DEEP => "too complex to parse safely",
-            Self::TOO_LARGE => "too large",
-            Self::NOT_UTF8 => "not UTF-8",
-            Self::UNREADABLE => "unreadable",
-            Self::UNREADABLE_DIR => "unreadable directory",
-            Self::NOT_A_FILE => "not a regular file",
-            Self::SYMLINK_OUTSIDE => "symlink outside the root",
-            Self::SYMLINK_BROKEN => "broken symlink",
-            Self::PANIC => "internal error",
-            _ => "walk error",
+    /// The label in the summary line.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ParseError => "parse error",
+            Self::NightlySyntax => "nightly-only syntax",
+            Self::TooDeep => "too complex to parse safely",
+            Self::TooLarge => "too large",
+            Self::NotUtf8 => "not UTF-8",
+            Self::Unreadable => "unreadable",
+            Self::UnreadableDir => "unreadable directory",
+            Self::NotAFile => "not a regular file",
+            Self::SymlinkOutside => "symlink outside the root",
+            Self::SymlinkBroken => "broken symlink",
+            Self::WalkError => "walk error",
+            Self::Panic => "internal error",
+            Self::Empty => "empty file",
+        }
+    }
+
+    /// The label on the finding's location.
+    pub fn finding_label(self) -> &'static str {
+        match self {
+            Self::ParseError => "cannot parse",
+            Self::TooDeep => "too complex to parse",
+            other => other.label(),
         }
     }
 
     /// Whether findings of this kind say a path was not checked (all but
-    /// `empty`).
-    pub fn is_unchecked(kind: &str) -> bool {
-        kind != "empty"
+    /// [`Unchecked::Empty`]).
+    pub fn is_unchecked(self) -> bool {
+        self != Self::Empty
     }
 
     /// The help of a finding of this kind (the too-deep help depends on
     /// the cause and comes with the rejection).
-    pub fn help(kind: &str) -> &'static str {
-        match kind {
-            Self::PARSE_ERROR => {
+    pub fn help(self) -> &'static str {
+        match self {
+            Self::ParseError => {
                 "Fix the syntax error (rustc rejects it too); if the file is not meant to be Rust source, exclude it in dualwrite.toml."
             }
-            Self::TOO_LARGE => {
+            Self::NightlySyntax => {
+                "The parser reads stable Rust only: keep nightly-only syntax in files excluded in dualwrite.toml (`exclude = [\"path/**\"]`), or write the code in stable Rust."
+            }
+            Self::TooDeep => {
+                "Move the inner parts of the expression into `let` bindings or helper functions; if the file is generated, exclude it in dualwrite.toml."
+            }
+            Self::TooLarge => {
                 "Raise `max_file_size` in dualwrite.toml, or exclude the file if it is generated."
             }
-            Self::NOT_UTF8 => {
+            Self::NotUtf8 => {
                 "Save the file as UTF-8 (Rust source must be), or exclude it in dualwrite.toml."
             }
-            Self::UNREADABLE => {
+            Self::Unreadable => {
                 "Make the file readable by the user running the lint (check its permissions), or exclude it in dualwrite.toml."
             }
-            Self::UNREADABLE_DIR => {
+            Self::UnreadableDir => {
                 "Make the directory readable and listable by the user running the lint, or exclude it in dualwrite.toml."
             }
-            Self::NOT_A_FILE => {
+            Self::NotAFile => {
                 "Only regular files are read: remove it or rename it, or exclude it in dualwrite.toml."
             }
-            Self::SYMLINK_OUTSIDE => {
+            Self::SymlinkOutside => {
                 "Check the target too: run from (or pass `--root`) a directory that contains both; or exclude the link in dualwrite.toml if its code is checked elsewhere."
             }
-            Self::SYMLINK_BROKEN => {
+            Self::SymlinkBroken => {
                 "Fix or remove the dangling link (or the link loop), or exclude it in dualwrite.toml."
             }
-            Self::PANIC => {
+            Self::Panic => {
                 "This is a bug in dualwrite-lint: please report it with the file. Exclude the file in dualwrite.toml meanwhile."
             }
-            "empty" => {
+            Self::Empty => {
                 "Delete the empty file, or give it content: there is nothing in it to check."
             }
-            _ => {
+            Self::WalkError => {
                 "Fix what the message names so the walk can read the path, or exclude it in dualwrite.toml."
             }
         }
@@ -117,11 +160,11 @@ impl Unchecked {
 }
 
 impl Rejection {
-    fn at_start(kind: &'static str, message: String) -> Self {
+    fn at_start(kind: Unchecked, message: String) -> Self {
         Rejection {
             kind,
             message,
-            help: Unchecked::help(kind).to_owned(),
+            help: kind.help().to_owned(),
             line: 1,
             column: 1,
         }
@@ -142,7 +185,7 @@ pub fn read_source(path: &Path, max_size: u64, max_nesting: usize) -> Result<Str
 pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
     let unreadable = |error: std::io::Error| {
         Rejection::at_start(
-            Unchecked::UNREADABLE,
+            Unchecked::Unreadable,
             format!("file not checked: cannot read it: {error}"),
         )
     };
@@ -150,7 +193,7 @@ pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
     let metadata = std::fs::metadata(path).map_err(unreadable)?;
     if !metadata.is_file() {
         return Err(Rejection::at_start(
-            Unchecked::NOT_A_FILE,
+            Unchecked::NotAFile,
             format!(
                 "file not checked: it is not a regular file but {}",
                 file_type_name(&metadata.file_type())
@@ -161,7 +204,7 @@ pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
     let size = file.metadata().map_err(unreadable)?.len();
     if size > max_size {
         return Err(Rejection::at_start(
-            Unchecked::TOO_LARGE,
+            Unchecked::TooLarge,
             format!("file not checked: {size} bytes is more than max_file_size ({max_size} bytes)"),
         ));
     }
@@ -172,7 +215,7 @@ pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
         .map_err(unreadable)?;
     if bytes.len() as u64 > max_size {
         return Err(Rejection::at_start(
-            Unchecked::TOO_LARGE,
+            Unchecked::TooLarge,
             format!("file not checked: it is larger than max_file_size ({max_size} bytes)"),
         ));
     }
@@ -186,7 +229,7 @@ pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
                 line,
                 column,
                 ..Rejection::at_start(
-                    Unchecked::NOT_UTF8,
+                    Unchecked::NotUtf8,
                     format!(
                         "file not checked: it is not valid UTF-8 (invalid byte at offset {valid})"
                     ),
@@ -195,7 +238,10 @@ pub fn read_text(path: &Path, max_size: u64) -> Result<String, Rejection> {
         }
     };
     if text.trim().is_empty() {
-        return Err(Rejection::at_start("empty", "the file is empty".to_owned()));
+        return Err(Rejection::at_start(
+            Unchecked::Empty,
+            "the file is empty".to_owned(),
+        ));
     }
     Ok(text)
 }
@@ -247,7 +293,7 @@ pub fn too_complex(text: &str, max_nesting: usize) -> Option<Rejection> {
     let error = nesting::check(text, max_nesting).err()?;
     let (line, column) = line_column(text, error.offset);
     Some(Rejection {
-        kind: Unchecked::TOO_DEEP,
+        kind: Unchecked::TooDeep,
         message: format!(
             "file not checked: too complex to parse safely: {}",
             error.reason()
@@ -303,7 +349,7 @@ mod tests {
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
             let rejection = read_text(&fifo, 1 << 20).unwrap_err();
-            assert_eq!(rejection.kind, Unchecked::NOT_A_FILE);
+            assert_eq!(rejection.kind, Unchecked::NotAFile);
             assert!(rejection.message.contains("FIFO"), "{}", rejection.message);
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -11,6 +11,38 @@
 //! runs to the end, a stray character becomes an [`Kind::Unknown`] token,
 //! and nothing panics. It allocates nothing.
 
+/// The nightly-only syntax `text` uses, if any: what to name in the message
+/// of a file that does not parse (syn parses stable Rust only).
+pub fn nightly_syntax(text: &str) -> Option<&'static str> {
+    let bytes = text.as_bytes();
+    let mut prev: &[u8] = b"";
+    let mut tokens = Lexer::new(text)
+        .filter(|t| !matches!(t.kind, Kind::LineComment { .. } | Kind::BlockComment { .. }));
+    while let Some(token) = tokens.next() {
+        let word = &bytes[token.start..token.end];
+        let found = match (prev, word) {
+            (b"try", b"{") => Some("`try` blocks"),
+            (b"do", b"yeet") => Some("`do yeet` expressions"),
+            (b"gen", b"{") | (b"gen", b"move") => Some("`gen` blocks"),
+            (b"yield", _) if token.kind != Kind::Punct(Punct::Not) => Some("`yield` (coroutines)"),
+            (b"box", _) if matches!(token.kind, Kind::Ident | Kind::Literal | Kind::Open(_)) => {
+                Some("`box` patterns or expressions")
+            }
+            (b"k", b"#") => Some("`k#` keywords"),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+        prev = if token.kind == Kind::Ident || word == b"{" || word == b"#" {
+            word
+        } else {
+            b""
+        };
+    }
+    None
+}
+
 /// A bracket kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delim {

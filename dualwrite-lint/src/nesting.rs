@@ -46,6 +46,12 @@ pub const CHAIN_LIMIT: usize = 16_384;
 /// arguments) in a debug build, with a wide margin.
 pub const MAX_NESTING_LIMIT: usize = 1024;
 
+/// The longest numeric literal (digits, `_`, prefix and suffix) the parser
+/// is given. syn evaluates an integer literal's value digit by digit in
+/// time quadratic in its length (a literal of 100,000 digits takes
+/// minutes); no real literal comes near this (`u128::MAX` has 39 digits).
+pub const NUMBER_LIMIT: usize = 512;
+
 /// What made a file too complex: the kind of construct most open at the
 /// point where a limit was crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +79,8 @@ pub enum Cause {
     /// A chain of binary operators, casts, method calls, field accesses,
     /// calls, indexing, `?` or `else` branches.
     Chain,
+    /// A numeric literal longer than [`NUMBER_LIMIT`] characters.
+    LongNumber,
 }
 
 impl Cause {
@@ -92,6 +100,7 @@ impl Cause {
             Cause::Chain => {
                 "operators, method calls, casts or `else` branches chained in one expression"
             }
+            Cause::LongNumber => "a numeric literal",
         }
     }
 }
@@ -112,6 +121,7 @@ impl TooComplex {
     pub fn reason(&self) -> String {
         match self.cause {
             Cause::Chain => format!("more than {} {}", self.limit, self.cause.describe()),
+            Cause::LongNumber => format!("a numeric literal longer than {} characters", self.limit),
             cause => format!(
                 "{} nested deeper than {} levels",
                 cause.describe(),
@@ -123,6 +133,7 @@ impl TooComplex {
     /// What to do about it, fitting the cause.
     pub fn help(&self) -> String {
         match self.cause {
+            Cause::LongNumber => "No Rust integer type holds a number this long: write it as a string (or bytes) and parse it at run time; if the file is generated, exclude it in dualwrite.toml (`exclude = [\"path/**\"]`).".to_owned(),
             Cause::Chain => "Break the expression into several statements with `let` bindings; if the file is generated, exclude it in dualwrite.toml (`exclude = [\"path/**\"]`).".to_owned(),
             Cause::Generics => format!(
                 "Name the inner types with `type` aliases; if the file is generated, exclude it in dualwrite.toml, or raise `max_nesting` (now {}, at most {MAX_NESTING_LIMIT}).",
@@ -218,6 +229,16 @@ pub fn check(text: &str, max_nesting: usize) -> Result<(), TooComplex> {
     };
     let bytes = text.as_bytes();
     for token in Lexer::new(text) {
+        if token.kind == Kind::Literal
+            && token.end - token.start > NUMBER_LIMIT
+            && bytes[token.start].is_ascii_digit()
+        {
+            return Err(TooComplex {
+                cause: Cause::LongNumber,
+                offset: token.start,
+                limit: NUMBER_LIMIT,
+            });
+        }
         checker.token(token.kind, &bytes[token.start..token.end], token.start)?;
     }
     Ok(())
@@ -743,6 +764,28 @@ mod tests {
                 &text[..text.len().min(60)]
             );
         }
+    }
+
+    #[test]
+    fn long_numeric_literals_are_bounded() {
+        for text in [
+            format!("const N: u128 = {};", "9".repeat(100_000)),
+            format!("fn f() {{ let x = 0x{}u64; }}", "f".repeat(NUMBER_LIMIT)),
+            format!("fn f() {{ m!({}); }}", "7".repeat(NUMBER_LIMIT + 1)),
+        ] {
+            assert_eq!(
+                cause(&text, 256),
+                Some(Cause::LongNumber),
+                "{}",
+                &text[..30]
+            );
+        }
+        let fine = format!(
+            "const N: u128 = {}; const S: &str = \"{}\";",
+            "9".repeat(39),
+            "1".repeat(10_000)
+        );
+        assert_eq!(cause(&fine, 256), None);
     }
 
     #[test]

@@ -33,26 +33,15 @@ fn collect(items: &[Item], out: &mut Vec<AnnotatedTrait>) {
     for item in items {
         match item {
             Item::Trait(item) => {
-                let Some(attr) = item.attrs.iter().find(|a| {
-                    a.path()
-                        .segments
-                        .last()
-                        .is_some_and(|s| s.ident == "dual_write")
-                }) else {
+                let Some(annotated) = dualwrite_codegen::annotated(item) else {
                     continue;
                 };
-                let args = match &attr.meta {
-                    syn::Meta::List(list) => list.tokens.clone(),
-                    _ => TokenStream::new(),
-                };
-                let mut input = item.clone();
-                input.attrs.retain(|a| a != attr);
                 out.push(AnnotatedTrait {
-                    name: input.ident.to_string(),
-                    line: input.ident.span().start().line,
-                    model: TraitModel::parse(args.clone(), &input),
-                    args,
-                    item: input,
+                    name: annotated.item.ident.to_string(),
+                    line: annotated.item.ident.span().start().line,
+                    model: TraitModel::parse(annotated.args.clone(), &annotated.item),
+                    args: annotated.args,
+                    item: annotated.item,
                 });
             }
             Item::Mod(module) => {

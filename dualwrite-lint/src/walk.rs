@@ -42,8 +42,8 @@ pub struct SourcePath {
 pub struct WalkNotice {
     /// The path, relative to the root (`.` for the root itself).
     pub rel: String,
-    /// Why, a stable tag (see [`crate::intake::Unchecked`]).
-    pub kind: &'static str,
+    /// Why.
+    pub kind: crate::intake::Unchecked,
     /// Why, for people.
     pub reason: String,
 }
@@ -244,7 +244,7 @@ impl WalkState<'_> {
         }
     }
 
-    fn notice(&mut self, path: &Path, kind: &'static str, reason: String) {
+    fn notice(&mut self, path: &Path, kind: crate::intake::Unchecked, reason: String) {
         self.walk.notices.push(WalkNotice {
             rel: relative(&self.options.root, path),
             kind,
@@ -298,7 +298,7 @@ impl WalkState<'_> {
                 } else {
                     self.notice(
                         path,
-                        Unchecked::NOT_A_FILE,
+                        Unchecked::NotAFile,
                         "file not checked: it is not a regular file (a FIFO, socket or device)"
                             .to_owned(),
                     );
@@ -316,12 +316,12 @@ impl WalkState<'_> {
             .map_or_else(|| error.to_string(), ToString::to_string);
         let (kind, reason) = if error.io_error().is_some() && !path.is_file() {
             (
-                Unchecked::UNREADABLE_DIR,
+                Unchecked::UnreadableDir,
                 format!("directory not checked: cannot read it: {cause}"),
             )
         } else {
             (
-                Unchecked::WALK_ERROR,
+                Unchecked::WalkError,
                 format!("not checked: the walk failed here: {cause}"),
             )
         };
@@ -342,7 +342,7 @@ impl WalkState<'_> {
                 if may_hold_rust(None) {
                     self.notice(
                         link,
-                        Unchecked::SYMLINK_BROKEN,
+                        Unchecked::SymlinkBroken,
                         format!("symlink not followed: cannot resolve it ({error})"),
                     );
                 }
@@ -351,7 +351,7 @@ impl WalkState<'_> {
                 if may_hold_rust(Some(&target)) {
                     self.notice(
                         link,
-                        Unchecked::SYMLINK_OUTSIDE,
+                        Unchecked::SymlinkOutside,
                         format!(
                             "symlink not followed: it points outside the root, to {}",
                             target.display()
@@ -375,7 +375,7 @@ impl WalkState<'_> {
                 } else {
                     self.notice(
                         link,
-                        Unchecked::NOT_A_FILE,
+                        Unchecked::NotAFile,
                         "file not checked: the symlink points to something that is not a regular file (a FIFO, socket or device)".to_owned(),
                     );
                 }

@@ -497,3 +497,70 @@ fn a_subdirectory_run_finds_the_workspace() {
         (0, Some("note"))
     );
 }
+
+#[test]
+fn nightly_syntax_is_named_as_the_cause() {
+    let (code, doc, _t) = check_bad("nightly", "fn f() -> Result<(), E> {\n    do yeet E;\n}\n");
+    let f = only_finding(&doc);
+    assert_eq!(f["rule"], "DW000");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("nightly-only syntax (`do yeet`"),
+        "{f}"
+    );
+    assert!(f["help"].as_str().unwrap().contains("stable Rust"), "{f}");
+    assert_eq!(causes(&doc), [("nightly-syntax".to_owned(), 1)]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_huge_numeric_literal_is_rejected_before_parsing() {
+    let (_, doc, _t) = check_bad(
+        "huge-number",
+        format!("const N: u128 = {};\n", "9".repeat(100_000)),
+    );
+    let f = only_finding(&doc);
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("numeric literal longer than 512"),
+        "{f}"
+    );
+    assert!(f["help"].as_str().unwrap().contains("string"), "{f}");
+    assert_eq!(position(f), (1, 17));
+}
+
+/// The coverage fixture (`tests/lint-fixtures/driver-coverage`), run from
+/// a subdirectory: the `dualwrite.toml` two levels up is found (its
+/// `exclude` and `max_nesting` apply), and every file not checked is
+/// reported with its path, position and cause as in `expected.txt`.
+/// Symlinks and unreadable directories, which a fixture cannot hold, are
+/// built in temporary directories by the tests above.
+#[test]
+fn coverage_fixture_from_a_subdirectory() {
+    let tree = fixture("driver-coverage");
+    let (code, doc) = check_json(&tree.path.join("crates/app/src"), &[]);
+    let got: Vec<String> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{}:{} {} {}",
+                f["location"]["file"].as_str().unwrap(),
+                f["location"]["start_line"],
+                f["location"]["start_column"],
+                f["rule"].as_str().unwrap(),
+                f["fingerprint"]["callee"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let expected = tree.read("expected.txt");
+    assert_eq!(got, expected.lines().collect::<Vec<_>>(), "{doc}");
+    assert_eq!(doc["summary"]["files"], 1, "{doc}");
+    assert_eq!(doc["summary"]["not_checked"], 4, "{doc}");
+    assert_eq!(code, 1, "the syntax error is an error");
+}

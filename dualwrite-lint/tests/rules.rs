@@ -260,6 +260,13 @@ fn unclassified() {
     check("unclassified");
 }
 
+/// A trait the macro rejects: the lint guards the writes of the macro's
+/// partial model, classified exactly as the macro classifies them.
+#[test]
+fn rejected_model() {
+    check("rejected_model");
+}
+
 #[test]
 fn test_code() {
     let found = check("test_code");

@@ -2,7 +2,7 @@
 //! what the rules need (see [`FileSummary`]). Receiver types are inferred on
 //! the way with a scope-aware environment of local bindings.
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::TokenTree;
 use syn::visit::{self, Visit};
 use syn::{
     Attribute, Expr, ExprCall, ExprClosure, ExprMethodCall, FnArg, ImplItem, ItemConst, ItemImpl,
@@ -10,7 +10,7 @@ use syn::{
     Signature, Stmt, TraitItem, UseTree,
 };
 
-use dualwrite_codegen::{MethodKind, NameClass, TraitModel, classify_name};
+use dualwrite_codegen::{MethodKind, TraitModel};
 
 use super::env::Env;
 use super::hints::{
@@ -350,43 +350,31 @@ impl<'i> Collector<'i> {
     }
 
     fn record_trait(&mut self, item: &ItemTrait) -> bool {
-        let Some(attr) = item.attrs.iter().find(|a| is_dual_write_attr(a)) else {
+        let Some(annotated) = dualwrite_codegen::annotated(item) else {
             return false;
         };
-        let args = match &attr.meta {
-            syn::Meta::List(list) => list.tokens.clone(),
-            _ => TokenStream::new(),
-        };
-        let mut bare = item.clone();
-        bare.attrs.retain(|a| !is_dual_write_attr(a));
-        let name = item.ident.to_string().into_boxed_str();
-        let (adapter, writes, errors) = match TraitModel::parse(args, &bare) {
-            Ok(model) => (
-                model.adapter.to_string(),
-                model
-                    .methods
-                    .iter()
-                    .filter(|m| m.kind == MethodKind::Write)
-                    .map(|m| m.ident.to_string().into_boxed_str())
-                    .collect(),
-                Vec::new(),
-            ),
-            Err(errors) => (
-                adapter_name(attr, &name),
-                fallback_writes(item),
-                errors
-                    .into_iter()
-                    .flat_map(|e| e.into_iter())
-                    .map(|e| CodegenError {
-                        message: e.to_string(),
-                        span: span_of(e.span()),
-                    })
-                    .collect(),
-            ),
-        };
+        // The macro's own model, partial when it rejects the trait: its
+        // writes are guarded (DW001) while DW003 reports the errors.
+        let analysis = TraitModel::analyze(annotated.args, &annotated.item);
+        let writes = analysis
+            .model
+            .methods
+            .iter()
+            .filter(|m| m.kind == MethodKind::Write)
+            .map(|m| m.ident.to_string().into_boxed_str())
+            .collect();
+        let errors = analysis
+            .errors
+            .into_iter()
+            .flat_map(|e| e.into_iter())
+            .map(|e| CodegenError {
+                message: e.to_string(),
+                span: span_of(e.span()),
+            })
+            .collect();
         self.summary.traits.push(TraitSummary {
-            name,
-            adapter: adapter.into_boxed_str(),
+            name: item.ident.to_string().into_boxed_str(),
+            adapter: analysis.model.adapter.to_string().into_boxed_str(),
             writes,
             errors,
             span: span_of(item.ident.span()),
@@ -985,14 +973,6 @@ fn token_sql_evidence(
     }
 }
 
-/// `#[dual_write]` or `#[path::to::dual_write(..)]`.
-fn is_dual_write_attr(attr: &Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "dual_write")
-}
-
 /// `#[test]`, `#[tokio::test]`, `#[cfg(test)]`, `#[cfg(all(test, ..))]`.
 fn is_test_code(attrs: &[Attribute]) -> bool {
     attrs.iter().any(|attr| {
@@ -1026,64 +1006,6 @@ fn is_test_code(attrs: &[Attribute]) -> bool {
         }
         has_test
     })
-}
-
-/// The adapter name from `#[dual_write(adapter = Name)]`, else `<Trait>DualWrite`
-/// (used when the macro rejects the trait and builds no model).
-fn adapter_name(attr: &Attribute, trait_name: &str) -> String {
-    if let syn::Meta::List(list) = &attr.meta {
-        let mut trees = list.tokens.clone().into_iter();
-        while let Some(tree) = trees.next() {
-            if let proc_macro2::TokenTree::Ident(ident) = &tree
-                && ident == "adapter"
-                && matches!(trees.next(), Some(proc_macro2::TokenTree::Punct(p)) if p.as_char() == '=')
-                && let Some(proc_macro2::TokenTree::Ident(name)) = trees.next()
-            {
-                return name.to_string();
-            }
-        }
-    }
-    format!("{trait_name}DualWrite")
-}
-
-/// The writes of a trait the macro rejects, classified the way the macro
-/// would (explicit attribute, then name, then `&mut self`), so DW001 still
-/// guards its stores while DW003 reports the error.
-fn fallback_writes(item: &ItemTrait) -> Vec<Box<str>> {
-    let mut writes = Vec::new();
-    for trait_item in &item.items {
-        let TraitItem::Fn(method) = trait_item else {
-            continue;
-        };
-        let explicit = method
-            .attrs
-            .iter()
-            .filter(|a| is_dual_write_attr(a))
-            .find_map(|a| match &a.meta {
-                syn::Meta::List(list) => list.tokens.clone().into_iter().find_map(|t| match t {
-                    proc_macro2::TokenTree::Ident(i) => Some(i.to_string()),
-                    _ => None,
-                }),
-                _ => None,
-            });
-        let name = method.sig.ident.to_string();
-        let is_write = match explicit.as_deref() {
-            Some("write") => true,
-            Some("read" | "passthrough") => false,
-            _ => match classify_name(&name) {
-                NameClass::Write => true,
-                NameClass::Read => false,
-                NameClass::Unknown => method
-                    .sig
-                    .receiver()
-                    .is_some_and(|r| matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_)))),
-            },
-        };
-        if is_write && method.default.is_none() {
-            writes.push(name.into_boxed_str());
-        }
-    }
-    writes
 }
 
 /// Flattens a `use` tree into local name -> full path.

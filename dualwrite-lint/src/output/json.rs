@@ -104,7 +104,7 @@ pub fn render(report: &CheckReport) -> String {
                 .not_checked
                 .iter()
                 .fold(BTreeMap::new(), |mut counts, n| {
-                    *counts.entry(n.kind).or_insert(0) += 1;
+                    *counts.entry(n.kind.tag()).or_insert(0) += 1;
                     counts
                 }),
             errors: report.count(Severity::Error),

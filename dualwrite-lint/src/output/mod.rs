@@ -166,7 +166,7 @@ impl SourceCache {
     /// the files not checked, only those with a syntax error.
     pub fn text_for(&mut self, finding: &Finding) -> Option<Arc<SourceText>> {
         if finding.rule == RuleId::DW000
-            && finding.fingerprint.callee != crate::intake::Unchecked::PARSE_ERROR
+            && finding.fingerprint.callee != crate::intake::Unchecked::ParseError.tag()
         {
             return None;
         }

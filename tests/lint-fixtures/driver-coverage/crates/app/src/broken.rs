@@ -1,0 +1,4 @@
+// A syntax error.
+fn b() {
+    let x = ;
+}

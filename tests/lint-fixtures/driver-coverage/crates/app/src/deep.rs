@@ -1,0 +1,4 @@
+// Deeper than max_nesting (8).
+fn f() -> u8 {
+    ((((((((((1))))))))))
+}

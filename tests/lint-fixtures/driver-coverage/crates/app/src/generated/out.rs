@@ -1,0 +1,1 @@
+fn skipped() { let x = ; }
