@@ -348,12 +348,12 @@ fn generate(index: usize, rng: &mut Rng) -> (Vec<u8>, Expect) {
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             (bytes, Expect::Any)
         }
-        11 | 12 | 13 => {
+        11..=13 => {
             // Token soup.
             let len = 1 + rng.below(300);
             let mut s = String::new();
             for _ in 0..len {
-                s.push_str(*rng.pick(SOUP));
+                s.push_str(rng.pick::<&str>(SOUP));
                 if rng.below(3) == 0 {
                     s.push(' ');
                 }
