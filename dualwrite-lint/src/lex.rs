@@ -16,9 +16,9 @@
 pub fn nightly_syntax(text: &str) -> Option<&'static str> {
     let bytes = text.as_bytes();
     let mut prev: &[u8] = b"";
-    let mut tokens = Lexer::new(text)
+    let tokens = Lexer::new(text)
         .filter(|t| !matches!(t.kind, Kind::LineComment { .. } | Kind::BlockComment { .. }));
-    while let Some(token) = tokens.next() {
+    for token in tokens {
         let word = &bytes[token.start..token.end];
         let found = match (prev, word) {
             (b"try", b"{") => Some("`try` blocks"),
