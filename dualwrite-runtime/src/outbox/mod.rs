@@ -63,7 +63,8 @@ pub mod sqlite;
 
 use std::fmt;
 use std::sync::Weak;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::phase::Store;
 
@@ -441,6 +442,25 @@ pub enum RecordStatus {
         /// Attempts made so far.
         attempts: u32,
     },
+}
+
+/// The next per-key sequence of a journal that numbers records by the
+/// clock: microseconds since the epoch, and always above the last one
+/// `sequence` handed out (so a clock that steps back keeps the order).
+pub(crate) fn clock_sequence(sequence: &AtomicU64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        });
+    let mut previous = sequence.load(Ordering::SeqCst);
+    loop {
+        let next = previous.saturating_add(1).max(now);
+        match sequence.compare_exchange_weak(previous, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next,
+            Err(actual) => previous = actual,
+        }
+    }
 }
 
 /// What went wrong with a journal.

@@ -83,7 +83,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 
 use super::{
     Claimed, Durability, IdempotencyId, Journal, JournalListener, JournalRecord, NewRecord,
-    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext,
+    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext, clock_sequence,
 };
 use crate::phase::Store;
 
@@ -928,24 +928,7 @@ impl Journal for PgJournal {
     }
 
     fn next_sequence(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-            });
-        let mut previous = self.sequence.load(Ordering::SeqCst);
-        loop {
-            let next = previous.saturating_add(1).max(now);
-            match self.sequence.compare_exchange_weak(
-                previous,
-                next,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return next,
-                Err(actual) => previous = actual,
-            }
-        }
+        clock_sequence(&self.sequence)
     }
 
     fn append(&self, record: &NewRecord) -> Result<(), OutboxError> {
