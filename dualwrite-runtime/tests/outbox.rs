@@ -293,8 +293,8 @@ impl Journal for Failing {
     fn prune(&self, before: SystemTime, limit: usize) -> Result<u64, OutboxError> {
         self.inner.prune(before, limit)
     }
-    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) {
-        self.inner.attach(stream, listener);
+    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) -> Result<(), OutboxError> {
+        self.inner.attach(stream, listener)
     }
     fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError> {
         self.inner.dead_letters()
@@ -343,4 +343,41 @@ fn a_write_that_cannot_be_journaled_is_kept_as_an_in_memory_dead_letter() {
     write(&core, Put { key: 3, value: 2 }, true);
     core.flush(WAIT).unwrap();
     assert_eq!(core.snapshot().secondary_writes_ok, 1);
+}
+
+/// Two adapters draining one stream of one journal would apply its records
+/// twice and out of order: the second is refused with a clear error while
+/// the first drains, and takes the stream once the first shut down.
+#[test]
+fn a_stream_is_drained_by_one_adapter_at_a_time() {
+    let journal = Arc::new(SqliteJournal::open(temp_path("taken"), Durability::None).unwrap());
+    let start = |core: &mut DualWriteCore<Put>, config: OutboxConfig| {
+        core.start_outbox(
+            journal.clone(),
+            config,
+            JournalCodec::of(),
+            |_: &LaneContext, _, _: &Put| Ok(()),
+        )
+    };
+    let mut first: DualWriteCore<Put> = DualWriteCore::new(Migration::new(Phase::DualWrite));
+    start(&mut first, config()).unwrap();
+    let mut second: DualWriteCore<Put> = DualWriteCore::new(Migration::new(Phase::DualWrite));
+    let error = start(&mut second, config()).unwrap_err();
+    assert_eq!(
+        error,
+        OutboxError::StreamTaken {
+            stream: "Put".to_owned()
+        }
+    );
+    assert!(error.to_string().contains("OutboxConfig::with_stream"));
+    // Another stream of the same journal is free.
+    start(&mut second, config().with_stream("other")).unwrap();
+    // Restarting an adapter's own outbox is not a second adapter.
+    start(&mut first, config()).unwrap();
+    assert!(first.shutdown(WAIT).complete);
+    let mut third: DualWriteCore<Put> = DualWriteCore::new(Migration::new(Phase::DualWrite));
+    start(&mut third, config()).unwrap();
+    write(&third, Put { key: 1, value: 1 }, true);
+    assert!(third.shutdown(WAIT).complete);
+    assert_eq!(journal.records("Put").unwrap()[0].state, RecordState::Done);
 }

@@ -1122,7 +1122,9 @@ fn a_lost_lease_fences_outcomes() {
         fn wake(&self) {}
     }
     let listener: Arc<dyn dualwrite_runtime::outbox::JournalListener> = Arc::new(Quiet);
-    journal.attach(STREAM, Arc::downgrade(&listener));
+    journal
+        .attach(STREAM, Arc::downgrade(&listener))
+        .expect("attach");
     assert_eq!(journal.held_partitions(STREAM), vec![0]);
     let claimed = journal.claim(STREAM, 0, 100).expect("claim");
     assert_eq!(claimed.records.len(), KEYS as usize);
@@ -1145,5 +1147,181 @@ fn a_lost_lease_fences_outcomes() {
         .collect();
     journal.record_outcomes(&outcomes).expect("no error");
     assert_eq!(journal.counts().expect("counts").pending, KEYS as u64);
+    drop(listener);
+}
+
+/// One batch of outcomes can hold several for one record (failed attempts
+/// and the final outcome after them, written together): the last one is
+/// what the journal keeps, or the record would stay pending under a claim
+/// nobody holds any more. Simulated: any interleaving of the appliers'
+/// reports, cut into batches of any size.
+#[test]
+fn the_last_outcome_of_a_record_in_a_batch_wins() {
+    use dualwrite_runtime::outbox::{Outcome, RecordState};
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let Some(url) = server("the_last_outcome_of_a_record_in_a_batch_wins") else {
+        return;
+    };
+    let schema = Schema::new(&url, "lastwins");
+    let journal = PgJournal::open_with(
+        &url,
+        journal_options(&schema.name, Durability::PerWrite).with_partitions(1),
+    )
+    .expect("journal");
+    struct Quiet;
+    impl dualwrite_runtime::outbox::JournalListener for Quiet {
+        fn requeuing(&self, _: IdempotencyId, _: Option<u64>) {}
+        fn requeue_failed(&self, _: IdempotencyId, _: Option<u64>) {}
+        fn wake(&self) {}
+    }
+    let listener: Arc<dyn dualwrite_runtime::outbox::JournalListener> = Arc::new(Quiet);
+    journal
+        .attach(STREAM, Arc::downgrade(&listener))
+        .expect("attach");
+    // Per record: how many outcomes (0 = none reported yet) and the final
+    // one's kind (0 retrying, 1 done, 2 dead); which record reports next;
+    // the batch size.
+    let per_record = proptest::collection::vec((0..4_u32, 0..3_u8), KEYS as usize);
+    let schedule = proptest::collection::vec(0..KEYS as usize, 0..64);
+    let strategy = (per_record, schedule, 1..80_usize);
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // The first case is the one seen in a full run: every record failed
+    // twice and then succeeded, the three outcomes in one batch.
+    let cases = std::iter::once((vec![(3, 1); KEYS as usize], Vec::new(), 64)).chain(
+        std::iter::repeat_with(|| strategy.new_tree(&mut runner).expect("case").current()).take(48),
+    );
+    for (case, (counts, schedule, batch)) in cases.enumerate() {
+        prefill(&journal, 1);
+        let claimed = journal.claim(STREAM, 0, 100).expect("claim");
+        assert_eq!(claimed.records.len(), KEYS as usize, "case {case}");
+        // Each record's outcomes, in its own order; the schedule interleaves
+        // them across records and the rest follow in record order.
+        let mut queues: Vec<Vec<Outcome>> = claimed
+            .records
+            .iter()
+            .zip(&counts)
+            .map(|(record, &(count, last))| {
+                (1..=count)
+                    .map(|attempts| {
+                        let error = "the secondary is down".to_owned();
+                        match (attempts == count, last) {
+                            (true, 1) => Outcome::Done {
+                                id: record.id,
+                                attempts,
+                            },
+                            (true, 2) => Outcome::Dead {
+                                id: record.id,
+                                attempts,
+                                error,
+                            },
+                            _ => Outcome::Retrying {
+                                id: record.id,
+                                attempts,
+                                error,
+                            },
+                        }
+                    })
+                    .rev()
+                    .collect()
+            })
+            .collect();
+        let expected: Vec<(RecordState, u32)> = counts
+            .iter()
+            .map(|&(count, last)| match (count, last) {
+                (0, _) | (_, 0) => (RecordState::Pending, count),
+                (_, 1) => (RecordState::Done, count),
+                _ => (RecordState::Dead, count),
+            })
+            .collect();
+        let mut reported = Vec::new();
+        for next in schedule
+            .into_iter()
+            .chain(0..KEYS as usize)
+            .chain(0..KEYS as usize)
+        {
+            reported.extend(queues[next].pop());
+        }
+        for record in &mut queues {
+            while let Some(outcome) = record.pop() {
+                reported.push(outcome);
+            }
+        }
+        for chunk in reported.chunks(batch) {
+            journal.record_outcomes(chunk).expect("outcomes");
+        }
+        let ids: HashSet<i64> = claimed.records.iter().map(|record| record.id).collect();
+        let stored: Vec<(RecordState, u32)> = journal
+            .records(STREAM)
+            .expect("records")
+            .into_iter()
+            .filter(|record| ids.contains(&record.id))
+            .map(|record| (record.state, record.attempts))
+            .collect();
+        assert_eq!(
+            stored, expected,
+            "case {case}: each record keeps its last outcome (batches of {batch})"
+        );
+    }
+    drop(listener);
+}
+
+/// A claim that committed on the server without its answer reaching the
+/// instance (the connection lost on the way back, a claim timed out after
+/// the server committed it) leaves records marked as claimed under a lease
+/// the instance still holds. They are claimed again once nothing of the
+/// stream is in flight, not stranded until the lease moves.
+#[test]
+fn records_of_a_lost_claim_answer_are_claimed_again() {
+    let Some(url) = server("records_of_a_lost_claim_answer_are_claimed_again") else {
+        return;
+    };
+    let schema = Schema::new(&url, "lostclaim");
+    let journal = PgJournal::open_with(
+        &url,
+        journal_options(&schema.name, Durability::PerWrite).with_partitions(1),
+    )
+    .expect("journal");
+    prefill(&journal, 1);
+    struct Quiet;
+    impl dualwrite_runtime::outbox::JournalListener for Quiet {
+        fn requeuing(&self, _: IdempotencyId, _: Option<u64>) {}
+        fn requeue_failed(&self, _: IdempotencyId, _: Option<u64>) {}
+        fn wake(&self) {}
+    }
+    let listener: Arc<dyn dualwrite_runtime::outbox::JournalListener> = Arc::new(Quiet);
+    journal
+        .attach(STREAM, Arc::downgrade(&listener))
+        .expect("attach");
+    assert_eq!(journal.held_partitions(STREAM), vec![0]);
+    // The claim's effect, without the answer.
+    execute(
+        &schema.client,
+        &schema.admin,
+        format!(
+            "UPDATE {s}.dualwrite_outbox SET claimed_by = '{owner}', \
+             claim_epoch = (SELECT epoch FROM {s}.dualwrite_outbox_leases WHERE part = 0)",
+            s = schema.name,
+            owner = journal.owner()
+        ),
+    );
+    let claimed = journal.claim(STREAM, 0, 100).expect("claim");
+    assert_eq!(claimed.records.len(), KEYS as usize);
+    // While they are in flight, they are not handed out twice.
+    prefill(&journal, 1);
+    let more = journal.claim(STREAM, 0, 100).expect("claim");
+    assert_eq!(more.records.len(), KEYS as usize);
+    assert!(
+        more.records
+            .iter()
+            .all(|record| claimed.records.iter().all(|first| first.id < record.id)),
+        "only the new records"
+    );
     drop(listener);
 }

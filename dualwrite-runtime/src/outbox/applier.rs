@@ -82,6 +82,9 @@ pub(crate) struct OutboxShared {
     pub(super) exit: AtomicBool,
     /// The coordinator writes the last outcomes and stops.
     pub(super) coordinator_exit: AtomicBool,
+    /// Set once the coordinator and the appliers stopped: the stream is
+    /// free for another adapter.
+    pub(super) stopped: AtomicBool,
     /// Records handed to appliers and not finished.
     in_flight: AtomicUsize,
     /// Records were journaled (or replayed) since the coordinator looked.
@@ -217,6 +220,10 @@ impl JournalListener for OutboxShared {
     fn wake(&self) {
         self.wake_coordinator();
     }
+
+    fn draining(&self) -> bool {
+        !self.stopped.load(Ordering::SeqCst)
+    }
 }
 
 /// The running outbox of an adapter over commands `C`.
@@ -282,6 +289,7 @@ impl<C: Send + 'static> OutboxRuntime<C> {
             wake_tx,
             exit: AtomicBool::new(false),
             coordinator_exit: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             dirty: AtomicBool::new(true),
             parked: AtomicBool::new(false),
@@ -290,7 +298,7 @@ impl<C: Send + 'static> OutboxRuntime<C> {
         });
         let listener: Weak<dyn JournalListener> =
             Arc::downgrade(&(Arc::clone(&shared) as Arc<dyn JournalListener>));
-        shared.journal.attach(&shared.stream, listener);
+        shared.journal.attach(&shared.stream, listener)?;
         let runtime = OutboxRuntime {
             shared,
             core,
@@ -594,6 +602,9 @@ impl<C> OutboxRuntime<C> {
         stopped &= join_until(&mut threads, deadline);
         if let Some(thread) = threads.pop() {
             *coordinator = Some(thread);
+        }
+        if stopped {
+            self.shared.stopped.store(true, Ordering::SeqCst);
         }
         stopped
     }

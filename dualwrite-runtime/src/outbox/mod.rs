@@ -61,6 +61,7 @@ mod relay;
 #[cfg(feature = "outbox-sqlite")]
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -328,6 +329,11 @@ pub trait JournalListener: Send + Sync {
     fn requeue_failed(&self, id: IdempotencyId, key_hash: Option<u64>);
     /// New pending records may be in the journal.
     fn wake(&self);
+    /// Whether the adapter still claims records (false once its outbox
+    /// threads stopped, so another adapter may take the stream).
+    fn draining(&self) -> bool {
+        true
+    }
 }
 
 /// Where outbox records are kept: the backend-neutral operations the
@@ -360,13 +366,17 @@ pub trait Journal: Send + Sync + fmt::Debug {
     fn append_many(&self, records: &[NewRecord]) -> Result<(), OutboxError> {
         records.iter().try_for_each(|record| self.append(record))
     }
-    /// Records what appliers did, in one transaction.
+    /// Records what appliers did, in one transaction. `outcomes` are in the
+    /// order they were reported, and one record can have several (failed
+    /// attempts, then the final one): the last one of each record is what
+    /// the journal keeps.
     fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), OutboxError>;
     /// Deletes up to `limit` done records last changed at or before `before`;
     /// how many it deleted.
     fn prune(&self, before: SystemTime, limit: usize) -> Result<u64, OutboxError>;
-    /// Registers the adapter running appliers for `stream`.
-    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>);
+    /// Registers the adapter running appliers for `stream`; fails with
+    /// [`OutboxError::StreamTaken`] while another live adapter drains it.
+    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) -> Result<(), OutboxError>;
     /// Every dead letter (records in state dead), oldest first.
     fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError>;
     /// Makes a dead letter pending again, at the end of the journal (a new
@@ -531,6 +541,12 @@ pub enum OutboxError {
         /// What is wrong.
         detail: String,
     },
+    /// Another adapter of this process already drains the stream from this
+    /// journal; two would apply its records twice and out of order.
+    StreamTaken {
+        /// The stream.
+        stream: String,
+    },
 }
 
 impl fmt::Display for OutboxError {
@@ -570,11 +586,35 @@ impl fmt::Display for OutboxError {
             OutboxError::BadRecord { id, detail } => {
                 write!(f, "journal record {id} cannot be read: {detail}")
             }
+            OutboxError::StreamTaken { stream } => write!(
+                f,
+                "another adapter already drains the outbox stream \"{stream}\" from this journal: give each adapter its own stream (OutboxConfig::with_stream), or shut the other one down first (Migration adapters: shutdown)"
+            ),
         }
     }
 }
 
 impl std::error::Error for OutboxError {}
+
+/// Registers `listener` for `stream` in a journal handle's table, unless a
+/// live one is there already.
+pub(crate) fn attach_listener(
+    listeners: &mut HashMap<String, Weak<dyn JournalListener>>,
+    stream: &str,
+    listener: Weak<dyn JournalListener>,
+) -> Result<(), OutboxError> {
+    if listeners
+        .get(stream)
+        .and_then(Weak::upgrade)
+        .is_some_and(|attached| attached.draining())
+    {
+        return Err(OutboxError::StreamTaken {
+            stream: stream.to_owned(),
+        });
+    }
+    listeners.insert(stream.to_owned(), listener);
+    Ok(())
+}
 
 /// How the outbox's appliers run; see the module docs.
 #[derive(Debug, Clone, PartialEq)]

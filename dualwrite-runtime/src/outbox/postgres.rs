@@ -40,7 +40,12 @@
 //! while the instance still holds that lease with that epoch. An instance
 //! that lost a lease (paused past its expiry, cut off from the database)
 //! writes nothing for it: its records stay pending and the new owner
-//! applies them again. Delivery is at least once, across instances as
+//! applies them again. A claim is not made twice under one lease epoch,
+//! except when nothing of the stream is in flight in the instance: then
+//! every pending record under its leases is claimed again, so a record
+//! whose claim never reached the instance (an answer lost with its
+//! connection, a claim timed out after the server committed it) is not
+//! stranded. Delivery is at least once, across instances as
 //! within one: give the secondary [`mark_applied`] or a version guard
 //! ([`WriteContext::version`]).
 //!
@@ -342,7 +347,7 @@ impl Sql {
                  AND NOT (part = ANY($4::int[])) FOR UPDATE \
              ), picked AS ( \
                SELECT j.id, h.epoch FROM {qualified} j JOIN held h ON j.part = h.part \
-               WHERE j.stream = $1 AND j.state = 0 AND j.claim_epoch IS DISTINCT FROM h.epoch \
+               WHERE j.stream = $1 AND j.state = 0 AND (j.claim_epoch IS DISTINCT FROM h.epoch OR $5) \
                ORDER BY j.id LIMIT $3 FOR UPDATE OF j SKIP LOCKED \
              ) \
              UPDATE {qualified} j SET claimed_by = $2, claim_epoch = picked.epoch \
@@ -993,18 +998,26 @@ impl Journal for PgJournal {
         let stream = stream.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |inner| async move {
-            let releasing: Vec<i32> = inner
-                .leases()
-                .releasing
-                .iter()
-                .filter(|(s, _)| *s == stream)
-                .map(|(_, part)| *part)
-                .collect();
+            // Claims are made one at a time (by the stream's coordinator),
+            // so with nothing of the stream outstanding, a pending record
+            // claimed under a lease still held is one whose claim was lost.
+            let (releasing, idle) = {
+                let leases = inner.leases();
+                let releasing: Vec<i32> = leases
+                    .releasing
+                    .iter()
+                    .filter(|(s, _)| *s == stream)
+                    .map(|(_, part)| *part)
+                    .collect();
+                let idle = !leases.outstanding.values().any(|o| o.stream == stream);
+                (releasing, idle)
+            };
             let rows = sqlx::query(AssertSqlSafe(inner.sql.claim.as_str()))
                 .bind(&stream)
                 .bind(&inner.owner)
                 .bind(limit)
                 .bind(&releasing)
+                .bind(idle)
                 .fetch_all(&inner.pool)
                 .await
                 .map_err(storage(DURING))?;
@@ -1051,11 +1064,22 @@ impl Journal for PgJournal {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(outcomes.len());
-        let mut states = Vec::with_capacity(outcomes.len());
-        let mut attempts = Vec::with_capacity(outcomes.len());
-        let mut errors: Vec<Option<String>> = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
+        // One UPDATE joins every outcome to its row, and PostgreSQL updates
+        // a row once with an unspecified one of several matches: only the
+        // last outcome of each record is sent (a failed attempt and the
+        // success after it can share a batch).
+        let mut seen = HashSet::with_capacity(outcomes.len());
+        let mut last: Vec<&Outcome> = outcomes
+            .iter()
+            .rev()
+            .filter(|outcome| seen.insert(outcome_id(outcome)))
+            .collect();
+        last.reverse();
+        let mut ids = Vec::with_capacity(last.len());
+        let mut states = Vec::with_capacity(last.len());
+        let mut attempts = Vec::with_capacity(last.len());
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(last.len());
+        for outcome in last {
             let (id, state, tries, error) = match outcome {
                 Outcome::Done { id, attempts } => (*id, 1_i16, *attempts, None),
                 Outcome::Retrying {
@@ -1136,15 +1160,16 @@ impl Journal for PgJournal {
         })
     }
 
-    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) {
+    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) -> Result<(), OutboxError> {
         if let Some(inner) = self.inner() {
-            inner.leases().streams.insert(stream.to_owned(), listener);
+            super::attach_listener(&mut inner.leases().streams, stream, listener)?;
         }
         // Leases for the stream at once, not at the next tick.
         let _ = self.run(|inner| async move {
             maintain_leases(&inner).await;
             Ok(())
         });
+        Ok(())
     }
 
     fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError> {
@@ -1204,6 +1229,12 @@ fn bind_record<'q>(
         .bind(record.method.clone())
         .bind(target_name(record.target))
         .bind(record.payload.clone())
+}
+
+fn outcome_id(outcome: &Outcome) -> i64 {
+    match outcome {
+        Outcome::Done { id, .. } | Outcome::Retrying { id, .. } | Outcome::Dead { id, .. } => *id,
+    }
 }
 
 fn target_name(target: Store) -> &'static str {

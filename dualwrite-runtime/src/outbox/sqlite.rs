@@ -783,11 +783,15 @@ impl Journal for SqliteJournal {
         Ok(deleted as u64)
     }
 
-    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(stream.to_owned(), listener);
+    fn attach(&self, stream: &str, listener: Weak<dyn JournalListener>) -> Result<(), OutboxError> {
+        super::attach_listener(
+            &mut self
+                .listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            stream,
+            listener,
+        )
     }
 
     fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError> {
@@ -1646,7 +1650,7 @@ mod tests {
         let events = Arc::new(Events::default());
         let listener: Weak<dyn JournalListener> =
             Arc::downgrade(&(Arc::clone(&events) as Arc<dyn JournalListener>));
-        journal.attach("s", listener);
+        journal.attach("s", listener).unwrap();
         let kept = record(&journal, 1, "{\"a\":1}");
         journal.append(&kept).unwrap();
         journal.append(&record(&journal, 2, "{}")).unwrap();
