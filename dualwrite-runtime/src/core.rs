@@ -557,17 +557,24 @@ impl<C> DualWriteCore<C> {
     }
 
     /// Under the CDC strategy, has the follower journal what its source
-    /// holds up to now (see [`DualWriteCore::flush`]).
+    /// holds up to now; over a shared journal, waits for the records
+    /// pending in it before now (see [`DualWriteCore::flush`]). What a
+    /// fence runs too.
     fn catch_up_follower(&self, deadline: Instant) -> Result<(), FlushError> {
-        let Some(cdc) = &self.cdc else {
+        let Some(catch_up) = self.stripes.catch_up_hook() else {
             return Ok(());
         };
-        cdc.catch_up(deadline).map_err(|error| {
-            tracing::warn!(%error, source = cdc.source(), "flush: the change-data-capture follower did not catch up");
-            FlushError::TimedOut {
+        let caught_up = match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| catch_up(deadline)),
+            _ => catch_up(deadline),
+        };
+        if caught_up {
+            Ok(())
+        } else {
+            Err(FlushError::TimedOut {
                 pending: self.stripes.total_pending().max(1),
-            }
-        })
+            })
+        }
     }
 
     /// Drains the lanes and stops them: new writes are held while every
@@ -748,9 +755,9 @@ impl<C> DualWriteCore<C> {
     /// record, then stops its threads, if it runs: a strategy switch keeps
     /// the order of writes per key.
     fn stop_outbox(&mut self) {
+        self.stripes.set_catch_up(None);
         if let Some(cdc) = self.cdc.take() {
             // What the follower has not journaled stays in the source.
-            self.stripes.set_catch_up(None);
             cdc.stop(far_future());
         }
         if let Some(outbox) = self.outbox.take() {
@@ -912,6 +919,7 @@ impl<C: Send + 'static> DualWriteCore<C> {
         self.stop_outbox();
         let runtime =
             OutboxRuntime::start(journal, config, codec, Arc::clone(&self.shared), apply)?;
+        self.stripes.set_catch_up(runtime.barrier_hook());
         self.strategy = WriteStrategy::Outbox(runtime.config().clone());
         self.outbox = Some(runtime);
         Ok(())
@@ -947,7 +955,13 @@ impl<C: Send + 'static> DualWriteCore<C> {
         let runtime =
             OutboxRuntime::start(journal, config, codec, Arc::clone(&self.shared), apply)?;
         follower.run(runtime.shared());
-        let catch_up = follower.catch_up_hook();
+        // The follower journals what the source holds, then the journal
+        // waits for what was pending before.
+        let follower_hook = follower.catch_up_hook();
+        let catch_up: crate::stripes::CatchUp = match runtime.barrier_hook() {
+            Some(barrier) => Arc::new(move |deadline| follower_hook(deadline) && barrier(deadline)),
+            None => follower_hook,
+        };
         self.stripes.set_catch_up(Some(catch_up));
         self.strategy = WriteStrategy::Cdc(runtime.config().clone());
         self.outbox = Some(runtime);
@@ -981,6 +995,7 @@ impl<C: Send + 'static> DualWriteCore<C> {
             apply,
             Some(relay),
         )?;
+        self.stripes.set_catch_up(runtime.barrier_hook());
         self.strategy = WriteStrategy::Outbox(runtime.config().clone());
         self.outbox = Some(runtime);
         Ok(())

@@ -1325,3 +1325,52 @@ fn records_of_a_lost_claim_answer_are_claimed_again() {
     );
     drop(listener);
 }
+
+/// Records an earlier run left pending are not counted by the adapter that
+/// resumes them (another instance may drain them), yet a flush and a phase
+/// change wait for them: once either returns, nothing journaled before it
+/// is still to be applied (a stale record applied after a cutover would
+/// overwrite newer data).
+#[test]
+fn a_flush_and_a_phase_change_wait_for_an_earlier_runs_records() {
+    let Some(url) = server("a_flush_and_a_phase_change_wait_for_an_earlier_runs_records") else {
+        return;
+    };
+    let schema = Schema::new(&url, "earlier");
+    let journal = Arc::new(
+        PgJournal::open_with(&url, journal_options(&schema.name, Durability::Grouped))
+            .expect("journal"),
+    );
+    // The earlier run: journaled, never applied.
+    let left = prefill(&journal, 3) as u64;
+    assert_eq!(journal.counts().expect("counts").pending, left);
+    let dir = temp_dir("pg-earlier");
+    let new = PgStore::open(&url, &schema.name);
+    new.delay_micros.store(10_000, Ordering::SeqCst);
+    let migration = Migration::new(Phase::DualWrite);
+    let adapter = LedgerDualWrite::new(SqlStore::open(&dir.join("old.db")), new, migration.clone())
+        .with_outbox(journal.clone(), outbox_config())
+        .expect("outbox");
+    adapter.flush(Duration::from_secs(60)).expect("flush");
+    assert_eq!(
+        journal.counts().expect("counts").pending,
+        0,
+        "the flush returned with the earlier run's records pending"
+    );
+    let last: BTreeMap<i64, i64> = (0..KEYS).map(|key| (key, 3)).collect();
+    assert_eq!(adapter.new_store().rows(), last);
+    // And a phase change that moves where writes go.
+    migration
+        .set_phase(Phase::ShadowRead)
+        .expect("no fence needed");
+    prefill(&journal, 2);
+    migration.set_phase(Phase::Cutover).expect("fenced");
+    assert_eq!(
+        journal.counts().expect("counts").pending,
+        0,
+        "the phase changed with the earlier run's records pending"
+    );
+    let last: BTreeMap<i64, i64> = (0..KEYS).map(|key| (key, 2)).collect();
+    assert_eq!(adapter.new_store().rows(), last);
+    assert!(adapter.shutdown(Duration::from_secs(30)).complete);
+}

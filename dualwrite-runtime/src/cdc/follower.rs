@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! follower thread                         fence / flush (another thread)
-//! open the source -> report to with_cdc   catch_up(deadline):
+//! open the source -> report to with_cdc   catch_up_hook:
 //! loop:                                     request -> wait for the answer
 //!   a catch-up request? read until the      (until the deadline)
 //!     source's head then is confirmed;
@@ -180,12 +180,6 @@ impl CdcFollower {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    /// Has the follower read the source up to its head as of now and
-    /// journal what it read (counted pending), waiting until `deadline`.
-    pub(crate) fn catch_up(&self, deadline: Instant) -> Result<(), CdcError> {
-        catch_up_with(&self.requests, deadline)
     }
 
     /// Stops the follower thread (a round under way is finished first),

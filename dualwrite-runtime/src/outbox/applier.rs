@@ -452,6 +452,25 @@ impl<C> OutboxRuntime<C> {
         &self.shared.stream
     }
 
+    /// Over a journal shared by instances: what a flush or a fence runs to
+    /// wait for the records pending in the journal before it, which this
+    /// adapter does not count (an earlier run's, another instance's).
+    pub(crate) fn barrier_hook(&self) -> Option<crate::stripes::CatchUp> {
+        if !self.shared.journal.is_shared() {
+            return None;
+        }
+        let shared = Arc::clone(&self.shared);
+        Some(Arc::new(move |deadline| {
+            match shared.journal.barrier(&shared.stream, deadline) {
+                Ok(done) => done,
+                Err(error) => {
+                    tracing::warn!(stream = shared.stream, %error, "outbox: cannot tell whether the records journaled before a flush or phase change were applied");
+                    false
+                }
+            }
+        }))
+    }
+
     /// The state the appliers share (for the change-data-capture follower).
     pub(crate) fn shared(&self) -> Arc<OutboxShared> {
         Arc::clone(&self.shared)

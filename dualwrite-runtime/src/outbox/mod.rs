@@ -404,6 +404,18 @@ pub trait Journal: Send + Sync + fmt::Debug {
         let _ = (stream, ids);
         Ok(Vec::new())
     }
+    /// Waits until no record of `stream` journaled before the call is
+    /// pending any more, whichever process journaled it and whichever
+    /// drains it (records left by an earlier run included); whether that
+    /// happened by `deadline`. A flush and a phase change of an adapter over
+    /// a shared journal wait for it, so no record from before them is
+    /// applied after them. Journals whose pending records the adapter counts
+    /// itself ([`Journal::pending_keys`]) have nothing more to wait for: the
+    /// default.
+    fn barrier(&self, stream: &str, deadline: std::time::Instant) -> Result<bool, OutboxError> {
+        let _ = (stream, deadline);
+        Ok(true)
+    }
 
     /// Like [`Journal::claim`], for a relay to a message broker: pending
     /// records not yet marked relayed ([`Journal::mark_relayed`]). The

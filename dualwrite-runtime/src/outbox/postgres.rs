@@ -1188,6 +1188,58 @@ impl Journal for PgJournal {
         true
     }
 
+    fn barrier(&self, stream: &str, deadline: std::time::Instant) -> Result<bool, OutboxError> {
+        const DURING: &str = "waiting for the records journaled before a flush";
+        let stream = stream.to_owned();
+        // The journal's own timeout bounds one query, the deadline the wait.
+        let timeout = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_add(self.timeout);
+        let Some((inner, runtime)) = &self.client else {
+            return Err(OutboxError::Storage {
+                during: DURING,
+                error: "the journal is closed".to_owned(),
+            });
+        };
+        let inner = Arc::clone(inner);
+        run_on(runtime, timeout, async move {
+            let high = format!(
+                "SELECT max(id) FROM {} WHERE stream = $1 AND state = 0",
+                inner.sql.qualified
+            );
+            let Some(high): Option<i64> = sqlx::query_scalar(AssertSqlSafe(high))
+                .bind(&stream)
+                .fetch_one(&inner.pool)
+                .await
+                .map_err(storage(DURING))?
+            else {
+                return Ok(true);
+            };
+            let left = format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE stream = $1 AND state = 0 AND id <= $2)",
+                inner.sql.qualified
+            );
+            let mut nap = Duration::from_millis(1);
+            loop {
+                let pending: bool = sqlx::query_scalar(AssertSqlSafe(left.as_str()))
+                    .bind(&stream)
+                    .bind(high)
+                    .fetch_one(&inner.pool)
+                    .await
+                    .map_err(storage(DURING))?;
+                if !pending {
+                    return Ok(true);
+                }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(nap.min(deadline - now)).await;
+                nap = (nap * 2).min(Duration::from_millis(20));
+            }
+        })
+    }
+
     fn settled(
         &self,
         _stream: &str,
