@@ -605,6 +605,7 @@ impl<C> DualWriteCore<C> {
                 // Changes not journaled stay in the source for the next
                 // follower.
                 complete &= cdc.stop(deadline);
+                self.stripes.set_following(false);
             }
             complete = outbox.stop(deadline) && drained && complete;
             still_pending = self.stripes.total_pending();
@@ -756,6 +757,7 @@ impl<C> DualWriteCore<C> {
     /// the order of writes per key.
     fn stop_outbox(&mut self) {
         self.stripes.set_catch_up(None);
+        self.stripes.set_following(false);
         if let Some(cdc) = self.cdc.take() {
             // What the follower has not journaled stays in the source.
             cdc.stop(far_future());
@@ -963,6 +965,7 @@ impl<C: Send + 'static> DualWriteCore<C> {
             None => follower_hook,
         };
         self.stripes.set_catch_up(Some(catch_up));
+        self.stripes.set_following(true);
         self.strategy = WriteStrategy::Cdc(runtime.config().clone());
         self.outbox = Some(runtime);
         self.cdc = Some(follower);
@@ -1051,6 +1054,7 @@ impl<C> DualWriteCore<C> {
     fn submit_job(&self, job: Job<C>) {
         let _stripe = self.shared.stripes.lock(job.stripe);
         if self.left_to_follower(job.target) {
+            self.shared.stripes.left_to_follower(job.stripe);
             return;
         }
         if let Some(outbox) = &self.outbox {

@@ -13,7 +13,9 @@
 //! flight or pending in the lanes from before the primary read until after
 //! the shadow read ([`DualWriteCore::shadow_begin`],
 //! [`ShadowContext::comparable`]): otherwise the stores cannot agree yet and
-//! the read counts in `reads_skipped_pending`.
+//! the read counts in `reads_skipped_pending`. Under change data capture a
+//! write counts from its primary call until the follower has journaled it
+//! too (`KeyStripes::followed`).
 //!
 //! Every read starts at [`DualWriteCore::begin_read`] (or
 //! [`DualWriteCore::begin_async_read`]), which routes it and opens its
@@ -224,8 +226,13 @@ pub(crate) fn comparable(
     window: ShadowWindow,
     method: Option<&'static str>,
 ) -> bool {
+    // Under change data capture, a write done on the primary reaches the
+    // stripe's pending count only once the follower journals it: until
+    // then the stores cannot agree either. Looked at before the stripe, so
+    // a write journaled by then shows in `after`.
+    let followed = stripes.followed(window.stripe);
     let after = stripes.observe_window(window.stripe);
-    let quiet = window.before.quiet() && after == window.before;
+    let quiet = followed && window.before.quiet() && after == window.before;
     if !quiet {
         stats.record_read_skipped_pending();
         if let Some(method) = method {

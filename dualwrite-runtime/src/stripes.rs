@@ -24,7 +24,7 @@
 //! [`tokio::sync::Notify`] (async callers), which works on any executor.
 
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -51,6 +51,10 @@ struct Stripe {
     /// and store: no atomic read-modify-write, no line shared with other
     /// keys' callers.
     writes: [AtomicU64; 8],
+    /// When the stripe's last write left to the change-data-capture
+    /// follower was done on the primary (see [`KeyStripes::clock`]); 0:
+    /// none.
+    unfollowed: AtomicU64,
 }
 
 /// What a reader saw of a stripe; see [`KeyStripes::observe`].
@@ -84,6 +88,15 @@ pub(crate) struct KeyStripes {
     /// pending writes: the change-data-capture follower journals what the
     /// source holds up to now (counted pending). `false`: it could not.
     catch_up: Mutex<Option<CatchUp>>,
+    /// Under change data capture: the follower has journaled every change
+    /// committed on the source before this time ([`KeyStripes::clock`]).
+    followed_until: AtomicU64,
+    /// The latest `Stripe::unfollowed` of any stripe (for keyless reads).
+    unfollowed_any: AtomicU64,
+    /// Whether a change-data-capture follower carries writes now.
+    following: AtomicBool,
+    /// The origin of [`KeyStripes::clock`].
+    base: Instant,
 }
 
 /// See `KeyStripes::catch_up`.
@@ -109,7 +122,56 @@ impl KeyStripes {
             released: Condvar::new(),
             released_async: Notify::new(),
             catch_up: Mutex::new(None),
+            followed_until: AtomicU64::new(0),
+            unfollowed_any: AtomicU64::new(0),
+            following: AtomicBool::new(false),
+            base: Instant::now(),
         }
+    }
+
+    /// Nanoseconds since the stripes were made, plus one (0 means never).
+    fn clock(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// A change-data-capture follower carries the writes from now on
+    /// (`true`), or no longer (`false`: what it did not journal stays in
+    /// its source, and shadow reads stop waiting for it).
+    pub(crate) fn set_following(&self, following: bool) {
+        self.following.store(following, Ordering::SeqCst);
+    }
+
+    /// A write of the stripe succeeded on the primary and its copy is left
+    /// to the change-data-capture follower. Called with the stripe held.
+    pub(crate) fn left_to_follower(&self, index: usize) {
+        let now = self.clock(Instant::now());
+        self.stripes[index].unfollowed.store(now, Ordering::SeqCst);
+        self.unfollowed_any.fetch_max(now, Ordering::SeqCst);
+    }
+
+    /// The follower has journaled (counted pending) every change committed
+    /// on its source before `as_of`.
+    pub(crate) fn followed_until(&self, as_of: Instant) {
+        self.followed_until
+            .fetch_max(self.clock(as_of), Ordering::SeqCst);
+    }
+
+    /// Whether every write of the stripe ([`KeyStripes::ALL`]: of any
+    /// stripe) left to the follower is journaled by now (counted pending or
+    /// already applied); true when no follower runs.
+    pub(crate) fn followed(&self, stripe: usize) -> bool {
+        if !self.following.load(Ordering::SeqCst) {
+            return true;
+        }
+        let until = self.followed_until.load(Ordering::SeqCst);
+        let last = if stripe == Self::ALL {
+            self.unfollowed_any.load(Ordering::SeqCst)
+        } else {
+            self.stripes[stripe].unfollowed.load(Ordering::SeqCst)
+        };
+        last < until || last == 0
     }
 
     /// The stripe of a key with this route hash; keyless calls share one.
@@ -632,5 +694,32 @@ mod tests {
             waiter.join().unwrap();
             drop(stripes.lock_async(5).await);
         });
+    }
+
+    #[test]
+    fn a_write_left_to_the_follower_counts_until_it_is_followed() {
+        let stripes = KeyStripes::new();
+        // No follower: nothing to wait for.
+        stripes.left_to_follower(3);
+        assert!(stripes.followed(3));
+        stripes.set_following(true);
+        assert!(!stripes.followed(3));
+        assert!(!stripes.followed(KeyStripes::ALL));
+        assert!(stripes.followed(4), "another stripe");
+        let before = Instant::now();
+        stripes.left_to_follower(5);
+        // A round that started before the write does not cover it.
+        stripes.followed_until(before);
+        assert!(stripes.followed(3));
+        assert!(!stripes.followed(5));
+        stripes.followed_until(Instant::now());
+        assert!(stripes.followed(5));
+        assert!(stripes.followed(KeyStripes::ALL));
+        // An older round seen late does not move the mark back.
+        stripes.followed_until(before);
+        assert!(stripes.followed(5));
+        stripes.left_to_follower(5);
+        stripes.set_following(false);
+        assert!(stripes.followed(5), "a stopped follower is not waited for");
     }
 }

@@ -494,6 +494,7 @@ impl<'a, C> WriteTicket<'a, C> {
         };
         if self.core.left_to_follower(target) {
             // Change data capture carries the primary's change.
+            self.core.stripes().left_to_follower(self.stripe.index());
             return;
         }
         if let Some(outbox) = self.core.outbox() {

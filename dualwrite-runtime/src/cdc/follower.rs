@@ -338,10 +338,14 @@ impl<C: WriteCommand> Runner<C> {
 
     /// Reads until the source's current head is confirmed.
     fn catch_up(&mut self) -> Result<(), CdcError> {
+        let asked = Instant::now();
         let head = self.source.head()?;
         loop {
             let round = self.round()?;
             if round.through >= head {
+                if let Some(outbox) = &self.outbox {
+                    outbox.stripes().followed_until(asked);
+                }
                 return Ok(());
             }
             if self.exit.load(Ordering::SeqCst) {
@@ -356,6 +360,7 @@ impl<C: WriteCommand> Runner<C> {
             return Err(CdcError::Stopped);
         };
         let limit = self.config.batch.max(1);
+        let started = Instant::now();
         let batch = self.source.read(limit)?;
         let read = batch.changes.len();
         let mut records = Vec::with_capacity(read);
@@ -389,9 +394,16 @@ impl<C: WriteCommand> Runner<C> {
             status.last_error = None;
         }
         self.reported = None;
+        let full = read >= limit;
+        if !full {
+            // A batch short of the limit reached the source's end as of the
+            // read: every change committed before it is journaled now (for
+            // shadow reads, `KeyStripes::followed`).
+            outbox.stripes().followed_until(started);
+        }
         Ok(Round {
             through: batch.through,
-            full: read >= limit,
+            full,
         })
     }
 

@@ -184,6 +184,11 @@ impl OutboxShared {
         &self.stream
     }
 
+    /// The adapter's stripes.
+    pub(crate) fn stripes(&self) -> &KeyStripes {
+        &self.stripes
+    }
+
     /// Journals records made outside the write path (change data capture)
     /// in one transaction, counted pending first so a fence waits for
     /// them; wakes the coordinator.
