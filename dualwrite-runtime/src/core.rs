@@ -606,6 +606,7 @@ impl<C> DualWriteCore<C> {
                 // follower.
                 complete &= cdc.stop(deadline);
                 self.stripes.set_following(false);
+                self.shared.cdc.store(None);
             }
             complete = outbox.stop(deadline) && drained && complete;
             still_pending = self.stripes.total_pending();
@@ -758,6 +759,7 @@ impl<C> DualWriteCore<C> {
     fn stop_outbox(&mut self) {
         self.stripes.set_catch_up(None);
         self.stripes.set_following(false);
+        self.shared.cdc.store(None);
         if let Some(cdc) = self.cdc.take() {
             // What the follower has not journaled stays in the source.
             cdc.stop(far_future());
@@ -966,6 +968,7 @@ impl<C: Send + 'static> DualWriteCore<C> {
         };
         self.stripes.set_catch_up(Some(catch_up));
         self.stripes.set_following(true);
+        self.shared.cdc.store(Some(follower.status_handle()));
         self.strategy = WriteStrategy::Cdc(runtime.config().clone());
         self.outbox = Some(runtime);
         self.cdc = Some(follower);

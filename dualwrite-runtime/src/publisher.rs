@@ -58,6 +58,9 @@
 //! | `dualwrite_reconcile_gap` | gauge | | unresolved differences of the last reconciliation (the cutover gate wants 0) |
 //! | `dualwrite_reconcile_differences` | gauge | `kind` | the last run's `missing_in_new`, `extra_in_new`, `different`, `repaired`, `settled` |
 //! | `dualwrite_reconcile_runs_total` | counter | | reconciliation runs recorded |
+//! | `dualwrite_cdc_changes_total` | counter | `outcome` | under change data capture, changes the follower read from its source: `read` (all), `journaled`, `skipped` (the mapping returned none, or the new store is primary), `rejected` (journaled as dead letters), `duplicate` (read again after a restart) |
+//! | `dualwrite_cdc_lag_seconds` | gauge | | how far the follower trails: the time since the moment before which it has journaled every change of its source |
+//! | `dualwrite_cdc_failing` | gauge | | 1 while the follower's last read or journal write failed, else 0 |
 //!
 //! Success counts are per store and role, not per method: a per-method
 //! count of every write would put a shared counter on every call. Failures,
@@ -161,6 +164,12 @@ pub mod names {
     pub const RECONCILE_DIFFERENCES: &str = "dualwrite_reconcile_differences";
     /// Reconciliation runs recorded.
     pub const RECONCILE_RUNS: &str = "dualwrite_reconcile_runs_total";
+    /// Changes the change-data-capture follower read, by outcome.
+    pub const CDC_CHANGES: &str = "dualwrite_cdc_changes_total";
+    /// How far the change-data-capture follower trails its source.
+    pub const CDC_LAG: &str = "dualwrite_cdc_lag_seconds";
+    /// Whether the change-data-capture follower is failing.
+    pub const CDC_FAILING: &str = "dualwrite_cdc_failing";
 }
 
 /// The most lag samples kept per lane; beyond it the newest replaces the
@@ -190,6 +199,16 @@ struct State {
     durations: HashMap<(Phase, &'static str), Histogram>,
     lanes: Vec<LaneState>,
     samples: Vec<Sample>,
+    /// Made when a change-data-capture follower first shows up.
+    cdc: Option<CdcHandles>,
+}
+
+/// The follower's counters and gauges.
+struct CdcHandles {
+    /// read, journaled, skipped, rejected, duplicate.
+    changes: [Counter; 5],
+    lag: Gauge,
+    failing: Gauge,
 }
 
 /// The gauges every adapter has.
@@ -318,6 +337,7 @@ impl MetricsPublisher {
 
         self.publish_lanes(state);
         self.publish_latency(state, current);
+        self.publish_cdc(state);
         let backfills = self
             .backfills
             .lock()
@@ -325,6 +345,46 @@ impl MetricsPublisher {
         for backfill in backfills.iter() {
             record_backfill(&backfill.labels, &backfill.progress.snapshot());
         }
+    }
+
+    /// The change-data-capture follower's counts and lag, while one runs.
+    fn publish_cdc(&self, state: &mut State) {
+        let Some((status, lag)) = self.source.cdc(Instant::now()) else {
+            if let Some(cdc) = &state.cdc {
+                cdc.lag.set(0.0);
+                cdc.failing.set(0.0);
+            }
+            return;
+        };
+        let labels = &self.labels;
+        let cdc = state.cdc.get_or_insert_with(|| {
+            let with = |outcome: &'static str| {
+                let mut all = labels.clone();
+                all.push(Label::new("outcome", outcome));
+                metrics::counter!(names::CDC_CHANGES, all)
+            };
+            CdcHandles {
+                changes: ["read", "journaled", "skipped", "rejected", "duplicate"].map(with),
+                lag: metrics::gauge!(names::CDC_LAG, labels.clone()),
+                failing: metrics::gauge!(names::CDC_FAILING, labels.clone()),
+            }
+        });
+        let counts = [
+            status.changes_read,
+            status.journaled,
+            status.skipped,
+            status.rejected,
+            status.duplicates,
+        ];
+        for (counter, count) in cdc.changes.iter().zip(counts) {
+            counter.absolute(count);
+        }
+        cdc.lag.set(lag.as_secs_f64());
+        cdc.failing.set(if status.last_error.is_some() {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// Queue depth per lane and the lag of the oldest queued write.
@@ -539,6 +599,7 @@ impl State {
             durations: HashMap::new(),
             lanes: Vec::new(),
             samples: Vec::new(),
+            cdc: None,
         }
     }
 }
@@ -818,6 +879,20 @@ fn describe() {
         names::RECONCILE_RUNS,
         Unit::Count,
         "reconciliation runs recorded"
+    );
+    describe_counter!(
+        names::CDC_CHANGES,
+        Unit::Count,
+        "changes the change-data-capture follower read, by outcome"
+    );
+    describe_gauge!(
+        names::CDC_LAG,
+        Unit::Seconds,
+        "time since the moment before which the follower journaled every change"
+    );
+    describe_gauge!(
+        names::CDC_FAILING,
+        "1 while the change-data-capture follower's last round failed"
     );
 }
 

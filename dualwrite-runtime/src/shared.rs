@@ -1,10 +1,12 @@
 //! The state an adapter shares with its lanes: counters, dead letters, the
 //! per-key stripes and the latency histograms.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
+use crate::cdc::CdcStatus;
 use crate::dead_letter::DeadLetterSink;
 use crate::lanes::Pending;
 use crate::latency::LatencyRecorder;
@@ -22,6 +24,8 @@ pub(crate) struct Shared<C> {
     /// The submitted and finished counts of the running lanes, if any: what
     /// a metrics publisher reads for queue depths and lag.
     pub(crate) lanes: ArcSwapOption<Pending>,
+    /// The change-data-capture follower's status while one runs.
+    pub(crate) cdc: ArcSwapOption<Mutex<CdcStatus>>,
 }
 
 impl<C> Shared<C> {
@@ -36,6 +40,7 @@ impl<C> Shared<C> {
             stripes,
             latency: LatencyRecorder::new(),
             lanes: ArcSwapOption::empty(),
+            cdc: ArcSwapOption::empty(),
         }
     }
 }
@@ -52,6 +57,10 @@ pub(crate) trait Source: Send + Sync {
     /// `(submitted, finished)` per running lane; empty without lanes.
     fn lane_counts(&self) -> Vec<(u64, u64)>;
     fn latency(&self) -> &LatencyRecorder;
+    /// The change-data-capture follower's status and how far it trails
+    /// (the time since every change committed before it was journaled),
+    /// while one runs.
+    fn cdc(&self, now: Instant) -> Option<(CdcStatus, Duration)>;
 }
 
 impl<C: Send> Source for Shared<C> {
@@ -83,5 +92,15 @@ impl<C: Send> Source for Shared<C> {
 
     fn latency(&self) -> &LatencyRecorder {
         &self.latency
+    }
+
+    fn cdc(&self, now: Instant) -> Option<(CdcStatus, Duration)> {
+        let status = self.cdc.load();
+        let status = status
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some((status, self.stripes.follower_lag(now)))
     }
 }

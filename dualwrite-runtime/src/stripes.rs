@@ -158,6 +158,14 @@ impl KeyStripes {
             .fetch_max(self.clock(as_of), Ordering::SeqCst);
     }
 
+    /// How far the follower trails at `now`: the time since the moment
+    /// before which it has journaled every change (since the stripes were
+    /// made, before its first round).
+    pub(crate) fn follower_lag(&self, now: Instant) -> Duration {
+        let until = self.followed_until.load(Ordering::SeqCst);
+        Duration::from_nanos(self.clock(now).saturating_sub(until.max(1)))
+    }
+
     /// Whether every write of the stripe ([`KeyStripes::ALL`]: of any
     /// stripe) left to the follower is journaled by now (counted pending or
     /// already applied); true when no follower runs.

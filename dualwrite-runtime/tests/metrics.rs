@@ -588,3 +588,172 @@ fn counts_are_split_exactly_at_a_phase_change_under_load() {
         );
     });
 }
+
+/// The change-data-capture follower's counters and lag are published.
+#[cfg(feature = "outbox-sqlite")]
+mod follower {
+    use super::*;
+    use dualwrite_runtime::cdc::{
+        Cdc, CdcConfig, CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, Position,
+        RowChange, Value,
+    };
+    use dualwrite_runtime::outbox::sqlite::SqliteJournal;
+    use dualwrite_runtime::outbox::{Durability, OutboxConfig};
+
+    #[dual_write(serde)]
+    pub trait Notes {
+        #[dual_write(key = key)]
+        fn put(&self, key: u64, value: u64) -> Result<(), String>;
+    }
+
+    impl Notes for Mem {
+        fn put(&self, key: u64, value: u64) -> Result<(), String> {
+            Kv::put(self, key, value)
+        }
+    }
+
+    /// A change stream in memory: positions 1, 2, ... in push order.
+    #[derive(Clone, Default)]
+    struct Feed {
+        changes: Arc<Mutex<Vec<RowChange>>>,
+        confirmed: Arc<Mutex<u64>>,
+    }
+
+    impl Feed {
+        fn push(&self, table: &str, key: u64, value: &str) {
+            let mut changes = self.changes.lock().unwrap();
+            let position = changes.len() as u64 + 1;
+            let column = |name: &str, value: &str| Column {
+                name: name.to_owned(),
+                type_name: "bigint".to_owned(),
+                value: Value::Text(value.to_owned()),
+            };
+            changes.push(RowChange {
+                position: Position(position),
+                xid: position,
+                index: 0,
+                schema: "public".to_owned(),
+                table: table.to_owned(),
+                kind: ChangeKind::Insert,
+                columns: vec![column("key", &key.to_string()), column("value", value)],
+                old_key: Vec::new(),
+            });
+        }
+    }
+
+    impl ChangeSource for Feed {
+        fn open(&mut self) -> Result<Position, CdcError> {
+            Ok(Position(*self.confirmed.lock().unwrap()))
+        }
+
+        fn head(&mut self) -> Result<Position, CdcError> {
+            Ok(Position(self.changes.lock().unwrap().len() as u64 + 1))
+        }
+
+        fn read(&mut self, limit: usize) -> Result<ChangeBatch, CdcError> {
+            let confirmed = *self.confirmed.lock().unwrap();
+            let changes: Vec<RowChange> = self
+                .changes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|change| change.position.0 >= confirmed)
+                .take(limit)
+                .cloned()
+                .collect();
+            let through = changes
+                .last()
+                .map_or(confirmed, |change| change.position.0 + 1);
+            Ok(ChangeBatch {
+                changes,
+                through: Position(through),
+            })
+        }
+
+        fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
+            let mut confirmed = self.confirmed.lock().unwrap();
+            *confirmed = (*confirmed).max(through.0);
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "an in-memory feed".to_owned()
+        }
+    }
+
+    fn map(change: &RowChange) -> Option<Result<NotesWrite, String>> {
+        if change.table != "notes" {
+            return None;
+        }
+        Some((|| {
+            Ok(NotesWrite::Put {
+                key: change.parse("key")?,
+                value: change.parse("value")?,
+            })
+        })())
+    }
+
+    #[test]
+    fn the_followers_counts_and_lag_are_published() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let dir = std::env::temp_dir().join(format!(
+            "dualwrite-metrics-cdc-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let journal =
+            Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap());
+        let feed = Feed::default();
+        for key in 0..3 {
+            feed.push("notes", key, "7");
+        }
+        feed.push("other", 9, "1");
+        feed.push("notes", 4, "not a number");
+        metrics::with_local_recorder(&recorder, || {
+            let adapter = NotesDualWrite::new(
+                Mem::default(),
+                Mem::default(),
+                Migration::new(Phase::DualWrite),
+            )
+            .with_cdc(
+                journal,
+                Cdc::new(feed.clone(), map)
+                    .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(5))),
+                OutboxConfig::default().with_max_attempts(1),
+            )
+            .expect("start change data capture");
+            adapter.flush(Duration::from_secs(30)).expect("flush");
+            let publisher = adapter.core().metrics_publisher();
+            publisher.publish();
+            let taken = take(&snapshotter);
+            let changes = |outcome: &str| {
+                counter(
+                    &taken,
+                    names::CDC_CHANGES,
+                    &[("trait", "Notes"), ("outcome", outcome)],
+                )
+            };
+            assert_eq!(changes("read"), 5);
+            assert_eq!(changes("journaled"), 4, "mapped, and the rejected one");
+            assert_eq!(changes("skipped"), 1);
+            assert_eq!(changes("rejected"), 1);
+            assert_eq!(changes("duplicate"), 0);
+            assert_eq!(
+                gauge(&taken, names::CDC_FAILING, &[("trait", "Notes")]),
+                0.0
+            );
+            let lag = gauge(&taken, names::CDC_LAG, &[("trait", "Notes")]);
+            assert!((0.0..5.0).contains(&lag), "caught up by the flush: {lag}");
+            assert_eq!(Kv::get(adapter.new_store(), 2), Ok(Some(7)));
+            // Stopped: the lag is 0, not frozen.
+            assert!(adapter.shutdown(Duration::from_secs(30)).complete);
+            publisher.publish();
+            let taken = take(&snapshotter);
+            assert_eq!(gauge(&taken, names::CDC_LAG, &[("trait", "Notes")]), 0.0);
+        });
+    }
+}

@@ -174,6 +174,11 @@ impl CdcFollower {
         &self.source
     }
 
+    /// The status the follower updates, for a metrics publisher.
+    pub(crate) fn status_handle(&self) -> Arc<Mutex<CdcStatus>> {
+        Arc::clone(&self.status)
+    }
+
     /// What the follower has done so far.
     pub(crate) fn status(&self) -> CdcStatus {
         self.status

@@ -469,6 +469,10 @@ pub enum RecordStatus {
 /// The next per-key sequence of a journal that numbers records by the
 /// clock: microseconds since the epoch, and always above the last one
 /// `sequence` handed out (so a clock that steps back keeps the order).
+#[cfg_attr(
+    not(any(feature = "outbox-sqlite", feature = "outbox-postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn clock_sequence(sequence: &AtomicU64) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -610,6 +614,10 @@ impl std::error::Error for OutboxError {}
 
 /// Registers `listener` for `stream` in a journal handle's table, unless a
 /// live one is there already.
+#[cfg_attr(
+    not(any(feature = "outbox-sqlite", feature = "outbox-postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn attach_listener(
     listeners: &mut HashMap<String, Weak<dyn JournalListener>>,
     stream: &str,
