@@ -1374,3 +1374,47 @@ fn a_flush_and_a_phase_change_wait_for_an_earlier_runs_records() {
     assert_eq!(adapter.new_store().rows(), last);
     assert!(adapter.shutdown(Duration::from_secs(30)).complete);
 }
+
+/// Record versions (`WriteContext::version`, the sequence) of instances
+/// sharing a journal follow the database server's clock, not each
+/// process's: an instance whose clock is ten minutes behind still numbers
+/// its writes after the ones another instance made before them, so a
+/// version guard does not drop its newer write.
+#[test]
+fn versions_follow_the_servers_clock_not_the_instances() {
+    let Some(url) = server("versions_follow_the_servers_clock_not_the_instances") else {
+        return;
+    };
+    let schema = Schema::new(&url, "clock");
+    let mut behind = journal_options(&schema.name, Durability::PerWrite);
+    behind.local_clock_skew_micros = -600_000_000;
+    let late = PgJournal::open_with(&url, behind).expect("journal");
+    let on_time = PgJournal::open_with(&url, journal_options(&schema.name, Durability::PerWrite))
+        .expect("journal");
+    let mut previous = 0;
+    for round in 0..20 {
+        let first = on_time.next_sequence();
+        std::thread::sleep(Duration::from_millis(5));
+        let second = late.next_sequence();
+        assert!(
+            second > first && first > previous,
+            "round {round}: the write made later got the older version ({second} after {first})"
+        );
+        previous = second;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let server_now: i64 = schema.client.run({
+        let pool = schema.admin.clone();
+        async move {
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+                .fetch_one(&pool)
+                .await
+                .expect("clock")
+        }
+    });
+    let late_now = late.next_sequence() as i64;
+    assert!(
+        (late_now - server_now).abs() < 1_000_000,
+        "within a second of the server's clock: {late_now} vs {server_now}"
+    );
+}

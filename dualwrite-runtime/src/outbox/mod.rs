@@ -474,11 +474,22 @@ pub enum RecordStatus {
     allow(dead_code)
 )]
 pub(crate) fn clock_sequence(sequence: &AtomicU64) -> u64 {
-    let now = SystemTime::now()
+    clock_sequence_with(sequence, 0)
+}
+
+/// Like [`clock_sequence`], with the clock moved by `offset` microseconds
+/// (a shared journal numbers by its database server's clock).
+#[cfg_attr(
+    not(any(feature = "outbox-sqlite", feature = "outbox-postgres")),
+    allow(dead_code)
+)]
+pub(crate) fn clock_sequence_with(sequence: &AtomicU64, offset: i64) -> u64 {
+    let local = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
         });
+    let now = u64::try_from(local.saturating_add(offset)).unwrap_or(0);
     let mut previous = sequence.load(Ordering::SeqCst);
     loop {
         let next = previous.saturating_add(1).max(now);

@@ -78,7 +78,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,7 +88,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 
 use super::{
     Claimed, Durability, IdempotencyId, Journal, JournalListener, JournalRecord, NewRecord,
-    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext, clock_sequence,
+    OutboxError, Outcome, RecordState, Side, Unreadable, WriteContext, clock_sequence_with,
 };
 use crate::phase::Store;
 
@@ -133,6 +133,10 @@ pub struct PgJournalOptions {
     pub max_connections: u32,
     /// The longest one journal operation may take; default 30 s.
     pub timeout: Duration,
+    /// Added to this process's clock (microseconds), as if it were that far
+    /// off: for tests of the sequence's clock. Default 0.
+    #[doc(hidden)]
+    pub local_clock_skew_micros: i64,
 }
 
 impl Default for PgJournalOptions {
@@ -147,6 +151,7 @@ impl Default for PgJournalOptions {
             create: true,
             max_connections: 8,
             timeout: Duration::from_secs(30),
+            local_clock_skew_micros: 0,
         }
     }
 }
@@ -411,6 +416,14 @@ struct Inner {
     group: Option<tokio::sync::mpsc::UnboundedSender<GroupItem>>,
     stop: AtomicBool,
     shown: String,
+    /// The database server's clock minus this process's, in microseconds,
+    /// as last measured: sequences (record versions) follow the server's
+    /// clock, so instances whose clocks disagree still number one key's
+    /// records in the order they were made (to the measurement's error, a
+    /// round trip at most).
+    clock_offset: AtomicI64,
+    /// See [`PgJournalOptions::local_clock_skew_micros`].
+    local_skew: i64,
 }
 
 impl Inner {
@@ -517,7 +530,14 @@ impl PgJournal {
             group,
             stop: AtomicBool::new(false),
             shown,
+            clock_offset: AtomicI64::new(0),
+            local_skew: options.local_clock_skew_micros,
         });
+        // Sequences follow the server's clock from the first append on.
+        run_on(&runtime, options.timeout, {
+            let inner = Arc::clone(&inner);
+            async move { measure_clock(&inner).await }
+        })?;
         if let Some(rx) = group_rx {
             runtime.spawn(group_commit(Arc::clone(&inner), rx));
         }
@@ -933,7 +953,10 @@ impl Journal for PgJournal {
     }
 
     fn next_sequence(&self) -> u64 {
-        clock_sequence(&self.sequence)
+        let offset = self.inner().map_or(0, |inner| {
+            inner.local_skew + inner.clock_offset.load(Ordering::Relaxed)
+        });
+        clock_sequence_with(&self.sequence, offset)
     }
 
     fn append(&self, record: &NewRecord) -> Result<(), OutboxError> {
@@ -1367,8 +1390,36 @@ async fn lease_task(inner: Arc<Inner>) {
         if inner.stop.load(Ordering::SeqCst) {
             return;
         }
+        if let Err(error) = measure_clock(&inner).await {
+            tracing::warn!(journal = inner.shown, %error, "outbox: reading the database's clock failed; the last offset stays");
+        }
         maintain_leases(&inner).await;
     }
+}
+
+/// Measures the database server's clock against this process's (halfway
+/// through the round trip) and keeps the offset.
+async fn measure_clock(inner: &Inner) -> Result<(), OutboxError> {
+    let local = |skew: i64| {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+            });
+        micros.saturating_add(skew)
+    };
+    let before = local(inner.local_skew);
+    let server: i64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            .fetch_one(&inner.pool)
+            .await
+            .map_err(storage("reading the database's clock"))?;
+    let after = local(inner.local_skew);
+    let midpoint = before + (after - before) / 2;
+    inner
+        .clock_offset
+        .store(server - midpoint, Ordering::Relaxed);
+    Ok(())
 }
 
 /// One round of lease upkeep; failures are logged and retried next round
