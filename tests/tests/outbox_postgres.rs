@@ -617,6 +617,37 @@ fn prefill(journal: &PgJournal, rounds: i64) -> usize {
     count
 }
 
+/// A one-partition journal whose stream is attached (its lease taken) by
+/// a listener that does nothing, with `rounds` rounds of records
+/// journaled first: for tests that claim and record outcomes themselves.
+/// Keep the listener: the stream is drained while it lives.
+fn drained_journal(
+    url: &str,
+    schema: &str,
+    rounds: i64,
+) -> (
+    PgJournal,
+    Arc<dyn dualwrite_runtime::outbox::JournalListener>,
+) {
+    struct Quiet;
+    impl dualwrite_runtime::outbox::JournalListener for Quiet {
+        fn requeuing(&self, _: IdempotencyId, _: Option<u64>) {}
+        fn requeue_failed(&self, _: IdempotencyId, _: Option<u64>) {}
+        fn wake(&self) {}
+    }
+    let journal = PgJournal::open_with(
+        url,
+        journal_options(schema, Durability::PerWrite).with_partitions(1),
+    )
+    .expect("journal");
+    prefill(&journal, rounds);
+    let listener: Arc<dyn dualwrite_runtime::outbox::JournalListener> = Arc::new(Quiet);
+    journal
+        .attach(STREAM, Arc::downgrade(&listener))
+        .expect("attach");
+    (journal, listener)
+}
+
 /// Reads `held <owner> [..]` lines of a drainer child in the background;
 /// the last line is kept.
 fn follow(child: &mut Child) -> Arc<std::sync::Mutex<String>> {
@@ -1109,22 +1140,7 @@ fn a_lost_lease_fences_outcomes() {
         return;
     };
     let schema = Schema::new(&url, "fence");
-    let journal = PgJournal::open_with(
-        &url,
-        journal_options(&schema.name, Durability::PerWrite).with_partitions(1),
-    )
-    .expect("journal");
-    prefill(&journal, 1);
-    struct Quiet;
-    impl dualwrite_runtime::outbox::JournalListener for Quiet {
-        fn requeuing(&self, _: IdempotencyId, _: Option<u64>) {}
-        fn requeue_failed(&self, _: IdempotencyId, _: Option<u64>) {}
-        fn wake(&self) {}
-    }
-    let listener: Arc<dyn dualwrite_runtime::outbox::JournalListener> = Arc::new(Quiet);
-    journal
-        .attach(STREAM, Arc::downgrade(&listener))
-        .expect("attach");
+    let (journal, listener) = drained_journal(&url, &schema.name, 1);
     assert_eq!(journal.held_partitions(STREAM), vec![0]);
     let claimed = journal.claim(STREAM, 0, 100).expect("claim");
     assert_eq!(claimed.records.len(), KEYS as usize);
@@ -1166,21 +1182,7 @@ fn the_last_outcome_of_a_record_in_a_batch_wins() {
         return;
     };
     let schema = Schema::new(&url, "lastwins");
-    let journal = PgJournal::open_with(
-        &url,
-        journal_options(&schema.name, Durability::PerWrite).with_partitions(1),
-    )
-    .expect("journal");
-    struct Quiet;
-    impl dualwrite_runtime::outbox::JournalListener for Quiet {
-        fn requeuing(&self, _: IdempotencyId, _: Option<u64>) {}
-        fn requeue_failed(&self, _: IdempotencyId, _: Option<u64>) {}
-        fn wake(&self) {}
-    }
-    let listener: Arc<dyn dualwrite_runtime::outbox::JournalListener> = Arc::new(Quiet);
-    journal
-        .attach(STREAM, Arc::downgrade(&listener))
-        .expect("attach");
+    let (journal, listener) = drained_journal(&url, &schema.name, 0);
     // Per record: how many outcomes (0 = none reported yet) and the final
     // one's kind (0 retrying, 1 done, 2 dead); which record reports next;
     // the batch size.
@@ -1283,22 +1285,7 @@ fn records_of_a_lost_claim_answer_are_claimed_again() {
         return;
     };
     let schema = Schema::new(&url, "lostclaim");
-    let journal = PgJournal::open_with(
-        &url,
-        journal_options(&schema.name, Durability::PerWrite).with_partitions(1),
-    )
-    .expect("journal");
-    prefill(&journal, 1);
-    struct Quiet;
-    impl dualwrite_runtime::outbox::JournalListener for Quiet {
-        fn requeuing(&self, _: IdempotencyId, _: Option<u64>) {}
-        fn requeue_failed(&self, _: IdempotencyId, _: Option<u64>) {}
-        fn wake(&self) {}
-    }
-    let listener: Arc<dyn dualwrite_runtime::outbox::JournalListener> = Arc::new(Quiet);
-    journal
-        .attach(STREAM, Arc::downgrade(&listener))
-        .expect("attach");
+    let (journal, listener) = drained_journal(&url, &schema.name, 1);
     assert_eq!(journal.held_partitions(STREAM), vec![0]);
     // The claim's effect, without the answer.
     execute(
