@@ -13,11 +13,11 @@
 mod outbox_support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dualwrite_runtime::cdc::postgres::PostgresSource;
 use dualwrite_runtime::cdc::{Cdc, CdcConfig, CdcError, ChangeKind, RowChange};
@@ -25,7 +25,8 @@ use dualwrite_runtime::outbox::sqlite::SqliteJournal;
 use dualwrite_runtime::outbox::{Durability, OutboxConfig, Side, WriteContext};
 use dualwrite_runtime::{Migration, Phase, WriteStrategy};
 use outbox_support::{
-    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, temp_dir,
+    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
+    kill_after_acks, temp_dir,
 };
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection};
@@ -716,28 +717,7 @@ fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the child");
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut acked: Vec<(i64, i64)> = Vec::new();
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut killed = false;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).expect("read") == 0 {
-            break;
-        }
-        if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
-            let (key, value) = ack.split_once(' ').expect("`ack key value`");
-            acked.push((key.parse().unwrap(), value.parse().unwrap()));
-        }
-        if !killed && (acked.len() >= 600 || Instant::now() > deadline) {
-            child.kill().expect("SIGKILL");
-            killed = true;
-        }
-    }
-    let status = child.wait().expect("wait");
-    assert!(killed && !status.success(), "{status:?}");
-    assert!(acked.len() >= 600, "only {} acknowledgements", acked.len());
+    let acked = kill_after_acks(&mut child, 600);
 
     // The restart: a new adapter over the same journal, slot and stores.
     let journal = fixture.journal();
@@ -755,14 +735,7 @@ fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
     let store = adapter.new_store();
     let history = store.inner.history();
     let applied: HashSet<(i64, i64)> = history.iter().map(|&(k, v, _)| (k, v)).collect();
-    let dead = journal.dead_letters().expect("dead letters");
-    let dead: HashSet<(i64, i64)> = dead
-        .iter()
-        .filter_map(|letter| match letter.command::<LedgerWrite>() {
-            Ok(LedgerWrite::Put { id, value }) => Some((id, value)),
-            _ => None,
-        })
-        .collect();
+    let dead = dead_puts(&journal.dead_letters().expect("dead letters"));
     // The secondary's version guard skips an older value once a newer one
     // is applied, so an acknowledged write is there, or a later one of
     // its key is.

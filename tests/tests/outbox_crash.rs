@@ -13,18 +13,19 @@
 mod outbox_support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dualwrite_runtime::outbox::sqlite::{SqliteJournal, SqliteJournalOptions};
 use dualwrite_runtime::outbox::{Durability, OutboxConfig};
 use dualwrite_runtime::{LaneConfig, Migration, Phase};
 use outbox_support::{
-    Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, temp_dir,
+    Ledger, LedgerDualWrite, SqlStore, assert_per_key_order, dead_puts, kill_after_acks, temp_dir,
+    unaccounted,
 };
 
 /// Set in the child: `<mode> <directory>`.
@@ -173,39 +174,7 @@ fn run_and_kill(mode: Mode, dir: &Path) -> Vec<(i64, i64)> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the child");
-    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut acked = Vec::new();
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut killed = false;
-    loop {
-        line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .expect("read the child's stdout");
-        if read == 0 {
-            break;
-        }
-        // A line cut by the kill has no newline: not an acknowledgement.
-        if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
-            let (key, value) = ack.split_once(' ').expect("`ack key value`");
-            acked.push((key.parse().unwrap(), value.parse().unwrap()));
-        }
-        if !killed && (acked.len() >= KILL_AFTER || Instant::now() > deadline) {
-            // `Child::kill` sends SIGKILL on Unix: no destructor, no flush.
-            child.kill().expect("SIGKILL");
-            killed = true;
-        }
-    }
-    let status = child.wait().expect("wait for the child");
-    assert!(killed, "the child ended by itself: {status:?}");
-    assert!(!status.success(), "killed, not exited: {status:?}");
-    assert!(
-        acked.len() >= KILL_AFTER,
-        "only {} acknowledgements",
-        acked.len()
-    );
-    acked
+    kill_after_acks(&mut child, KILL_AFTER)
 }
 
 /// The latest acknowledged value of each key.
@@ -248,22 +217,8 @@ fn crash_and_recover(mode: Mode) {
         .expect("the appliers drain the journal");
 
     let history = adapter.new_store().history();
-    let applied: HashSet<(i64, i64)> = history.iter().map(|&(k, v, _)| (k, v)).collect();
-    let dead: HashSet<(i64, i64)> = journal
-        .dead_letters()
-        .expect("dead letters")
-        .iter()
-        .map(
-            |letter| match letter.command::<LedgerWrite>().expect("decode") {
-                LedgerWrite::Put { id, value } => (id, value),
-                other => panic!("unexpected command {other:?}"),
-            },
-        )
-        .collect();
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|write| !applied.contains(write) && !dead.contains(write))
-        .collect();
+    let dead = dead_puts(&journal.dead_letters().expect("dead letters"));
+    let missing = unaccounted(&acked, &history, &dead);
     println!(
         "outbox ({}): {} writes acknowledged before SIGKILL, {} records pending in the journal at restart, {} acknowledged writes missing after the appliers drained, {} dead letters",
         mode.name(),

@@ -14,7 +14,7 @@
 mod outbox_support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,7 +27,8 @@ use dualwrite_runtime::outbox::sqlite::{SqliteJournal, SqliteJournalOptions};
 use dualwrite_runtime::outbox::{Durability, OutboxConfig, WriteContext};
 use dualwrite_runtime::{Migration, Phase};
 use outbox_support::{
-    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, temp_dir,
+    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
+    kill_after_acks, temp_dir, unaccounted,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -511,29 +512,7 @@ fn kill_9_mid_stream_loses_no_acknowledged_write() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the child");
-    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut acked: Vec<(i64, i64)> = Vec::new();
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut killed = false;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).expect("read the child") == 0 {
-            break;
-        }
-        if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
-            let (key, value) = ack.split_once(' ').expect("`ack key value`");
-            acked.push((key.parse().unwrap(), value.parse().unwrap()));
-        }
-        if !killed && (acked.len() >= 400 || Instant::now() > deadline) {
-            // SIGKILL: no destructor, no flush, no ack.
-            child.kill().expect("SIGKILL");
-            killed = true;
-        }
-    }
-    let status = child.wait().expect("wait for the child");
-    assert!(killed && !status.success(), "killed: {status:?}");
-    assert!(acked.len() >= 400, "only {} acknowledgements", acked.len());
+    let acked = kill_after_acks(&mut child, 400);
 
     let journal = Arc::new(
         SqliteJournal::open_with(
@@ -553,20 +532,8 @@ fn kill_9_mid_stream_loses_no_acknowledged_write() {
     adapter.flush(WAIT).expect("the consumers drain");
 
     let history = adapter.new_store().history();
-    let applied: HashSet<(i64, i64)> = history.iter().map(|&(k, v, _)| (k, v)).collect();
-    let dead: HashSet<(i64, i64)> = journal
-        .dead_letters()
-        .unwrap()
-        .iter()
-        .map(|letter| match letter.command::<LedgerWrite>().unwrap() {
-            LedgerWrite::Put { id, value } => (id, value),
-            other => panic!("unexpected command {other:?}"),
-        })
-        .collect();
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|write| !applied.contains(write) && !dead.contains(write))
-        .collect();
+    let dead = dead_puts(&journal.dead_letters().expect("dead letters"));
+    let missing = unaccounted(&acked, &history, &dead);
     println!(
         "nats kill -9: {} writes acknowledged, {pending_at_restart} records pending at restart, {} missing after the drain, {} dead letters",
         acked.len(),

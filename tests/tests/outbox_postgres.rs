@@ -25,7 +25,8 @@ use dualwrite_runtime::outbox::{
 };
 use dualwrite_runtime::{Migration, Phase, Store};
 use outbox_support::{
-    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, temp_dir,
+    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
+    kill_after_acks, temp_dir, unaccounted,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions};
@@ -460,35 +461,7 @@ fn spawn_child(spec: String) -> Child {
 /// Runs a writer child, SIGKILLs it after `kill_after` acknowledgements,
 /// and returns every acknowledged `(key, value)`.
 fn run_and_kill(spec: String, kill_after: usize) -> Vec<(i64, i64)> {
-    let mut child = spawn_child(spec);
-    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut acked = Vec::new();
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut killed = false;
-    loop {
-        line.clear();
-        let read = reader.read_line(&mut line).expect("read the child");
-        if read == 0 {
-            break;
-        }
-        if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
-            let (key, value) = ack.split_once(' ').expect("`ack key value`");
-            acked.push((key.parse().unwrap(), value.parse().unwrap()));
-        }
-        if !killed && (acked.len() >= kill_after || Instant::now() > deadline) {
-            child.kill().expect("SIGKILL");
-            killed = true;
-        }
-    }
-    let status = child.wait().expect("wait for the child");
-    assert!(killed, "the child ended by itself: {status:?}");
-    assert!(
-        acked.len() >= kill_after,
-        "only {} acknowledgements",
-        acked.len()
-    );
-    acked
+    kill_after_acks(&mut spawn_child(spec), kill_after)
 }
 
 fn kill_9(mode: &str) {
@@ -529,22 +502,8 @@ fn kill_9(mode: &str) {
     // The killed instance's leases expire first (1 s).
     drain(&journal, Duration::from_secs(60));
     let history = adapter.new_store().history();
-    let applied: HashSet<(i64, i64)> = history.iter().map(|&(k, v, _)| (k, v)).collect();
-    let dead: HashSet<(i64, i64)> = journal
-        .dead_letters()
-        .expect("dead letters")
-        .iter()
-        .map(
-            |letter| match letter.command::<LedgerWrite>().expect("decode") {
-                LedgerWrite::Put { id, value } => (id, value),
-                other => panic!("unexpected command {other:?}"),
-            },
-        )
-        .collect();
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|write| !applied.contains(write) && !dead.contains(write))
-        .collect();
+    let dead = dead_puts(&journal.dead_letters().expect("dead letters"));
+    let missing = unaccounted(&acked, &history, &dead);
     println!(
         "pg outbox ({mode}): {} writes acknowledged before SIGKILL, {pending_at_restart} pending at restart, {} missing after the drain, {} dead letters",
         acked.len(),

@@ -247,3 +247,71 @@ pub fn assert_per_key_order(history: &[(i64, i64, i64)]) {
         }
     }
 }
+
+/// Reads a child's `ack <key> <value>` lines (one per write it saw
+/// acknowledged) and SIGKILLs it once `kill_after` came (or after two
+/// minutes): no destructor, no flush. The acknowledged writes; asserts the
+/// child was killed, not ended, and acknowledged `kill_after` at least.
+pub fn kill_after_acks(child: &mut std::process::Child, kill_after: usize) -> Vec<(i64, i64)> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut acked = Vec::new();
+    let mut line = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut killed = false;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).expect("read the child") == 0 {
+            break;
+        }
+        // A line cut by the kill has no newline: not an acknowledgement.
+        if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
+            let (key, value) = ack.split_once(' ').expect("`ack key value`");
+            acked.push((key.parse().unwrap(), value.parse().unwrap()));
+        }
+        if !killed && (acked.len() >= kill_after || std::time::Instant::now() > deadline) {
+            // `Child::kill` sends SIGKILL on Unix.
+            child.kill().expect("SIGKILL");
+            killed = true;
+        }
+    }
+    let status = child.wait().expect("wait for the child");
+    assert!(killed, "the child ended by itself: {status:?}");
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    assert!(
+        acked.len() >= kill_after,
+        "only {} acknowledgements",
+        acked.len()
+    );
+    acked
+}
+
+/// The `put` writes kept as dead letters (other commands are not puts).
+pub fn dead_puts(
+    dead_letters: &[dualwrite_runtime::outbox::JournalRecord],
+) -> std::collections::HashSet<(i64, i64)> {
+    dead_letters
+        .iter()
+        .filter_map(|letter| match letter.command::<LedgerWrite>() {
+            Ok(LedgerWrite::Put { id, value }) => Some((id, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The acknowledged writes neither in the store's `history` nor dead
+/// letters.
+pub fn unaccounted(
+    acked: &[(i64, i64)],
+    history: &[(i64, i64, i64)],
+    dead: &std::collections::HashSet<(i64, i64)>,
+) -> Vec<(i64, i64)> {
+    let applied: std::collections::HashSet<(i64, i64)> =
+        history.iter().map(|&(k, v, _)| (k, v)).collect();
+    acked
+        .iter()
+        .filter(|write| !applied.contains(write) && !dead.contains(write))
+        .copied()
+        .collect()
+}
