@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
@@ -167,5 +167,224 @@ impl RelayParts {
             let _ = self.wake.recv_timeout(timeout);
         }
         self.shared.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Group commit of outcomes for threads that each wait for their own
+/// (a relay's consumers): the first thread to arrive writes what every
+/// thread queued meanwhile in one journal transaction, the others wait for
+/// that write. Each thread's outcomes stay together and in their order.
+#[derive(Default)]
+pub(crate) struct OutcomeGroup {
+    state: Mutex<GroupState>,
+    written: Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Outcomes of the batch being gathered.
+    queue: Vec<Outcome>,
+    /// The number of the batch being gathered; batches are written in
+    /// number order.
+    gathering: u64,
+    /// Whether a thread is writing a batch.
+    writing: bool,
+    /// Batches below this number are written (or failed).
+    completed: u64,
+    /// The errors of recent failed batches, by number.
+    failed: Vec<(u64, OutboxError)>,
+}
+
+/// Failed batches remembered for their waiters.
+const FAILED_KEPT: usize = 64;
+
+impl OutcomeGroup {
+    /// Writes `outcomes` to `journal` with whatever other threads queue at
+    /// the same time; returns once they are written, with the error of
+    /// the write they were part of.
+    pub(crate) fn record(
+        &self,
+        journal: &dyn super::Journal,
+        outcomes: &[Outcome],
+    ) -> Result<(), OutboxError> {
+        let lock = || self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock();
+        state.queue.extend_from_slice(outcomes);
+        let mine = state.gathering;
+        loop {
+            if state.completed > mine {
+                return match state.failed.iter().find(|(batch, _)| *batch == mine) {
+                    Some((_, error)) => Err(error.clone()),
+                    None => Ok(()),
+                };
+            }
+            if state.writing {
+                state = self
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // This thread writes the batch gathered so far (its own
+            // outcomes are in it: batches are written in order).
+            state.writing = true;
+            let batch = std::mem::take(&mut state.queue);
+            let number = state.gathering;
+            state.gathering += 1;
+            drop(state);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                journal.record_outcomes(&batch)
+            }))
+            .unwrap_or_else(|_| {
+                Err(OutboxError::Storage {
+                    during: "recording outcomes",
+                    error: "the journal panicked".to_owned(),
+                })
+            });
+            state = lock();
+            state.writing = false;
+            state.completed = number + 1;
+            if let Err(error) = result {
+                if state.failed.len() >= FAILED_KEPT {
+                    state.failed.remove(0);
+                }
+                state.failed.push((number, error));
+            }
+            self.written.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::outbox::{Claimed, Journal, JournalListener, NewRecord};
+
+    /// A journal that records the batches of outcomes it is given, slowly
+    /// (as a flushed commit is), and fails the batches holding id 0.
+    #[derive(Debug, Default)]
+    struct Batches {
+        written: Mutex<Vec<Vec<Outcome>>>,
+        calls: AtomicUsize,
+    }
+
+    impl Journal for Batches {
+        fn location(&self) -> &str {
+            "batches"
+        }
+        fn next_sequence(&self) -> u64 {
+            0
+        }
+        fn append(&self, _: &NewRecord) -> Result<(), OutboxError> {
+            Ok(())
+        }
+        fn contains(&self, _: &IdempotencyId) -> Result<bool, OutboxError> {
+            Ok(false)
+        }
+        fn pending_keys(&self, _: &str) -> Result<Vec<(i64, Option<u64>)>, OutboxError> {
+            Ok(Vec::new())
+        }
+        fn claim(&self, _: &str, _: i64, _: usize) -> Result<Claimed, OutboxError> {
+            Ok(Claimed::default())
+        }
+        fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<(), OutboxError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            if outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Done { id: 0, .. }))
+            {
+                return Err(OutboxError::Storage {
+                    during: "recording outcomes",
+                    error: "disk full".to_owned(),
+                });
+            }
+            self.written.lock().unwrap().push(outcomes.to_vec());
+            Ok(())
+        }
+        fn prune(&self, _: SystemTime, _: usize) -> Result<u64, OutboxError> {
+            Ok(0)
+        }
+        fn attach(&self, _: &str, _: Weak<dyn JournalListener>) -> Result<(), OutboxError> {
+            Ok(())
+        }
+        fn dead_letters(&self) -> Result<Vec<JournalRecord>, OutboxError> {
+            Ok(Vec::new())
+        }
+        fn replay(&self, id: i64) -> Result<i64, OutboxError> {
+            Err(OutboxError::NotFound { id })
+        }
+        fn discard(&self, id: i64) -> Result<(), OutboxError> {
+            Err(OutboxError::NotFound { id })
+        }
+    }
+
+    #[test]
+    fn concurrent_outcomes_are_written_in_groups_each_thread_in_order() {
+        let journal = Batches::default();
+        let group = OutcomeGroup::default();
+        let (threads, calls) = (8_i64, 40_i64);
+        let results: Vec<Vec<Result<(), OutboxError>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|thread| {
+                    let (journal, group) = (&journal, &group);
+                    scope.spawn(move || {
+                        (0..calls)
+                            .map(|call| {
+                                // Each call: a retry, then the record done.
+                                let id = thread * 1_000 + call;
+                                let outcomes = [
+                                    Outcome::Retrying {
+                                        id,
+                                        attempts: 1,
+                                        error: "busy".to_owned(),
+                                    },
+                                    Outcome::Done { id, attempts: 2 },
+                                ];
+                                group.record(journal, &outcomes)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Thread 0's first call (id 0) failed, and with it every call of
+        // its batch; every other call succeeded.
+        let failed: Vec<(usize, usize)> = results
+            .iter()
+            .enumerate()
+            .flat_map(|(t, calls)| {
+                calls
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.is_err())
+                    .map(move |(c, _)| (t, c))
+            })
+            .collect();
+        assert!(failed.contains(&(0, 0)));
+        let written = journal.written.lock().unwrap();
+        let outcomes: Vec<&Outcome> = written.iter().flatten().collect();
+        let succeeded = (threads * calls) as usize - failed.len();
+        assert_eq!(outcomes.len(), succeeded * 2, "every written call, whole");
+        // A record's outcomes are adjacent and in order.
+        for pair in outcomes.chunks(2) {
+            match pair {
+                [Outcome::Retrying { id: a, .. }, Outcome::Done { id: b, .. }] => {
+                    assert_eq!(a, b);
+                }
+                other => panic!("split or reordered: {other:?}"),
+            }
+        }
+        let calls_made = journal.calls.load(Ordering::SeqCst);
+        assert!(
+            calls_made < (threads * calls) as usize,
+            "grouped: {calls_made} journal writes for {} calls",
+            threads * calls
+        );
     }
 }
