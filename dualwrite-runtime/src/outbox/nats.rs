@@ -56,7 +56,7 @@ use async_nats::jetstream::{self, Context};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::relay::{Counted, OutcomeGroup, Processor};
+use super::relay::{Counted, Processor};
 use super::{
     JournalRecord, NewRecord, OutboxError, OutboxRelay, Outcome, RecordState, RecordStatus,
     RelayParts, RelayThreads,
@@ -286,9 +286,6 @@ impl OutboxRelay for NatsConfig {
             during: "starting the NATS relay's threads",
             error: error.to_string(),
         };
-        // The consumers' outcomes are written in groups: one journal
-        // transaction for the consumers that finish a record at once.
-        let outcomes = Arc::new(OutcomeGroup::default());
         let mut consumers = Vec::new();
         for partition in 0..link.config.partitions.max(1) {
             let consumer = Consumer {
@@ -297,7 +294,6 @@ impl OutboxRelay for NatsConfig {
                 parts: Arc::clone(&parts),
                 counted: Arc::clone(&counted),
                 process: (parts.processor)(partition as usize),
-                outcomes: Arc::clone(&outcomes),
                 reported: None,
             };
             let thread = thread::Builder::new()
@@ -737,7 +733,6 @@ struct Consumer {
     parts: Arc<RelayParts>,
     counted: Arc<Counted>,
     process: Processor,
-    outcomes: Arc<OutcomeGroup>,
     reported: Option<String>,
 }
 
@@ -914,7 +909,7 @@ impl Consumer {
         }
         let mut backoff = Duration::from_millis(10);
         loop {
-            match self.outcomes.record(self.parts.shared.journal(), outcomes) {
+            match self.parts.shared.journal.record_outcomes(outcomes) {
                 Ok(()) => return true,
                 Err(error) => {
                     report(
