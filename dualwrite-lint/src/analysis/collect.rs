@@ -272,6 +272,7 @@ impl<'i> Collector<'i> {
                 let last = tuple.path.segments.last().map(|s| s.ident.to_string());
                 let unwrap = matches!(last.as_deref(), Some("Some" | "Ok"))
                     && tuple.path.segments.len() == 1;
+                let owner = self.variant_owner(&tuple.path, hint.clone());
                 let mut after_rest = false;
                 for (i, elem) in tuple.elems.iter().enumerate() {
                     after_rest |= matches!(elem, Pat::Rest(_));
@@ -280,18 +281,20 @@ impl<'i> Collector<'i> {
                     } else if after_rest || unwrap {
                         None
                     } else {
-                        with(Step::Field(i.to_string().into_boxed_str()))
+                        variant_field(&owner, last.as_deref(), &i.to_string())
                     };
                     self.bind_pat(elem, elem_hint, how, depth + 1);
                 }
             }
             Pat::Struct(s) => {
+                let last = s.path.segments.last().map(|s| s.ident.to_string());
+                let owner = self.variant_owner(&s.path, hint.clone());
                 for field in &s.fields {
                     let member = match &field.member {
                         syn::Member::Named(ident) => ident.to_string(),
                         syn::Member::Unnamed(index) => index.index.to_string(),
                     };
-                    let field_hint = with(Step::Field(member.into_boxed_str()));
+                    let field_hint = variant_field(&owner, last.as_deref(), &member);
                     self.bind_pat(&field.pat, field_hint, how, depth + 1);
                 }
             }
@@ -316,6 +319,33 @@ impl<'i> Collector<'i> {
             }
             other => self.visit_pat(other),
         }
+    }
+
+    /// The value a tuple-struct or struct pattern with `path` takes apart:
+    /// the enum its path names (`Backend::Pg`, `Self::Legacy`), else the
+    /// value matched (`hint`: a struct, or an enum whose variant was
+    /// imported).
+    fn variant_owner(&self, path: &syn::Path, hint: Option<TypeHint>) -> Option<TypeHint> {
+        let segments = &path.segments;
+        if segments.len() >= 2 {
+            let owner = &segments[segments.len() - 2].ident;
+            if owner == "Self" && segments.len() == 2 {
+                if let Some(self_ty) = &self.self_ty {
+                    return Some(TypeHint::of(self_ty.clone()));
+                }
+            } else if owner
+                .to_string()
+                .starts_with(|c: char| c.is_ascii_uppercase())
+            {
+                let text: Vec<String> = segments
+                    .iter()
+                    .take(segments.len() - 1)
+                    .map(|s| s.ident.to_string())
+                    .collect();
+                return Some(TypeHint::of(text.join("::")));
+            }
+        }
+        hint
     }
 
     /// [`Self::bind_pat`], keeping SQL evidence on a plain name.
@@ -647,6 +677,27 @@ impl<'ast> Visit<'ast> for Collector<'_> {
         });
     }
 
+    fn visit_item_enum(&mut self, item: &'ast syn::ItemEnum) {
+        // Variant fields are kept as fields `Variant::0`, `Variant::name`.
+        let name = item.ident.to_string();
+        let mut fields = Vec::new();
+        for variant in &item.variants {
+            for (i, field) in variant.fields.iter().enumerate() {
+                let member = field
+                    .ident
+                    .as_ref()
+                    .map_or_else(|| i.to_string(), |ident| ident.to_string());
+                if let Some(ty) = encode(&field.ty, Some(&name)) {
+                    fields.push((format!("{}::{member}", variant.ident).into_boxed_str(), ty));
+                }
+            }
+        }
+        self.summary.structs.push(StructSummary {
+            name: name.into_boxed_str(),
+            fields,
+        });
+    }
+
     fn visit_item_type(&mut self, item: &'ast ItemType) {
         if let Some(target) = encode(&item.ty, None) {
             self.summary
@@ -750,7 +801,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_expr_closure(&mut self, closure: &'ast ExprClosure) {
-        self.visit_closure_with(closure, None);
+        self.visit_closure_with(closure, Vec::new());
     }
 
     fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
@@ -867,9 +918,59 @@ fn expr_marker(expr: &Expr) -> Option<proc_macro2::Span> {
     })
 }
 
-/// Methods of iterators, `Option` and `Result` whose first argument is a
-/// closure called with the elements (or the value inside).
+/// The hint of field `member` of the variant (or struct) `variant` of the
+/// value `owner`.
+fn variant_field(
+    owner: &Option<TypeHint>,
+    variant: Option<&str>,
+    member: &str,
+) -> Option<TypeHint> {
+    let variant = variant?;
+    owner
+        .clone()
+        .map(|h| h.then(Step::Variant(variant.into(), member.into())))
+}
+
+/// What a parameter of an adaptor's closure is given.
+#[derive(Clone, Copy)]
+enum Param {
+    /// An element of the receiver (or the value inside an `Option`).
+    Elem,
+    /// The value of the call's argument `n` (`fold`'s initial value).
+    Arg(usize),
+    /// Not known.
+    Unknown,
+}
+
+/// Methods of iterators, collections, `Option` and `Result` that call a
+/// closure: the closure's argument position and what each of its
+/// parameters is given.
+fn adaptor_shape(method: &str) -> Option<(usize, &'static [Param])> {
+    use Param::{Arg, Elem, Unknown};
+    Some(match method {
+        "fold" | "try_fold" | "rfold" | "try_rfold" => (1, &[Arg(0), Elem]),
+        "scan" => (1, &[Unknown, Elem]),
+        "map_or" | "map_or_else" => (1, &[Elem]),
+        "reduce" | "try_reduce" | "max_by" | "min_by" | "sort_by" | "sort_unstable_by"
+        | "dedup_by" | "is_sorted_by" => (0, &[Elem, Elem]),
+        _ if ADAPTORS.contains(&method) => (0, &[Elem]),
+        _ => return None,
+    })
+}
+
+/// Methods of iterators, collections, `Option` and `Result` whose first
+/// argument is a closure called with the elements (or the value inside).
 const ADAPTORS: &[&str] = &[
+    "retain",
+    "retain_mut",
+    "partition",
+    "max_by_key",
+    "min_by_key",
+    "sort_by_key",
+    "sort_unstable_by_key",
+    "sort_by_cached_key",
+    "map_while",
+    "rposition",
     "for_each",
     "try_for_each",
     "map",
@@ -891,18 +992,27 @@ const ADAPTORS: &[&str] = &[
 
 impl<'ast> Collector<'_> {
     /// Walks a method call's receiver and arguments; the closure given to
-    /// an iterator adaptor (`stores.iter().for_each(|s| ..)`) gets the
-    /// elements' type for its first parameter.
+    /// an iterator adaptor (`stores.iter().for_each(|s| ..)`,
+    /// `fold(init, |acc, s| ..)`, `reduce(|a, b| ..)`) gets types for its
+    /// parameters from the adaptor's shape.
     fn visit_method_call_parts(&mut self, call: &'ast ExprMethodCall) {
         self.visit_expr(&call.receiver);
+        let shape = adaptor_shape(&call.method.to_string());
         for (i, arg) in call.args.iter().enumerate() {
-            if i == 0
+            if let Some((at, params)) = shape
+                && i == at
                 && let Expr::Closure(closure) = arg
-                && ADAPTORS.iter().any(|a| call.method == a)
                 && self.descend(|| None)
             {
-                let hint = self.hint(&call.receiver).map(|h| h.then(Step::Elem));
-                self.visit_closure_with(closure, hint);
+                let hints = params
+                    .iter()
+                    .map(|param| match param {
+                        Param::Elem => self.hint(&call.receiver).map(|h| h.then(Step::Elem)),
+                        Param::Arg(n) => call.args.iter().nth(*n).and_then(|a| self.hint(a)),
+                        Param::Unknown => None,
+                    })
+                    .collect();
+                self.visit_closure_with(closure, hints);
                 self.depth -= 1;
             } else {
                 self.visit_expr(arg);
@@ -910,20 +1020,20 @@ impl<'ast> Collector<'_> {
         }
     }
 
-    /// Walks a closure, its first parameter bound to `first` when the
-    /// parameter has no type of its own.
-    fn visit_closure_with(&mut self, closure: &'ast ExprClosure, first: Option<TypeHint>) {
+    /// Walks a closure, its parameters bound to `params` (in order) when
+    /// they have no type of their own.
+    fn visit_closure_with(&mut self, closure: &'ast ExprClosure, params: Vec<Option<TypeHint>>) {
         self.env.push_scope();
-        let mut first = first;
+        let mut params = params.into_iter();
         for input in &closure.inputs {
+            let given = params.next().flatten();
             match input {
                 Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, None, None),
-                other => match first.take() {
+                other => match given {
                     Some(hint) => self.bind_pat(other, Some(hint), "a closure parameter", 0),
                     None => self.visit_pat(other),
                 },
             }
-            first = None;
         }
         self.visit_expr(&closure.body);
         self.env.pop_scope();
