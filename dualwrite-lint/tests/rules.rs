@@ -404,3 +404,13 @@ fn receivers_patterns() {
     assert!(found.iter().all(|f| f.explain.len() >= 2), "{found:#?}");
     assert_eq!(found_lines(&found), marked_lines("receivers_patterns"));
 }
+
+/// sqlx `QueryBuilder`: text pushed after the constructor (`push`,
+/// `push_unseparated`, through `separated`, chained, a `format!`, a local
+/// or a `const`) makes the built statement a write.
+#[test]
+fn query_builder() {
+    let found = check("query_builder");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+    assert_eq!(found_lines(&found), marked_lines("query_builder"));
+}

@@ -753,6 +753,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_local(&mut self, local: &'ast Local) {
         let mut hint = None;
         let mut sql = None;
+        let mut builder = None;
         if let Some(init) = &local.init {
             self.visit_expr(&init.expr);
             if let Some((_, diverge)) = &init.diverge {
@@ -760,10 +761,20 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             }
             hint = self.hint(&init.expr);
             sql = sql_evidence(&init.expr, &self.env, self.dir);
+            builder = self.builder_of(&init.expr, 0);
         }
         match &local.pat {
             Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, sql, hint),
             other => self.bind_pat_sql(other, hint, "`let`", sql),
+        }
+        if let Some(call) = builder {
+            let mut pat = &local.pat;
+            while let Pat::Type(typed) = pat {
+                pat = &typed.pat;
+            }
+            if let Pat::Ident(ident) = pat {
+                self.env.set_builder(&ident.ident.to_string(), call);
+            }
         }
     }
 
@@ -807,6 +818,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
         if !self.wanted(&call.method) {
             self.visit_method_call_parts(call);
+            self.record_pushed_sql(call);
             return;
         }
         let receiver = self.hint(&call.receiver);
@@ -826,6 +838,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             in_test: false,
         });
         self.visit_method_call_parts(call);
+        self.record_pushed_sql(call);
     }
 
     fn visit_expr_call(&mut self, call: &'ast ExprCall) {
@@ -930,6 +943,20 @@ fn variant_field(
         .clone()
         .map(|h| h.then(Step::Variant(variant.into(), member.into())))
 }
+
+/// Query builder methods whose argument is SQL text.
+const PUSHES_TEXT: &[&str] = &["push", "push_unseparated"];
+
+/// Query builder methods that return (a borrow of) the builder.
+const BUILDER_CHAINS: &[&str] = &[
+    "push",
+    "push_unseparated",
+    "push_bind",
+    "push_bind_unseparated",
+    "push_values",
+    "push_tuples",
+    "separated",
+];
 
 /// What a parameter of an adaptor's closure is given.
 #[derive(Clone, Copy)]
@@ -1037,6 +1064,95 @@ impl<'ast> Collector<'_> {
         }
         self.visit_expr(&closure.body);
         self.env.pop_scope();
+    }
+
+    /// `qb.push("UPDATE ..")` on a query builder made by a recorded call
+    /// (`QueryBuilder::new(..)`): the text pushed is part of the statement
+    /// that call builds, which writes when any of its texts writes.
+    fn record_pushed_sql(&mut self, call: &ExprMethodCall) {
+        if !PUSHES_TEXT.iter().any(|m| call.method == m) || call.args.len() != 1 {
+            return;
+        }
+        let Some(index) = self.builder_of(&call.receiver, 0) else {
+            return;
+        };
+        let Some(arg) = call.args.first() else {
+            return;
+        };
+        let pushed =
+            match arg {
+                // A fragment may close what an earlier one opened: `") ; DELETE .."`.
+                Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(text),
+                    ..
+                }) => crate::analysis::sql::leading_keyword(text.value().trim_start_matches(
+                    |c: char| c.is_whitespace() || matches!(c, ')' | ',' | ';'),
+                ))
+                .map(SqlEvidence::Keyword),
+                other => sql_evidence(other, &self.env, self.dir),
+            };
+        let Some(pushed) = pushed else {
+            return;
+        };
+        let Some(site) = self.summary.calls.get_mut(index) else {
+            return;
+        };
+        let writes = |e: &Option<SqlEvidence>| matches!(e, Some(SqlEvidence::Keyword(k)) if crate::analysis::sql::is_write_verb(k));
+        match pushed {
+            // A write pushed makes the statement a write.
+            SqlEvidence::Keyword(k) if crate::analysis::sql::is_write_verb(&k) => {
+                if !writes(&site.sql) {
+                    site.sql = Some(SqlEvidence::Keyword(k));
+                }
+            }
+            // A constant is read in pass 2; it replaces only what is no write.
+            SqlEvidence::Const(name) => {
+                if !writes(&site.sql) && !matches!(site.sql, Some(SqlEvidence::Const(_))) {
+                    site.sql = Some(SqlEvidence::Const(name));
+                }
+            }
+            SqlEvidence::Keyword(_) => {}
+        }
+    }
+
+    /// The index of the recorded call that made the query builder `expr`
+    /// is (or borrows from): a local bound to one, `QueryBuilder::new(..)`
+    /// itself, or either through `push*`/`separated` calls.
+    fn builder_of(&self, expr: &Expr, depth: u32) -> Option<usize> {
+        if depth > MAX_PATTERN_DEPTH {
+            return None;
+        }
+        match expr {
+            Expr::Reference(r) => self.builder_of(&r.expr, depth + 1),
+            Expr::Paren(p) => self.builder_of(&p.expr, depth + 1),
+            Expr::MethodCall(m) if BUILDER_CHAINS.iter().any(|c| m.method == c) => {
+                self.builder_of(&m.receiver, depth + 1)
+            }
+            Expr::Path(p) if p.qself.is_none() => self.env.builder(p.path.get_ident()?),
+            Expr::Call(c) => {
+                let Expr::Path(func) = &*c.func else {
+                    return None;
+                };
+                if func.qself.is_some() {
+                    return None;
+                }
+                let segments = &func.path.segments;
+                let last = segments.last()?;
+                if last.ident != "new"
+                    || segments.len() < 2
+                    || segments[segments.len() - 2].ident != "QueryBuilder"
+                {
+                    return None;
+                }
+                let first = segments.first()?.ident.span();
+                let span = span_between(first, last.ident.span());
+                self.summary
+                    .calls
+                    .iter()
+                    .rposition(|site| site.kind == CallKind::Path && site.span == span)
+            }
+            _ => None,
+        }
     }
 
     fn record_const(&mut self, ident: &syn::Ident, expr: &Expr) {
