@@ -414,3 +414,15 @@ fn query_builder() {
     assert!(found.iter().all(|f| f.rule == RuleId::DW002));
     assert_eq!(found_lines(&found), marked_lines("query_builder"));
 }
+
+/// In a crate that depends on sea-orm and mongodb, their name-based rules
+/// hold only for entities (`Entity::update_many`, also re-exported under
+/// another name) and collections (`Collection<_>`, `db.collection(..)`):
+/// the crate's own `CommunityTag::update_many` and other receivers with the
+/// same method names stay clean.
+#[test]
+fn client_receivers() {
+    let found = check("client_receivers");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+    assert_eq!(found_lines(&found), marked_lines("client_receivers"));
+}

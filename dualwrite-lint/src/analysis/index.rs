@@ -110,6 +110,9 @@ pub struct Index<'a> {
     consts: HashMap<&'a str, Option<&'a str>>,
     /// The adapters the annotated traits generate.
     adapters: HashSet<&'a str>,
+    /// Names imported under another name (`use user::Entity as User;`) ->
+    /// the original last segment; `None` when imports of that name disagree.
+    renamed: HashMap<&'a str, Option<&'a str>>,
 }
 
 impl<'a> Index<'a> {
@@ -140,6 +143,12 @@ impl<'a> Index<'a> {
             }
             for (name, keyword) in &file.consts {
                 merge(&mut index.consts, name, &**keyword);
+            }
+            for import in &file.imports {
+                let original = last_segment(&import.path);
+                if &*import.local != "*" && original != &*import.local && original != "self" {
+                    merge(&mut index.renamed, &import.local, original);
+                }
             }
         }
         index.adapters = index.traits.values().map(|t| t.adapter).collect();
@@ -533,6 +542,12 @@ impl<'a> Index<'a> {
         self.structs.contains_key(name)
             || self.adapters.contains(name)
             || self.raw_stores.contains_key(name)
+    }
+
+    /// The original name of a name imported under another one
+    /// (`User` for `use user::Entity as User;`), when unambiguous.
+    pub fn renamed_from(&self, local: &str) -> Option<&'a str> {
+        self.renamed.get(local).copied().flatten()
     }
 
     /// The leading keyword of a string constant, when unambiguous.
