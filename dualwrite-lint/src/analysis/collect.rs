@@ -972,17 +972,36 @@ enum Param {
 /// Methods of iterators, collections, `Option` and `Result` that call a
 /// closure: the closure's argument position and what each of its
 /// parameters is given.
-fn adaptor_shape(method: &str) -> Option<(usize, &'static [Param])> {
+fn adaptor_shape(method: &syn::Ident) -> Option<(usize, &'static [Param])> {
     use Param::{Arg, Elem, Unknown};
-    Some(match method {
-        "fold" | "try_fold" | "rfold" | "try_rfold" => (1, &[Arg(0), Elem]),
-        "scan" => (1, &[Unknown, Elem]),
-        "map_or" | "map_or_else" => (1, &[Elem]),
-        "reduce" | "try_reduce" | "max_by" | "min_by" | "sort_by" | "sort_unstable_by"
-        | "dedup_by" | "is_sorted_by" => (0, &[Elem, Elem]),
-        _ if ADAPTORS.contains(&method) => (0, &[Elem]),
-        _ => return None,
-    })
+    const SHAPES: &[(&[&str], usize, &[Param])] = &[
+        (
+            &["fold", "try_fold", "rfold", "try_rfold"],
+            1,
+            &[Arg(0), Elem],
+        ),
+        (&["scan"], 1, &[Unknown, Elem]),
+        (&["map_or", "map_or_else"], 1, &[Elem]),
+        (
+            &[
+                "reduce",
+                "try_reduce",
+                "max_by",
+                "min_by",
+                "sort_by",
+                "sort_unstable_by",
+                "dedup_by",
+                "is_sorted_by",
+            ],
+            0,
+            &[Elem, Elem],
+        ),
+        (ADAPTORS, 0, &[Elem]),
+    ];
+    SHAPES
+        .iter()
+        .find(|(names, _, _)| names.iter().any(|n| method == n))
+        .map(|&(_, at, params)| (at, params))
 }
 
 /// Methods of iterators, collections, `Option` and `Result` whose first
@@ -1024,7 +1043,11 @@ impl<'ast> Collector<'_> {
     /// parameters from the adaptor's shape.
     fn visit_method_call_parts(&mut self, call: &'ast ExprMethodCall) {
         self.visit_expr(&call.receiver);
-        let shape = adaptor_shape(&call.method.to_string());
+        let shape = if call.args.iter().any(|a| matches!(a, Expr::Closure(_))) {
+            adaptor_shape(&call.method)
+        } else {
+            None
+        };
         for (i, arg) in call.args.iter().enumerate() {
             if let Some((at, params)) = shape
                 && i == at
