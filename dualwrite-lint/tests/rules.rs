@@ -359,3 +359,70 @@ fn client_deps() {
     let found = check("client_deps");
     assert!(found.iter().all(|f| f.rule == RuleId::DW002));
 }
+
+/// The lines of a fixture marked `// DW00x` (the findings it must have),
+/// as `file:line RULE`, for fixtures whose every finding is marked.
+fn marked_lines(name: &str) -> Vec<String> {
+    let root = fixtures_root().join(name);
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut out = Vec::new();
+    for path in files {
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if let Some((_, rest)) = line.split_once("// DW00") {
+                out.push(format!("{rel}:{} DW00{}", i + 1, &rest[..1]));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn found_lines(found: &[Finding]) -> Vec<String> {
+    let mut out: Vec<String> = found
+        .iter()
+        .map(|f| format!("{}:{} {}", f.location.file, f.location.start_line, f.rule))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Enum variant patterns (`Some(Stores::Legacy(s))`, `Backend::Pg(store)`
+/// arms, struct variants, `Self::` and glob-imported variants) and every
+/// parameter of an iterator adaptor's closure (`zip`, `fold`, `enumerate`,
+/// `reduce`, `max_by`, `map_or`) are typed.
+#[test]
+fn receivers_patterns() {
+    let found = check("receivers_patterns");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW001));
+    assert!(found.iter().all(|f| f.explain.len() >= 2), "{found:#?}");
+    assert_eq!(found_lines(&found), marked_lines("receivers_patterns"));
+}
+
+/// sqlx `QueryBuilder`: text pushed after the constructor (`push`,
+/// `push_unseparated`, through `separated`, chained, a `format!`, a local
+/// or a `const`) makes the built statement a write.
+#[test]
+fn query_builder() {
+    let found = check("query_builder");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+    assert_eq!(found_lines(&found), marked_lines("query_builder"));
+}
+
+/// In a crate that depends on sea-orm and mongodb, their name-based rules
+/// hold only for entities (`Entity::update_many`, also re-exported under
+/// another name) and collections (`Collection<_>`, `db.collection(..)`):
+/// the crate's own `CommunityTag::update_many` and other receivers with the
+/// same method names stay clean.
+#[test]
+fn client_receivers() {
+    let found = check("client_receivers");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+    assert_eq!(found_lines(&found), marked_lines("client_receivers"));
+}

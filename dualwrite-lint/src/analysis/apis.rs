@@ -10,8 +10,12 @@
 //! - a `Macro` spec (its name may end in `!`) matches a macro's path the same way;
 //! - a `Method` spec matches by method name;
 //! - `receiver`, when set, is a `|`-separated list of texts one of which must
-//!   occur in the receiver's inferred type path, or in the receiver's own text
-//!   (`self.redis`), or for functions in the called path.
+//!   occur in the receiver's inferred type path, in the receiver's own text
+//!   (`self.redis`), in a method called to get the receiver
+//!   (`db.collection(..)`), or for functions in the called path;
+//! - a called path's type segment imported under another name anywhere in
+//!   the checked files (`pub use user::Entity as User;`) also matches under
+//!   its original name.
 
 use serde::{Deserialize, Serialize};
 
@@ -219,12 +223,17 @@ impl ApiTable {
                     .in_crates(SEA_ORM),
             );
         }
+        // Associated functions of an entity: `user::Entity::update_many()`,
+        // `Users::delete_many()` under `use user::Entity as Users;` (also
+        // re-exported from another file), never a type of the crate's own.
         for name in [
             "Entity::insert",
             "Entity::insert_many",
-            "update_many",
-            "delete_many",
-            "delete_by_id",
+            "Entity::update",
+            "Entity::update_many",
+            "Entity::delete",
+            "Entity::delete_many",
+            "Entity::delete_by_id",
         ] {
             specs.push(ApiSpec::new(name, Write, Function, "sea-orm").in_crates(SEA_ORM));
         }
@@ -286,7 +295,12 @@ impl ApiTable {
             "find_one_and_delete",
             "bulk_write",
         ] {
-            specs.push(ApiSpec::new(name, Write, Method, "mongodb").in_crates(MONGODB));
+            // On a `Collection<T>` (typed, or from `db.collection(..)`).
+            specs.push(
+                ApiSpec::new(name, Write, Method, "mongodb")
+                    .on_receiver("Collection|collection")
+                    .in_crates(MONGODB),
+            );
         }
         ApiTable { specs }
     }

@@ -272,6 +272,7 @@ impl<'i> Collector<'i> {
                 let last = tuple.path.segments.last().map(|s| s.ident.to_string());
                 let unwrap = matches!(last.as_deref(), Some("Some" | "Ok"))
                     && tuple.path.segments.len() == 1;
+                let owner = self.variant_owner(&tuple.path, hint.clone());
                 let mut after_rest = false;
                 for (i, elem) in tuple.elems.iter().enumerate() {
                     after_rest |= matches!(elem, Pat::Rest(_));
@@ -280,18 +281,20 @@ impl<'i> Collector<'i> {
                     } else if after_rest || unwrap {
                         None
                     } else {
-                        with(Step::Field(i.to_string().into_boxed_str()))
+                        variant_field(&owner, last.as_deref(), &i.to_string())
                     };
                     self.bind_pat(elem, elem_hint, how, depth + 1);
                 }
             }
             Pat::Struct(s) => {
+                let last = s.path.segments.last().map(|s| s.ident.to_string());
+                let owner = self.variant_owner(&s.path, hint.clone());
                 for field in &s.fields {
                     let member = match &field.member {
                         syn::Member::Named(ident) => ident.to_string(),
                         syn::Member::Unnamed(index) => index.index.to_string(),
                     };
-                    let field_hint = with(Step::Field(member.into_boxed_str()));
+                    let field_hint = variant_field(&owner, last.as_deref(), &member);
                     self.bind_pat(&field.pat, field_hint, how, depth + 1);
                 }
             }
@@ -316,6 +319,33 @@ impl<'i> Collector<'i> {
             }
             other => self.visit_pat(other),
         }
+    }
+
+    /// The value a tuple-struct or struct pattern with `path` takes apart:
+    /// the enum its path names (`Backend::Pg`, `Self::Legacy`), else the
+    /// value matched (`hint`: a struct, or an enum whose variant was
+    /// imported).
+    fn variant_owner(&self, path: &syn::Path, hint: Option<TypeHint>) -> Option<TypeHint> {
+        let segments = &path.segments;
+        if segments.len() >= 2 {
+            let owner = &segments[segments.len() - 2].ident;
+            if owner == "Self" && segments.len() == 2 {
+                if let Some(self_ty) = &self.self_ty {
+                    return Some(TypeHint::of(self_ty.clone()));
+                }
+            } else if owner
+                .to_string()
+                .starts_with(|c: char| c.is_ascii_uppercase())
+            {
+                let text: Vec<String> = segments
+                    .iter()
+                    .take(segments.len() - 1)
+                    .map(|s| s.ident.to_string())
+                    .collect();
+                return Some(TypeHint::of(text.join("::")));
+            }
+        }
+        hint
     }
 
     /// [`Self::bind_pat`], keeping SQL evidence on a plain name.
@@ -647,6 +677,27 @@ impl<'ast> Visit<'ast> for Collector<'_> {
         });
     }
 
+    fn visit_item_enum(&mut self, item: &'ast syn::ItemEnum) {
+        // Variant fields are kept as fields `Variant::0`, `Variant::name`.
+        let name = item.ident.to_string();
+        let mut fields = Vec::new();
+        for variant in &item.variants {
+            for (i, field) in variant.fields.iter().enumerate() {
+                let member = field
+                    .ident
+                    .as_ref()
+                    .map_or_else(|| i.to_string(), |ident| ident.to_string());
+                if let Some(ty) = encode(&field.ty, Some(&name)) {
+                    fields.push((format!("{}::{member}", variant.ident).into_boxed_str(), ty));
+                }
+            }
+        }
+        self.summary.structs.push(StructSummary {
+            name: name.into_boxed_str(),
+            fields,
+        });
+    }
+
     fn visit_item_type(&mut self, item: &'ast ItemType) {
         if let Some(target) = encode(&item.ty, None) {
             self.summary
@@ -702,6 +753,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_local(&mut self, local: &'ast Local) {
         let mut hint = None;
         let mut sql = None;
+        let mut builder = None;
         if let Some(init) = &local.init {
             self.visit_expr(&init.expr);
             if let Some((_, diverge)) = &init.diverge {
@@ -709,10 +761,20 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             }
             hint = self.hint(&init.expr);
             sql = sql_evidence(&init.expr, &self.env, self.dir);
+            builder = self.builder_of(&init.expr, 0);
         }
         match &local.pat {
             Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, sql, hint),
             other => self.bind_pat_sql(other, hint, "`let`", sql),
+        }
+        if let Some(call) = builder {
+            let mut pat = &local.pat;
+            while let Pat::Type(typed) = pat {
+                pat = &typed.pat;
+            }
+            if let Pat::Ident(ident) = pat {
+                self.env.set_builder(&ident.ident.to_string(), call);
+            }
         }
     }
 
@@ -750,12 +812,13 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_expr_closure(&mut self, closure: &'ast ExprClosure) {
-        self.visit_closure_with(closure, None);
+        self.visit_closure_with(closure, Vec::new());
     }
 
     fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
         if !self.wanted(&call.method) {
             self.visit_method_call_parts(call);
+            self.record_pushed_sql(call);
             return;
         }
         let receiver = self.hint(&call.receiver);
@@ -775,6 +838,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             in_test: false,
         });
         self.visit_method_call_parts(call);
+        self.record_pushed_sql(call);
     }
 
     fn visit_expr_call(&mut self, call: &'ast ExprCall) {
@@ -867,9 +931,92 @@ fn expr_marker(expr: &Expr) -> Option<proc_macro2::Span> {
     })
 }
 
-/// Methods of iterators, `Option` and `Result` whose first argument is a
-/// closure called with the elements (or the value inside).
+/// The hint of field `member` of the variant (or struct) `variant` of the
+/// value `owner`.
+fn variant_field(
+    owner: &Option<TypeHint>,
+    variant: Option<&str>,
+    member: &str,
+) -> Option<TypeHint> {
+    let variant = variant?;
+    owner
+        .clone()
+        .map(|h| h.then(Step::Variant(variant.into(), member.into())))
+}
+
+/// Query builder methods whose argument is SQL text.
+const PUSHES_TEXT: &[&str] = &["push", "push_unseparated"];
+
+/// Query builder methods that return (a borrow of) the builder.
+const BUILDER_CHAINS: &[&str] = &[
+    "push",
+    "push_unseparated",
+    "push_bind",
+    "push_bind_unseparated",
+    "push_values",
+    "push_tuples",
+    "separated",
+];
+
+/// What a parameter of an adaptor's closure is given.
+#[derive(Clone, Copy)]
+enum Param {
+    /// An element of the receiver (or the value inside an `Option`).
+    Elem,
+    /// The value of the call's argument `n` (`fold`'s initial value).
+    Arg(usize),
+    /// Not known.
+    Unknown,
+}
+
+/// Methods of iterators, collections, `Option` and `Result` that call a
+/// closure: the closure's argument position and what each of its
+/// parameters is given.
+fn adaptor_shape(method: &syn::Ident) -> Option<(usize, &'static [Param])> {
+    use Param::{Arg, Elem, Unknown};
+    const SHAPES: &[(&[&str], usize, &[Param])] = &[
+        (
+            &["fold", "try_fold", "rfold", "try_rfold"],
+            1,
+            &[Arg(0), Elem],
+        ),
+        (&["scan"], 1, &[Unknown, Elem]),
+        (&["map_or", "map_or_else"], 1, &[Elem]),
+        (
+            &[
+                "reduce",
+                "try_reduce",
+                "max_by",
+                "min_by",
+                "sort_by",
+                "sort_unstable_by",
+                "dedup_by",
+                "is_sorted_by",
+            ],
+            0,
+            &[Elem, Elem],
+        ),
+        (ADAPTORS, 0, &[Elem]),
+    ];
+    SHAPES
+        .iter()
+        .find(|(names, _, _)| names.iter().any(|n| method == n))
+        .map(|&(_, at, params)| (at, params))
+}
+
+/// Methods of iterators, collections, `Option` and `Result` whose first
+/// argument is a closure called with the elements (or the value inside).
 const ADAPTORS: &[&str] = &[
+    "retain",
+    "retain_mut",
+    "partition",
+    "max_by_key",
+    "min_by_key",
+    "sort_by_key",
+    "sort_unstable_by_key",
+    "sort_by_cached_key",
+    "map_while",
+    "rposition",
     "for_each",
     "try_for_each",
     "map",
@@ -891,18 +1038,31 @@ const ADAPTORS: &[&str] = &[
 
 impl<'ast> Collector<'_> {
     /// Walks a method call's receiver and arguments; the closure given to
-    /// an iterator adaptor (`stores.iter().for_each(|s| ..)`) gets the
-    /// elements' type for its first parameter.
+    /// an iterator adaptor (`stores.iter().for_each(|s| ..)`,
+    /// `fold(init, |acc, s| ..)`, `reduce(|a, b| ..)`) gets types for its
+    /// parameters from the adaptor's shape.
     fn visit_method_call_parts(&mut self, call: &'ast ExprMethodCall) {
         self.visit_expr(&call.receiver);
+        let shape = if call.args.iter().any(|a| matches!(a, Expr::Closure(_))) {
+            adaptor_shape(&call.method)
+        } else {
+            None
+        };
         for (i, arg) in call.args.iter().enumerate() {
-            if i == 0
+            if let Some((at, params)) = shape
+                && i == at
                 && let Expr::Closure(closure) = arg
-                && ADAPTORS.iter().any(|a| call.method == a)
                 && self.descend(|| None)
             {
-                let hint = self.hint(&call.receiver).map(|h| h.then(Step::Elem));
-                self.visit_closure_with(closure, hint);
+                let hints = params
+                    .iter()
+                    .map(|param| match param {
+                        Param::Elem => self.hint(&call.receiver).map(|h| h.then(Step::Elem)),
+                        Param::Arg(n) => call.args.iter().nth(*n).and_then(|a| self.hint(a)),
+                        Param::Unknown => None,
+                    })
+                    .collect();
+                self.visit_closure_with(closure, hints);
                 self.depth -= 1;
             } else {
                 self.visit_expr(arg);
@@ -910,23 +1070,112 @@ impl<'ast> Collector<'_> {
         }
     }
 
-    /// Walks a closure, its first parameter bound to `first` when the
-    /// parameter has no type of its own.
-    fn visit_closure_with(&mut self, closure: &'ast ExprClosure, first: Option<TypeHint>) {
+    /// Walks a closure, its parameters bound to `params` (in order) when
+    /// they have no type of their own.
+    fn visit_closure_with(&mut self, closure: &'ast ExprClosure, params: Vec<Option<TypeHint>>) {
         self.env.push_scope();
-        let mut first = first;
+        let mut params = params.into_iter();
         for input in &closure.inputs {
+            let given = params.next().flatten();
             match input {
                 Pat::Type(typed) => self.bind_typed(&typed.pat, &typed.ty, None, None),
-                other => match first.take() {
+                other => match given {
                     Some(hint) => self.bind_pat(other, Some(hint), "a closure parameter", 0),
                     None => self.visit_pat(other),
                 },
             }
-            first = None;
         }
         self.visit_expr(&closure.body);
         self.env.pop_scope();
+    }
+
+    /// `qb.push("UPDATE ..")` on a query builder made by a recorded call
+    /// (`QueryBuilder::new(..)`): the text pushed is part of the statement
+    /// that call builds, which writes when any of its texts writes.
+    fn record_pushed_sql(&mut self, call: &ExprMethodCall) {
+        if !PUSHES_TEXT.iter().any(|m| call.method == m) || call.args.len() != 1 {
+            return;
+        }
+        let Some(index) = self.builder_of(&call.receiver, 0) else {
+            return;
+        };
+        let Some(arg) = call.args.first() else {
+            return;
+        };
+        let pushed =
+            match arg {
+                // A fragment may close what an earlier one opened: `") ; DELETE .."`.
+                Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(text),
+                    ..
+                }) => crate::analysis::sql::leading_keyword(text.value().trim_start_matches(
+                    |c: char| c.is_whitespace() || matches!(c, ')' | ',' | ';'),
+                ))
+                .map(SqlEvidence::Keyword),
+                other => sql_evidence(other, &self.env, self.dir),
+            };
+        let Some(pushed) = pushed else {
+            return;
+        };
+        let Some(site) = self.summary.calls.get_mut(index) else {
+            return;
+        };
+        let writes = |e: &Option<SqlEvidence>| matches!(e, Some(SqlEvidence::Keyword(k)) if crate::analysis::sql::is_write_verb(k));
+        match pushed {
+            // A write pushed makes the statement a write.
+            SqlEvidence::Keyword(k) if crate::analysis::sql::is_write_verb(&k) => {
+                if !writes(&site.sql) {
+                    site.sql = Some(SqlEvidence::Keyword(k));
+                }
+            }
+            // A constant is read in pass 2; it replaces only what is no write.
+            SqlEvidence::Const(name) => {
+                if !writes(&site.sql) && !matches!(site.sql, Some(SqlEvidence::Const(_))) {
+                    site.sql = Some(SqlEvidence::Const(name));
+                }
+            }
+            SqlEvidence::Keyword(_) => {}
+        }
+    }
+
+    /// The index of the recorded call that made the query builder `expr`
+    /// is (or borrows from): a local bound to one, `QueryBuilder::new(..)`
+    /// itself, or either through `push*`/`separated` calls.
+    fn builder_of(&self, expr: &Expr, depth: u32) -> Option<usize> {
+        if depth > MAX_PATTERN_DEPTH {
+            return None;
+        }
+        match expr {
+            Expr::Reference(r) => self.builder_of(&r.expr, depth + 1),
+            Expr::Paren(p) => self.builder_of(&p.expr, depth + 1),
+            Expr::MethodCall(m) if BUILDER_CHAINS.iter().any(|c| m.method == c) => {
+                self.builder_of(&m.receiver, depth + 1)
+            }
+            Expr::Path(p) if p.qself.is_none() => self.env.builder(p.path.get_ident()?),
+            Expr::Call(c) => {
+                let Expr::Path(func) = &*c.func else {
+                    return None;
+                };
+                if func.qself.is_some() {
+                    return None;
+                }
+                let segments = &func.path.segments;
+                let last = segments.last()?;
+                if last.ident != "new"
+                    || segments.len() < 2
+                    || segments[segments.len() - 2].ident != "QueryBuilder"
+                {
+                    return None;
+                }
+                let first = segments.first()?.ident.span();
+                let span = span_between(first, last.ident.span());
+                self.summary
+                    .calls
+                    .iter()
+                    .rposition(|site| site.kind == CallKind::Path && site.span == span)
+            }
+            _ => None,
+        }
     }
 
     fn record_const(&mut self, ident: &syn::Ident, expr: &Expr) {

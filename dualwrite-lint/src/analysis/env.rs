@@ -12,6 +12,8 @@ struct Binding {
     name: Box<str>,
     hint: Option<TypeHint>,
     sql: Option<SqlEvidence>,
+    /// For a query builder: the index of the call that made it.
+    builder: Option<usize>,
 }
 
 /// Local bindings in scope.
@@ -51,7 +53,29 @@ impl Env {
     /// Binds `name` in the innermost scope, shadowing earlier bindings (a
     /// binding without a hint hides an outer hint, as Rust's shadowing does).
     pub fn bind(&mut self, name: Box<str>, hint: Option<TypeHint>, sql: Option<SqlEvidence>) {
-        self.bindings.push(Binding { name, hint, sql });
+        self.bindings.push(Binding {
+            name,
+            hint,
+            sql,
+            builder: None,
+        });
+    }
+
+    /// Marks the latest binding of `name` as the query builder made by
+    /// the recorded call `call` (text pushed to it is that call's SQL).
+    pub fn set_builder(&mut self, name: &str, call: usize) {
+        if let Some(binding) = self.bindings[self.floor..]
+            .iter_mut()
+            .rev()
+            .find(|b| *b.name == *name)
+        {
+            binding.builder = Some(call);
+        }
+    }
+
+    /// The call that made the query builder `name` holds, if it does.
+    pub fn builder(&self, name: &Ident) -> Option<usize> {
+        self.lookup(name)?.builder
     }
 
     /// The visible binding of `name` (compared without allocating).

@@ -179,12 +179,18 @@ fn hint_at(expr: &Expr, env: &Env, self_ty: Option<&str>, depth: u32) -> Option<
         Expr::Await(a) => inner(&a.base),
         Expr::Cast(c) => inner(&c.expr),
         Expr::Try(t) => Some(inner(&t.expr)?.then(Step::Unwrap)),
+        // `xs[..]`, `xs[1..]`: the same elements.
+        Expr::Index(i) if matches!(&*i.index, Expr::Range(_)) => inner(&i.expr),
         Expr::Index(i) => Some(inner(&i.expr)?.then(Step::Elem)),
         Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => inner(&u.expr),
         Expr::MethodCall(m) if is_one_of(&m.method, PASSTHROUGH) => inner(&m.receiver),
         Expr::MethodCall(m) if is_one_of(&m.method, KEEPS) => inner(&m.receiver),
         Expr::MethodCall(m) if is_one_of(&m.method, UNWRAPS) => {
             Some(inner(&m.receiver)?.then(Step::Unwrap))
+        }
+        Expr::MethodCall(m) if m.method == "zip" && m.args.len() == 1 => {
+            let other = m.args.first().and_then(inner).map(Box::new);
+            Some(inner(&m.receiver)?.then(Step::Zip(other)))
         }
         Expr::MethodCall(m) => {
             let hint = inner(&m.receiver)?;
@@ -277,6 +283,7 @@ fn call_hint(
     if owner_text == "Default" {
         return None;
     }
+    let variant = last.starts_with(|c: char| c.is_ascii_uppercase());
     let owner_path = if owner_text == "Self" && segments.len() == 2 {
         Box::from(self_ty?)
     } else {
@@ -289,6 +296,10 @@ fn call_hint(
         }
         text.into_boxed_str()
     };
+    if variant {
+        // `Backend::Pg(store)`: a value of the enum.
+        return Some(TypeHint::of(owner_path));
+    }
     Some(TypeHint::from_base(HintBase::Assoc(
         owner_path,
         last.into_boxed_str(),

@@ -110,6 +110,9 @@ pub struct Index<'a> {
     consts: HashMap<&'a str, Option<&'a str>>,
     /// The adapters the annotated traits generate.
     adapters: HashSet<&'a str>,
+    /// Names imported under another name (`use user::Entity as User;`) ->
+    /// the original last segment; `None` when imports of that name disagree.
+    renamed: HashMap<&'a str, Option<&'a str>>,
 }
 
 impl<'a> Index<'a> {
@@ -140,6 +143,12 @@ impl<'a> Index<'a> {
             }
             for (name, keyword) in &file.consts {
                 merge(&mut index.consts, name, &**keyword);
+            }
+            for import in &file.imports {
+                let original = last_segment(&import.path);
+                if &*import.local != "*" && original != &*import.local && original != "self" {
+                    merge(&mut index.renamed, &import.local, original);
+                }
             }
         }
         index.adapters = index.traits.values().map(|t| t.adapter).collect();
@@ -280,7 +289,7 @@ impl<'a> Index<'a> {
         let Some(lines) = explain else {
             // The fast path: no text.
             for step in &hint.steps {
-                ty = self.step(&ty, step)?.0;
+                ty = self.step(scope, &ty, step)?.0;
             }
             return Some(ty);
         };
@@ -316,13 +325,15 @@ impl<'a> Index<'a> {
         };
         take_notes(0, &mut text, &ty, lines);
         for (i, step) in hint.steps.iter().enumerate() {
-            let (next, how) = self.step(&ty, step)?;
+            let (next, how) = self.step(scope, &ty, step)?;
             text = match step {
                 Step::Field(f) => format!("{text}.{f}"),
                 Step::Method(m) => format!("{text}.{m}()"),
                 Step::Unwrap => format!("{text}?"),
                 Step::Elem => format!("{text}[_]"),
                 Step::Collect => format!("[{text}]"),
+                Step::Variant(variant, field) => format!("({text} as {variant}).{field}"),
+                Step::Zip(_) => format!("{text}.zip(..)"),
             };
             lines.push(format!("`{text}` is `{next}` ({how})"));
             ty = next;
@@ -332,8 +343,38 @@ impl<'a> Index<'a> {
     }
 
     /// One step from a value of type `ty`, and why.
-    fn step(&self, ty: &Ty, step: &Step) -> Option<(Ty, String)> {
+    fn step(&self, scope: &FileScope<'_>, ty: &Ty, step: &Step) -> Option<(Ty, String)> {
         let found = match step {
+            Step::Variant(variant, field) => {
+                let Ty::Named(name, _) = ty else {
+                    return None;
+                };
+                let fields = self.structs.get(name.as_str())?;
+                let key = format!("{variant}::{field}");
+                match fields.get(key.as_str()) {
+                    Some(target) => (
+                        self.normalize(target.clone()?, 0),
+                        format!("field `{field}` of variant `{name}::{variant}`"),
+                    ),
+                    None if name == &**variant => (
+                        self.normalize(fields.get(&**field)?.clone()?, 0),
+                        format!("field `{field}` of `{name}`"),
+                    ),
+                    None => return None,
+                }
+            }
+            Step::Zip(other) => {
+                let first = element(ty)?;
+                let second = other
+                    .as_deref()
+                    .and_then(|other| self.resolve_hint_ty(scope, other, None))
+                    .and_then(|other| element(&other))
+                    .unwrap_or(Ty::Unknown);
+                (
+                    Ty::Named("Vec".to_owned(), vec![Ty::Tuple(vec![first, second])]),
+                    format!("`zip()` of `{ty}`: pairs of its elements"),
+                )
+            }
             Step::Field(field) => match ty {
                 Ty::Named(name, _) => {
                     let target = self.structs.get(name.as_str())?.get(&**field)?.clone()?;
@@ -431,6 +472,16 @@ impl<'a> Index<'a> {
             Ty::Slice(elem) => match method {
                 "iter" | "iter_mut" | "into_iter" | "rev" | "skip" | "take" | "filter"
                 | "cloned" | "copied" => same(),
+                "enumerate" => Some((
+                    Ty::Named(
+                        "Vec".to_owned(),
+                        vec![Ty::Tuple(vec![
+                            Ty::Named("usize".to_owned(), Vec::new()),
+                            (**elem).clone(),
+                        ])],
+                    ),
+                    format!("`enumerate()` of `{ty}`"),
+                )),
                 "first" | "last" | "get" | "get_mut" | "first_mut" | "last_mut" => {
                     option_of((**elem).clone())
                 }
@@ -491,6 +542,12 @@ impl<'a> Index<'a> {
         self.structs.contains_key(name)
             || self.adapters.contains(name)
             || self.raw_stores.contains_key(name)
+    }
+
+    /// The original name of a name imported under another one
+    /// (`User` for `use user::Entity as User;`), when unambiguous.
+    pub fn renamed_from(&self, local: &str) -> Option<&'a str> {
+        self.renamed.get(local).copied().flatten()
     }
 
     /// The leading keyword of a string constant, when unambiguous.

@@ -9,7 +9,7 @@ use super::apis::{ApiKind, ApiSpec, ApiTable, CallForm};
 use super::deps::{CrateDeps, DepsCache};
 use super::index::{FileScope, Index, last_segment};
 use super::sql::is_write_verb;
-use super::summary::{CallKind, CallSite, FileSummary, Span, SqlEvidence};
+use super::summary::{CallKind, CallSite, FileSummary, Span, SqlEvidence, Step};
 use crate::finding::{Finding, Fingerprint, Location, RuleId, Severity};
 
 /// A finding before its fingerprint's occurrence index is known.
@@ -272,6 +272,28 @@ fn raw_write(
         let renamed: Vec<String> = paths.iter().filter_map(|p| deps.unrename(p)).collect();
         paths.extend(renamed);
     }
+    // Shown for each path: itself, or the path it was derived from.
+    let mut shown: Vec<String> = paths.clone();
+    // `prelude::User::delete_many` under `pub use user::Entity as User;`
+    // elsewhere is `prelude::Entity::delete_many`.
+    for i in 0..paths.len() {
+        let Some((owner_path, name)) = paths[i].rsplit_once("::") else {
+            continue;
+        };
+        let (prefix, owner) = match owner_path.rsplit_once("::") {
+            Some((prefix, owner)) => (Some(prefix), owner),
+            None => (None, owner_path),
+        };
+        let Some(original) = index.renamed_from(owner) else {
+            continue;
+        };
+        let path = match prefix {
+            Some(prefix) => format!("{prefix}::{original}::{name}"),
+            None => format!("{original}::{name}"),
+        };
+        shown.push(paths[i].clone());
+        paths.push(path);
+    }
     let receiver_type = match (&call.receiver, call.kind) {
         (Some(hint), CallKind::Method) => {
             let resolved = index.resolve_hint(scope, hint);
@@ -314,11 +336,13 @@ fn raw_write(
                 }
                 None
             }
-            _ => match paths.iter().find(|p| path_matches(&m.segments, p)) {
-                Some(path) => Some(path.as_str()),
+            _ => match paths.iter().position(|p| path_matches(&m.segments, p)) {
+                Some(i) => Some((paths[i].as_str(), shown[i].as_str())),
                 None => continue,
             },
         };
+        let shown_path = matched_path.map(|(_, shown)| shown);
+        let matched_path = matched_path.map(|(path, _)| path);
         if let Some(receiver) = &spec.receiver {
             let mut texts: Vec<&str> = Vec::new();
             if let Some((written, resolved)) = &receiver_type {
@@ -329,6 +353,13 @@ fn raw_write(
             }
             if let Some(text) = &call.receiver_text {
                 texts.push(text);
+            }
+            if let Some(hint) = &call.receiver {
+                // `db.collection::<T>("users")`
+                texts.extend(hint.steps.iter().filter_map(|step| match step {
+                    Step::Method(method) => Some(&**method),
+                    _ => None,
+                }));
             }
             if let Some(path) = matched_path {
                 texts.push(path);
@@ -356,11 +387,11 @@ fn raw_write(
                 name.to_owned(),
             ),
             CallKind::Path => {
-                let path = matched_path.unwrap_or(&call.callee).to_owned();
+                let path = shown_path.unwrap_or(&call.callee).to_owned();
                 (path.clone(), path)
             }
             CallKind::Macro => {
-                let path = format!("{}!", matched_path.unwrap_or(&call.callee));
+                let path = format!("{}!", shown_path.unwrap_or(&call.callee));
                 (path.clone(), path)
             }
         };

@@ -168,6 +168,13 @@ pub enum Step {
     Elem,
     /// A collection of the value (`vec![x, ..]`, `[x, ..]`, `Some(x)`).
     Collect,
+    /// A field of an enum variant (`Stores::Legacy(s)`: variant `Legacy`,
+    /// field `0`); of a struct when the variant is the struct's own name
+    /// (`Wrapper(s)`).
+    Variant(Box<str>, Box<str>),
+    /// `.zip(other)`: pairs of an element and an element of `other` (whose
+    /// type may not be known).
+    Zip(Option<Box<TypeHint>>),
 }
 
 /// A local name bound to the value on the way (for `--explain`).

@@ -1,0 +1,3 @@
+pub mod enums;
+pub mod closures;
+pub mod store;
