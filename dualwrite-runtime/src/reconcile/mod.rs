@@ -10,7 +10,12 @@
 //! trait of the backfill), so the scan is one pass over each, in memory
 //! proportional to a batch. Old rows go through the same mapping as the
 //! backfill, so rows are compared in the new store's form; the comparator
-//! names the fields that differ (values are never logged).
+//! names the fields that differ (values are never logged). Two stores of
+//! the same form ([`Reconcile::new`]) whose sources encode rows alike
+//! ([`BackfillSource::row_encoding`], as [`crate::backfill::sqlite::SqliteSource`]
+//! does) are compared on the encoded bytes first: equal rows are never
+//! decoded into rows, and the rest are read again as rows and compared
+//! with `==`, as any difference is.
 //!
 //! Live writes keep flowing while a scan runs, so a row can change between
 //! the read of one store and the read of the other: every difference found
