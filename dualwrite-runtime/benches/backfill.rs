@@ -46,8 +46,13 @@
 //! backfill ([`dualwrite_runtime::backfill::sqlx::postgres::PgSink`], read
 //! ahead), then reconciled row by row and with MD5 range digests.
 //!
-//! `DW_BENCH_ROWS` changes the row count, `DW_BENCH_ONLY=backfill` skips
-//! the reconciliation cases, `DW_BENCH_MMAP=N` sets SQLite's `mmap_size`.
+//! `DW_BENCH_ROWS` changes the row count, `DW_BENCH_MMAP=N` sets SQLite's
+//! `mmap_size`. `DW_BENCH_ONLY` runs only the cases or groups it lists,
+//! separated by commas: `backfill` (the copies and backfills), `reconcile`
+//! (all reconciliation cases) or one of them: `scan` (raw dual scan),
+//! `rowwise`, `concurrent`, `md5`, `fast`, and `postgres` (the PostgreSQL
+//! part). `DW_BENCH_ONLY=rowwise DW_BENCH_ROUNDS=1` under
+//! `valgrind --tool=callgrind` counts the row-by-row path alone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -191,6 +196,8 @@ fn parallel_backfill(
     elapsed
 }
 
+// Not inlined, so that callgrind can count it alone (`--toggle-collect=backfill::dual_scan`).
+#[inline(never)]
 fn dual_scan(old: &Path, new: &Path, rows: usize) -> Duration {
     let (a, b) = (open(old), open(new));
     let sql = "SELECT id, name, email, created_at, score, active FROM users ORDER BY id";
@@ -296,65 +303,98 @@ fn main() {
         "{rows} rows, {rounds} rounds, batches of {batch}; median rows/s (range), share of the raw case"
     );
 
-    let (mut raw, mut listed, mut copied) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ahead, mut parallel) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let new = fresh(&dir, "raw.db");
-        raw.push(raw_copy(&old, &new, false));
-        let new = fresh(&dir, "listed.db");
-        listed.push(raw_copy(&old, &new, true));
-        let new = fresh(&dir, "parallel.db");
-        parallel.push(parallel_backfill(&old, &new, batch, rows, 2));
-        let new = fresh(&dir, "ahead.db");
-        ahead.push(backfill(&old, &new, batch, rows, true));
-        let new = fresh(&dir, "new.db");
-        copied.push(backfill(&old, &new, batch, rows, false));
-    }
-    let raw = print("raw copy, SELECT *", rows, &raw, None);
-    let listed = print("raw copy, SELECT columns", rows, &listed, Some(raw));
-    for (name, times) in [
-        ("backfill", &copied),
-        ("backfill, read ahead", &ahead),
-        ("backfill, 2 workers", &parallel),
-    ] {
-        let rate = print(name, rows, times, Some(raw));
-        println!(
-            "{:<26} {:>37.1} % of SELECT columns",
-            "",
-            100.0 * rate / listed
-        );
+    // `DW_BENCH_ONLY`: a comma-separated list of cases or groups to run.
+    let only = std::env::var("DW_BENCH_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|case| !case.is_empty())
+        .collect();
+    let wanted =
+        |case: &str, group: &str| only.is_empty() || only.contains(&case) || only.contains(&group);
+
+    let new = dir.join("new.db");
+    if wanted("backfill", "backfill") {
+        let (mut raw, mut listed, mut copied) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ahead, mut parallel) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let new = fresh(&dir, "raw.db");
+            raw.push(raw_copy(&old, &new, false));
+            let new = fresh(&dir, "listed.db");
+            listed.push(raw_copy(&old, &new, true));
+            let new = fresh(&dir, "parallel.db");
+            parallel.push(parallel_backfill(&old, &new, batch, rows, 2));
+            let new = fresh(&dir, "ahead.db");
+            ahead.push(backfill(&old, &new, batch, rows, true));
+            let new = fresh(&dir, "new.db");
+            copied.push(backfill(&old, &new, batch, rows, false));
+        }
+        let raw = print("raw copy, SELECT *", rows, &raw, None);
+        let listed = print("raw copy, SELECT columns", rows, &listed, Some(raw));
+        for (name, times) in [
+            ("backfill", &copied),
+            ("backfill, read ahead", &ahead),
+            ("backfill, 2 workers", &parallel),
+        ] {
+            let rate = print(name, rows, times, Some(raw));
+            println!(
+                "{:<26} {:>37.1} % of SELECT columns",
+                "",
+                100.0 * rate / listed
+            );
+        }
+    } else {
+        // The reconciliation cases compare `old.db` with an equal copy.
+        raw_copy(&old, &fresh(&dir, "new.db"), false);
     }
 
-    if std::env::var("DW_BENCH_ONLY").is_ok_and(|only| only == "backfill") {
-        let _ = std::fs::remove_dir_all(&dir);
-        return;
-    }
-    let new = dir.join("new.db");
     let (mut scans, mut rowwise, mut both) = (Vec::new(), Vec::new(), Vec::new());
     let (mut digests, mut fast) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        scans.push(dual_scan(&old, &new, rows));
-        rowwise.push(reconcile(&old, &new, rows));
-        both.push(reconcile_concurrent(&old, &new, rows));
-        digests.push(reconcile_digests(&old, &new, rows, false));
-        fast.push(reconcile_digests(&old, &new, rows, true));
+        if wanted("scan", "reconcile") {
+            scans.push(dual_scan(&old, &new, rows));
+        }
+        if wanted("rowwise", "reconcile") {
+            rowwise.push(reconcile(&old, &new, rows));
+        }
+        if wanted("concurrent", "reconcile") {
+            both.push(reconcile_concurrent(&old, &new, rows));
+        }
+        if wanted("md5", "reconcile") {
+            digests.push(reconcile_digests(&old, &new, rows, false));
+        }
+        if wanted("fast", "reconcile") {
+            fast.push(reconcile_digests(&old, &new, rows, true));
+        }
     }
-    let scan = print("raw dual scan", rows, &scans, None);
-    let by_row = print("reconcile, row by row", rows, &rowwise, Some(scan));
-    let by_row_both = print("reconcile, concurrent reads", rows, &both, Some(scan));
-    let digest = print("reconcile, md5 digests", rows, &digests, Some(scan));
-    let fast = print("reconcile, fast digests", rows, &fast, Some(scan));
-    println!(
-        "digests / row by row: md5 {:.1}x, fast {:.1}x",
-        digest / by_row,
-        fast / by_row
-    );
-    println!(
-        "digests / row by row with concurrent reads: md5 {:.1}x, fast {:.1}x",
-        digest / by_row_both,
-        fast / by_row_both
-    );
+    let scan = (!scans.is_empty()).then(|| print("raw dual scan", rows, &scans, None));
+    let rate = |name: &str, times: &[Duration]| {
+        (!times.is_empty()).then(|| print(name, rows, times, scan))
+    };
+    let by_row = rate("reconcile, row by row", &rowwise);
+    let by_row_both = rate("reconcile, concurrent reads", &both);
+    let digest = rate("reconcile, md5 digests", &digests);
+    let fast = rate("reconcile, fast digests", &fast);
+    for (name, reference) in [
+        ("row by row", by_row),
+        ("row by row with concurrent reads", by_row_both),
+    ] {
+        let Some(reference) = reference.filter(|_| digest.is_some() || fast.is_some()) else {
+            continue;
+        };
+        let ratio =
+            |rate: Option<f64>| rate.map_or("-".to_owned(), |r| format!("{:.1}x", r / reference));
+        println!(
+            "digests / {name}: md5 {}, fast {}",
+            ratio(digest),
+            ratio(fast)
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
+    #[cfg(feature = "postgres")]
+    if !wanted("postgres", "postgres") {
+        return;
+    }
     #[cfg(feature = "postgres")]
     match std::env::var("DUALWRITE_POSTGRES_URL") {
         Ok(url) => postgres::run(&url, rows, rounds, batch),

@@ -100,6 +100,87 @@ impl<T: Clone + Ord + Hash + fmt::Display + FromStr + Send + 'static> BackfillKe
 /// Rows with their keys, in key order.
 pub type Batch<K, R> = Vec<(K, R)>;
 
+/// A batch of rows in a source's encoded form
+/// ([`BackfillSource::row_encoding`]): the keys, and the bytes of each
+/// row's values one after the other in one buffer, so that reading a batch
+/// allocates nothing per row once the buffers have grown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch<K> {
+    keys: Vec<K>,
+    /// Where each row's bytes end in `bytes`.
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl<K> Default for EncodedBatch<K> {
+    fn default() -> Self {
+        EncodedBatch {
+            keys: Vec::new(),
+            ends: Vec::new(),
+            bytes: Vec::new(),
+        }
+    }
+}
+
+impl<K> EncodedBatch<K> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.ends.clear();
+        self.bytes.clear();
+    }
+
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the batch holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The buffer the next row's bytes are appended to; the row ends with
+    /// [`EncodedBatch::end_row`].
+    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
+    /// Ends a row: the bytes appended since the previous row are the
+    /// encoding of the row of `key`.
+    pub fn end_row(&mut self, key: K) {
+        self.keys.push(key);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Drops the bytes appended since the last complete row (a row whose
+    /// encoding failed half way).
+    pub fn abandon_row(&mut self) {
+        let end = self.ends.last().copied().unwrap_or(0);
+        self.bytes.truncate(end);
+    }
+
+    /// The key and the encoded values of row `index`.
+    pub fn row(&self, index: usize) -> Option<(&K, &[u8])> {
+        let key = self.keys.get(index)?;
+        let start = match index {
+            0 => 0,
+            _ => self.ends[index - 1],
+        };
+        Some((key, &self.bytes[start..self.ends[index]]))
+    }
+
+    /// The key of the last row.
+    pub fn last_key(&self) -> Option<&K> {
+        self.keys.last()
+    }
+}
+
 /// Where the history comes from: the old store, read in key order.
 pub trait BackfillSource {
     /// The row key.
@@ -168,6 +249,53 @@ pub trait BackfillSource {
             rows.truncate(keep);
         }
         Ok(rows)
+    }
+
+    /// Like [`BackfillSource::scan_until`], appending the rows to `into`
+    /// and returning how many it appended: a caller that reads batch after
+    /// batch (reconciliation) keeps one buffer instead of allocating one
+    /// per batch. The default appends what `scan_until` returns; SQL
+    /// sources write into `into` directly.
+    fn scan_until_into(
+        &mut self,
+        after: Option<&Self::Key>,
+        upto: Option<&Self::Key>,
+        limit: usize,
+        into: &mut Batch<Self::Key, Self::Row>,
+    ) -> Result<usize, BackfillError> {
+        let rows = self.scan_until(after, upto, limit)?;
+        let read = rows.len();
+        into.extend(rows);
+        Ok(read)
+    }
+
+    /// The name of the encoding [`BackfillSource::scan_encoded_until`]
+    /// writes rows in, when the source has one (default `None`).
+    /// Reconciliation of two stores of the same row form
+    /// ([`crate::reconcile::Reconcile::new`]) whose sources name the same
+    /// encoding compares the encoded rows and reads only the rows whose
+    /// bytes differ as rows. The contract: two rows whose encodings are
+    /// equal are equal rows (`==`); equal rows should encode alike (if they
+    /// do not, they are read again and count as settled, not as equal).
+    fn row_encoding(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Like [`BackfillSource::scan_until_into`], with the rows appended to
+    /// `into` in the source's encoding ([`BackfillSource::row_encoding`]);
+    /// returns how many. Called only when `row_encoding` names one; the
+    /// default fails.
+    fn scan_encoded_until(
+        &mut self,
+        after: Option<&Self::Key>,
+        upto: Option<&Self::Key>,
+        limit: usize,
+        into: &mut EncodedBatch<Self::Key>,
+    ) -> Result<usize, BackfillError> {
+        let _ = (after, upto, limit, into);
+        Err(BackfillError::Source(
+            "this source has no encoded scan (BackfillSource::row_encoding is None)".to_owned(),
+        ))
     }
 
     /// Every `every`-th key in ascending order (the `every`-th, the

@@ -10,7 +10,12 @@
 //! trait of the backfill), so the scan is one pass over each, in memory
 //! proportional to a batch. Old rows go through the same mapping as the
 //! backfill, so rows are compared in the new store's form; the comparator
-//! names the fields that differ (values are never logged).
+//! names the fields that differ (values are never logged). Two stores of
+//! the same form ([`Reconcile::new`]) whose sources encode rows alike
+//! ([`BackfillSource::row_encoding`], as [`crate::backfill::sqlite::SqliteSource`]
+//! does) are compared on the encoded bytes first: equal rows are never
+//! decoded into rows, and the rest are read again as rows and compared
+//! with `==`, as any difference is.
 //!
 //! Live writes keep flowing while a scan runs, so a row can change between
 //! the read of one store and the read of the other: every difference found
@@ -38,7 +43,7 @@ use std::time::Duration;
 
 pub use digest::{DigestKind, DigestSource, RangeDigest};
 
-use crate::backfill::{BackfillError, BackfillSource, Batch, Checkpoint, KeyRange};
+use crate::backfill::{BackfillError, BackfillSource, Batch, Checkpoint, EncodedBatch, KeyRange};
 use crate::core::KeyGuard;
 use crate::key::RoutingKey;
 use crate::phase::Store;
@@ -277,6 +282,55 @@ where
     /// Reads a batch of each store at once, on two threads
     /// ([`Reconcile::with_concurrent_reads`]).
     read_both: Option<ReadBoth<O, N>>,
+    /// The same for encoded batches.
+    read_both_encoded: Option<ReadBothEncoded<O, N>>,
+    /// Rows are compared with `==` as read ([`Reconcile::new`]): the
+    /// stores' encoded rows can be compared instead, when both sources
+    /// have the same encoding ([`BackfillSource::row_encoding`]).
+    same_form: bool,
+}
+
+/// Reads the next batch of both stores, encoded, into the two batches:
+/// `(old, new, old_after, new_after, upto, limit, old_batch, new_batch)`;
+/// returns how many rows each got.
+type ReadBothEncoded<O, N> = fn(
+    &mut O,
+    &mut N,
+    Option<&<O as BackfillSource>::Key>,
+    Option<&<O as BackfillSource>::Key>,
+    Option<&<O as BackfillSource>::Key>,
+    usize,
+    &mut EncodedBatch<<O as BackfillSource>::Key>,
+    &mut EncodedBatch<<O as BackfillSource>::Key>,
+) -> Result<(usize, usize), BackfillError>;
+
+/// [`ReadBothEncoded`] on two threads, as [`read_both_concurrently`].
+#[allow(clippy::too_many_arguments)]
+fn read_both_encoded_concurrently<O, N>(
+    old: &mut O,
+    new: &mut N,
+    old_after: Option<&O::Key>,
+    new_after: Option<&O::Key>,
+    upto: Option<&O::Key>,
+    limit: usize,
+    old_batch: &mut EncodedBatch<O::Key>,
+    new_batch: &mut EncodedBatch<O::Key>,
+) -> Result<(usize, usize), BackfillError>
+where
+    O: BackfillSource + Send,
+    N: BackfillSource<Key = O::Key> + Send,
+    O::Key: Sync + Send,
+{
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| new.scan_encoded_until(new_after, upto, limit, new_batch));
+        let old_read = old.scan_encoded_until(old_after, upto, limit, old_batch);
+        let new_read = reader.join().unwrap_or_else(|_| {
+            Err(BackfillError::Source(
+                "the new store's reader panicked".to_owned(),
+            ))
+        });
+        Ok((old_read?, new_read?))
+    })
 }
 
 /// Reads the next batch of both stores: `(old, new, old_after, new_after,
@@ -345,6 +399,7 @@ where
     #[must_use]
     pub fn with_concurrent_reads(mut self) -> Self {
         self.read_both = Some(read_both_concurrently::<O, N>);
+        self.read_both_encoded = Some(read_both_encoded_concurrently::<O, N>);
         self
     }
 }
@@ -357,7 +412,10 @@ where
 {
     /// Compares two stores whose rows have the same form, with `==`.
     pub fn new(old: O, new: N) -> Self {
-        Reconcile::mapped(old, new, |row| row, |a, b| (a != b).then(Vec::new))
+        Reconcile {
+            same_form: true,
+            ..Reconcile::mapped(old, new, |row| row, |a, b| (a != b).then(Vec::new))
+        }
     }
 }
 
@@ -384,6 +442,8 @@ where
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             checkpoint: None,
             read_both: None,
+            read_both_encoded: None,
+            same_form: false,
         }
     }
 
@@ -539,10 +599,18 @@ where
     where
         S: RepairSink<Key = O::Key, Row = N::Row>,
     {
+        if self.same_form
+            && let Some(encoding) = self.old.row_encoding()
+            && self.new.row_encoding() == Some(encoding)
+        {
+            return self.merge_range_encoded(start, upto, report, sink, resumable);
+        }
         let mut old_after: Option<O::Key> = start.cloned();
         let mut new_after: Option<O::Key> = start.cloned();
         let mut old_rows = std::collections::VecDeque::new();
         let mut new_rows = std::collections::VecDeque::new();
+        let mut old_buffer: Batch<O::Key, O::Row> = Vec::new();
+        let mut new_buffer: Batch<O::Key, N::Row> = Vec::new();
         let (mut old_done, mut new_done) = (false, false);
         let mut suspects: Vec<O::Key> = Vec::new();
         let mut since_save = 0_usize;
@@ -574,23 +642,36 @@ where
                 old_rows.extend(old_batch);
                 new_rows.extend(new_batch);
             }
+            // Each store's batch is read into a buffer kept from batch to
+            // batch: no allocation of a batch-sized block per batch (which
+            // also makes the allocator consolidate the rows just freed).
             if old_rows.is_empty() && !old_done {
-                let batch = self.old.scan_until(old_after.as_ref(), upto, self.batch)?;
-                old_done = batch.len() < self.batch;
-                if let Some((key, _)) = batch.last() {
+                let read = self.old.scan_until_into(
+                    old_after.as_ref(),
+                    upto,
+                    self.batch,
+                    &mut old_buffer,
+                )?;
+                old_done = read < self.batch;
+                if let Some((key, _)) = old_buffer.last() {
                     old_after = Some(key.clone());
                 }
-                report.old_rows += batch.len() as u64;
-                old_rows.extend(batch);
+                report.old_rows += read as u64;
+                old_rows.extend(old_buffer.drain(..));
             }
             if new_rows.is_empty() && !new_done {
-                let batch = self.new.scan_until(new_after.as_ref(), upto, self.batch)?;
-                new_done = batch.len() < self.batch;
-                if let Some((key, _)) = batch.last() {
+                let read = self.new.scan_until_into(
+                    new_after.as_ref(),
+                    upto,
+                    self.batch,
+                    &mut new_buffer,
+                )?;
+                new_done = read < self.batch;
+                if let Some((key, _)) = new_buffer.last() {
                     new_after = Some(key.clone());
                 }
-                report.new_rows += batch.len() as u64;
-                new_rows.extend(batch);
+                report.new_rows += read as u64;
+                new_rows.extend(new_buffer.drain(..));
             }
             let next = match (old_rows.front(), new_rows.front()) {
                 (None, None) => break,
@@ -622,6 +703,130 @@ where
                     }
                 }
             }
+            since_save += 1;
+            let save = last.is_some() && since_save >= self.batch;
+            if suspects.len() >= self.batch || save {
+                let keys = std::mem::take(&mut suspects);
+                self.settle(&keys, report, sink.as_deref_mut(), false)?;
+            }
+            if save && let (Some(checkpoint), Some(last)) = (self.checkpoint.as_mut(), last) {
+                // Every key up to this one is compared, settled and (in a
+                // repair) repaired.
+                checkpoint.save(&last.to_string(), report.old_rows)?;
+                since_save = 0;
+            }
+        }
+        self.settle(&suspects, report, sink, false)
+    }
+
+    /// [`Reconcile::merge_range`] over the stores' encoded rows: a pair of
+    /// rows whose bytes are equal counts as equal without being decoded;
+    /// every other key is a suspect, read again as rows and compared with
+    /// `==` in [`Reconcile::settle`], which names what differs. No row is
+    /// allocated for equal rows.
+    fn merge_range_encoded<S>(
+        &mut self,
+        start: Option<&O::Key>,
+        upto: Option<&O::Key>,
+        report: &mut ReconcileReport,
+        mut sink: Option<&mut S>,
+        resumable: bool,
+    ) -> Result<(), BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        let mut old_after: Option<O::Key> = start.cloned();
+        let mut new_after: Option<O::Key> = start.cloned();
+        let mut old_rows = EncodedBatch::new();
+        let mut new_rows = EncodedBatch::new();
+        // The next row of each batch.
+        let (mut old_next, mut new_next) = (0_usize, 0_usize);
+        let (mut old_done, mut new_done) = (false, false);
+        let mut suspects: Vec<O::Key> = Vec::new();
+        let mut since_save = 0_usize;
+        let track = resumable && self.checkpoint.is_some();
+        loop {
+            let old_empty = old_next == old_rows.len() && !old_done;
+            let new_empty = new_next == new_rows.len() && !new_done;
+            if let Some(read_both) = self.read_both_encoded
+                && old_empty
+                && new_empty
+            {
+                old_rows.clear();
+                new_rows.clear();
+                (old_next, new_next) = (0, 0);
+                let (old_read, new_read) = read_both(
+                    &mut self.old,
+                    &mut self.new,
+                    old_after.as_ref(),
+                    new_after.as_ref(),
+                    upto,
+                    self.batch,
+                    &mut old_rows,
+                    &mut new_rows,
+                )?;
+                old_done = old_read < self.batch;
+                new_done = new_read < self.batch;
+                if let Some(key) = old_rows.last_key() {
+                    old_after = Some(key.clone());
+                }
+                if let Some(key) = new_rows.last_key() {
+                    new_after = Some(key.clone());
+                }
+                report.old_rows += old_read as u64;
+                report.new_rows += new_read as u64;
+            }
+            if old_next == old_rows.len() && !old_done {
+                old_rows.clear();
+                old_next = 0;
+                let read = self.old.scan_encoded_until(
+                    old_after.as_ref(),
+                    upto,
+                    self.batch,
+                    &mut old_rows,
+                )?;
+                old_done = read < self.batch;
+                if let Some(key) = old_rows.last_key() {
+                    old_after = Some(key.clone());
+                }
+                report.old_rows += read as u64;
+            }
+            if new_next == new_rows.len() && !new_done {
+                new_rows.clear();
+                new_next = 0;
+                let read = self.new.scan_encoded_until(
+                    new_after.as_ref(),
+                    upto,
+                    self.batch,
+                    &mut new_rows,
+                )?;
+                new_done = read < self.batch;
+                if let Some(key) = new_rows.last_key() {
+                    new_after = Some(key.clone());
+                }
+                report.new_rows += read as u64;
+            }
+            let (old_row, new_row) = (old_rows.row(old_next), new_rows.row(new_next));
+            // Which rows this step takes, and whether its key is a suspect.
+            let (take_old, take_new, suspect) = match (old_row, new_row) {
+                (None, None) => break,
+                (Some(_), None) => (true, false, true),
+                (None, Some(_)) => (false, true, true),
+                (Some((a, old)), Some((b, new))) => match a.cmp(b) {
+                    std::cmp::Ordering::Less => (true, false, true),
+                    std::cmp::Ordering::Greater => (false, true, true),
+                    std::cmp::Ordering::Equal => (true, true, old != new),
+                },
+            };
+            let key = if take_old { old_row } else { new_row }.map(|(key, _)| key);
+            let last = if track { key.cloned() } else { None };
+            if suspect {
+                suspects.extend(key.cloned());
+            } else {
+                report.equal += 1;
+            }
+            old_next += usize::from(take_old);
+            new_next += usize::from(take_new);
             since_save += 1;
             let save = last.is_some() && since_save >= self.batch;
             if suspects.len() >= self.batch || save {
