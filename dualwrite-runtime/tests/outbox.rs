@@ -351,18 +351,34 @@ fn a_write_that_cannot_be_journaled_is_kept_as_an_in_memory_dead_letter() {
 #[test]
 fn a_stream_is_drained_by_one_adapter_at_a_time() {
     let journal = Arc::new(SqliteJournal::open(temp_path("taken"), Durability::None).unwrap());
+    // The secondary is down at first: the first adapter's records stay
+    // pending in the journal.
+    let down = Arc::new(AtomicBool::new(true));
     let start = |core: &mut DualWriteCore<Put>, config: OutboxConfig| {
+        let down = Arc::clone(&down);
         core.start_outbox(
             journal.clone(),
             config,
             JournalCodec::of(),
-            |_: &LaneContext, _, _: &Put| Ok(()),
+            move |_: &LaneContext, _, _: &Put| {
+                if down.load(Ordering::SeqCst) {
+                    Err("the secondary is down".to_owned())
+                } else {
+                    Ok(())
+                }
+            },
         )
     };
     let mut first: DualWriteCore<Put> = DualWriteCore::new(Migration::new(Phase::DualWrite));
-    start(&mut first, config()).unwrap();
+    start(&mut first, config().with_max_attempts(u32::MAX)).unwrap();
+    write(&first, Put { key: 1, value: 1 }, true);
+    write(&first, Put { key: 2, value: 1 }, true);
     let mut second: DualWriteCore<Put> = DualWriteCore::new(Migration::new(Phase::DualWrite));
     let error = start(&mut second, config()).unwrap_err();
+    // The refused adapter counts none of the first one's pending records.
+    assert_eq!(second.snapshot().secondary_pending, 0);
+    second.flush(Duration::from_millis(100)).unwrap();
+    down.store(false, Ordering::SeqCst);
     assert_eq!(
         error,
         OutboxError::StreamTaken {

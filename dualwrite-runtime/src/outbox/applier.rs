@@ -303,7 +303,14 @@ impl<C: Send + 'static> OutboxRuntime<C> {
         });
         let listener: Weak<dyn JournalListener> =
             Arc::downgrade(&(Arc::clone(&shared) as Arc<dyn JournalListener>));
-        shared.journal.attach(&shared.stream, listener)?;
+        if let Err(error) = shared.journal.attach(&shared.stream, listener) {
+            // Not started: the pending records counted above are another
+            // adapter's to drain.
+            for (_, key_hash) in &pending {
+                shared.stripes.finish_pending(KeyStripes::index(*key_hash));
+            }
+            return Err(error);
+        }
         let runtime = OutboxRuntime {
             shared,
             core,
