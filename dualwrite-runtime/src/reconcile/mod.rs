@@ -703,18 +703,13 @@ where
                     }
                 }
             }
-            since_save += 1;
-            let save = last.is_some() && since_save >= self.batch;
-            if suspects.len() >= self.batch || save {
-                let keys = std::mem::take(&mut suspects);
-                self.settle(&keys, report, sink.as_deref_mut(), false)?;
-            }
-            if save && let (Some(checkpoint), Some(last)) = (self.checkpoint.as_mut(), last) {
-                // Every key up to this one is compared, settled and (in a
-                // repair) repaired.
-                checkpoint.save(&last.to_string(), report.old_rows)?;
-                since_save = 0;
-            }
+            self.after_key(
+                last,
+                &mut since_save,
+                &mut suspects,
+                report,
+                sink.as_deref_mut(),
+            )?;
         }
         self.settle(&suspects, report, sink, false)
     }
@@ -827,20 +822,44 @@ where
             }
             old_next += usize::from(take_old);
             new_next += usize::from(take_new);
-            since_save += 1;
-            let save = last.is_some() && since_save >= self.batch;
-            if suspects.len() >= self.batch || save {
-                let keys = std::mem::take(&mut suspects);
-                self.settle(&keys, report, sink.as_deref_mut(), false)?;
-            }
-            if save && let (Some(checkpoint), Some(last)) = (self.checkpoint.as_mut(), last) {
-                // Every key up to this one is compared, settled and (in a
-                // repair) repaired.
-                checkpoint.save(&last.to_string(), report.old_rows)?;
-                since_save = 0;
-            }
+            self.after_key(
+                last,
+                &mut since_save,
+                &mut suspects,
+                report,
+                sink.as_deref_mut(),
+            )?;
         }
         self.settle(&suspects, report, sink, false)
+    }
+
+    /// After a merge step's key (`last`: when the scan is resumable):
+    /// settles the suspects once a batch of them gathered, and saves the
+    /// checkpoint every batch of keys.
+    fn after_key<S>(
+        &mut self,
+        last: Option<O::Key>,
+        since_save: &mut usize,
+        suspects: &mut Vec<O::Key>,
+        report: &mut ReconcileReport,
+        sink: Option<&mut S>,
+    ) -> Result<(), BackfillError>
+    where
+        S: RepairSink<Key = O::Key, Row = N::Row>,
+    {
+        *since_save += 1;
+        let save = last.is_some() && *since_save >= self.batch;
+        if suspects.len() >= self.batch || save {
+            let keys = std::mem::take(suspects);
+            self.settle(&keys, report, sink, false)?;
+        }
+        if save && let (Some(checkpoint), Some(last)) = (self.checkpoint.as_mut(), last) {
+            // Every key up to this one is compared, settled and (in a
+            // repair) repaired.
+            checkpoint.save(&last.to_string(), report.old_rows)?;
+            *since_save = 0;
+        }
+        Ok(())
     }
 
     /// Reads `keys` again from both stores (under the guard), counts what
