@@ -598,13 +598,26 @@ impl PgJournal {
         T: Send + 'static,
         F: Future<Output = Result<T, OutboxError>> + Send + 'static,
     {
+        self.run_within(self.timeout, task)
+    }
+
+    /// Like [`PgJournal::run`], waiting at most `timeout`.
+    fn run_within<T, F>(
+        &self,
+        timeout: Duration,
+        task: impl FnOnce(Arc<Inner>) -> F,
+    ) -> Result<T, OutboxError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, OutboxError>> + Send + 'static,
+    {
         let Some((inner, runtime)) = &self.client else {
             return Err(OutboxError::Storage {
                 during: "using the journal",
                 error: "the journal is closed".to_owned(),
             });
         };
-        run_on(runtime, self.timeout, task(Arc::clone(inner)))
+        run_on(runtime, timeout, task(Arc::clone(inner)))
     }
 
     /// Every dead letter, oldest first.
@@ -1218,14 +1231,7 @@ impl Journal for PgJournal {
         let timeout = deadline
             .saturating_duration_since(std::time::Instant::now())
             .saturating_add(self.timeout);
-        let Some((inner, runtime)) = &self.client else {
-            return Err(OutboxError::Storage {
-                during: DURING,
-                error: "the journal is closed".to_owned(),
-            });
-        };
-        let inner = Arc::clone(inner);
-        run_on(runtime, timeout, async move {
+        self.run_within(timeout, move |inner| async move {
             let high = format!(
                 "SELECT max(id) FROM {} WHERE stream = $1 AND state = 0",
                 inner.sql.qualified

@@ -21,10 +21,6 @@ pub struct Service {
     backend: Backend,
 }
 
-extern "Rust" {
-    fn pick() -> Backend;
-}
-
 impl Service {
     fn variants_of_fields(&self) {
         if let Some(Stores::Legacy(s)) = &self.stores {
@@ -42,7 +38,7 @@ impl Service {
 
     fn variant_named_by_its_path(&self) {
         // The scrutinee's type is not known; the pattern's path names the enum.
-        match unsafe { pick() } {
+        match routing::pick() {
             Backend::Pg(s) => s.delete(4).unwrap(), // DW001: `Backend::Pg(s)`
             Backend::Mongo(_) => {}
         }
