@@ -501,8 +501,13 @@ impl<'i> Collector<'i> {
         }
         let line_start = *self.line_starts.get(at.line.checked_sub(1)?)?;
         let line = self.text.get(line_start..)?;
-        if at.column == 0 {
-            return Some(line_start);
+        // Columns count characters: up to an ASCII column they are bytes.
+        if line
+            .as_bytes()
+            .get(..at.column)
+            .is_some_and(<[u8]>::is_ascii)
+        {
+            return Some(line_start + at.column);
         }
         line.char_indices()
             .map(|(i, _)| i)

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Manifests and lock files larger than this are not read.
 const MAX_MANIFEST: u64 = 8 << 20;
@@ -41,13 +41,18 @@ fn normalize(name: &str) -> String {
     name.replace('_', "-").to_ascii_lowercase()
 }
 
-/// Looks dependencies up per directory, reading each manifest once.
+/// Looks dependencies up per directory, reading each manifest and each
+/// lock file once; shared by the threads of the analysis (no lock is held
+/// while a file is read: two threads may read the same one at once, and
+/// agree).
 #[derive(Debug)]
 pub struct DepsCache {
     root: PathBuf,
     /// Directory (relative to the root) -> its crate's dependencies;
     /// `None` when no manifest was found.
-    by_dir: HashMap<String, Option<Arc<CrateDeps>>>,
+    by_dir: Mutex<HashMap<String, Option<Arc<CrateDeps>>>>,
+    /// `Cargo.lock` path -> its parsed text (`None`: unreadable).
+    locks: Mutex<HashMap<PathBuf, Option<Arc<toml::Table>>>>,
 }
 
 impl DepsCache {
@@ -55,20 +60,21 @@ impl DepsCache {
     pub fn new(root: &Path) -> Self {
         DepsCache {
             root: root.to_path_buf(),
-            by_dir: HashMap::new(),
+            by_dir: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
         }
     }
 
     /// The dependencies of the crate that holds `file` (relative to the
     /// root, `/`-separated); `None` when no manifest with a `[package]`
     /// lies between the file and the root.
-    pub fn for_file(&mut self, file: &str) -> Option<Arc<CrateDeps>> {
+    pub fn for_file(&self, file: &str) -> Option<Arc<CrateDeps>> {
         let dir = file.rsplit_once('/').map_or("", |(dir, _)| dir);
         self.for_dir(dir)
     }
 
-    fn for_dir(&mut self, dir: &str) -> Option<Arc<CrateDeps>> {
-        if let Some(found) = self.by_dir.get(dir) {
+    fn for_dir(&self, dir: &str) -> Option<Arc<CrateDeps>> {
+        if let Some(found) = lock(&self.by_dir).get(dir) {
             return found.clone();
         }
         let abs = self.root.join(dir);
@@ -82,7 +88,7 @@ impl DepsCache {
                 self.for_dir(parent)
             }
         };
-        self.by_dir.insert(dir.to_owned(), found.clone());
+        lock(&self.by_dir).insert(dir.to_owned(), found.clone());
         found
     }
 
@@ -110,13 +116,19 @@ impl DepsCache {
         CrateDeps { names, renames }
     }
 
-    /// The nearest `Cargo.lock` from `dir` up to the root.
-    fn lock_above(&self, dir: &str) -> Option<toml::Table> {
+    /// The nearest `Cargo.lock` from `dir` up to the root, parsed once per
+    /// path.
+    fn lock_above(&self, dir: &str) -> Option<Arc<toml::Table>> {
         let mut dir = dir;
         loop {
             let path = self.root.join(dir).join("Cargo.lock");
             if path.is_file() {
-                return read_manifest(&path);
+                if let Some(parsed) = lock(&self.locks).get(&path) {
+                    return parsed.clone();
+                }
+                let parsed = read_manifest(&path).map(Arc::new);
+                lock(&self.locks).insert(path, parsed.clone());
+                return parsed;
             }
             if dir.is_empty() {
                 return None;
@@ -124,6 +136,14 @@ impl DepsCache {
             dir = dir.rsplit_once('/').map_or("", |(parent, _)| parent);
         }
     }
+}
+
+/// A mutex's data, even if a thread panicked holding it (the maps hold
+/// whole entries only).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn read_manifest(path: &Path) -> Option<toml::Table> {
@@ -224,7 +244,7 @@ mod tests {
             "[workspace]\nmembers = [\"app\"]\n",
         )
         .unwrap();
-        let mut cache = DepsCache::new(&root);
+        let cache = DepsCache::new(&root);
         let deps = cache.for_file("app/src/db/mod.rs").unwrap();
         for name in ["sea-orm", "sea_orm", "redis", "tokio-postgres"] {
             assert!(deps.contains(name), "{name}");

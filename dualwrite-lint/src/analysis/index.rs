@@ -2,7 +2,9 @@
 //! their raw stores, struct fields, type aliases, string constants), and the
 //! resolution of a file's type names through its imports and the aliases.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
+
+use rayon::prelude::*;
 
 use super::hints::is_constructor;
 use super::summary::{FileSummary, HintBase, Step, TypeHint};
@@ -45,7 +47,7 @@ impl<'a> FileScope<'a> {
     /// `path` with its first segment replaced by what it was imported as
     /// (`query` -> `sqlx::query` under `use sqlx::query;`).
     pub fn expand(&self, path: &str) -> String {
-        let (first, rest) = match path.split_once("::") {
+        let (first, rest) = match split_first_segment(path) {
             Some((first, rest)) => (first, Some(rest)),
             None => (path, None),
         };
@@ -62,7 +64,7 @@ impl<'a> FileScope<'a> {
     pub fn candidates(&self, path: &str) -> Vec<String> {
         let expanded = self.expand(path);
         let mut out = Vec::with_capacity(1 + self.globs.len());
-        if !path.contains("::") && !self.imports.contains_key(path) {
+        if split_first_segment(path).is_none() && !self.imports.contains_key(path) {
             for glob in &self.globs {
                 out.push(format!("{glob}::{path}"));
             }
@@ -80,7 +82,22 @@ impl<'a> FileScope<'a> {
 
 /// The last `::` segment.
 pub fn last_segment(path: &str) -> &str {
-    path.rsplit("::").next().unwrap_or(path)
+    split_last_segment(path).map_or(path, |(_, last)| last)
+}
+
+/// `a::b::c` as `a` and `b::c`; `None` without `::`. (A byte scan: a
+/// `str` pattern of two bytes costs a searcher's set-up per call.)
+fn split_first_segment(path: &str) -> Option<(&str, &str)> {
+    let bytes = path.as_bytes();
+    let at = memchr::memchr_iter(b':', bytes).find(|&i| bytes.get(i + 1) == Some(&b':'))?;
+    Some((&path[..at], &path[at + 2..]))
+}
+
+/// `a::b::c` as `a::b` and `c`; `None` without `::`.
+fn split_last_segment(path: &str) -> Option<(&str, &str)> {
+    let bytes = path.as_bytes();
+    let at = memchr::memrchr_iter(b':', bytes).find(|&i| i > 0 && bytes[i - 1] == b':')?;
+    Some((&path[..at - 1], &path[at + 1..]))
 }
 
 /// Everything the rules look up across files.
@@ -115,6 +132,121 @@ pub struct Index<'a> {
     renamed: HashMap<&'a str, Option<&'a str>>,
 }
 
+/// The functions, methods and fields the receivers' hints of every call
+/// name (the only ones whose types are looked up).
+fn called_names(files: &[FileSummary]) -> HashSet<&str> {
+    fn add<'a>(hint: &'a TypeHint, out: &mut HashSet<&'a str>) {
+        match &hint.base {
+            HintBase::Call(path) => {
+                out.insert(last_segment(path));
+            }
+            HintBase::Assoc(_, name) => {
+                out.insert(name);
+            }
+            HintBase::Type(_) => {}
+        }
+        for step in &hint.steps {
+            match step {
+                Step::Method(name) | Step::Field(name) | Step::Variant(_, name) => {
+                    out.insert(name);
+                }
+                Step::Zip(Some(other)) => add(other, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = HashSet::new();
+    for call in files.iter().flat_map(|f| &f.calls) {
+        if let Some(hint) = &call.receiver {
+            add(hint, &mut out);
+        }
+    }
+    out
+}
+
+/// What one file contributes to the index on its own, its type paths
+/// localized through its imports.
+struct FileLocals<'a> {
+    aliases: Vec<(&'a str, Ty)>,
+    structs: Vec<(&'a str, Vec<(&'a str, Ty)>)>,
+    fns: Vec<(&'a str, Ty)>,
+    consts: Vec<(&'a str, &'a str)>,
+    renamed: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> FileLocals<'a> {
+    fn new(file: &'a FileSummary, called: &HashSet<&str>) -> Self {
+        let scope = FileScope::new(file);
+        FileLocals {
+            aliases: (file.type_aliases.iter())
+                .map(|(name, target)| (&**name, localize(&scope, target)))
+                .collect(),
+            structs: (file.structs.iter())
+                .map(|s| {
+                    // A variant's field is keyed `Variant::field`.
+                    let fields = (s.fields.iter())
+                        .filter(|(field, _)| called.contains(last_segment(field)))
+                        .map(|(field, ty)| (&**field, localize(&scope, ty)))
+                        .collect();
+                    (&*s.name, fields)
+                })
+                .collect(),
+            fns: (file.fns.iter())
+                .filter(|(name, _)| called.contains(&**name))
+                .map(|(name, ret)| (&**name, localize(&scope, ret)))
+                .collect(),
+            consts: (file.consts.iter())
+                .map(|(name, keyword)| (&**name, &**keyword))
+                .collect(),
+            renamed: (file.imports.iter())
+                .filter_map(|import| {
+                    let original = last_segment(&import.path);
+                    (&*import.local != "*" && original != &*import.local && original != "self")
+                        .then_some((&*import.local, original))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What one file contributes that needs the index of every file's types:
+/// methods and associated types by resolved owner, and the raw stores.
+struct FileResolved<'a> {
+    methods: Vec<((String, &'a str), Ty)>,
+    assoc_types: Vec<((String, &'a str), Ty)>,
+    raw_stores: Vec<(String, &'a str)>,
+}
+
+impl<'a> FileResolved<'a> {
+    fn new(index: &Index<'a>, file: &'a FileSummary, called: &HashSet<&str>) -> Self {
+        let scope = FileScope::new(file);
+        let owned = |list: &'a [(Box<str>, Box<str>, Box<str>)], every: bool| {
+            list.iter()
+                .filter(|(_, name, _)| every || called.contains(&**name))
+                .filter_map(|(owner, name, ty)| {
+                    let owner = index.resolve_type(&scope, owner)?;
+                    Some(((owner, &**name), localize(&scope, ty)))
+                })
+                .collect::<Vec<_>>()
+        };
+        let methods = owned(&file.methods, false);
+        let assoc_types = owned(&file.assoc_types, true);
+        let raw_stores = (file.impls.iter())
+            .filter_map(|header| {
+                let trait_name = scope.type_name(&header.trait_path);
+                let (&trait_name, _) = index.traits.get_key_value(trait_name.as_str())?;
+                let store = index.resolve_type(&scope, &header.self_type)?;
+                (!index.adapters.contains(store.as_str())).then_some((store, trait_name))
+            })
+            .collect();
+        FileResolved {
+            methods,
+            assoc_types,
+            raw_stores,
+        }
+    }
+}
+
 impl<'a> Index<'a> {
     /// Builds the index of a set of files.
     pub fn build(files: &'a [FileSummary]) -> Self {
@@ -127,56 +259,49 @@ impl<'a> Index<'a> {
                 index.write_names.extend(t.writes.iter().map(|w| &**w));
             }
         }
-        for file in files {
-            let scope = FileScope::new(file);
-            for (name, target) in &file.type_aliases {
-                merge(&mut index.aliases, name, localize(&scope, target));
+        // What each file says, localized through its imports: computed per
+        // file in parallel, merged in file order (a merge is order-blind
+        // but for the order of a store's traits, kept as the files give it).
+        // Return and field types are kept only for the names some
+        // receiver's hint uses: the rest are never looked up.
+        let called = called_names(files);
+        let locals: Vec<FileLocals<'a>> = files
+            .par_iter()
+            .map(|file| FileLocals::new(file, &called))
+            .collect();
+        for local in locals {
+            for (name, target) in local.aliases {
+                merge(&mut index.aliases, name, target);
             }
-            for s in &file.structs {
-                let fields = index.structs.entry(&s.name).or_default();
-                for (field, ty) in &s.fields {
-                    merge(fields, field, localize(&scope, ty));
+            for (name, fields) in local.structs {
+                let merged = index.structs.entry(name).or_default();
+                for (field, ty) in fields {
+                    merge(merged, field, ty);
                 }
             }
-            for (name, ret) in &file.fns {
-                merge(&mut index.fns, name, localize(&scope, ret));
+            for (name, ret) in local.fns {
+                merge(&mut index.fns, name, ret);
             }
-            for (name, keyword) in &file.consts {
-                merge(&mut index.consts, name, &**keyword);
+            for (name, keyword) in local.consts {
+                merge(&mut index.consts, name, keyword);
             }
-            for import in &file.imports {
-                let original = last_segment(&import.path);
-                if &*import.local != "*" && original != &*import.local && original != "self" {
-                    merge(&mut index.renamed, &import.local, original);
-                }
+            for (local, original) in local.renamed {
+                merge(&mut index.renamed, local, original);
             }
         }
         index.adapters = index.traits.values().map(|t| t.adapter).collect();
-        for file in files {
-            let scope = FileScope::new(file);
-            for (owner, name, ret) in &file.methods {
-                let Some(owner) = index.resolve_type(&scope, owner) else {
-                    continue;
-                };
-                merge_owned(&mut index.methods, (owner, name), localize(&scope, ret));
+        let resolved: Vec<FileResolved<'a>> = files
+            .par_iter()
+            .map(|file| FileResolved::new(&index, file, &called))
+            .collect();
+        for file in resolved {
+            for (key, ret) in file.methods {
+                merge_owned(&mut index.methods, key, ret);
             }
-            for (owner, name, ty) in &file.assoc_types {
-                let Some(owner) = index.resolve_type(&scope, owner) else {
-                    continue;
-                };
-                merge_owned(&mut index.assoc_types, (owner, name), localize(&scope, ty));
+            for (key, ty) in file.assoc_types {
+                merge_owned(&mut index.assoc_types, key, ty);
             }
-            for header in &file.impls {
-                let trait_name = scope.type_name(&header.trait_path);
-                let Some((&trait_name, _)) = index.traits.get_key_value(trait_name.as_str()) else {
-                    continue;
-                };
-                let Some(store) = index.resolve_type(&scope, &header.self_type) else {
-                    continue;
-                };
-                if index.adapters.contains(store.as_str()) {
-                    continue;
-                }
+            for (store, trait_name) in file.raw_stores {
                 let traits = index.raw_stores.entry(store).or_default();
                 if !traits.contains(&trait_name) {
                     traits.push(trait_name);
@@ -204,7 +329,7 @@ impl<'a> Index<'a> {
         if steps >= MAX_ALIAS_STEPS {
             return Ty::Named(last_segment(&path).to_owned(), args);
         }
-        if let Some((owner, name)) = path.rsplit_once("::")
+        if let Some((owner, name)) = split_last_segment(&path)
             && let Ty::Named(owner, _) =
                 self.normalize(Ty::Named(owner.to_owned(), Vec::new()), steps + 1)
             && let Some(found) = self.assoc_types.get(&(owner, name))
@@ -664,6 +789,28 @@ fn merge<'a, V: PartialEq>(map: &mut HashMap<&'a str, Option<V>>, key: &'a str, 
             if existing.as_ref() != Some(&value) {
                 *existing = None;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte scans split paths as `split_once`/`rsplit_once("::")` do.
+    #[test]
+    fn path_splits_match_the_str_searches() {
+        for path in [
+            "", "a", "::", "a::b", "a::b::c", "::a", "a::", "a:::b", "a:b::c", "a::b:c", ":",
+            "é::ü",
+        ] {
+            assert_eq!(split_first_segment(path), path.split_once("::"), "{path}");
+            assert_eq!(split_last_segment(path), path.rsplit_once("::"), "{path}");
+            assert_eq!(
+                last_segment(path),
+                path.rsplit("::").next().unwrap(),
+                "{path}"
+            );
         }
     }
 }

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use super::apis::{ApiKind, ApiSpec, ApiTable, CallForm};
 use super::deps::{CrateDeps, DepsCache};
 use super::index::{FileScope, Index, last_segment};
@@ -29,36 +31,40 @@ struct Draft {
 pub fn apply(files: &[FileSummary], apis: &ApiTable, root: Option<&Path>) -> Vec<Finding> {
     let index = Index::build(files);
     let matcher = ApiMatcher::new(apis);
-    let mut deps = root.map(DepsCache::new);
-    let mut findings = Vec::new();
-    for file in files {
-        let scope = FileScope::new(file);
-        let crate_deps = match &mut deps {
-            Some(cache) if !file.calls.is_empty() => cache.for_file(&file.path),
-            _ => None,
-        };
-        let mut drafts = unclassified_methods(file);
-        for call in &file.calls {
-            let Some(context) = file.items.get(call.item as usize) else {
-                continue;
+    let deps = root.map(DepsCache::new);
+    let mut findings: Vec<Finding> = files
+        .par_iter()
+        .flat_map_iter(|file| {
+            let scope = FileScope::new(file);
+            let crate_deps = match &deps {
+                Some(cache) if !file.calls.is_empty() => cache.for_file(&file.path),
+                _ => None,
             };
-            let exempt = context
-                .impl_trait
-                .as_deref()
-                .is_some_and(|t| index.is_annotated(&scope, t));
-            if exempt {
-                continue;
+            let mut drafts = unclassified_methods(file);
+            for call in &file.calls {
+                let Some(context) = file.items.get(call.item as usize) else {
+                    continue;
+                };
+                let exempt = context
+                    .impl_trait
+                    .as_deref()
+                    .is_some_and(|t| index.is_annotated(&scope, t));
+                if exempt {
+                    continue;
+                }
+                let draft = adapter_bypass(&index, &scope, call)
+                    .or_else(|| raw_write(&index, &matcher, &scope, call, crate_deps.as_deref()));
+                if let Some(mut draft) = draft {
+                    draft.item = context.path.to_string();
+                    draft.in_test = call.in_test;
+                    drafts.push(draft);
+                }
             }
-            let draft = adapter_bypass(&index, &scope, call)
-                .or_else(|| raw_write(&index, &matcher, &scope, call, crate_deps.as_deref()));
-            if let Some(mut draft) = draft {
-                draft.item = context.path.to_string();
-                draft.in_test = call.in_test;
-                drafts.push(draft);
-            }
-        }
-        finish(file, drafts, &mut findings);
-    }
+            let mut out = Vec::new();
+            finish(file, drafts, &mut out);
+            out
+        })
+        .collect();
     findings.sort_by(|a, b| {
         (
             &a.location.file,
