@@ -177,8 +177,11 @@ impl ApiTable {
         ] {
             specs.push(ApiSpec::new(name, Sql, Function, "sqlx").in_crates(SQLX));
         }
-        // `QueryBuilder::new("INSERT INTO t (a, b) ")`.
-        specs.push(ApiSpec::new("QueryBuilder::new", Sql, Function, "sqlx").in_crates(SQLX));
+        // `QueryBuilder::new("INSERT INTO t (a, b) ")`,
+        // `QueryBuilder::with_arguments("INSERT ..", args)`.
+        for name in ["QueryBuilder::new", "QueryBuilder::with_arguments"] {
+            specs.push(ApiSpec::new(name, Sql, Function, "sqlx").in_crates(SQLX));
+        }
         for name in [
             "query!",
             "query_as!",

@@ -1166,7 +1166,7 @@ impl<'ast> Collector<'_> {
                 }
                 let segments = &func.path.segments;
                 let last = segments.last()?;
-                if last.ident != "new"
+                if !(last.ident == "new" || last.ident == "with_arguments")
                     || segments.len() < 2
                     || segments[segments.len() - 2].ident != "QueryBuilder"
                 {

@@ -70,3 +70,13 @@ pub fn other_pushes_stay_clean() {
     }
     drop(qb);
 }
+
+pub fn with_arguments(args: sqlx::postgres::PgArguments) {
+    let mut qb = QueryBuilder::<Postgres>::with_arguments("SELECT 1;", args); // DW002: an `UPDATE` is pushed
+    qb.push(" UPDATE t SET a = 2");
+}
+
+pub fn with_arguments_read(args: sqlx::postgres::PgArguments) {
+    let mut qb = QueryBuilder::<Postgres>::with_arguments("SELECT * FROM t WHERE a = ", args); // a read: fine
+    qb.push_bind(1_i64);
+}
