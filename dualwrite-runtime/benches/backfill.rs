@@ -44,7 +44,8 @@
 //! part follows: the same table copied between two tables of the server by
 //! `COPY .. TO STDOUT` piped into `COPY .. FROM STDIN` (raw) and by the
 //! backfill ([`dualwrite_runtime::backfill::sqlx::postgres::PgSink`], read
-//! ahead), then reconciled row by row and with MD5 range digests.
+//! ahead), then reconciled row by row, with MD5 range digests and with
+//! PostgreSQL's fast digests ([`PgSource::with_fast_digest`](dualwrite_runtime::backfill::sqlx::postgres::PgSource::with_fast_digest)).
 //!
 //! `DW_BENCH_ROWS` changes the row count, `DW_BENCH_MMAP=N` sets SQLite's
 //! `mmap_size`. `DW_BENCH_ONLY` runs only the cases or groups it lists,
@@ -500,7 +501,7 @@ mod postgres {
         }
         let raw = print("raw COPY out | COPY in", rows, &raw, None);
         print("backfill, read ahead", rows, &copied, Some(raw));
-        let (mut rowwise, mut digests) = (Vec::new(), Vec::new());
+        let (mut rowwise, mut digests, mut fast) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let started = Instant::now();
             let report = Reconcile::new(
@@ -511,24 +512,37 @@ mod postgres {
             .expect("reconcile");
             rowwise.push(started.elapsed());
             assert_eq!(report.equal, rows as u64);
-            let started = Instant::now();
-            let digested = |name| {
-                PgSource::<i64>::connect(url, &table(name))
-                    .and_then(|source| source.with_digest(&COLUMNS))
-                    .expect("digest")
-            };
-            let report = Reconcile::new(digested(OLD), digested(NEW))
-                .run_with_digests(10_000)
-                .expect("reconcile");
-            digests.push(started.elapsed());
-            assert_eq!(
-                (report.rows_in_equal_ranges, report.old_rows),
-                (rows as u64, 0)
-            );
+            for (is_fast, times) in [(false, &mut digests), (true, &mut fast)] {
+                let started = Instant::now();
+                let digested = |name| {
+                    PgSource::<i64>::connect(url, &table(name))
+                        .and_then(|source| {
+                            if is_fast {
+                                source.with_fast_digest(&COLUMNS)
+                            } else {
+                                source.with_digest(&COLUMNS)
+                            }
+                        })
+                        .expect("digest")
+                };
+                let report = Reconcile::new(digested(OLD), digested(NEW))
+                    .run_with_digests(10_000)
+                    .expect("reconcile");
+                times.push(started.elapsed());
+                assert_eq!(
+                    (report.rows_in_equal_ranges, report.old_rows),
+                    (rows as u64, 0)
+                );
+            }
         }
         let by_row = print("reconcile, row by row", rows, &rowwise, None);
         let digest = print("reconcile, md5 digests", rows, &digests, None);
-        println!("digests / row by row: {:.1}x", digest / by_row);
+        let fast = print("reconcile, fast digests", rows, &fast, None);
+        println!(
+            "digests / row by row: md5 {:.1}x, fast {:.1}x",
+            digest / by_row,
+            fast / by_row
+        );
         run_sql(
             &rt,
             &mut conn,

@@ -574,6 +574,72 @@ fn sqlite_postgres_and_mariadb_digests_agree() {
     s.pg(format!("DROP TABLE IF EXISTS {t}"));
 }
 
+/// PostgreSQL to PostgreSQL with fast digests (`hashtextextended`, in the
+/// server): equal tables read no row, a planted difference is found
+/// reading only its range, and a fast digest against an MD5 one is a
+/// clear error.
+#[test]
+fn postgres_fast_digests_skip_equal_ranges_and_find_drift() {
+    let Some(s) = Servers::connect("pgfast") else {
+        return;
+    };
+    let (a, b) = (&s.old, &s.new);
+    for t in [a, b] {
+        s.pg(format!("DROP TABLE IF EXISTS {t}"));
+        s.pg(format!(
+            "CREATE TABLE {t} (id BIGINT PRIMARY KEY, name TEXT NULL, n BIGINT NULL)"
+        ));
+        s.pg(format!(
+            "INSERT INTO {t} (id, name, n) SELECT i, CASE WHEN i % 7 = 0 THEN NULL ELSE 'user ' || i END, i * 3 FROM generate_series(1, {ROWS}) AS i"
+        ));
+    }
+    let source = |t: &str, fast: bool| {
+        let table = SqlTable::new(t, "id", &["name", "n"]).expect("table");
+        let source = PgSource::<i64>::connect(&s.pg_url, &table).expect("source");
+        if fast {
+            source.with_fast_digest(&["name", "n"])
+        } else {
+            source.with_digest(&["name", "n"])
+        }
+        .expect("digest")
+    };
+    let job = |old_fast: bool, new_fast: bool| {
+        Reconcile::new(source(a, old_fast), source(b, new_fast)).with_batch(250)
+    };
+
+    let equal = job(true, true).run_with_digests(500).expect("equal");
+    assert_eq!((equal.found(), equal.equal), (0, 3_000), "{equal}");
+    assert_eq!(
+        (equal.ranges_differing, equal.old_rows, equal.new_rows),
+        (0, 0, 0),
+        "{equal}"
+    );
+
+    s.pg(format!("UPDATE {b} SET name = 'renamed' WHERE id = 1234"));
+    s.pg(format!("UPDATE {b} SET n = NULL WHERE id = 2100"));
+    let found = job(true, true).run_with_digests(500).expect("drifted");
+    assert_eq!(
+        (found.different, found.missing_in_new, found.extra_in_new),
+        (2, 0, 0),
+        "{found}"
+    );
+    assert_eq!((found.ranges, found.ranges_differing), (8, 2), "{found}");
+    assert_eq!(
+        (found.old_rows, found.new_rows),
+        (1_000, 1_000),
+        "only the drifted ranges are read: {found}"
+    );
+
+    // A fast digest against an MD5 one is refused, not compared.
+    let mixed = job(true, false)
+        .run_with_digests(500)
+        .expect_err("mixed kinds");
+    assert!(mixed.to_string().contains("different kinds"), "{mixed}");
+    for t in [a, b] {
+        s.pg(format!("DROP TABLE IF EXISTS {t}"));
+    }
+}
+
 /// Several processes share a parallel backfill's ranges through PostgreSQL
 /// leases: each range is claimed by one of them, a range whose holder died
 /// is claimed again once its lease expired, and a holder that lost its

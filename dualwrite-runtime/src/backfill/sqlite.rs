@@ -142,32 +142,31 @@ impl<K> SqliteSource<K> {
     /// with PostgreSQL's and MariaDB's. Registers the aggregate function
     /// `dualwrite_digest` on the connection.
     pub fn with_digest(self, expressions: &[&str]) -> Result<Self, BackfillError> {
-        self.digested(expressions, DigestKind::Md5Text)
+        self.digested(expressions, false)
     }
 
     /// Like [`SqliteSource::with_digest`], with [`DigestKind::SqliteFast`]
     /// digests (aggregate `dualwrite_digest_fast`): several times faster,
     /// comparable only with another SQLite source's fast digests.
     pub fn with_fast_digest(self, expressions: &[&str]) -> Result<Self, BackfillError> {
-        self.digested(expressions, DigestKind::SqliteFast)
+        self.digested(expressions, true)
     }
 
-    fn digested(mut self, expressions: &[&str], kind: DigestKind) -> Result<Self, BackfillError> {
+    /// Registers the digest aggregate: [`DigestKind::SqliteFast`] when
+    /// `fast`, else [`DigestKind::Md5Text`].
+    fn digested(mut self, expressions: &[&str], fast: bool) -> Result<Self, BackfillError> {
         crate::reconcile::digest::check_expressions(expressions)?;
         let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
-        let function = match kind {
-            DigestKind::Md5Text => {
-                self.conn
-                    .create_aggregate_function("dualwrite_digest", -1, flags, RowDigest)
-                    .map_err(source_error)?;
-                "dualwrite_digest"
-            }
-            DigestKind::SqliteFast => {
-                self.conn
-                    .create_aggregate_function("dualwrite_digest_fast", -1, flags, FastDigest)
-                    .map_err(source_error)?;
-                "dualwrite_digest_fast"
-            }
+        let function = if !fast {
+            self.conn
+                .create_aggregate_function("dualwrite_digest", -1, flags, RowDigest)
+                .map_err(source_error)?;
+            "dualwrite_digest"
+        } else {
+            self.conn
+                .create_aggregate_function("dualwrite_digest_fast", -1, flags, FastDigest)
+                .map_err(source_error)?;
+            "dualwrite_digest_fast"
         };
         let arguments = std::iter::once(self.key_column.clone())
             .chain(expressions.iter().map(|e| format!("({e})")))
@@ -178,7 +177,11 @@ impl<K> SqliteSource<K> {
             let (clause, _) = where_clause(key, variant);
             format!("SELECT COUNT(*), {function}({arguments}) FROM {table}{clause}")
         }));
-        self.digest_kind = kind;
+        self.digest_kind = if fast {
+            DigestKind::SqliteFast
+        } else {
+            DigestKind::Md5Text
+        };
         // Fail now, not in the middle of a reconciliation, if an
         // expression does not compile.
         if let Some(digests) = &self.digests {

@@ -47,6 +47,13 @@ pub enum DigestKind {
     /// program. An integer and the same number as text hash differently,
     /// which makes their range go row by row (never a missed difference).
     SqliteFast,
+    /// PostgreSQL's `hashtextextended` (seed 0) of the row's text (the
+    /// same text as [`DigestKind::Md5Text`]), its low 60 bits: computed by
+    /// the server, several times cheaper than MD5, comparable only with
+    /// another PostgreSQL source's fast digest on a server of the same
+    /// major version and byte order (the function is the server's
+    /// internal hash, not a documented format).
+    PostgresFast,
 }
 
 /// The digest of a key range: how many rows, and the sum of their row
