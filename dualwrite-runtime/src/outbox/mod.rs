@@ -471,10 +471,7 @@ pub enum RecordStatus {
 /// The next per-key sequence of a journal that numbers records by the
 /// clock: microseconds since the epoch, and always above the last one
 /// `sequence` handed out (so a clock that steps back keeps the order).
-#[cfg_attr(
-    not(any(feature = "outbox-sqlite", feature = "outbox-postgres")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(feature = "outbox-sqlite"), allow(dead_code))]
 pub(crate) fn clock_sequence(sequence: &AtomicU64) -> u64 {
     clock_sequence_with(sequence, 0)
 }

@@ -345,26 +345,42 @@ impl Sql {
              CROSS JOIN {meta} m ORDER BY r.n",
             part("r.key_hash")
         );
+        // The held leases' epochs as one array indexed by partition (NULL
+        // where not held): a row's lease is one subscript away, where a
+        // join re-read every held lease for each row walked (32 ms a claim
+        // over 20 000 pending rows, against 6 ms). The claimed rows are
+        // updated through the primary key, not a hash of the whole table.
         let claim = format!(
             "WITH held AS ( \
                SELECT part, epoch FROM {leases} \
                WHERE stream = $1 AND owner = $2 AND expires_at > now() \
                  AND NOT (part = ANY($4::int[])) FOR UPDATE \
+             ), h AS ( \
+               SELECT array_agg(held.epoch ORDER BY g.part) AS epochs \
+               FROM {meta} m CROSS JOIN generate_series(0, m.partitions - 1) AS g(part) \
+               LEFT JOIN held ON held.part = g.part \
              ), picked AS ( \
-               SELECT j.id, h.epoch FROM {qualified} j JOIN held h ON j.part = h.part \
-               WHERE j.stream = $1 AND j.state = 0 AND (j.claim_epoch IS DISTINCT FROM h.epoch OR $5) \
+               SELECT j.id FROM {qualified} j CROSS JOIN h \
+               WHERE j.stream = $1 AND j.state = 0 AND h.epochs[j.part + 1] IS NOT NULL \
+                 AND (j.claim_epoch IS DISTINCT FROM h.epochs[j.part + 1] OR $5) \
                ORDER BY j.id LIMIT $3 FOR UPDATE OF j SKIP LOCKED \
              ) \
-             UPDATE {qualified} j SET claimed_by = $2, claim_epoch = picked.epoch \
-             FROM picked WHERE j.id = picked.id \
-             RETURNING {columns}, picked.epoch AS lease_epoch"
+             UPDATE {qualified} j SET claimed_by = $2, claim_epoch = h.epochs[j.part + 1] \
+             FROM h WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) \
+             RETURNING {columns}, h.epochs[j.part + 1] AS lease_epoch"
         );
+        // Each outcome carries the stream, partition and lease epoch its
+        // record was claimed under, so the lease is found by its key (a
+        // join on the epoch alone matched every lease with every outcome:
+        // 70 ms for 1 024 outcomes over 64 leases, against 7.5 ms).
         let outcomes = format!(
             "UPDATE {qualified} j SET state = o.state, attempts = o.attempts, \
                last_error = coalesce(o.error, j.last_error), updated_at = now() \
-             FROM unnest($1::bigint[], $2::smallint[], $3::int[], $4::text[], $5::bigint[]) \
-               AS o(id, state, attempts, error, epoch), {leases} l \
-             WHERE j.id = o.id AND j.state = 0 AND l.stream = j.stream AND l.part = j.part \
+             FROM unnest($1::bigint[], $2::smallint[], $3::int[], $4::text[], $5::bigint[], \
+                         $7::text[], $8::int[]) \
+               AS o(id, state, attempts, error, epoch, stream, part), {leases} l \
+             WHERE j.id = o.id AND j.state = 0 AND j.stream = o.stream AND j.part = o.part \
+               AND l.stream = o.stream AND l.part = o.part \
                AND l.owner = $6 AND l.epoch = o.epoch"
         );
         Sql {
@@ -1143,12 +1159,23 @@ impl Journal for PgJournal {
         self.run(move |inner| async move {
             // The lease each record was claimed under: unknown ones get an
             // epoch no lease has, so they are not written.
-            let epochs: Vec<i64> = {
+            let (mut epochs, mut streams, mut parts) = (
+                Vec::with_capacity(ids.len()),
+                Vec::with_capacity(ids.len()),
+                Vec::with_capacity(ids.len()),
+            );
+            {
                 let leases = inner.leases();
-                ids.iter()
-                    .map(|id| leases.outstanding.get(id).map_or(-1, |o| o.epoch))
-                    .collect()
-            };
+                for id in &ids {
+                    let (epoch, stream, part) = leases
+                        .outstanding
+                        .get(id)
+                        .map_or((-1, "", -1), |o| (o.epoch, o.stream.as_str(), o.part));
+                    epochs.push(epoch);
+                    streams.push(stream.to_owned());
+                    parts.push(part);
+                }
+            }
             let written = sqlx::query(AssertSqlSafe(inner.sql.outcomes.as_str()))
                 .bind(&ids)
                 .bind(&states)
@@ -1156,6 +1183,8 @@ impl Journal for PgJournal {
                 .bind(&errors)
                 .bind(&epochs)
                 .bind(&inner.owner)
+                .bind(&streams)
+                .bind(&parts)
                 .execute(&inner.pool)
                 .await
                 .map_err(storage(DURING))?
