@@ -178,8 +178,13 @@ impl ApiTable {
             specs.push(ApiSpec::new(name, Sql, Function, "sqlx").in_crates(SQLX));
         }
         // `QueryBuilder::new("INSERT INTO t (a, b) ")`,
-        // `QueryBuilder::with_arguments("INSERT ..", args)`.
-        for name in ["QueryBuilder::new", "QueryBuilder::with_arguments"] {
+        // `QueryBuilder::with_arguments("INSERT ..", args)`, and a
+        // `QueryBuilder` parameter, whose function pushes text.
+        for name in [
+            "QueryBuilder::new",
+            "QueryBuilder::with_arguments",
+            "QueryBuilder",
+        ] {
             specs.push(ApiSpec::new(name, Sql, Function, "sqlx").in_crates(SQLX));
         }
         for name in [

@@ -368,13 +368,36 @@ impl<'i> Collector<'i> {
 
     fn visit_fn_body(&mut self, sig: &Signature, block: &syn::Block, self_known: bool) {
         let braces = block.brace_token.span;
-        if !self.text_mentions_interest(braces.open(), braces.close()) {
+        let builders: Vec<(&syn::Ident, &syn::Path)> = builder_params(sig)
+            .filter(|(_, path)| path.segments.last().is_some_and(|s| self.wanted(&s.ident)))
+            .collect();
+        if builders.is_empty() && !self.text_mentions_interest(braces.open(), braces.close()) {
             // Parsed (a syntax error in it is still reported), but nothing
             // in it can match a rule.
             return;
         }
         let floor = self.env.enter_fn();
         self.bind_params(sig, self_known);
+        // A query builder passed in: the statement it builds gets the text
+        // pushed here, reported at the parameter's type.
+        for (name, path) in builders {
+            let (Some(first), Some(last)) = (path.segments.first(), path.segments.last()) else {
+                continue;
+            };
+            self.push_call(CallSite {
+                kind: CallKind::Path,
+                callee: path_text(path).into_boxed_str(),
+                receiver: None,
+                qself: None,
+                receiver_text: None,
+                sql: None,
+                span: span_between(first.ident.span(), last.ident.span()),
+                item: 0,
+                in_test: false,
+            });
+            let index = self.summary.calls.len() - 1;
+            self.env.set_builder(&name.to_string(), index);
+        }
         self.visit_block(block);
         self.env.leave_fn(floor);
     }
@@ -947,6 +970,29 @@ fn variant_field(
     owner
         .clone()
         .map(|h| h.then(Step::Variant(variant.into(), member.into())))
+}
+
+/// The parameters of `sig` that are a query builder (`qb: &mut
+/// QueryBuilder<'_, Postgres>`, `mut qb: sqlx::QueryBuilder<..>`), with the
+/// builder type's path.
+fn builder_params(sig: &Signature) -> impl Iterator<Item = (&syn::Ident, &syn::Path)> {
+    sig.inputs.iter().filter_map(|input| {
+        let FnArg::Typed(typed) = input else {
+            return None;
+        };
+        let Pat::Ident(name) = &*typed.pat else {
+            return None;
+        };
+        let mut ty = &*typed.ty;
+        while let syn::Type::Reference(reference) = ty {
+            ty = &reference.elem;
+        }
+        let syn::Type::Path(path) = ty else {
+            return None;
+        };
+        let last = path.path.segments.last()?;
+        (path.qself.is_none() && last.ident == "QueryBuilder").then_some((&name.ident, &path.path))
+    })
 }
 
 /// Query builder methods whose argument is SQL text.

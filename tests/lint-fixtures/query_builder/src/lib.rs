@@ -80,3 +80,17 @@ pub fn with_arguments_read(args: sqlx::postgres::PgArguments) {
     let mut qb = QueryBuilder::<Postgres>::with_arguments("SELECT * FROM t WHERE a = ", args); // a read: fine
     qb.push_bind(1_i64);
 }
+
+pub fn add_filter(qb: &mut QueryBuilder<'_, Postgres>) { // DW002: a `DELETE` is pushed to the builder passed in
+    qb.push("; DELETE FROM audit");
+}
+
+pub fn add_order(qb: &mut sqlx::QueryBuilder<'_, Postgres>, mut owned: QueryBuilder<'_, Postgres>) { // reads pushed: fine
+    qb.push(ORDER_BY);
+    owned.push_bind(1_i64);
+}
+
+pub fn shadowed(qb: &mut QueryBuilder<'_, Postgres>) { // a `Vec` shadowing the parameter: fine
+    let mut qb = Vec::new();
+    qb.push("UPDATE t SET a = 3");
+}
