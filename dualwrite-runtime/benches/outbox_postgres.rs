@@ -12,7 +12,8 @@
 //!    records over 1 000 keys applied into an in-memory secondary (the
 //!    journal's own cost: claims, outcomes, leases) by one instance with
 //!    1, 2 and 4 appliers, and by two instances (two journal handles with
-//!    their own adapters, splitting the partitions) with 2 appliers each.
+//!    their own adapters, splitting the partitions) with 2 appliers each;
+//!    `DW_OUTBOX_CLAIM_BATCH` sets `OutboxConfig::claim_batch` (default 256).
 //!
 //! Every case works in tables of its own schema, dropped at the end.
 
@@ -160,14 +161,20 @@ fn append_throughput(url: &str) {
     }
 }
 
-fn drain_throughput(url: &str) {
-    let records: usize = std::env::var("DW_OUTBOX_DRAIN")
+/// A number from the environment, or `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(default)
+}
+
+fn drain_throughput(url: &str) {
+    let records = env_usize("DW_OUTBOX_DRAIN", 20_000);
     println!();
     println!(
-        "(2) PostgreSQL journal drain throughput: {records} pending records, 1 000 keys, in-memory secondary"
+        "(2) PostgreSQL journal drain throughput: {records} pending records, 1 000 keys, in-memory secondary, claims of {}",
+        env_usize("DW_OUTBOX_CLAIM_BATCH", 256)
     );
     println!(
         "{:<12} {:>9} {:>12} {:>14}",
@@ -204,7 +211,8 @@ fn drain_throughput(url: &str) {
                     journal.clone(),
                     OutboxConfig::default()
                         .with_appliers(appliers)
-                        .with_poll_interval(Duration::from_millis(5)),
+                        .with_poll_interval(Duration::from_millis(5))
+                        .with_claim_batch(env_usize("DW_OUTBOX_CLAIM_BATCH", 256)),
                 )
                 .expect("outbox");
                 (journal, adapter)
