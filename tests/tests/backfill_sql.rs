@@ -576,8 +576,8 @@ fn sqlite_postgres_and_mariadb_digests_agree() {
 
 /// PostgreSQL to PostgreSQL with fast digests (`hashtextextended`, in the
 /// server): equal tables read no row, a planted difference is found
-/// reading only its range, and a fast digest against an MD5 one is a
-/// clear error.
+/// reading only its range, a fast digest against an MD5 one is a clear
+/// error, and rows equal only under a case-insensitive collation differ.
 #[test]
 fn postgres_fast_digests_skip_equal_ranges_and_find_drift() {
     let Some(s) = Servers::connect("pgfast") else {
@@ -635,9 +635,28 @@ fn postgres_fast_digests_skip_equal_ranges_and_find_drift() {
         .run_with_digests(500)
         .expect_err("mixed kinds");
     assert!(mixed.to_string().contains("different kinds"), "{mixed}");
-    for t in [a, b] {
+
+    // Under a case-insensitive collation `Alice` and `alice` compare
+    // equal, but they are different rows: the digest hashes the bytes.
+    let ci = format!("{a}_ci");
+    s.pg(format!(
+        "CREATE COLLATION IF NOT EXISTS {ci} (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+    ));
+    for (t, name) in [(a, "Alice"), (b, "alice")] {
         s.pg(format!("DROP TABLE IF EXISTS {t}"));
+        s.pg(format!(
+            "CREATE TABLE {t} (id BIGINT PRIMARY KEY, name TEXT COLLATE {ci} NULL, n BIGINT NULL)"
+        ));
+        s.pg(format!(
+            "INSERT INTO {t} (id, name, n) VALUES (1, '{name}', 1)"
+        ));
     }
+    let cased = job(true, true).run_with_digests(500).expect("collation");
+    assert_eq!(cased.different, 1, "{cased}");
+    for t in [a, b] {
+        s.pg(format!("DROP TABLE {t}"));
+    }
+    s.pg(format!("DROP COLLATION {ci}"));
 }
 
 /// Several processes share a parallel backfill's ranges through PostgreSQL

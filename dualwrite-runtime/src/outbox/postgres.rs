@@ -346,7 +346,8 @@ impl Sql {
             part("r.key_hash")
         );
         // The held leases' epochs as one array indexed by partition (NULL
-        // where not held): a row's lease is one subscript away, where a
+        // where not held; $6 is the partition count the journal was opened
+        // with, read from its one meta row): a row's lease is one subscript away, where a
         // join re-read every held lease for each row walked (32 ms a claim
         // over 20 000 pending rows, against 6 ms). The claimed rows are
         // updated through the primary key, not a hash of the whole table.
@@ -357,7 +358,7 @@ impl Sql {
                  AND NOT (part = ANY($4::int[])) FOR UPDATE \
              ), h AS ( \
                SELECT array_agg(held.epoch ORDER BY g.part) AS epochs \
-               FROM {meta} m CROSS JOIN generate_series(0, m.partitions - 1) AS g(part) \
+               FROM generate_series(0, $6::int - 1) AS g(part) \
                LEFT JOIN held ON held.part = g.part \
              ), picked AS ( \
                SELECT j.id FROM {qualified} j CROSS JOIN h \
@@ -1070,6 +1071,7 @@ impl Journal for PgJournal {
                 .bind(limit)
                 .bind(&releasing)
                 .bind(idle)
+                .bind(i32::try_from(inner.partitions).unwrap_or(i32::MAX))
                 .fetch_all(&inner.pool)
                 .await
                 .map_err(storage(DURING))?;

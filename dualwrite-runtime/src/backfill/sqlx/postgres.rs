@@ -261,8 +261,10 @@ impl<K: PgKey> PgSource<K> {
         let text = format!("concat_ws(chr(31), {fields})");
         let hash = match kind {
             DigestKind::PostgresFast => {
+                // The bytes, whatever the columns' collation (a
+                // case-insensitive one hashes `Alice` and `alice` alike);
                 // 60 bits, non-negative, so that a sum is exact in `numeric`.
-                format!("(hashtextextended({text}, 0) & 1152921504606846975)")
+                format!("(hashtextextended({text} COLLATE \"C\", 0) & 1152921504606846975)")
             }
             DigestKind::Md5Text | DigestKind::SqliteFast => {
                 format!("CAST(CAST('x' || substr(md5({text}), 1, 15) AS bit(60)) AS bigint)")
