@@ -566,6 +566,72 @@ fn a_mapping_error_is_a_dead_letter_not_a_panic() {
     assert!(adapter.shutdown(WAIT).complete);
 }
 
+/// The slot's restart point follows the confirmed position: PostgreSQL
+/// moves it only past a record of the running transactions, so without the
+/// follower's marks every read re-decodes the WAL since the slot was
+/// created (or the last such record, every 15 s).
+#[test]
+fn the_restart_point_follows_what_the_follower_confirmed() {
+    use dualwrite_runtime::cdc::ChangeSource;
+
+    let Some(url) = logical_server("the_restart_point_follows_what_the_follower_confirmed") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "restart");
+    let restart_lsn = || {
+        let (url, slot) = (fixture.url.clone(), fixture.slot.clone());
+        on_runtime(async move {
+            let mut conn = PgConnection::connect(&url).await.expect("connect");
+            let (at,): (String,) = sqlx::query_as(
+                "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            )
+            .bind(slot)
+            .fetch_one(&mut conn)
+            .await
+            .expect("restart_lsn");
+            at.parse::<dualwrite_runtime::cdc::Position>()
+                .expect("an LSN")
+        })
+    };
+    let insert = |from: i64| {
+        let (url, table) = (fixture.url.clone(), fixture.table.clone());
+        on_runtime(async move {
+            let mut conn = PgConnection::connect(&url).await.expect("connect");
+            for id in from..from + 50 {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {table} (id, value) VALUES ({id}, 1)"
+                )))
+                .execute(&mut conn)
+                .await
+                .expect("insert");
+            }
+        });
+    };
+    let created = restart_lsn();
+    let mut source = fixture.source().with_restart_marks(Some(Duration::ZERO));
+    source.open().expect("open");
+    // Read and confirm twice: the first confirm has the server write a
+    // mark, the second advances past it.
+    let mut confirmed = Vec::new();
+    for round in 0..2 {
+        insert(round * 100);
+        let batch = source.read(10_000).expect("read");
+        assert_eq!(batch.changes.len(), 50, "round {round}");
+        source.confirm(batch.through).expect("confirm");
+        confirmed.push(batch.through);
+    }
+    let moved = restart_lsn();
+    assert!(
+        moved > created,
+        "the restart point stayed at {created} after confirming {confirmed:?}"
+    );
+    // Nothing confirmed is read again, and nothing is lost.
+    insert(1_000);
+    let batch = source.read(10_000).expect("read");
+    assert_eq!(batch.changes.len(), 50);
+    assert!(batch.changes.iter().all(|c| c.position > confirmed[1]));
+}
+
 #[test]
 fn a_missing_slot_is_a_clear_error() {
     let Some(url) = logical_server("a_missing_slot_is_a_clear_error") else {
