@@ -218,6 +218,11 @@ fn latency_modes(dir: &Path, synchronous: &str) -> Vec<Mode> {
             Durability::Grouped,
             "after-grouped",
         ),
+        (
+            "outbox, appended after, no flush (OFF)",
+            Durability::None,
+            "after-unflushed",
+        ),
     ] {
         let d = files(dir_name);
         let journal = Arc::new(SqliteJournal::open(d.join("journal.db"), durability).unwrap());

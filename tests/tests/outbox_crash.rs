@@ -43,6 +43,10 @@ enum Mode {
     AppendPerWrite,
     /// Outbox, appended after the primary, group commit, more writers.
     AppendGrouped,
+    /// Outbox, appended after the primary without a flush
+    /// (`Durability::None`): the record is in the OS cache when the caller
+    /// returns, which a killed process cannot take back.
+    AppendUnflushed,
     /// Outbox, the store journals in the primary's own transaction.
     Transactional,
     /// The async-lane strategy, for comparison.
@@ -54,6 +58,7 @@ impl Mode {
         match self {
             Mode::AppendPerWrite => "append-per-write",
             Mode::AppendGrouped => "append-grouped",
+            Mode::AppendUnflushed => "append-unflushed",
             Mode::Transactional => "transactional",
             Mode::Lanes => "lanes",
         }
@@ -63,6 +68,7 @@ impl Mode {
         [
             Mode::AppendPerWrite,
             Mode::AppendGrouped,
+            Mode::AppendUnflushed,
             Mode::Transactional,
             Mode::Lanes,
         ]
@@ -80,6 +86,7 @@ impl Mode {
     fn durability(self) -> Durability {
         match self {
             Mode::AppendGrouped => Durability::Grouped,
+            Mode::AppendUnflushed => Durability::None,
             _ => Durability::PerWrite,
         }
     }
@@ -256,6 +263,13 @@ fn kill_9_with_the_outbox_appending_after_the_primary() {
 #[test]
 fn kill_9_with_the_outbox_appending_with_group_commit() {
     crash_and_recover(Mode::AppendGrouped);
+}
+
+/// Without flushes: a process killed mid-stream loses nothing either (an
+/// operating system crash could; that is what `PerWrite` guards against).
+#[test]
+fn kill_9_with_the_outbox_appending_without_flushes() {
+    crash_and_recover(Mode::AppendUnflushed);
 }
 
 #[test]
