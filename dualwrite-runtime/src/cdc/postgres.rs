@@ -42,7 +42,6 @@
 //! server's disk fills.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -83,9 +82,6 @@ const RESTART_EVERY: Duration = Duration::from_secs(1);
 /// After a failed restart mark (no privilege, a long transaction holding
 /// the temporary slot's creation up), the next attempt waits this long.
 const RESTART_RETRY: Duration = Duration::from_secs(60);
-
-/// Names the temporary slots that mark restart points, unique in the process.
-static RESTART_MARKS: AtomicU64 = AtomicU64::new(0);
 
 /// The connection and the current-thread runtime it runs on.
 struct Connected {
@@ -330,11 +326,9 @@ impl PostgresSource {
                 })
             })
         } else {
-            let name = format!(
-                "dualwrite_mark_{}_{}",
-                std::process::id(),
-                RESTART_MARKS.fetch_add(1, Ordering::Relaxed)
-            );
+            // Named after this connection's server process, which is
+            // unique on the server while the connection lives (a process
+            // id of the application's is not: every container's may be 1).
             self.run("marking a restart point", |conn| {
                 Box::pin(async move {
                     let mut tx = conn.begin().await?;
@@ -342,13 +336,11 @@ impl PostgresSource {
                         .execute(&mut *tx)
                         .await?;
                     ::sqlx::query(
-                        "SELECT 1 FROM pg_create_logical_replication_slot($1, 'test_decoding', true)",
+                        "SELECT 1 FROM pg_create_logical_replication_slot('dualwrite_mark_' || pg_backend_pid(), 'test_decoding', true)",
                     )
-                    .bind(&name)
                     .execute(&mut *tx)
                     .await?;
-                    ::sqlx::query("SELECT pg_drop_replication_slot($1)")
-                        .bind(&name)
+                    ::sqlx::query("SELECT pg_drop_replication_slot('dualwrite_mark_' || pg_backend_pid())")
                         .execute(&mut *tx)
                         .await?;
                     tx.commit().await
