@@ -68,8 +68,8 @@ pub struct PostgresSource {
     /// How often the slot's restart point is moved up (see
     /// [`PostgresSource::with_restart_marks`]); `None`: never.
     restart_every: Option<Duration>,
-    /// When a restart point was last marked (or a mark last failed).
-    restart_marked: Option<Instant>,
+    /// When the next restart mark is due (`None`: at the next confirm).
+    next_mark: Option<Instant>,
     /// The server's `server_version_num`, read when the source opens.
     server_version: u32,
     /// A failed mark was logged (once per source).
@@ -102,7 +102,7 @@ impl PostgresSource {
             read_to: None,
             complete_to: None,
             restart_every: Some(RESTART_EVERY),
-            restart_marked: None,
+            next_mark: None,
             server_version: 0,
             restart_warned: false,
         }
@@ -313,7 +313,7 @@ impl PostgresSource {
         let Some(every) = self.restart_every else {
             return;
         };
-        if self.restart_marked.is_some_and(|at| at.elapsed() < every) {
+        if self.next_mark.is_some_and(|due| Instant::now() < due) {
             return;
         }
         let result = if self.server_version >= 160_000 {
@@ -347,8 +347,8 @@ impl PostgresSource {
                 })
             })
         };
-        self.restart_marked = Some(match result {
-            Ok(()) => Instant::now(),
+        self.next_mark = Some(match result {
+            Ok(()) => Instant::now() + every,
             Err(error) => {
                 if !std::mem::replace(&mut self.restart_warned, true) {
                     tracing::warn!(
@@ -357,8 +357,7 @@ impl PostgresSource {
                         "cdc: cannot mark a restart point on the slot; reads decode from its older one (slower) and a mark is tried again in a minute"
                     );
                 }
-                // Due again after `RESTART_RETRY`.
-                Instant::now() + RESTART_RETRY.saturating_sub(every)
+                Instant::now() + RESTART_RETRY
             }
         });
     }

@@ -347,10 +347,11 @@ impl Sql {
         );
         // The held leases' epochs as one array indexed by partition (NULL
         // where not held; $6 is the partition count the journal was opened
-        // with, read from its one meta row): a row's lease is one subscript away, where a
-        // join re-read every held lease for each row walked (32 ms a claim
-        // over 20 000 pending rows, against 6 ms). The claimed rows are
-        // updated through the primary key, not a hash of the whole table.
+        // with, read from its one meta row): a row's lease is one subscript
+        // away, where a join re-read every held lease for each row walked
+        // (32 ms a claim over 20 000 pending rows, against 6 ms). The
+        // claimed rows are updated through the primary key, not a hash of
+        // the whole table.
         let claim = format!(
             "WITH held AS ( \
                SELECT part, epoch FROM {leases} \
