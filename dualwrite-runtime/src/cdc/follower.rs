@@ -33,7 +33,8 @@ use crate::phase::Store;
 /// A request to the follower thread.
 enum Request {
     /// Read until the source's head (as of now) is confirmed, then answer.
-    CatchUp(Sender<Result<(), CdcError>>),
+    /// Catch up by the deadline (source faults are retried until then).
+    CatchUp(Sender<Result<(), CdcError>>, Instant),
 }
 
 /// The running follower of an adapter.
@@ -234,7 +235,7 @@ impl Drop for CdcFollower {
 fn catch_up_with(requests: &Sender<Request>, deadline: Instant) -> Result<(), CdcError> {
     let (reply, answer) = crossbeam_channel::bounded(1);
     requests
-        .send(Request::CatchUp(reply))
+        .send(Request::CatchUp(reply, deadline))
         .map_err(|_| CdcError::Stopped)?;
     let wait = deadline.saturating_duration_since(Instant::now());
     match blocking(|| answer.recv_timeout(wait)) {
@@ -295,8 +296,8 @@ impl<C: WriteCommand> Runner<C> {
             }
             // Short waits, so a stop is seen within 50 ms.
             match requests.recv_timeout(wait.min(Duration::from_millis(50))) {
-                Ok(Request::CatchUp(reply)) => {
-                    let result = self.guarded(|runner| runner.catch_up());
+                Ok(Request::CatchUp(reply, deadline)) => {
+                    let result = self.catch_up_by(deadline);
                     let _ = reply.send(result);
                     continue;
                 }
@@ -342,6 +343,26 @@ impl<C: WriteCommand> Runner<C> {
     }
 
     /// Reads until the source's current head is confirmed.
+    /// Catches up, retrying failed reads of the source or the journal
+    /// (a connection the server ended, a busy journal) until `deadline`:
+    /// a fence or a flush during a short fault waits for it to pass.
+    fn catch_up_by(&mut self, deadline: Instant) -> Result<(), CdcError> {
+        loop {
+            let error = match self.guarded(|runner| runner.catch_up()) {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let pause = self.config.retry_interval.min(Duration::from_millis(100));
+            let transient = matches!(error, CdcError::Source { .. } | CdcError::Journal(_));
+            if !transient || self.exit.load(Ordering::SeqCst) || Instant::now() + pause >= deadline
+            {
+                return Err(error);
+            }
+            self.report(&error);
+            thread::sleep(pause);
+        }
+    }
+
     fn catch_up(&mut self) -> Result<(), CdcError> {
         let asked = Instant::now();
         let head = self.source.head()?;

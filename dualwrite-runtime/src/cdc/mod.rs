@@ -13,7 +13,9 @@
 //! ```
 //!
 //! - [`ChangeSource`]: where changes come from; `postgres::PostgresSource`
-//!   (feature `cdc-postgres`) reads a PostgreSQL logical replication slot.
+//!   (feature `cdc-postgres`) reads a PostgreSQL logical replication slot;
+//!   `mariadb::MariadbSource` (feature `cdc-mariadb`) the binary log of
+//!   MariaDB or MySQL.
 //! - [`RowChange`]: one inserted, updated or deleted row, with its columns
 //!   as text.
 //! - [`Cdc`]: a source and the mapping function, given to the generated
@@ -49,6 +51,8 @@
 //! change (another table, a column the new store does not keep).
 
 mod follower;
+#[cfg(feature = "cdc-mariadb")]
+pub mod mariadb;
 #[cfg(feature = "cdc-postgres")]
 pub mod postgres;
 

@@ -1,0 +1,1174 @@
+//! Change data capture from MariaDB (and MySQL): the binary log in row
+//! format, read through the replication protocol.
+//!
+//! **How it reads.** A thread of the source holds a replication connection
+//! (`COM_BINLOG_DUMP`, through the `mysql` crate's binlog stream: sqlx has
+//! no replication protocol) that the server pushes events down as they are
+//! written, so there is no polling of the server; it decodes the row events
+//! into [`RowChange`]s and hands whole transactions to the follower. The
+//! server sends a heartbeat each second while idle, which also tells the
+//! reader that the connection is alive (10 s of silence: reconnect).
+//!
+//! **Position.** The binary log has no slot that remembers what a reader
+//! consumed, so the source keeps its confirmed position (file and offset) in
+//! a row of `dualwrite_cdc_positions` in the URL's database, written with
+//! `sql_log_bin = 0` so that its updates are not themselves in the log. A
+//! position is a [`Position`] of the file's number (high 32 bits) and the
+//! offset in it (low 32 bits): `mariadb-bin.000003` at 1234 is `3/4D2`. As
+//! with PostgreSQL, the follower confirms a position only after the changes
+//! before it are journaled: a crash reads them again, and their journal
+//! records are recognised by idempotency id (the transaction's position and
+//! the change's index in it).
+//!
+//! Set-up (the server needs a restart for `log_bin`):
+//!
+//! ```text
+//! mariadbd --log-bin=mariadb-bin --binlog-format=ROW \
+//!          --binlog-row-image=FULL --binlog-row-metadata=FULL
+//! ```
+//!
+//! `binlog_row_metadata = FULL` (MariaDB 10.5, MySQL 8.0) puts the column
+//! names, the primary key and the ENUM/SET labels in the log, so a change
+//! is decoded as it was written, whatever the table's definition is when it
+//! is read. The user needs `REPLICATION SLAVE` (to read the log), `BINLOG
+//! MONITOR` or `REPLICATION CLIENT` (for `SHOW MASTER STATUS`), and
+//! `BINLOG ADMIN` or `SUPER` (for `sql_log_bin`), and may write the
+//! positions table. Create the position ([`MariadbSource::create_position`]
+//! or [`MariadbSource::creating_position`]) **before** the backfill starts,
+//! as with a slot; [`MariadbSource::drop_position`] when the migration is
+//! over.
+//!
+//! **Values.** Columns arrive as text in MariaDB's text format: numbers,
+//! `DECIMAL` exactly, `DATE` as `2026-01-02`, `DATETIME`/`TIMESTAMP` as
+//! `2026-01-02 03:04:05` with the fraction when it is not zero (`.678`),
+//! `TIME` as `-838:59:59`, `ENUM` and `SET` as their labels (`a,c`).
+//! Binary columns (`BINARY`, `VARBINARY`, `BLOB`, `BIT`) and text that is
+//! not valid UTF-8 are `\x` and lowercase hex, as PostgreSQL writes
+//! `bytea`. `TIMESTAMP` values are in UTC (the log holds them so). An update
+//! of a table with a primary key carries the old key columns in
+//! [`RowChange::old_key`] when the key changed; a delete carries the whole
+//! old row.
+//!
+//! **Limits.** The position is a file and an offset of one server: after a
+//! failover to a replica it does not apply (create a new position and
+//! backfill). A position whose file the server purged
+//! (`binlog_expire_logs_seconds`) is an error at open: the changes after it
+//! are gone. `TRUNCATE TABLE` is a [`ChangeKind::Truncate`]; other
+//! statements (DDL) are not changes. XA transactions are not read.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use mysql::binlog::events::{EventData, OptionalMetadataField, RowsEventData, TableMapEvent};
+use mysql::binlog::row::BinlogRow;
+use mysql::binlog::value::BinlogValue;
+use mysql::consts::{ColumnFlags, ColumnType};
+use mysql::prelude::Queryable;
+use mysql::{BinlogRequest, BinlogStream, Conn, Opts, OptsBuilder};
+
+use super::{CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, Position, RowChange, Value};
+
+/// The table of confirmed positions, in the URL's database.
+const POSITIONS: &str = "dualwrite_cdc_positions";
+
+/// How often the server sends a heartbeat on an idle stream.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A stream silent this long (ten heartbeats) is broken: reconnect.
+const SILENCE: Duration = Duration::from_secs(10);
+
+/// How long a read waits for the reader thread when nothing is pending.
+const FIRST_WAIT: Duration = Duration::from_millis(5);
+
+/// Messages the reader thread may queue before it waits for the follower.
+const QUEUE: usize = 1024;
+
+/// The binary log of a MariaDB or MySQL server as a [`ChangeSource`]; see
+/// the module docs.
+pub struct MariadbSource {
+    url: String,
+    name: String,
+    create: bool,
+    server_id: Option<u32>,
+    conn: Option<Conn>,
+    /// The log's file name without its number (`mariadb-bin`).
+    base: String,
+    /// The position confirmed to the positions table.
+    confirmed: Position,
+    reader: Option<Reader>,
+    /// Transactions received and not confirmed, in log order.
+    pending: VecDeque<Transaction>,
+    /// Everything before this position was received (whole transactions).
+    received_to: Position,
+}
+
+/// The reader thread's end of things.
+struct Reader {
+    messages: Receiver<Message>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // The thread sees it at its next event (a heartbeat a second at
+        // the latest) or when its next message finds no receiver.
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+enum Message {
+    Transaction(Transaction),
+    /// Everything before the position was sent: no transaction is open.
+    Reached(Position),
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Transaction {
+    changes: Vec<RowChange>,
+    end: Position,
+}
+
+impl MariadbSource {
+    /// Reads the binary log of the server at `url` (a `mysql://` URL) from
+    /// the position named `name` in the URL's database. Nothing is checked
+    /// until the follower opens it.
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        MariadbSource {
+            url: url.into(),
+            name: name.into(),
+            create: false,
+            server_id: None,
+            conn: None,
+            base: String::new(),
+            confirmed: Position(0),
+            reader: None,
+            pending: VecDeque::new(),
+            received_to: Position(0),
+        }
+    }
+
+    /// Creates the position at the log's current end when it opens, if it
+    /// is missing (by default a missing position is an error: one created
+    /// late misses the changes made before it, so it belongs before the
+    /// backfill).
+    #[must_use]
+    pub fn creating_position(mut self) -> Self {
+        self.create = true;
+        self
+    }
+
+    /// The server id the reader registers with (a replica's id; default: a
+    /// hash of the position's name with the top bit set). Two readers with
+    /// one id on one server stop each other.
+    #[must_use]
+    pub fn with_server_id(mut self, server_id: u32) -> Self {
+        self.server_id = Some(server_id);
+        self
+    }
+
+    /// The position's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the position `name` at the log's current end on the server
+    /// at `url`; `false` when it existed (it is left as it was). Checks the
+    /// server's set-up first.
+    pub fn create_position(url: &str, name: &str) -> Result<bool, CdcError> {
+        let mut source = MariadbSource::new(url, name);
+        source.connect()?;
+        source.check_setup()?;
+        source.ensure_position(true)
+    }
+
+    /// Drops the position `name` on the server at `url`; `false` when it
+    /// did not exist.
+    pub fn drop_position(url: &str, name: &str) -> Result<bool, CdcError> {
+        let mut source = MariadbSource::new(url, name);
+        source.connect()?;
+        source.ensure_table()?;
+        let name = source.name.clone();
+        let conn = source.conn()?;
+        let result = conn.exec_drop(format!("DELETE FROM {POSITIONS} WHERE name = ?"), (name,));
+        let affected = conn.affected_rows();
+        result.map_err(|error| source.error("dropping the position", error))?;
+        Ok(affected > 0)
+    }
+
+    fn error(&self, during: &'static str, error: impl std::fmt::Display) -> CdcError {
+        CdcError::Source {
+            source: self.describe(),
+            during,
+            error: error.to_string(),
+        }
+    }
+
+    fn setup(&self, detail: impl Into<String>) -> CdcError {
+        CdcError::Setup {
+            source: self.describe(),
+            detail: detail.into(),
+        }
+    }
+
+    fn opts(&self) -> Result<OptsBuilder, CdcError> {
+        let opts =
+            Opts::from_url(&self.url).map_err(|error| self.error("reading the URL", error))?;
+        Ok(OptsBuilder::from_opts(opts)
+            .tcp_connect_timeout(Some(Duration::from_secs(10)))
+            .read_timeout(Some(SILENCE))
+            .write_timeout(Some(SILENCE)))
+    }
+
+    fn connect(&mut self) -> Result<(), CdcError> {
+        let mut conn = Conn::new(self.opts()?).map_err(|error| self.error("connecting", error))?;
+        conn.query_drop("SET SESSION sql_log_bin = 0").map_err(|error| {
+            self.setup(format!(
+                "`SET SESSION sql_log_bin = 0` failed ({error}): the user needs BINLOG ADMIN (or SUPER) so that the follower's position updates stay out of the log"
+            ))
+        })?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn, CdcError> {
+        if self.conn.is_none() {
+            self.connect()?;
+        }
+        self.conn.as_mut().ok_or(CdcError::Stopped)
+    }
+
+    /// Runs `work` on the connection; a failure drops the connection, so
+    /// the next call reconnects.
+    fn with_conn<T>(
+        &mut self,
+        during: &'static str,
+        work: impl FnOnce(&mut Conn) -> mysql::Result<T>,
+    ) -> Result<T, CdcError> {
+        let result = work(self.conn()?);
+        result.map_err(|error| {
+            self.conn = None;
+            self.error(during, error)
+        })
+    }
+
+    fn check_setup(&mut self) -> Result<(), CdcError> {
+        let row: Option<(Option<String>, Option<String>, Option<String>)> =
+            self.with_conn("reading the server's settings", |conn| {
+                conn.query_first(
+                    "SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image",
+                )
+            })?;
+        let (log_bin, format, image) = row.unwrap_or_default();
+        if log_bin.as_deref() != Some("1") {
+            return Err(self.setup(
+                "the binary log is off: start the server with `--log-bin` (and `--binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL`)",
+            ));
+        }
+        for (variable, value) in [("binlog_format", format), ("binlog_row_image", image)] {
+            let expected = if variable == "binlog_format" {
+                "ROW"
+            } else {
+                "FULL"
+            };
+            if value.as_deref() != Some(expected) {
+                return Err(self.setup(format!(
+                    "{variable} is `{}`, not `{expected}`: `SET GLOBAL {variable} = '{expected}'` (and in the server's options)",
+                    value.unwrap_or_default()
+                )));
+            }
+        }
+        let metadata: Result<Option<Option<String>>, CdcError> = self
+            .with_conn("reading binlog_row_metadata", |conn| {
+                conn.query_first("SELECT @@GLOBAL.binlog_row_metadata")
+            });
+        match metadata {
+            Ok(Some(Some(value))) if value == "FULL" => Ok(()),
+            Ok(value) => Err(self.setup(format!(
+                "binlog_row_metadata is `{}`, not `FULL`: `SET GLOBAL binlog_row_metadata = 'FULL'` (the log then carries column names)",
+                value.flatten().unwrap_or_default()
+            ))),
+            Err(error) => Err(self.setup(format!(
+                "the server has no binlog_row_metadata (MariaDB 10.5 or MySQL 8.0 is needed for column names in the log): {error}"
+            ))),
+        }
+    }
+
+    fn ensure_table(&mut self) -> Result<(), CdcError> {
+        self.with_conn("creating the positions table", |conn| {
+            conn.query_drop(format!(
+                "CREATE TABLE IF NOT EXISTS {POSITIONS} (
+                    name VARCHAR(191) NOT NULL PRIMARY KEY,
+                    file VARCHAR(255) NOT NULL,
+                    pos BIGINT UNSIGNED NOT NULL,
+                    updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+                ) ENGINE = InnoDB"
+            ))
+        })
+    }
+
+    /// The log's end: `SHOW MASTER STATUS`.
+    fn log_end(&mut self) -> Result<(String, u64), CdcError> {
+        let row: Option<mysql::Row> = self.with_conn("reading the log's end", |conn| {
+            conn.query_first("SHOW MASTER STATUS")
+        })?;
+        let Some(row) = row else {
+            return Err(self.setup("`SHOW MASTER STATUS` is empty: the binary log is off"));
+        };
+        let file: Option<String> = row.get_opt(0).and_then(Result::ok);
+        let pos: Option<u64> = row.get_opt(1).and_then(Result::ok);
+        match (file, pos) {
+            (Some(file), Some(pos)) => Ok((file, pos)),
+            _ => Err(self.setup("`SHOW MASTER STATUS` has no file and position")),
+        }
+    }
+
+    fn position_of(&self, file: &str, offset: u64) -> Result<Position, CdcError> {
+        let number = file_number(file).ok_or_else(|| CdcError::Decode {
+            source: self.describe(),
+            text: file.to_owned(),
+            error: "not a binary log file name (`name.000001`)".to_owned(),
+        })?;
+        let offset = u32::try_from(offset).map_err(|_| CdcError::Decode {
+            source: self.describe(),
+            text: format!("{file}:{offset}"),
+            error: "the offset is beyond 4 GiB".to_owned(),
+        })?;
+        Ok(Position(u64::from(number) << 32 | u64::from(offset)))
+    }
+
+    fn file_name(&self, position: Position) -> String {
+        format!("{}.{:06}", self.base, position.0 >> 32)
+    }
+
+    /// Reads the position row (creating it at the log's end when `create`
+    /// and it is missing); returns whether it was created.
+    fn ensure_position(&mut self, create: bool) -> Result<bool, CdcError> {
+        self.ensure_table()?;
+        let (end_file, end_pos) = self.log_end()?;
+        self.base = match end_file.rsplit_once('.') {
+            Some((base, _)) => base.to_owned(),
+            None => end_file.clone(),
+        };
+        let name = self.name.clone();
+        let row: Option<(String, u64)> = self.with_conn("reading the position", |conn| {
+            conn.exec_first(
+                format!("SELECT file, pos FROM {POSITIONS} WHERE name = ?"),
+                (name.clone(),),
+            )
+        })?;
+        let (created, file, pos) = match row {
+            Some((file, pos)) => (false, file, pos),
+            None if create => {
+                let (file, pos) = (end_file.clone(), end_pos);
+                self.with_conn("creating the position", |conn| {
+                    conn.exec_drop(
+                        format!(
+                            "INSERT IGNORE INTO {POSITIONS} (name, file, pos) VALUES (?, ?, ?)"
+                        ),
+                        (name.clone(), file.clone(), pos),
+                    )
+                })?;
+                (true, file, pos)
+            }
+            None => {
+                return Err(self.setup(format!(
+                    "no position `{}` in {POSITIONS}: create it before the backfill (`MariadbSource::create_position`, or `creating_position()`); one created now misses the changes made before it",
+                    self.name
+                )));
+            }
+        };
+        if file_number(&file).is_some() && !file.starts_with(&self.base) {
+            return Err(self.setup(format!(
+                "the position `{}` is in `{file}`, but this server's log is `{}.*` (another server's position?)",
+                self.name, self.base
+            )));
+        }
+        let logs: Vec<mysql::Row> = self.with_conn("listing the log's files", |conn| {
+            conn.query("SHOW BINARY LOGS")
+        })?;
+        let kept = logs.iter().any(|row| {
+            row.get_opt::<String, _>(0).and_then(Result::ok).as_deref() == Some(file.as_str())
+        });
+        if !kept {
+            return Err(self.setup(format!(
+                "the position `{}` is in `{file}`, which the server no longer has (purged): the changes after it are lost; backfill again from a new position",
+                self.name
+            )));
+        }
+        self.confirmed = self.position_of(&file, pos)?;
+        self.received_to = self.confirmed;
+        Ok(created)
+    }
+
+    fn server_id(&self) -> u32 {
+        self.server_id.unwrap_or_else(|| {
+            let mut hash: u32 = 0x811c_9dc5;
+            for byte in self.name.bytes() {
+                hash ^= u32::from(byte);
+                hash = hash.wrapping_mul(0x0100_0193);
+            }
+            hash | 0x8000_0000
+        })
+    }
+
+    fn start_reader(&mut self) -> Result<(), CdcError> {
+        let from = self.received_to;
+        let mut conn =
+            Conn::new(self.opts()?).map_err(|error| self.error("connecting the reader", error))?;
+        let heartbeat = format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos());
+        conn.query_drop(heartbeat)
+            .map_err(|error| self.error("setting the heartbeat", error))?;
+        let request = BinlogRequest::new(self.server_id())
+            .with_filename(self.file_name(from).into_bytes())
+            .with_pos(from.0 & 0xFFFF_FFFF);
+        let stream = conn
+            .get_binlog_stream(request)
+            .map_err(|error| self.error("starting the binary log stream", error))?;
+        let (sender, messages) = crossbeam_channel::bounded(QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name("dualwrite-binlog".to_owned())
+            .spawn(move || follow(stream, from, &sender, &thread_stop))
+            .map_err(|error| self.error("starting the reader thread", error))?;
+        self.reader = Some(Reader { messages, stop });
+        Ok(())
+    }
+
+    /// Takes what the reader sent: waits up to [`FIRST_WAIT`] for the first
+    /// message when nothing is pending, then takes what is queued, until
+    /// `limit` changes are pending.
+    fn receive(&mut self, limit: usize) -> Result<(), CdcError> {
+        if self.reader.is_none() {
+            self.start_reader()?;
+        }
+        let mut pending_changes: usize = self.pending.iter().map(|t| t.changes.len()).sum();
+        let mut wait = self.pending.is_empty();
+        let mut restarted = false;
+        while pending_changes < limit {
+            let Some(reader) = &self.reader else { break };
+            let message = if wait {
+                wait = false;
+                match reader.messages.recv_timeout(FIRST_WAIT) {
+                    Ok(message) => message,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        Message::Failed("the reader thread stopped".to_owned())
+                    }
+                }
+            } else {
+                match reader.messages.try_recv() {
+                    Ok(message) => message,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        Message::Failed("the reader thread stopped".to_owned())
+                    }
+                }
+            };
+            match message {
+                Message::Transaction(transaction) => {
+                    self.received_to = self.received_to.max(transaction.end);
+                    pending_changes += transaction.changes.len();
+                    self.pending.push_back(transaction);
+                }
+                Message::Reached(position) => self.received_to = self.received_to.max(position),
+                Message::Failed(error) => {
+                    // Restarted from what was received whole (a transaction
+                    // cut by the failure is read again): at once the first
+                    // time (a connection the server ended), else at the
+                    // follower's next read.
+                    self.reader = None;
+                    if restarted {
+                        return Err(self.error("reading the binary log", error));
+                    }
+                    tracing::warn!(
+                        source = self.describe(),
+                        %error,
+                        "change data capture: the binary log stream failed; reconnecting"
+                    );
+                    restarted = true;
+                    self.start_reader()?;
+                    wait = self.pending.is_empty();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChangeSource for MariadbSource {
+    fn open(&mut self) -> Result<Position, CdcError> {
+        self.connect()?;
+        self.check_setup()?;
+        self.ensure_position(self.create)?;
+        Ok(self.confirmed)
+    }
+
+    fn head(&mut self) -> Result<Position, CdcError> {
+        let (file, pos) = self.log_end()?;
+        self.position_of(&file, pos)
+    }
+
+    fn read(&mut self, limit: usize) -> Result<ChangeBatch, CdcError> {
+        let limit = limit.max(1);
+        self.receive(limit)?;
+        let mut changes = Vec::new();
+        let mut through = None;
+        let mut taken = 0;
+        for transaction in &self.pending {
+            if !changes.is_empty() && changes.len() >= limit {
+                break;
+            }
+            changes.extend(transaction.changes.iter().cloned());
+            through = Some(transaction.end);
+            taken += 1;
+        }
+        let through = if taken == self.pending.len() {
+            self.received_to
+        } else {
+            through.unwrap_or(self.confirmed)
+        };
+        Ok(ChangeBatch {
+            changes,
+            through: through.max(self.confirmed),
+        })
+    }
+
+    fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
+        while self
+            .pending
+            .front()
+            .is_some_and(|transaction| transaction.end <= through)
+        {
+            self.pending.pop_front();
+        }
+        if through <= self.confirmed {
+            return Ok(());
+        }
+        let (name, file, pos) = (
+            self.name.clone(),
+            self.file_name(through),
+            through.0 & 0xFFFF_FFFF,
+        );
+        self.with_conn("saving the position", |conn| {
+            conn.exec_drop(
+                format!("UPDATE {POSITIONS} SET file = ?, pos = ? WHERE name = ?"),
+                (file, pos, name),
+            )
+        })?;
+        self.confirmed = through;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("mariadb binlog position `{}`", self.name)
+    }
+}
+
+/// The number of a log file's name (`mariadb-bin.000042`: 42).
+fn file_number(file: &str) -> Option<u32> {
+    let (_, number) = file.rsplit_once('.')?;
+    if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    number.parse().ok()
+}
+
+/// The position `offset` in the log file numbered `file`.
+fn at(file: u64, offset: u64) -> Position {
+    Position(file << 32 | (offset & 0xFFFF_FFFF))
+}
+
+/// A transaction being read.
+struct Open {
+    start: Position,
+    changes: Vec<RowChange>,
+}
+
+/// The reader thread: decodes the stream from `from` and sends whole
+/// transactions until the stream fails, `stop` is set or nobody listens.
+fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, stop: &AtomicBool) {
+    let mut file = from.0 >> 32;
+    let mut open: Option<Open> = None;
+    let mut reached = from;
+    let send = |message: Message| sender.send(message).is_ok();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let event = match stream.next() {
+            Some(Ok(event)) => event,
+            Some(Err(error)) => {
+                send(Message::Failed(error.to_string()));
+                return;
+            }
+            None => {
+                send(Message::Failed("the server ended the stream".to_owned()));
+                return;
+            }
+        };
+        let header = event.header();
+        let end = u64::from(header.log_pos());
+        let data = match event.read_data() {
+            Ok(data) => data,
+            Err(error) => {
+                send(Message::Failed(format!(
+                    "cannot decode an event at {}: {error}",
+                    at(file, end)
+                )));
+                return;
+            }
+        };
+        let outcome = match data {
+            Some(EventData::RotateEvent(rotate)) => {
+                if let Some(number) = file_number(&rotate.name()) {
+                    file = u64::from(number);
+                }
+                if open.is_none() {
+                    reached = reached.max(at(file, rotate.position()));
+                    Step::Reached
+                } else {
+                    Step::None
+                }
+            }
+            Some(EventData::QueryEvent(query)) => {
+                let text = query.query();
+                match statement(&text) {
+                    Statement::Begin => {
+                        let start = at(file, end.saturating_sub(u64::from(header.event_size())));
+                        open = Some(Open {
+                            start,
+                            changes: Vec::new(),
+                        });
+                        Step::None
+                    }
+                    Statement::Commit => Step::Commit(0),
+                    Statement::Rollback => {
+                        open = None;
+                        Step::Idle
+                    }
+                    Statement::Truncate(schema, table) => {
+                        let schema = schema.unwrap_or_else(|| query.schema().into_owned());
+                        let position = at(file, end.saturating_sub(u64::from(header.event_size())));
+                        let change = RowChange {
+                            position,
+                            xid: 0,
+                            index: 0,
+                            schema,
+                            table,
+                            kind: ChangeKind::Truncate,
+                            columns: Vec::new(),
+                            old_key: Vec::new(),
+                        };
+                        match &mut open {
+                            Some(transaction) => {
+                                push(transaction, change);
+                                Step::None
+                            }
+                            None => {
+                                open = Some(Open {
+                                    start: position,
+                                    changes: vec![change],
+                                });
+                                Step::Commit(0)
+                            }
+                        }
+                    }
+                    Statement::Other => Step::Idle,
+                }
+            }
+            Some(EventData::XidEvent(xid)) => Step::Commit(xid.xid),
+            Some(EventData::RowsEvent(rows)) => {
+                let Some(transaction) = &mut open else {
+                    send(Message::Failed(format!(
+                        "a row event at {} outside a transaction",
+                        at(file, end)
+                    )));
+                    return;
+                };
+                let Some(table) = stream.get_tme(rows.table_id()) else {
+                    send(Message::Failed(format!(
+                        "a row event at {} names table id {} with no table map before it",
+                        at(file, end),
+                        rows.table_id()
+                    )));
+                    return;
+                };
+                if let Err(error) = decode_rows(&rows, table, transaction) {
+                    send(Message::Failed(format!(
+                        "cannot decode the row event at {} ({}.{}): {error}",
+                        at(file, end),
+                        table.database_name(),
+                        table.table_name()
+                    )));
+                    return;
+                }
+                Step::None
+            }
+            _ => Step::Idle,
+        };
+        let delivered = match outcome {
+            Step::None => true,
+            Step::Idle if open.is_none() && end > 0 && at(file, end) > reached => {
+                reached = at(file, end);
+                send(Message::Reached(reached))
+            }
+            Step::Idle => true,
+            Step::Reached => send(Message::Reached(reached)),
+            Step::Commit(xid) => match open.take() {
+                Some(mut transaction) => {
+                    for change in &mut transaction.changes {
+                        change.xid = xid;
+                    }
+                    let end = at(file, end).max(transaction.start);
+                    reached = reached.max(end);
+                    send(Message::Transaction(Transaction {
+                        changes: transaction.changes,
+                        end,
+                    }))
+                }
+                None => true,
+            },
+        };
+        if !delivered {
+            return;
+        }
+    }
+}
+
+enum Step {
+    None,
+    /// An event outside the transactions: the position moves past it.
+    Idle,
+    /// A rotation moved `reached`.
+    Reached,
+    Commit(u64),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Statement {
+    Begin,
+    Commit,
+    Rollback,
+    /// `TRUNCATE [TABLE] [schema.]table`.
+    Truncate(Option<String>, String),
+    Other,
+}
+
+fn statement(text: &str) -> Statement {
+    let text = text.trim();
+    let upper = |word: &str| text.eq_ignore_ascii_case(word);
+    if upper("BEGIN") || upper("START TRANSACTION") {
+        return Statement::Begin;
+    }
+    if upper("COMMIT") {
+        return Statement::Commit;
+    }
+    if upper("ROLLBACK") {
+        return Statement::Rollback;
+    }
+    let mut words = text.split_ascii_whitespace();
+    if !words
+        .next()
+        .is_some_and(|word| word.eq_ignore_ascii_case("TRUNCATE"))
+    {
+        return Statement::Other;
+    }
+    let mut name = words.next();
+    if name.is_some_and(|word| word.eq_ignore_ascii_case("TABLE")) {
+        name = words.next();
+    }
+    let Some(name) = name else {
+        return Statement::Other;
+    };
+    let parts = split_name(name);
+    match parts.as_slice() {
+        [table] => Statement::Truncate(None, table.clone()),
+        [schema, table] => Statement::Truncate(Some(schema.clone()), table.clone()),
+        _ => Statement::Other,
+    }
+}
+
+/// `db`.`t`, db.t, `a.b` as identifiers (backquotes doubled inside).
+fn split_name(name: &str) -> Vec<String> {
+    let name = name.trim_end_matches(';');
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = name.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '`' if quoted && chars.peek() == Some(&'`') => {
+                chars.next();
+                current.push('`');
+            }
+            '`' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    parts.push(current);
+    parts
+}
+
+fn push(transaction: &mut Open, mut change: RowChange) {
+    change.position = transaction.start;
+    change.index = u32::try_from(transaction.changes.len()).unwrap_or(u32::MAX);
+    transaction.changes.push(change);
+}
+
+/// The ENUM and SET labels of a table map, per column (empty for others).
+fn labels(table: &TableMapEvent<'_>) -> Result<Vec<Vec<String>>, String> {
+    let count = usize::try_from(table.columns_count()).unwrap_or(0);
+    let mut enums = Vec::new();
+    let mut sets = Vec::new();
+    for field in table.iter_optional_meta() {
+        match field.map_err(|error| error.to_string())? {
+            OptionalMetadataField::EnumStrValue(values) => {
+                for column in values.iter_values() {
+                    let column = column.map_err(|error| error.to_string())?;
+                    enums.push(
+                        column
+                            .values()
+                            .iter()
+                            .map(|value| value.value().into_owned())
+                            .collect(),
+                    );
+                }
+            }
+            OptionalMetadataField::SetStrValue(values) => {
+                for column in values.iter_values() {
+                    let column = column.map_err(|error| error.to_string())?;
+                    sets.push(
+                        column
+                            .values()
+                            .iter()
+                            .map(|value| value.value().into_owned())
+                            .collect(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut enums, mut sets) = (enums.into_iter(), sets.into_iter());
+    let mut labels = Vec::with_capacity(count);
+    for index in 0..count {
+        let kind = table.get_column_type(index).ok().flatten();
+        labels.push(match kind {
+            Some(ColumnType::MYSQL_TYPE_ENUM) => enums.next().unwrap_or_default(),
+            Some(ColumnType::MYSQL_TYPE_SET) => sets.next().unwrap_or_default(),
+            _ => Vec::new(),
+        });
+    }
+    Ok(labels)
+}
+
+fn decode_rows(
+    rows: &RowsEventData<'_>,
+    table: &TableMapEvent<'static>,
+    transaction: &mut Open,
+) -> Result<(), String> {
+    let kind = match rows {
+        RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => ChangeKind::Insert,
+        RowsEventData::UpdateRowsEventV1(_)
+        | RowsEventData::UpdateRowsEvent(_)
+        | RowsEventData::PartialUpdateRowsEvent(_) => ChangeKind::Update,
+        RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
+            ChangeKind::Delete
+        }
+    };
+    let labels = labels(table)?;
+    let schema = table.database_name().into_owned();
+    let name = table.table_name().into_owned();
+    for row in rows.rows(table) {
+        let (before, after) = row.map_err(|error| error.to_string())?;
+        let (columns, old_key) = match kind {
+            ChangeKind::Insert => (columns(after.as_ref(), &labels)?, Vec::new()),
+            ChangeKind::Delete => (columns(before.as_ref(), &labels)?, Vec::new()),
+            _ => {
+                let new = columns(after.as_ref(), &labels)?;
+                let old = columns(before.as_ref(), &labels)?;
+                let keys = key_names(before.as_ref());
+                let old_key: Vec<Column> = old
+                    .into_iter()
+                    .filter(|column| keys.contains(&column.name))
+                    .collect();
+                let changed = old_key.iter().any(|old| {
+                    new.iter()
+                        .find(|column| column.name == old.name)
+                        .is_none_or(|column| column.value != old.value)
+                });
+                (new, if changed { old_key } else { Vec::new() })
+            }
+        };
+        push(
+            transaction,
+            RowChange {
+                position: transaction.start,
+                xid: 0,
+                index: 0,
+                schema: schema.clone(),
+                table: name.clone(),
+                kind,
+                columns,
+                old_key,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn key_names(row: Option<&BinlogRow>) -> Vec<String> {
+    row.map(|row| {
+        row.columns_ref()
+            .iter()
+            .filter(|column| column.flags().contains(ColumnFlags::PRI_KEY_FLAG))
+            .map(|column| column.name_str().into_owned())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn columns(row: Option<&BinlogRow>, labels: &[Vec<String>]) -> Result<Vec<Column>, String> {
+    let Some(row) = row else {
+        return Err("the row image is missing (is binlog_row_image FULL?)".to_owned());
+    };
+    let mut columns = Vec::with_capacity(row.len());
+    for (index, column) in row.columns_ref().iter().enumerate() {
+        let name = column.name_str().into_owned();
+        let kind = column.column_type();
+        let binary = column.character_set() == 63;
+        let unsigned = column.flags().contains(ColumnFlags::UNSIGNED_FLAG);
+        let labels = table_labels(labels, row, index);
+        let value = match row.as_ref(index) {
+            None => Value::Null,
+            Some(value) => render(value, kind, binary, labels)
+                .map_err(|error| format!("column {name}: {error}"))?,
+        };
+        columns.push(Column {
+            type_name: type_name(kind, binary, unsigned),
+            name,
+            value,
+        });
+    }
+    Ok(columns)
+}
+
+/// The labels of the row's `index`-th column: the table map numbers every
+/// column, a row image only those it holds (all of them with `FULL`).
+fn table_labels<'a>(labels: &'a [Vec<String>], row: &BinlogRow, index: usize) -> &'a [String] {
+    if row.len() == labels.len() {
+        labels.get(index).map_or(&[], Vec::as_slice)
+    } else {
+        &[]
+    }
+}
+
+fn type_name(kind: ColumnType, binary: bool, unsigned: bool) -> String {
+    use ColumnType::*;
+    let name = match kind {
+        MYSQL_TYPE_TINY => "tinyint",
+        MYSQL_TYPE_SHORT => "smallint",
+        MYSQL_TYPE_INT24 => "mediumint",
+        MYSQL_TYPE_LONG => "int",
+        MYSQL_TYPE_LONGLONG => "bigint",
+        MYSQL_TYPE_FLOAT => "float",
+        MYSQL_TYPE_DOUBLE => "double",
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => "decimal",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING if binary => "varbinary",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => "varchar",
+        MYSQL_TYPE_STRING if binary => "binary",
+        MYSQL_TYPE_STRING => "char",
+        MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB | MYSQL_TYPE_BLOB
+            if binary =>
+        {
+            "blob"
+        }
+        MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB | MYSQL_TYPE_BLOB => {
+            "text"
+        }
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => "date",
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => "datetime",
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => "timestamp",
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => "time",
+        MYSQL_TYPE_YEAR => "year",
+        MYSQL_TYPE_BIT => "bit",
+        MYSQL_TYPE_JSON => "json",
+        MYSQL_TYPE_ENUM => "enum",
+        MYSQL_TYPE_SET => "set",
+        MYSQL_TYPE_GEOMETRY => "geometry",
+        other => {
+            return format!("{other:?}")
+                .trim_start_matches("MYSQL_TYPE_")
+                .to_lowercase();
+        }
+    };
+    if unsigned {
+        format!("{name} unsigned")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(2 + bytes.len() * 2);
+    text.push_str("\\x");
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+fn fraction(text: &mut String, micros: u32) {
+    if micros != 0 {
+        let digits = format!("{micros:06}");
+        text.push('.');
+        text.push_str(digits.trim_end_matches('0'));
+    }
+}
+
+fn render(
+    value: &BinlogValue<'_>,
+    kind: ColumnType,
+    binary: bool,
+    labels: &[String],
+) -> Result<Value, String> {
+    use mysql::Value as My;
+    let value: Cow<'_, My> = match value {
+        BinlogValue::Value(value) => Cow::Borrowed(value),
+        BinlogValue::Jsonb(_) => Cow::Owned(
+            My::try_from(value.clone()).map_err(|error| format!("a JSON value: {error}"))?,
+        ),
+        BinlogValue::JsonDiff(_) => {
+            return Err(
+                "a partial JSON update (set binlog_row_value_options to '' on the server)"
+                    .to_owned(),
+            );
+        }
+    };
+    let text = match value.as_ref() {
+        My::NULL => return Ok(Value::Null),
+        My::Int(number) => match kind {
+            ColumnType::MYSQL_TYPE_ENUM => label(labels, *number)?,
+            ColumnType::MYSQL_TYPE_SET => set_labels(labels, *number as u64)?,
+            _ => number.to_string(),
+        },
+        My::UInt(number) => match kind {
+            ColumnType::MYSQL_TYPE_SET => set_labels(labels, *number)?,
+            _ => number.to_string(),
+        },
+        My::Float(number) => number.to_string(),
+        My::Double(number) => number.to_string(),
+        My::Bytes(bytes) if kind == ColumnType::MYSQL_TYPE_SET && bytes.len() <= 8 => {
+            // The bit mask, little-endian.
+            let bits = bytes
+                .iter()
+                .rev()
+                .fold(0_u64, |bits, &byte| bits << 8 | u64::from(byte));
+            set_labels(labels, bits)?
+        }
+        My::Bytes(bytes) => {
+            let is_text = !binary || matches!(kind, ColumnType::MYSQL_TYPE_NEWDECIMAL);
+            match std::str::from_utf8(bytes) {
+                Ok(text) if is_text && kind != ColumnType::MYSQL_TYPE_BIT => text.to_owned(),
+                _ => hex(bytes),
+            }
+        }
+        My::Date(year, month, day, hour, minute, second, micros) => {
+            let mut text = format!("{year:04}-{month:02}-{day:02}");
+            if !matches!(
+                kind,
+                ColumnType::MYSQL_TYPE_DATE | ColumnType::MYSQL_TYPE_NEWDATE
+            ) {
+                let _ = write!(text, " {hour:02}:{minute:02}:{second:02}");
+                fraction(&mut text, *micros);
+            }
+            text
+        }
+        My::Time(negative, days, hours, minutes, seconds, micros) => {
+            let hours = u64::from(*days) * 24 + u64::from(*hours);
+            let mut text = format!(
+                "{}{hours:02}:{minutes:02}:{seconds:02}",
+                if *negative { "-" } else { "" }
+            );
+            fraction(&mut text, *micros);
+            text
+        }
+    };
+    Ok(Value::Text(text))
+}
+
+fn label(labels: &[String], index: i64) -> Result<String, String> {
+    if index == 0 {
+        // The empty string MariaDB stores for an invalid ENUM value.
+        return Ok(String::new());
+    }
+    usize::try_from(index - 1)
+        .ok()
+        .and_then(|index| labels.get(index))
+        .cloned()
+        .ok_or_else(|| format!("ENUM index {index} has no label in the log's metadata"))
+}
+
+fn set_labels(labels: &[String], bits: u64) -> Result<String, String> {
+    let mut names = Vec::new();
+    for bit in 0..64 {
+        if bits & (1 << bit) != 0 {
+            names.push(
+                labels
+                    .get(bit)
+                    .map(String::as_str)
+                    .ok_or_else(|| format!("SET bit {bit} has no label in the log's metadata"))?,
+            );
+        }
+    }
+    Ok(names.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_recognised() {
+        assert_eq!(statement("BEGIN"), Statement::Begin);
+        assert_eq!(statement(" commit "), Statement::Commit);
+        assert_eq!(statement("ROLLBACK"), Statement::Rollback);
+        assert_eq!(
+            statement("TRUNCATE TABLE users"),
+            Statement::Truncate(None, "users".to_owned())
+        );
+        assert_eq!(
+            statement("truncate `shop`.`order``s`"),
+            Statement::Truncate(Some("shop".to_owned()), "order`s".to_owned())
+        );
+        assert_eq!(
+            statement("# Dummy event replacing event type 160"),
+            Statement::Other
+        );
+        assert_eq!(statement("CREATE TABLE t (id INT)"), Statement::Other);
+    }
+
+    #[test]
+    fn file_numbers_and_labels() {
+        assert_eq!(file_number("mariadb-bin.000042"), Some(42));
+        assert_eq!(file_number("a.b.1234567"), Some(1_234_567));
+        assert_eq!(file_number("mariadb-bin"), None);
+        assert_eq!(file_number("x.00a1"), None);
+        let labels = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        assert_eq!(label(&labels, 2).as_deref(), Ok("b"));
+        assert_eq!(label(&labels, 0).as_deref(), Ok(""));
+        assert!(label(&labels, 4).is_err());
+        assert_eq!(set_labels(&labels, 0b101).as_deref(), Ok("a,c"));
+        assert!(set_labels(&labels, 0b1000).is_err());
+        assert_eq!(hex(&[0, 255]), "\\x00ff");
+    }
+}

@@ -1,0 +1,700 @@
+//! Change data capture from MariaDB through a generated adapter: the
+//! adapter writes a MariaDB table only, the follower reads the server's
+//! binary log (row format, through the replication protocol) into a SQLite
+//! outbox journal, and the appliers apply it to a SQLite secondary. Per-key
+//! order, a phase change that catches the follower up, a restart that
+//! replays nothing, the server ending the reader's connection mid-stream,
+//! kill -9 of a child process mid-stream, the decoding of every common
+//! column type, and the errors of a missing position.
+//!
+//! Needs `DUALWRITE_MARIADB_URL` and a server with the binary log on
+//! (`.ci/run` starts it with `--log-bin --binlog-format=ROW
+//! --binlog-row-metadata=FULL`); each test says it skipped otherwise.
+
+mod cdc_support;
+mod outbox_support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use cdc_support::{
+    CountingStore, check_after_kill, map, on_runtime, outbox_config, secondary_rows, unique,
+    write_stream,
+};
+use dualwrite_runtime::cdc::mariadb::MariadbSource;
+use dualwrite_runtime::cdc::{
+    Cdc, CdcConfig, CdcError, ChangeKind, ChangeSource, RowChange, Value,
+};
+use dualwrite_runtime::outbox::Durability;
+use dualwrite_runtime::outbox::sqlite::SqliteJournal;
+use dualwrite_runtime::{Migration, Phase, WriteStrategy};
+use outbox_support::{
+    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, kill_after_acks,
+    temp_dir,
+};
+use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+/// Set in the child of the kill test: `<directory> <url> <table> <position>`.
+const CHILD: &str = "DUALWRITE_CDC_MARIADB_CHILD";
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The server's URL if it can run these tests: set, and its binary log is
+/// on in row format; otherwise a `skipped:` line.
+fn binlog_server(test: &str) -> Option<String> {
+    let Ok(url) = std::env::var("DUALWRITE_MARIADB_URL") else {
+        eprintln!(
+            "skipped: {test}: set DUALWRITE_MARIADB_URL to run against a MariaDB server with the binary log on"
+        );
+        return None;
+    };
+    let (log_bin, format) = query(&url, |conn| {
+        Box::pin(async move {
+            let row: (i64, String) =
+                sqlx::query_as("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+                    .fetch_one(conn)
+                    .await
+                    .expect("settings");
+            row
+        })
+    });
+    if log_bin != 1 || format != "ROW" {
+        eprintln!(
+            "skipped: {test}: the server's binary log is {} in {format} format (`.ci/run` starts it on, in ROW format)",
+            if log_bin == 1 { "on" } else { "off" }
+        );
+        return None;
+    }
+    Some(url)
+}
+
+/// Runs `work` on a new connection to `url`.
+fn query<T: Send + 'static>(
+    url: &str,
+    work: impl for<'c> FnOnce(
+        &'c mut MySqlConnection,
+    ) -> std::pin::Pin<Box<dyn Future<Output = T> + Send + 'c>>
+    + Send
+    + 'static,
+) -> T {
+    let url = url.to_owned();
+    on_runtime(async move {
+        let mut conn = MySqlConnection::connect(&url).await.expect("connect");
+        work(&mut conn).await
+    })
+}
+
+fn execute(url: &str, sql: String) {
+    query(url, move |conn| {
+        Box::pin(async move {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .execute(conn)
+                .await
+                .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        })
+    });
+}
+
+/// A table and a position for one test; both dropped at the end.
+struct Fixture {
+    url: String,
+    table: String,
+    position: String,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(url: String, test: &str) -> Self {
+        let name = unique(test);
+        let fixture = Fixture {
+            url,
+            table: name.clone(),
+            position: name,
+            dir: temp_dir(&format!("cdc-mariadb-{test}")),
+        };
+        execute(
+            &fixture.url,
+            format!(
+                "CREATE TABLE {} (id BIGINT PRIMARY KEY, value BIGINT) ENGINE = InnoDB",
+                fixture.table
+            ),
+        );
+        // The position before any write: every change from now on.
+        assert!(
+            MariadbSource::create_position(&fixture.url, &fixture.position)
+                .expect("create the position")
+        );
+        fixture
+    }
+
+    fn source(&self) -> MariadbSource {
+        MariadbSource::new(&self.url, &self.position)
+    }
+
+    fn journal(&self) -> Arc<SqliteJournal> {
+        Arc::new(
+            SqliteJournal::open(self.dir.join("journal.db"), Durability::PerWrite)
+                .expect("journal"),
+        )
+    }
+
+    fn primary(&self) -> MyLedger {
+        MyLedger::connect(&self.url, &self.table)
+    }
+
+    fn cdc(&self) -> Cdc<LedgerWrite> {
+        let table = self.table.clone();
+        Cdc::new(self.source(), move |change: &RowChange| map(&table, change))
+            .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(5)))
+    }
+
+    fn adapter(&self, phase: Phase) -> LedgerDualWrite<MyLedger, CountingStore> {
+        LedgerDualWrite::new(
+            self.primary(),
+            CountingStore::open(&self.dir),
+            Migration::new(phase),
+        )
+        .with_cdc(self.journal(), self.cdc(), outbox_config())
+        .expect("start change data capture")
+    }
+
+    fn primary_rows(&self) -> BTreeMap<i64, Option<i64>> {
+        let sql = format!("SELECT id, value FROM {}", self.table);
+        query(&self.url, move |conn| {
+            Box::pin(async move {
+                let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(AssertSqlSafe(sql))
+                    .fetch_all(conn)
+                    .await
+                    .expect("select");
+                rows.into_iter().collect()
+            })
+        })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = MariadbSource::drop_position(&self.url, &self.position);
+        let (url, table) = (self.url.clone(), self.table.clone());
+        on_runtime(async move {
+            if let Ok(mut conn) = MySqlConnection::connect(&url).await {
+                let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
+    }
+}
+
+/// The primary: a MariaDB table written through sqlx.
+pub struct MyLedger {
+    table: String,
+    runtime: tokio::runtime::Runtime,
+    conn: Mutex<MySqlConnection>,
+}
+
+impl MyLedger {
+    fn connect(url: &str, table: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let conn = runtime
+            .block_on(MySqlConnection::connect(url))
+            .expect("connect");
+        MyLedger {
+            table: table.to_owned(),
+            runtime,
+            conn: Mutex::new(conn),
+        }
+    }
+
+    fn execute(&self, sql: String, id: i64, value: i64) -> Result<(), DbError> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        self.runtime
+            .block_on(
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(value)
+                    .execute(&mut *conn),
+            )
+            .map(drop)
+            .map_err(|error| DbError(error.to_string()))
+    }
+}
+
+impl Ledger for MyLedger {
+    fn put(&self, id: i64, value: i64) -> Result<(), DbError> {
+        self.execute(
+            format!(
+                "INSERT INTO {} (id, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
+                self.table
+            ),
+            id,
+            value,
+        )
+    }
+
+    fn add(&self, id: i64, by: i64) -> Result<(), DbError> {
+        self.execute(
+            format!(
+                "INSERT INTO {} (id, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = value + VALUES(value)",
+                self.table
+            ),
+            id,
+            by,
+        )
+    }
+
+    fn get(&self, id: i64) -> Result<Option<i64>, DbError> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let row: Option<(Option<i64>,)> = self
+            .runtime
+            .block_on(
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT value FROM {} WHERE id = ?",
+                    self.table
+                )))
+                .bind(id)
+                .fetch_optional(&mut *conn),
+            )
+            .map_err(|error| DbError(error.to_string()))?;
+        Ok(row.and_then(|(value,)| value))
+    }
+}
+
+/// Ends every binary log connection of the server (`KILL` of the dump
+/// threads), as a server restart or a network fault would.
+fn kill_dump_threads(url: &str) -> usize {
+    query(url, |conn| {
+        Box::pin(async move {
+            let ids: Vec<(i64,)> = sqlx::query_as(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Binlog Dump'",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .expect("processlist");
+            for (id,) in &ids {
+                let _ = sqlx::query(AssertSqlSafe(format!("KILL {id}")))
+                    .execute(&mut *conn)
+                    .await;
+            }
+            ids.len()
+        })
+    })
+}
+
+/// Reads `source` until it returned `count` changes of `table` (or the
+/// deadline); other tests' changes are in the same log.
+fn read_changes(source: &mut MariadbSource, table: &str, count: usize) -> Vec<RowChange> {
+    let deadline = Instant::now() + WAIT;
+    let mut changes = Vec::new();
+    while changes.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} changes read: {changes:#?}",
+            changes.len()
+        );
+        let batch = source.read(10_000).expect("read");
+        changes.extend(batch.changes.into_iter().filter(|c| c.table == table));
+        source.confirm(batch.through).expect("confirm");
+    }
+    changes
+}
+
+#[test]
+fn changes_reach_the_sqlite_secondary_in_key_order() {
+    let Some(url) = binlog_server("changes_reach_the_sqlite_secondary_in_key_order") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "order");
+    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+    assert!(matches!(adapter.core().strategy(), WriteStrategy::Cdc(_)));
+    write_stream(&adapter, 4, 16, 25, 0);
+    adapter
+        .flush(WAIT)
+        .expect("the follower catches up and the appliers drain");
+    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
+    assert_per_key_order(&adapter.new_store().inner.history());
+    let status = adapter.core().cdc_status().expect("cdc status");
+    assert_eq!(status.journaled, 16 * 25, "{status:?}");
+    assert_eq!(status.rejected, 0);
+    let applies = adapter.new_store().applies();
+    assert_eq!(applies.len(), 16 * 25);
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+#[test]
+fn a_phase_change_catches_the_follower_up() {
+    let Some(url) = binlog_server("a_phase_change_catches_the_follower_up") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "fence");
+    let adapter = Arc::new(fixture.adapter(Phase::ShadowRead));
+    adapter
+        .new_store()
+        .inner
+        .delay_micros
+        .store(2_000, std::sync::atomic::Ordering::SeqCst);
+    write_stream(&adapter, 2, 8, 20, 0);
+    // The fence reads the log up to its end at the phase change (`SHOW
+    // MASTER STATUS`), journals it and waits for the appliers.
+    adapter
+        .core()
+        .migration()
+        .set_phase(Phase::Cutover)
+        .expect("the phase change");
+    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
+    adapter.put(100, 7).expect("put");
+    adapter.flush(WAIT).expect("flush");
+    assert_eq!(adapter.new_store().get(100).expect("get"), Some(7));
+    assert_eq!(fixture.primary_rows().get(&100), Some(&Some(7)));
+    let deadline = Instant::now() + WAIT;
+    while adapter.core().cdc_status().expect("status").skipped == 0 {
+        assert!(Instant::now() < deadline, "the follower skipped nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+#[test]
+fn a_restart_reads_nothing_twice() {
+    let Some(url) = binlog_server("a_restart_reads_nothing_twice") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "restart");
+    {
+        let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+        write_stream(&adapter, 2, 8, 10, 0);
+        adapter.flush(WAIT).expect("flush");
+        assert!(adapter.shutdown(WAIT).complete);
+    }
+    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+    write_stream(&adapter, 2, 8, 5, 100);
+    adapter.flush(WAIT).expect("flush");
+    let status = adapter.core().cdc_status().expect("status");
+    assert_eq!(
+        status.journaled,
+        8 * 5,
+        "only the new changes are journaled: {status:?}"
+    );
+    assert_eq!(status.duplicates, 0);
+    let applies = adapter.new_store().applies();
+    assert_eq!(applies.len(), 8 * 15);
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
+    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+/// The server ends the reader's connection (its dump thread killed) again
+/// and again while writes go on: the reader reconnects from the last whole
+/// transaction it received, nothing is lost or journaled twice.
+#[test]
+fn a_killed_log_connection_resumes_without_loss() {
+    let Some(url) = binlog_server("a_killed_log_connection_resumes_without_loss") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "killconn");
+    let cdc = {
+        let table = fixture.table.clone();
+        Cdc::new(fixture.source(), move |change: &RowChange| {
+            map(&table, change)
+        })
+        .with_config(
+            CdcConfig::default()
+                .with_poll_interval(Duration::from_millis(5))
+                .with_retry_interval(Duration::from_millis(50)),
+        )
+    };
+    let adapter = Arc::new(
+        LedgerDualWrite::new(
+            fixture.primary(),
+            CountingStore::open(&fixture.dir),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_cdc(fixture.journal(), cdc, outbox_config())
+        .expect("start"),
+    );
+    let mut killed = 0;
+    for round in 0..5 {
+        write_stream(&adapter, 2, 8, 10, round * 100);
+        // Once the reader is connected again (other tests' readers may be
+        // killed too: they recover the same way).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let n = kill_dump_threads(&fixture.url);
+            if n > 0 {
+                killed += 1;
+                break;
+            }
+            assert!(Instant::now() < deadline, "the reader did not reconnect");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert_eq!(killed, 5);
+    if let Err(error) = adapter.flush(WAIT) {
+        panic!(
+            "flush after the faults: {error:?}; {:?}",
+            adapter.core().cdc_status()
+        );
+    }
+    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
+    assert_per_key_order(&adapter.new_store().inner.history());
+    let status = adapter.core().cdc_status().expect("status");
+    assert_eq!(status.journaled, 5 * 8 * 10, "{status:?}");
+    let applies = adapter.new_store().applies();
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+/// Every common column type decodes to MariaDB's text form, with the column
+/// names and the key from the log's metadata; an update of the key carries
+/// the old key; a delete the old row; `TRUNCATE` is a change of its own;
+/// the confirmed position is kept in the positions table across sources.
+#[test]
+fn row_changes_carry_names_types_and_values() {
+    let Some(url) = binlog_server("row_changes_carry_names_types_and_values") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "types");
+    let table = format!("{}_t", fixture.table);
+    execute(
+        &fixture.url,
+        format!(
+            "CREATE TABLE {table} (
+                id BIGINT UNSIGNED PRIMARY KEY, small TINYINT, name VARCHAR(20),
+                bin VARBINARY(4), amount DECIMAL(10,2), at DATETIME(3), day DATE,
+                took TIME, ratio DOUBLE, doc JSON, kind ENUM('a','b','c'),
+                tags SET('x','y','z'), note TEXT, big BIGINT UNSIGNED
+            ) ENGINE = InnoDB"
+        ),
+    );
+    let mut source = fixture.source();
+    source.open().expect("open");
+    execute(
+        &fixture.url,
+        format!(
+            "INSERT INTO {table} VALUES (1, -3, 'Ada ✓', 0x00ff, 12.50,
+                '2026-01-02 03:04:05.678', '2026-01-02', '-26:00:01', 1.5,
+                '{{\"a\": 1}}', 'b', 'x,z', NULL, 18446744073709551615)"
+        ),
+    );
+    execute(
+        &fixture.url,
+        format!("UPDATE {table} SET id = 2, name = 'Bob' WHERE id = 1"),
+    );
+    execute(
+        &fixture.url,
+        format!("UPDATE {table} SET small = 4 WHERE id = 2"),
+    );
+    execute(&fixture.url, format!("DELETE FROM {table} WHERE id = 2"));
+    execute(&fixture.url, format!("TRUNCATE TABLE {table}"));
+    let changes = read_changes(&mut source, &table, 5);
+    execute(&fixture.url, format!("DROP TABLE {table}"));
+    assert_eq!(changes.len(), 5, "{changes:#?}");
+    let kinds: Vec<ChangeKind> = changes.iter().map(|change| change.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ChangeKind::Insert,
+            ChangeKind::Update,
+            ChangeKind::Update,
+            ChangeKind::Delete,
+            ChangeKind::Truncate
+        ]
+    );
+    let insert = &changes[0];
+    assert!(insert.is_table("test", &table), "{insert}");
+    let text = |name: &str| insert.text(name).map(str::to_owned);
+    assert_eq!(insert.parse::<u64>("id"), Ok(1));
+    assert_eq!(insert.parse::<i64>("small"), Ok(-3));
+    assert_eq!(text("name").as_deref(), Some("Ada ✓"));
+    assert_eq!(text("bin").as_deref(), Some("\\x00ff"));
+    assert_eq!(text("amount").as_deref(), Some("12.50"));
+    assert_eq!(text("at").as_deref(), Some("2026-01-02 03:04:05.678"));
+    assert_eq!(text("day").as_deref(), Some("2026-01-02"));
+    assert_eq!(text("took").as_deref(), Some("-26:00:01"));
+    assert_eq!(insert.parse::<f64>("ratio"), Ok(1.5));
+    assert_eq!(text("doc").as_deref(), Some("{\"a\": 1}"));
+    assert_eq!(text("kind").as_deref(), Some("b"));
+    assert_eq!(text("tags").as_deref(), Some("x,z"));
+    assert_eq!(insert.value("note"), Some(&Value::Null));
+    assert_eq!(insert.parse::<u64>("big"), Ok(u64::MAX));
+    let types: BTreeMap<&str, &str> = insert
+        .columns
+        .iter()
+        .map(|column| (column.name.as_str(), column.type_name.as_str()))
+        .collect();
+    assert_eq!(types["id"], "bigint unsigned");
+    assert_eq!(types["bin"], "varbinary");
+    assert_eq!(types["kind"], "enum");
+    // The key changed: the old key rides along; then an update that keeps
+    // the key carries none.
+    let moved = &changes[1];
+    assert_eq!(moved.parse::<u64>("id"), Ok(2));
+    assert_eq!(moved.old_key.len(), 1, "{moved}");
+    assert_eq!(moved.old_key[0].name, "id");
+    assert_eq!(moved.old_key[0].value, Value::Text("1".to_owned()));
+    assert!(changes[2].old_key.is_empty(), "{}", changes[2]);
+    assert_eq!(changes[3].parse::<i64>("small"), Ok(4));
+    assert!(changes[4].columns.is_empty());
+    assert_eq!(changes[4].table, table);
+    // Ids are distinct, and the next source starts after what was confirmed.
+    let ids: std::collections::HashSet<_> = changes.iter().map(|c| c.idempotency_id("s")).collect();
+    assert_eq!(ids.len(), changes.len());
+    let confirmed = changes.last().expect("changes").position;
+    drop(source);
+    let mut again = fixture.source();
+    assert!(again.open().expect("reopen") > confirmed);
+    execute(
+        &fixture.url,
+        format!("INSERT INTO {} (id, value) VALUES (1, 1)", fixture.table),
+    );
+    let next = read_changes(&mut again, &fixture.table, 1);
+    assert_eq!(next.len(), 1, "{next:#?}");
+    assert_eq!(next[0].table, fixture.table);
+}
+
+#[test]
+fn a_missing_position_is_a_clear_error() {
+    let Some(url) = binlog_server("a_missing_position_is_a_clear_error") else {
+        return;
+    };
+    let dir = temp_dir("cdc-mariadb-missing");
+    let name = unique("missing");
+    let journal = Arc::new(
+        SqliteJournal::open(dir.join("journal.db"), Durability::PerWrite).expect("journal"),
+    );
+    let result = LedgerDualWrite::new(
+        SqlStore::open(&dir.join("old.db")),
+        SqlStore::open(&dir.join("new.db")),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(
+        journal,
+        Cdc::new(MariadbSource::new(&url, &name), |_: &RowChange| None),
+        outbox_config(),
+    );
+    let error = result.err().expect("a missing position fails");
+    assert!(matches!(error, CdcError::Setup { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&name) && message.contains("create it before the backfill"),
+        "{message}"
+    );
+    // `creating_position()` creates it; dropping it twice says so.
+    let mut source = MariadbSource::new(&url, &name).creating_position();
+    source.open().expect("created at the log's end");
+    assert!(MariadbSource::drop_position(&url, &name).expect("drop"));
+    assert!(!MariadbSource::drop_position(&url, &name).expect("drop again"));
+    // A URL that is not one.
+    let error = MariadbSource::create_position("not a url", &name).expect_err("bad URL");
+    assert!(error.to_string().contains("reading the URL"), "{error}");
+}
+
+/// The child of the kill test: writes until killed, printing each
+/// acknowledged `key value`.
+#[test]
+fn child_role() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let mut parts = spec.split(' ');
+    let (Some(dir), Some(url), Some(table), Some(position)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("`<dir> <url> <table> <position>`");
+    };
+    let fixture = Fixture {
+        url: url.to_owned(),
+        table: table.to_owned(),
+        position: position.to_owned(),
+        dir: PathBuf::from(dir),
+    };
+    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
+    adapter
+        .new_store()
+        .inner
+        .delay_micros
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let writers: Vec<_> = (0..2_i64)
+        .map(|writer| {
+            let adapter = Arc::clone(&adapter);
+            std::thread::spawn(move || {
+                let mut value = 0;
+                loop {
+                    value += 1;
+                    for key in (writer..16).step_by(2) {
+                        adapter.put(key, value).expect("put");
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "ack {key} {value}").expect("stdout");
+                        out.flush().expect("stdout");
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        let _ = writer.join();
+    }
+    std::mem::forget(fixture);
+    unreachable!("the writers loop until the process is killed")
+}
+
+#[test]
+fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
+    let Some(url) = binlog_server("kill_9_mid_stream_loses_nothing_and_keeps_key_order") else {
+        return;
+    };
+    let fixture = Fixture::new(url, "kill");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_role",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(
+            CHILD,
+            format!(
+                "{} {} {} {}",
+                fixture.dir.display(),
+                fixture.url,
+                fixture.table,
+                fixture.position
+            ),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    let acked = kill_after_acks(&mut child, 600);
+    let journal = fixture.journal();
+    let pending_at_restart = journal.counts().expect("counts").pending;
+    let adapter = LedgerDualWrite::new(
+        fixture.primary(),
+        CountingStore::open(&fixture.dir),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(journal.clone(), fixture.cdc(), outbox_config())
+    .expect("restart");
+    adapter
+        .flush(WAIT)
+        .expect("the follower catches up and the appliers drain");
+    check_after_kill(
+        &acked,
+        &journal,
+        pending_at_restart,
+        adapter.new_store(),
+        &adapter.core().cdc_status().expect("status"),
+        &fixture.primary_rows(),
+    );
+    assert!(adapter.shutdown(WAIT).complete);
+}
