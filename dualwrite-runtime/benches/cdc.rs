@@ -1,10 +1,15 @@
-//! Cost of change data capture with a PostgreSQL primary and a SQLite-file
-//! secondary (plain timing, a table per part).
+//! Cost of change data capture with a PostgreSQL (or MariaDB) primary and
+//! a SQLite-file secondary (plain timing, a table per part).
 //!
 //! ```text
 //! DUALWRITE_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
-//!     cargo bench -p dualwrite-runtime --features cdc-postgres --bench cdc
+//!     cargo bench -p dualwrite-runtime --features cdc-postgres,cdc-mariadb --bench cdc
+//! DW_CDC_SOURCE=mariadb DUALWRITE_MARIADB_URL=mysql://root@127.0.0.1:3306/test \
+//!     cargo bench -p dualwrite-runtime --features cdc-postgres,cdc-mariadb --bench cdc
 //! ```
+//!
+//! With `DW_CDC_SOURCE=mariadb` the primary is a MariaDB table and the
+//! follower reads the server's binary log (pushed by the server, no polls).
 //!
 //! 1. **Caller latency** (p50, p99, p99.9 of one caller's `put` calls, and
 //!    the ratio to primary-only): primary only (`Prepare`, no follower
@@ -25,7 +30,9 @@
 //! `wal_level` is not `logical`), `DW_CDC_CALLS` (calls per block, default
 //! 2 000), `DW_CDC_ROUNDS` (default 4), `DW_CDC_RATE` (default 500),
 //! `DW_CDC_SECONDS` (default 10), `DW_CDC_POLL_MS` (the follower's poll
-//! interval, default 10).
+//! interval, default 10), `DW_CDC_SOURCE` (`postgres` or `mariadb`; the
+//! latter needs `DUALWRITE_MARIADB_URL`), `DW_CDC_RENICE` (a diagnostic:
+//! the follower's and appliers' threads at this nice level).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,11 +40,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dualwrite_runtime::cdc::mariadb::MariadbSource;
 use dualwrite_runtime::cdc::postgres::PostgresSource;
-use dualwrite_runtime::cdc::{Cdc, CdcConfig, ChangeKind, RowChange};
+use dualwrite_runtime::cdc::{Cdc, CdcConfig, ChangeKind, ChangeSource, RowChange};
 use dualwrite_runtime::outbox::sqlite::SqliteJournal;
 use dualwrite_runtime::outbox::{Durability, OutboxConfig, Side, WriteContext};
 use dualwrite_runtime::{Migration, Phase, dual_write};
+use mysql::prelude::Queryable;
 use rusqlite::{Connection, params};
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection as _};
@@ -57,45 +66,85 @@ pub trait Kv {
     fn put(&self, id: i64, value: i64) -> Result<(), BenchError>;
 }
 
-/// The primary: a PostgreSQL table, one connection.
-pub struct PgKv {
-    runtime: tokio::runtime::Runtime,
-    conn: Mutex<PgConnection>,
-    upsert: String,
+/// The primary: a PostgreSQL or MariaDB table, one connection.
+pub enum PrimaryKv {
+    Postgres {
+        runtime: tokio::runtime::Runtime,
+        conn: Mutex<PgConnection>,
+        upsert: String,
+    },
+    Mariadb {
+        conn: Mutex<mysql::Conn>,
+        upsert: String,
+    },
 }
 
-impl PgKv {
-    fn connect(url: &str, table: &str) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let conn = runtime
-            .block_on(PgConnection::connect(url))
-            .expect("connect");
-        PgKv {
-            runtime,
-            conn: Mutex::new(conn),
-            upsert: format!(
-                "INSERT INTO {table} (id, value) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = excluded.value"
-            ),
+impl PrimaryKv {
+    fn connect(server: Server, url: &str, table: &str) -> Self {
+        match server {
+            Server::Postgres => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let conn = runtime
+                    .block_on(PgConnection::connect(url))
+                    .expect("connect");
+                PrimaryKv::Postgres {
+                    runtime,
+                    conn: Mutex::new(conn),
+                    upsert: format!(
+                        "INSERT INTO {table} (id, value) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = excluded.value"
+                    ),
+                }
+            }
+            Server::Mariadb => PrimaryKv::Mariadb {
+                conn: Mutex::new(mysql_conn(url)),
+                upsert: format!(
+                    "INSERT INTO {table} (id, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)"
+                ),
+            },
         }
     }
 }
 
-impl Kv for PgKv {
+impl Kv for PrimaryKv {
     fn put(&self, id: i64, value: i64) -> Result<(), BenchError> {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        self.runtime
-            .block_on(
-                sqlx::query(AssertSqlSafe(self.upsert.clone()))
-                    .bind(id)
-                    .bind(value)
-                    .execute(&mut *conn),
-            )
-            .map(drop)
-            .map_err(|error| BenchError(error.to_string()))
+        match self {
+            PrimaryKv::Postgres {
+                runtime,
+                conn,
+                upsert,
+            } => {
+                let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                runtime
+                    .block_on(
+                        sqlx::query(AssertSqlSafe(upsert.clone()))
+                            .bind(id)
+                            .bind(value)
+                            .execute(&mut *conn),
+                    )
+                    .map(drop)
+                    .map_err(|error| BenchError(error.to_string()))
+            }
+            PrimaryKv::Mariadb { conn, upsert } => conn
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .exec_drop(upsert.as_str(), (id, value))
+                .map_err(|error| BenchError(error.to_string())),
+        }
     }
+}
+
+fn mysql_conn(url: &str) -> mysql::Conn {
+    mysql::Conn::new(mysql::Opts::from_url(url).expect("a mysql:// URL")).expect("connect")
+}
+
+/// The server the primary and the change stream are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Postgres,
+    Mariadb,
 }
 
 /// The secondary: a SQLite file (version-guarded upserts), noting when
@@ -158,7 +207,11 @@ fn on_runtime<T>(future: impl Future<Output = T>) -> T {
         .block_on(future)
 }
 
-fn sql(url: &str, statement: String) {
+fn sql(server: Server, url: &str, statement: String) {
+    if server == Server::Mariadb {
+        mysql_conn(url).query_drop(statement).expect("statement");
+        return;
+    }
     let url = url.to_owned();
     on_runtime(async move {
         let mut conn = PgConnection::connect(&url).await.expect("connect");
@@ -205,8 +258,9 @@ fn micros(nanos: u64) -> String {
     format!("{:.0} µs", nanos as f64 / 1_000.0)
 }
 
-/// The bench's tables and slot; dropped at the end.
+/// The bench's tables and slot (or binary log position); dropped at the end.
 struct Setup {
+    server: Server,
     url: String,
     plain: String,
     cdc: String,
@@ -215,9 +269,10 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(url: String) -> Self {
+    fn new(server: Server, url: String) -> Self {
         let tag = format!("{}", std::process::id());
         let setup = Setup {
+            server,
             plain: format!("dw_bench_plain_{tag}"),
             cdc: format!("dw_bench_cdc_{tag}"),
             slot: format!("dw_bench_cdc_{tag}"),
@@ -226,25 +281,41 @@ impl Setup {
         };
         for table in [&setup.plain, &setup.cdc] {
             sql(
+                server,
                 &setup.url,
                 format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, value BIGINT)"),
             );
         }
-        PostgresSource::create_slot(&setup.url, &setup.slot).expect("create the slot");
+        match server {
+            Server::Postgres => {
+                PostgresSource::create_slot(&setup.url, &setup.slot).expect("create the slot");
+            }
+            Server::Mariadb => {
+                MariadbSource::create_position(&setup.url, &setup.slot)
+                    .expect("create the position");
+            }
+        }
         setup
     }
 
-    fn primary_only(&self) -> KvDualWrite<PgKv, SqlKv> {
+    fn source(&self) -> Box<dyn ChangeSource> {
+        match self.server {
+            Server::Postgres => Box::new(PostgresSource::new(&self.url, &self.slot)),
+            Server::Mariadb => Box::new(MariadbSource::new(&self.url, &self.slot)),
+        }
+    }
+
+    fn primary_only(&self) -> KvDualWrite<PrimaryKv, SqlKv> {
         KvDualWrite::new(
-            PgKv::connect(&self.url, &self.plain),
+            PrimaryKv::connect(self.server, &self.url, &self.plain),
             SqlKv::open(&self.dir.join("plain.db")),
             Migration::new(Phase::Prepare),
         )
     }
 
-    fn with_cdc(&self) -> KvDualWrite<PgKv, SqlKv> {
+    fn with_cdc(&self) -> KvDualWrite<PrimaryKv, SqlKv> {
         let table = self.cdc.clone();
-        let source = PostgresSource::new(&self.url, &self.slot);
+        let source = self.source();
         let cdc = Cdc::new(source, move |change: &RowChange| {
             if change.table != table || change.kind == ChangeKind::Delete {
                 return None;
@@ -264,28 +335,57 @@ impl Setup {
             SqliteJournal::open(self.dir.join("journal.db"), Durability::PerWrite)
                 .expect("journal"),
         );
-        KvDualWrite::new(
-            PgKv::connect(&self.url, &self.cdc),
+        let adapter = KvDualWrite::new(
+            PrimaryKv::connect(self.server, &self.url, &self.cdc),
             SqlKv::open(&self.dir.join("cdc.db")),
             Migration::new(Phase::DualWrite),
         )
         .with_cdc(journal, cdc, OutboxConfig::default())
-        .expect("start change data capture")
+        .expect("start change data capture");
+        if let Ok(nice) = std::env::var("DW_CDC_RENICE") {
+            renice_background(&nice);
+        }
+        adapter
     }
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let _ = PostgresSource::drop_slot(&self.url, &self.slot);
+        let _ = match self.server {
+            Server::Postgres => PostgresSource::drop_slot(&self.url, &self.slot),
+            Server::Mariadb => MariadbSource::drop_position(&self.url, &self.slot),
+        };
         for table in [&self.plain, &self.cdc] {
-            sql(&self.url, format!("DROP TABLE IF EXISTS {table}"));
+            sql(
+                self.server,
+                &self.url,
+                format!("DROP TABLE IF EXISTS {table}"),
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// Diagnostic (`DW_CDC_RENICE=19`): lowers the CPU priority of the
+/// follower's and the appliers' threads (named `dualwrite-*`).
+fn renice_background(nice: &str) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("dualwrite-") {
+            let _ = std::process::Command::new("renice")
+                .args(["-n", nice, "-p"])
+                .arg(task.file_name())
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// Times `calls` puts; the latencies in nanoseconds.
-fn block(adapter: &KvDualWrite<PgKv, SqlKv>, calls: u64, next: &mut i64) -> Vec<u64> {
+fn block(adapter: &KvDualWrite<PrimaryKv, SqlKv>, calls: u64, next: &mut i64) -> Vec<u64> {
     (0..calls)
         .map(|_| {
             *next += 1;
@@ -300,7 +400,8 @@ fn caller_latency(setup: &Setup) {
     let calls = env("DW_CDC_CALLS", 2_000);
     let rounds = env("DW_CDC_ROUNDS", 4);
     println!(
-        "## Caller latency, PostgreSQL primary, SQLite-file secondary ({calls} calls a block)"
+        "## Caller latency, {:?} primary, SQLite-file secondary ({calls} calls a block)",
+        setup.server
     );
     println!();
     println!("| round | mode | p50 | p99 | p99.9 | p99 ratio |");
@@ -418,18 +519,35 @@ fn lag(setup: &Setup) {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is ignored.
-    let Ok(url) = std::env::var("DUALWRITE_POSTGRES_URL") else {
-        println!(
-            "skipped: cdc bench: set DUALWRITE_POSTGRES_URL to a PostgreSQL server with wal_level = logical"
-        );
-        return;
+    let server = match std::env::var("DW_CDC_SOURCE").as_deref() {
+        Ok("mariadb") => Server::Mariadb,
+        _ => Server::Postgres,
     };
-    let level = wal_level(&url);
-    if level != "logical" {
-        println!("skipped: cdc bench: the server's wal_level is `{level}`, not `logical`");
-        return;
-    }
-    let setup = Setup::new(url);
+    let setup = match server {
+        Server::Postgres => {
+            let Ok(url) = std::env::var("DUALWRITE_POSTGRES_URL") else {
+                println!(
+                    "skipped: cdc bench: set DUALWRITE_POSTGRES_URL to a PostgreSQL server with wal_level = logical"
+                );
+                return;
+            };
+            let level = wal_level(&url);
+            if level != "logical" {
+                println!("skipped: cdc bench: the server's wal_level is `{level}`, not `logical`");
+                return;
+            }
+            Setup::new(server, url)
+        }
+        Server::Mariadb => {
+            let Ok(url) = std::env::var("DUALWRITE_MARIADB_URL") else {
+                println!(
+                    "skipped: cdc bench: set DUALWRITE_MARIADB_URL to a MariaDB server with the binary log on"
+                );
+                return;
+            };
+            Setup::new(server, url)
+        }
+    };
     caller_latency(&setup);
     lag(&setup);
 }

@@ -617,6 +617,8 @@ mod follower {
     struct Feed {
         changes: Arc<Mutex<Vec<RowChange>>>,
         confirmed: Arc<Mutex<u64>>,
+        /// While set, reads fail as a lost connection would.
+        failing: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Feed {
@@ -651,6 +653,13 @@ mod follower {
         }
 
         fn read(&mut self, limit: usize) -> Result<ChangeBatch, CdcError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(CdcError::Source {
+                    source: self.describe(),
+                    during: "reading changes",
+                    error: "connection reset".to_owned(),
+                });
+            }
             let confirmed = *self.confirmed.lock().unwrap();
             let changes: Vec<RowChange> = self
                 .changes
@@ -755,5 +764,63 @@ mod follower {
             let taken = take(&snapshotter);
             assert_eq!(gauge(&taken, names::CDC_LAG, &[("trait", "Notes")]), 0.0);
         });
+    }
+
+    /// A flush while the source's reads fail (a connection the server
+    /// ended, a restart) waits for them to succeed again, up to its
+    /// deadline, instead of failing at the first failed read.
+    #[test]
+    fn a_flush_waits_out_a_source_fault() {
+        let dir = std::env::temp_dir().join(format!(
+            "dualwrite-cdc-fault-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let journal =
+            Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap());
+        let feed = Feed::default();
+        let adapter = NotesDualWrite::new(
+            Mem::default(),
+            Mem::default(),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_cdc(
+            journal,
+            Cdc::new(feed.clone(), map).with_config(
+                CdcConfig::default()
+                    .with_poll_interval(Duration::from_millis(5))
+                    .with_retry_interval(Duration::from_millis(20)),
+            ),
+            OutboxConfig::default(),
+        )
+        .expect("start change data capture");
+        feed.failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for key in 0..3 {
+            feed.push("notes", key, "5");
+        }
+        let failing = Arc::clone(&feed.failing);
+        let heal = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+        adapter
+            .flush(Duration::from_secs(30))
+            .expect("the flush waits for the source to come back");
+        heal.join().unwrap();
+        assert_eq!(Kv::get(adapter.new_store(), 2), Ok(Some(5)));
+        assert_eq!(adapter.core().cdc_status().expect("status").journaled, 3);
+        // A fault longer than the deadline still fails the flush.
+        feed.failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        feed.push("notes", 7, "1");
+        assert!(adapter.flush(Duration::from_millis(300)).is_err());
+        feed.failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        adapter.flush(Duration::from_secs(30)).expect("flush");
+        assert!(adapter.shutdown(Duration::from_secs(30)).complete);
     }
 }

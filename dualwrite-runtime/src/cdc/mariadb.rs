@@ -557,12 +557,19 @@ impl ChangeSource for MariadbSource {
             self.file_name(through),
             through.0 & 0xFFFF_FFFF,
         );
-        self.with_conn("saving the position", |conn| {
+        let saved = self.with_conn("saving the position", |conn| {
             conn.exec_drop(
                 format!("UPDATE {POSITIONS} SET file = ?, pos = ? WHERE name = ?"),
                 (file, pos, name),
             )
+            .map(|()| conn.affected_rows())
         })?;
+        if saved == 0 {
+            return Err(self.setup(format!(
+                "the position `{}` was dropped from {POSITIONS} while the follower ran",
+                self.name
+            )));
+        }
         self.confirmed = through;
         Ok(())
     }
@@ -681,6 +688,16 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                             }
                         }
                     }
+                    Statement::Dml => {
+                        // Its rows are not in the log: stop rather than
+                        // let the stores drift without a record.
+                        send(Message::Failed(format!(
+                            "the change at {} is logged as a statement, not as rows ({}): every session must write with binlog_format = ROW; the follower cannot carry it and stops here",
+                            at(file, end),
+                            text.chars().take(120).collect::<String>()
+                        )));
+                        return;
+                    }
                     Statement::Other => Step::Idle,
                 }
             }
@@ -759,6 +776,9 @@ enum Statement {
     Rollback,
     /// `TRUNCATE [TABLE] [schema.]table`.
     Truncate(Option<String>, String),
+    /// A row change logged as a statement (a session with
+    /// `binlog_format = STATEMENT`): its rows are not in the log.
+    Dml,
     Other,
 }
 
@@ -775,10 +795,14 @@ fn statement(text: &str) -> Statement {
         return Statement::Rollback;
     }
     let mut words = text.split_ascii_whitespace();
-    if !words
-        .next()
-        .is_some_and(|word| word.eq_ignore_ascii_case("TRUNCATE"))
+    let first = words.next().unwrap_or_default();
+    if ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD"]
+        .iter()
+        .any(|verb| first.eq_ignore_ascii_case(verb))
     {
+        return Statement::Dml;
+    }
+    if !first.eq_ignore_ascii_case("TRUNCATE") {
         return Statement::Other;
     }
     let mut name = words.next();
@@ -1155,6 +1179,8 @@ mod tests {
             Statement::Other
         );
         assert_eq!(statement("CREATE TABLE t (id INT)"), Statement::Other);
+        assert_eq!(statement("insert into t values (1)"), Statement::Dml);
+        assert_eq!(statement("UPDATE t SET a = 1"), Statement::Dml);
     }
 
     #[test]

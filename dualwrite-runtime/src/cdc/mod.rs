@@ -302,6 +302,30 @@ pub trait ChangeSource: Send + 'static {
     fn describe(&self) -> String;
 }
 
+/// A source chosen at run time (one server or another, from the
+/// configuration) is a source.
+impl ChangeSource for Box<dyn ChangeSource> {
+    fn open(&mut self) -> Result<Position, CdcError> {
+        (**self).open()
+    }
+
+    fn head(&mut self) -> Result<Position, CdcError> {
+        (**self).head()
+    }
+
+    fn read(&mut self, limit: usize) -> Result<ChangeBatch, CdcError> {
+        (**self).read(limit)
+    }
+
+    fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
+        (**self).confirm(through)
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
 /// The mapping function: a row change to a write command, `None` to skip
 /// it, `Err` to keep it as a dead letter.
 pub type MapFn<C> = dyn Fn(&RowChange) -> Option<Result<C, String>> + Send + Sync;
