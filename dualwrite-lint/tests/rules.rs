@@ -405,6 +405,16 @@ fn receivers_patterns() {
     assert_eq!(found_lines(&found), marked_lines("receivers_patterns"));
 }
 
+/// A crate with its own `Transaction` type: a receiver whose type is
+/// written as rusqlite's (imported by name, returned qualified, a
+/// parameter) is still a client's, and the crate's own type stays clean.
+#[test]
+fn shadowed_client_types() {
+    let found = check("shadowed_client_types");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+    assert_eq!(found_lines(&found), marked_lines("shadowed_client_types"));
+}
+
 /// sqlx `QueryBuilder`: text pushed after the constructor (`push`,
 /// `push_unseparated`, through `separated`, chained, a `format!`, a local
 /// or a `const`) makes the built statement a write.

@@ -354,6 +354,34 @@ impl<'a> Index<'a> {
         self.chase(scope.type_name(path))
     }
 
+    /// The full path of the type a hint's value has, as written where it
+    /// was declared, when that is simple to tell: the base's type (through
+    /// the file's imports) or a free function's return type (through its
+    /// file's), unwrapped by `?`/`unwrap` steps only (`immediate(&conn)?`
+    /// -> `rusqlite::Transaction`). `None` for anything else.
+    pub fn hint_written_path(&self, scope: &FileScope<'_>, hint: &TypeHint) -> Option<String> {
+        let mut ty = match &hint.base {
+            HintBase::Type(written) => localize(scope, written),
+            HintBase::Call(path) => self.fns.get(last_segment(path))?.clone()?,
+            HintBase::Assoc(..) => return None,
+        };
+        for step in &hint.steps {
+            if !matches!(step, Step::Unwrap) {
+                return None;
+            }
+            ty = match ty {
+                Ty::Named(name, args) if is_option_like(last_segment(&name)) => {
+                    args.into_iter().next()?
+                }
+                other => other,
+            };
+        }
+        match ty {
+            Ty::Named(path, _) => Some(path),
+            _ => None,
+        }
+    }
+
     /// The type a hint names (its last path segment), following its steps.
     pub fn resolve_hint(&self, scope: &FileScope<'_>, hint: &TypeHint) -> Option<String> {
         match self.resolve_hint_ty(scope, hint, None)? {

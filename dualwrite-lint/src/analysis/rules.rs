@@ -313,6 +313,7 @@ fn raw_write(
     };
     if let Some((_, Some(resolved))) = &receiver_type
         && index.is_project_type(resolved)
+        && !receiver_from_dependency(index, scope, call, crate_deps)
     {
         return None;
     }
@@ -463,4 +464,30 @@ fn raw_write_help(index: &Index<'_>) -> String {
         );
     }
     RuleId::DW002.help().to_owned()
+}
+
+/// Whether the receiver's type is, as written, a dependency's
+/// (`rusqlite::Transaction`, or `Transaction` under `use
+/// rusqlite::Transaction;`): a type of the project elsewhere with the same
+/// name does not make it the project's.
+fn receiver_from_dependency(
+    index: &Index<'_>,
+    scope: &FileScope<'_>,
+    call: &CallSite,
+    deps: Option<&CrateDeps>,
+) -> bool {
+    let Some(path) = call
+        .receiver
+        .as_ref()
+        .and_then(|hint| index.hint_written_path(scope, hint))
+    else {
+        return false;
+    };
+    let Some((first, _)) = path.split_once("::") else {
+        return false;
+    };
+    match deps {
+        Some(deps) => deps.contains(first),
+        None => !matches!(first, "crate" | "self" | "super" | "Self"),
+    }
 }

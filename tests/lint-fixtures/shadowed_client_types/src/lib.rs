@@ -1,0 +1,37 @@
+//! A crate with types of its own named like a client's (`Transaction`,
+//! `Connection`): a receiver written as the client's type is still the
+//! client's, wherever the crate's own type of that name lives.
+pub mod journal;
+
+use rusqlite::{Connection, Transaction};
+
+fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction()
+}
+
+fn immediate(conn: &mut rusqlite::Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction()
+}
+
+pub fn imported(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = begin(conn)?;
+    tx.execute("DELETE FROM users WHERE id = 1", [])?; // DW002: `use rusqlite::Transaction`
+    tx.commit()
+}
+
+pub fn qualified(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = immediate(conn)?;
+    tx.execute("UPDATE users SET name = 'x'", [])?; // DW002: returns `rusqlite::Transaction`
+    tx.commit()
+}
+
+pub fn parameter(tx: &Transaction<'_>) -> rusqlite::Result<usize> {
+    tx.execute("INSERT INTO users (id) VALUES (2)", []) // DW002: a parameter of the imported type
+}
+
+pub fn own_type() {
+    let log = journal::Transaction::default();
+    log.execute("DELETE FROM entries"); // the crate's own type: fine
+    let own = journal::open();
+    own.execute("DELETE FROM entries"); // returns the crate's own type: fine
+}
