@@ -15,14 +15,12 @@ mod cdc_support;
 mod outbox_support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cdc_support::{
-    CountingStore, check_after_kill, map, on_runtime, outbox_config, secondary_rows, unique,
+    CdcServer, CountingStore, WAIT, map, on_runtime, outbox_config, secondary_rows, unique,
     write_stream,
 };
 use dualwrite_runtime::cdc::mariadb::MariadbSource;
@@ -31,18 +29,13 @@ use dualwrite_runtime::cdc::{
 };
 use dualwrite_runtime::outbox::Durability;
 use dualwrite_runtime::outbox::sqlite::SqliteJournal;
-use dualwrite_runtime::{Migration, Phase, WriteStrategy};
-use outbox_support::{
-    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, kill_after_acks,
-    temp_dir,
-};
+use dualwrite_runtime::{Migration, Phase};
+use outbox_support::{DbError, Ledger, LedgerDualWrite, SqlStore, assert_per_key_order, temp_dir};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{AssertSqlSafe, Connection};
 
 /// Set in the child of the kill test: `<directory> <url> <table> <position>`.
 const CHILD: &str = "DUALWRITE_CDC_MARIADB_CHILD";
-
-const WAIT: Duration = Duration::from_secs(60);
 
 /// The server's URL if it can run these tests: set, and its binary log is
 /// on in row format; otherwise a `skipped:` line.
@@ -132,35 +125,41 @@ impl Fixture {
         fixture
     }
 
-    fn source(&self) -> MariadbSource {
-        MariadbSource::new(&self.url, &self.position)
+    /// The child's fixture: `<directory> <url> <table> <position>`.
+    fn from_spec(spec: &str) -> Self {
+        let mut parts = spec.split(' ');
+        let (Some(dir), Some(url), Some(table), Some(position)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            panic!("`<dir> <url> <table> <position>`");
+        };
+        Fixture {
+            url: url.to_owned(),
+            table: table.to_owned(),
+            position: position.to_owned(),
+            dir: PathBuf::from(dir),
+        }
     }
+}
 
-    fn journal(&self) -> Arc<SqliteJournal> {
-        Arc::new(
-            SqliteJournal::open(self.dir.join("journal.db"), Durability::PerWrite)
-                .expect("journal"),
-        )
-    }
+impl CdcServer for Fixture {
+    type Primary = MyLedger;
+    type Source = MariadbSource;
 
     fn primary(&self) -> MyLedger {
         MyLedger::connect(&self.url, &self.table)
     }
 
-    fn cdc(&self) -> Cdc<LedgerWrite> {
-        let table = self.table.clone();
-        Cdc::new(self.source(), move |change: &RowChange| map(&table, change))
-            .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(5)))
+    fn source(&self) -> MariadbSource {
+        MariadbSource::new(&self.url, &self.position)
     }
 
-    fn adapter(&self, phase: Phase) -> LedgerDualWrite<MyLedger, CountingStore> {
-        LedgerDualWrite::new(
-            self.primary(),
-            CountingStore::open(&self.dir),
-            Migration::new(phase),
-        )
-        .with_cdc(self.journal(), self.cdc(), outbox_config())
-        .expect("start change data capture")
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn primary_rows(&self) -> BTreeMap<i64, Option<i64>> {
@@ -309,87 +308,23 @@ fn read_changes(source: &mut MariadbSource, table: &str, count: usize) -> Vec<Ro
 
 #[test]
 fn changes_reach_the_sqlite_secondary_in_key_order() {
-    let Some(url) = binlog_server("changes_reach_the_sqlite_secondary_in_key_order") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "order");
-    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-    assert!(matches!(adapter.core().strategy(), WriteStrategy::Cdc(_)));
-    write_stream(&adapter, 4, 16, 25, 0);
-    adapter
-        .flush(WAIT)
-        .expect("the follower catches up and the appliers drain");
-    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
-    assert_per_key_order(&adapter.new_store().inner.history());
-    let status = adapter.core().cdc_status().expect("cdc status");
-    assert_eq!(status.journaled, 16 * 25, "{status:?}");
-    assert_eq!(status.rejected, 0);
-    let applies = adapter.new_store().applies();
-    assert_eq!(applies.len(), 16 * 25);
-    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
-    assert!(adapter.shutdown(WAIT).complete);
+    if let Some(url) = binlog_server("changes_reach_the_sqlite_secondary_in_key_order") {
+        cdc_support::changes_reach_the_sqlite_secondary_in_key_order(&Fixture::new(url, "order"));
+    }
 }
 
 #[test]
 fn a_phase_change_catches_the_follower_up() {
-    let Some(url) = binlog_server("a_phase_change_catches_the_follower_up") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "fence");
-    let adapter = Arc::new(fixture.adapter(Phase::ShadowRead));
-    adapter
-        .new_store()
-        .inner
-        .delay_micros
-        .store(2_000, std::sync::atomic::Ordering::SeqCst);
-    write_stream(&adapter, 2, 8, 20, 0);
-    // The fence reads the log up to its end at the phase change (`SHOW
-    // MASTER STATUS`), journals it and waits for the appliers.
-    adapter
-        .core()
-        .migration()
-        .set_phase(Phase::Cutover)
-        .expect("the phase change");
-    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
-    adapter.put(100, 7).expect("put");
-    adapter.flush(WAIT).expect("flush");
-    assert_eq!(adapter.new_store().get(100).expect("get"), Some(7));
-    assert_eq!(fixture.primary_rows().get(&100), Some(&Some(7)));
-    let deadline = Instant::now() + WAIT;
-    while adapter.core().cdc_status().expect("status").skipped == 0 {
-        assert!(Instant::now() < deadline, "the follower skipped nothing");
-        std::thread::sleep(Duration::from_millis(10));
+    if let Some(url) = binlog_server("a_phase_change_catches_the_follower_up") {
+        cdc_support::a_phase_change_catches_the_follower_up(&Fixture::new(url, "fence"));
     }
-    assert!(adapter.shutdown(WAIT).complete);
 }
 
 #[test]
 fn a_restart_reads_nothing_twice() {
-    let Some(url) = binlog_server("a_restart_reads_nothing_twice") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "restart");
-    {
-        let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-        write_stream(&adapter, 2, 8, 10, 0);
-        adapter.flush(WAIT).expect("flush");
-        assert!(adapter.shutdown(WAIT).complete);
+    if let Some(url) = binlog_server("a_restart_reads_nothing_twice") {
+        cdc_support::a_restart_reads_nothing_twice(&Fixture::new(url, "restart"));
     }
-    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-    write_stream(&adapter, 2, 8, 5, 100);
-    adapter.flush(WAIT).expect("flush");
-    let status = adapter.core().cdc_status().expect("status");
-    assert_eq!(
-        status.journaled,
-        8 * 5,
-        "only the new changes are journaled: {status:?}"
-    );
-    assert_eq!(status.duplicates, 0);
-    let applies = adapter.new_store().applies();
-    assert_eq!(applies.len(), 8 * 15);
-    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
-    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
-    assert!(adapter.shutdown(WAIT).complete);
 }
 
 /// The server ends the reader's connection (its dump thread killed) again
@@ -598,103 +533,46 @@ fn a_missing_position_is_a_clear_error() {
     assert!(error.to_string().contains("reading the URL"), "{error}");
 }
 
-/// The child of the kill test: writes until killed, printing each
-/// acknowledged `key value`.
+#[test]
+fn shadow_reads_wait_for_the_follower_not_count_a_mismatch() {
+    if let Some(url) = binlog_server("shadow_reads_wait_for_the_follower_not_count_a_mismatch") {
+        cdc_support::shadow_reads_wait_for_the_follower_not_count_a_mismatch(&Fixture::new(
+            url,
+            "shadowlag",
+        ));
+    }
+}
+
+#[test]
+fn a_mapping_error_is_a_dead_letter_not_a_panic() {
+    if let Some(url) = binlog_server("a_mapping_error_is_a_dead_letter_not_a_panic") {
+        cdc_support::a_mapping_error_is_a_dead_letter_not_a_panic(&Fixture::new(url, "deadletter"));
+    }
+}
+
+/// The child of the kill test: writes until killed.
 #[test]
 fn child_role() {
     let Ok(spec) = std::env::var(CHILD) else {
         return;
     };
-    let mut parts = spec.split(' ');
-    let (Some(dir), Some(url), Some(table), Some(position)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        panic!("`<dir> <url> <table> <position>`");
-    };
-    let fixture = Fixture {
-        url: url.to_owned(),
-        table: table.to_owned(),
-        position: position.to_owned(),
-        dir: PathBuf::from(dir),
-    };
-    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-    adapter
-        .new_store()
-        .inner
-        .delay_micros
-        .store(1_000, std::sync::atomic::Ordering::SeqCst);
-    let writers: Vec<_> = (0..2_i64)
-        .map(|writer| {
-            let adapter = Arc::clone(&adapter);
-            std::thread::spawn(move || {
-                let mut value = 0;
-                loop {
-                    value += 1;
-                    for key in (writer..16).step_by(2) {
-                        adapter.put(key, value).expect("put");
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "ack {key} {value}").expect("stdout");
-                        out.flush().expect("stdout");
-                    }
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        let _ = writer.join();
-    }
+    let fixture = Fixture::from_spec(&spec);
+    cdc_support::write_until_killed(&fixture);
+    // The fixture's table and position belong to the parent.
     std::mem::forget(fixture);
-    unreachable!("the writers loop until the process is killed")
 }
 
 #[test]
 fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
-    let Some(url) = binlog_server("kill_9_mid_stream_loses_nothing_and_keeps_key_order") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "kill");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(
-            CHILD,
-            format!(
-                "{} {} {} {}",
-                fixture.dir.display(),
-                fixture.url,
-                fixture.table,
-                fixture.position
-            ),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child");
-    let acked = kill_after_acks(&mut child, 600);
-    let journal = fixture.journal();
-    let pending_at_restart = journal.counts().expect("counts").pending;
-    let adapter = LedgerDualWrite::new(
-        fixture.primary(),
-        CountingStore::open(&fixture.dir),
-        Migration::new(Phase::DualWrite),
-    )
-    .with_cdc(journal.clone(), fixture.cdc(), outbox_config())
-    .expect("restart");
-    adapter
-        .flush(WAIT)
-        .expect("the follower catches up and the appliers drain");
-    check_after_kill(
-        &acked,
-        &journal,
-        pending_at_restart,
-        adapter.new_store(),
-        &adapter.core().cdc_status().expect("status"),
-        &fixture.primary_rows(),
-    );
-    assert!(adapter.shutdown(WAIT).complete);
+    if let Some(url) = binlog_server("kill_9_mid_stream_loses_nothing_and_keeps_key_order") {
+        let fixture = Fixture::new(url, "kill");
+        let spec = format!(
+            "{} {} {} {}",
+            fixture.dir.display(),
+            fixture.url,
+            fixture.table,
+            fixture.position
+        );
+        cdc_support::kill_9_mid_stream_loses_nothing_and_keeps_key_order(&fixture, CHILD, spec);
+    }
 }

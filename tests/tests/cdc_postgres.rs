@@ -14,32 +14,22 @@ mod cdc_support;
 mod outbox_support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cdc_support::{
-    CountingStore, check_after_kill, map, on_runtime, outbox_config, secondary_rows, unique,
-    write_stream,
-};
+use cdc_support::{CdcServer, on_runtime, outbox_config, unique};
 use dualwrite_runtime::cdc::postgres::PostgresSource;
-use dualwrite_runtime::cdc::{Cdc, CdcConfig, CdcError, RowChange};
+use dualwrite_runtime::cdc::{Cdc, CdcError, RowChange};
 use dualwrite_runtime::outbox::Durability;
 use dualwrite_runtime::outbox::sqlite::SqliteJournal;
-use dualwrite_runtime::{Migration, Phase, WriteStrategy};
-use outbox_support::{
-    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, kill_after_acks,
-    temp_dir,
-};
+use dualwrite_runtime::{Migration, Phase};
+use outbox_support::{DbError, Ledger, LedgerDualWrite, SqlStore, temp_dir};
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection};
 
 /// Set in the child of the kill test: `<directory> <table> <slot>`.
 const CHILD: &str = "DUALWRITE_CDC_CHILD";
-
-const WAIT: Duration = Duration::from_secs(60);
 
 /// The server's URL if it can run these tests: set, and `wal_level` is
 /// `logical`; otherwise a `skipped:` line.
@@ -104,35 +94,41 @@ impl Fixture {
         fixture
     }
 
-    fn source(&self) -> PostgresSource {
-        PostgresSource::new(&self.url, &self.slot)
+    /// The child's fixture: `<directory> <url> <table> <slot>`.
+    fn from_spec(spec: &str) -> Self {
+        let mut parts = spec.split(' ');
+        let (Some(dir), Some(url), Some(table), Some(slot)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            panic!("`<dir> <url> <table> <slot>`");
+        };
+        Fixture {
+            url: url.to_owned(),
+            table: table.to_owned(),
+            slot: slot.to_owned(),
+            dir: PathBuf::from(dir),
+        }
     }
+}
 
-    fn journal(&self) -> Arc<SqliteJournal> {
-        Arc::new(
-            SqliteJournal::open(self.dir.join("journal.db"), Durability::PerWrite)
-                .expect("journal"),
-        )
-    }
+impl CdcServer for Fixture {
+    type Primary = PgLedger;
+    type Source = PostgresSource;
 
     fn primary(&self) -> PgLedger {
         PgLedger::connect(&self.url, &self.table)
     }
 
-    fn secondary(&self) -> CountingStore {
-        CountingStore::open(&self.dir)
+    fn source(&self) -> PostgresSource {
+        PostgresSource::new(&self.url, &self.slot)
     }
 
-    fn cdc(&self) -> Cdc<LedgerWrite> {
-        let table = self.table.clone();
-        Cdc::new(self.source(), move |change: &RowChange| map(&table, change))
-            .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(5)))
+    fn table(&self) -> &str {
+        &self.table
     }
 
-    fn adapter(&self, phase: Phase) -> LedgerDualWrite<PgLedger, CountingStore> {
-        LedgerDualWrite::new(self.primary(), self.secondary(), Migration::new(phase))
-            .with_cdc(self.journal(), self.cdc(), outbox_config())
-            .expect("start change data capture")
+    fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Every row of the primary table.
@@ -243,191 +239,40 @@ impl Ledger for PgLedger {
 
 #[test]
 fn changes_reach_the_sqlite_secondary_in_key_order() {
-    let Some(url) = logical_server("changes_reach_the_sqlite_secondary_in_key_order") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "order");
-    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-    assert!(matches!(adapter.core().strategy(), WriteStrategy::Cdc(_)));
-    write_stream(&adapter, 4, 16, 25, 0);
-    adapter
-        .flush(WAIT)
-        .expect("the follower catches up and the appliers drain");
-    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
-    assert_per_key_order(&adapter.new_store().inner.history());
-    let status = adapter.core().cdc_status().expect("cdc status");
-    assert_eq!(status.journaled, 16 * 25, "{status:?}");
-    assert_eq!(status.rejected, 0);
-    // Every record applied once.
-    let applies = adapter.new_store().applies();
-    assert_eq!(applies.len(), 16 * 25);
-    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
-    assert!(adapter.shutdown(WAIT).complete);
+    if let Some(url) = logical_server("changes_reach_the_sqlite_secondary_in_key_order") {
+        cdc_support::changes_reach_the_sqlite_secondary_in_key_order(&Fixture::new(url, "order"));
+    }
 }
 
 #[test]
 fn a_phase_change_catches_the_follower_up() {
-    let Some(url) = logical_server("a_phase_change_catches_the_follower_up") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "fence");
-    let adapter = Arc::new(fixture.adapter(Phase::ShadowRead));
-    // A secondary slower than the primary: the follower and the appliers
-    // are behind when the phase changes.
-    adapter
-        .new_store()
-        .inner
-        .delay_micros
-        .store(2_000, std::sync::atomic::Ordering::SeqCst);
-    write_stream(&adapter, 2, 8, 20, 0);
-    // Moving to Cutover moves the write route: the fence waits for the
-    // follower to journal every change up to the WAL's head, and for the
-    // appliers to apply them.
-    adapter
-        .core()
-        .migration()
-        .set_phase(Phase::Cutover)
-        .expect("the phase change");
-    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
-    // From Cutover on, the new store is primary; the old store's copy goes
-    // through the journal, and the follower does not carry it back.
-    adapter.put(100, 7).expect("put");
-    adapter.flush(WAIT).expect("flush");
-    assert_eq!(adapter.new_store().get(100).expect("get"), Some(7));
-    assert_eq!(fixture.primary_rows().get(&100), Some(&Some(7)));
-    // The old store's copy is applied after the flush's catch-up: the
-    // follower reads (and skips) its change at a later round.
-    let deadline = Instant::now() + WAIT;
-    while adapter.core().cdc_status().expect("status").skipped == 0 {
-        assert!(Instant::now() < deadline, "the follower skipped nothing");
-        std::thread::sleep(Duration::from_millis(10));
+    if let Some(url) = logical_server("a_phase_change_catches_the_follower_up") {
+        cdc_support::a_phase_change_catches_the_follower_up(&Fixture::new(url, "fence"));
     }
-    assert!(adapter.shutdown(WAIT).complete);
 }
 
-/// Under change data capture a write reaches the secondary's pending count
-/// only once the follower has read it from the WAL: a shadow read of its key
-/// before then is not a mismatch (the stores cannot agree yet), and once
-/// the follower caught up and the appliers applied it, reads compare again.
 #[test]
 fn shadow_reads_wait_for_the_follower_not_count_a_mismatch() {
-    let Some(url) = logical_server("shadow_reads_wait_for_the_follower_not_count_a_mismatch")
-    else {
-        return;
-    };
-    let fixture = Fixture::new(url, "shadowlag");
-    // A follower that polls rarely: its lag is long and sure.
-    let table = fixture.table.clone();
-    let cdc = Cdc::new(fixture.source(), move |change: &RowChange| {
-        map(&table, change)
-    })
-    .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(400)));
-    let adapter = LedgerDualWrite::new(
-        fixture.primary(),
-        fixture.secondary(),
-        Migration::new(Phase::ShadowRead),
-    )
-    .with_cdc(fixture.journal(), cdc, outbox_config())
-    .expect("start change data capture");
-    for key in 0..20 {
-        adapter.put(key, key * 10).expect("put");
-        assert_eq!(adapter.get(key).expect("get"), Some(key * 10));
+    if let Some(url) = logical_server("shadow_reads_wait_for_the_follower_not_count_a_mismatch") {
+        cdc_support::shadow_reads_wait_for_the_follower_not_count_a_mismatch(&Fixture::new(
+            url,
+            "shadowlag",
+        ));
     }
-    let stats = adapter.stats();
-    assert_eq!(
-        stats.reads_mismatched, 0,
-        "reads made before the follower journaled the write are not mismatches"
-    );
-    assert!(stats.reads_skipped_pending > 0);
-    adapter.flush(WAIT).expect("flush");
-    for key in 0..20 {
-        assert_eq!(adapter.get(key).expect("get"), Some(key * 10));
-    }
-    let after = adapter.stats();
-    assert_eq!(after.reads_mismatched, 0);
-    assert_eq!(
-        after.reads_matched - stats.reads_matched,
-        20,
-        "compared once caught up"
-    );
-    assert!(adapter.shutdown(WAIT).complete);
 }
 
 #[test]
 fn a_restart_reads_nothing_twice() {
-    let Some(url) = logical_server("a_restart_reads_nothing_twice") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "restart");
-    {
-        let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-        write_stream(&adapter, 2, 8, 10, 0);
-        adapter.flush(WAIT).expect("flush");
-        assert!(adapter.shutdown(WAIT).complete);
+    if let Some(url) = logical_server("a_restart_reads_nothing_twice") {
+        cdc_support::a_restart_reads_nothing_twice(&Fixture::new(url, "restart"));
     }
-    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-    write_stream(&adapter, 2, 8, 5, 100);
-    adapter.flush(WAIT).expect("flush");
-    let status = adapter.core().cdc_status().expect("status");
-    assert_eq!(
-        status.journaled,
-        8 * 5,
-        "only the new changes are journaled: {status:?}"
-    );
-    assert_eq!(status.duplicates, 0);
-    let applies = adapter.new_store().applies();
-    assert_eq!(applies.len(), 8 * 15);
-    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
-    assert_eq!(secondary_rows(adapter.new_store()), fixture.primary_rows());
-    assert!(adapter.shutdown(WAIT).complete);
 }
 
 #[test]
 fn a_mapping_error_is_a_dead_letter_not_a_panic() {
-    let Some(url) = logical_server("a_mapping_error_is_a_dead_letter_not_a_panic") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "deadletter");
-    let journal = fixture.journal();
-    let adapter = LedgerDualWrite::new(
-        fixture.primary(),
-        fixture.secondary(),
-        Migration::new(Phase::DualWrite),
-    )
-    .with_cdc(journal.clone(), fixture.cdc(), outbox_config())
-    .expect("start");
-    adapter.put(1, 10).expect("put");
-    adapter.put(2, -5).expect("the primary takes it");
-    adapter.put(3, 666).expect("the primary takes it");
-    adapter.put(1, 11).expect("put");
-    adapter.flush(WAIT).expect("flush");
-    let dead = journal.dead_letters().expect("dead letters");
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    let errors: Vec<&str> = dead
-        .iter()
-        .filter_map(|d| d.last_error.as_deref())
-        .collect();
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("negative value -5 for account 2")),
-        "{errors:?}"
-    );
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("the mapping function panicked")),
-        "{errors:?}"
-    );
-    assert!(
-        errors.iter().all(|e| e.contains("the change: INSERT")),
-        "{errors:?}"
-    );
-    // The follower went on: later changes are applied.
-    assert_eq!(adapter.new_store().get(1).expect("get"), Some(11));
-    let status = adapter.core().cdc_status().expect("status");
-    assert_eq!(status.rejected, 2);
-    assert!(adapter.shutdown(WAIT).complete);
+    if let Some(url) = logical_server("a_mapping_error_is_a_dead_letter_not_a_panic") {
+        cdc_support::a_mapping_error_is_a_dead_letter_not_a_panic(&Fixture::new(url, "deadletter"));
+    }
 }
 
 /// The slot's restart point follows the confirmed position: PostgreSQL
@@ -573,108 +418,29 @@ fn a_server_without_logical_decoding_is_a_clear_error() {
     assert!(matches!(error, CdcError::Setup { .. }), "{error:?}");
 }
 
-/// The child of the kill test: writes until killed, printing each
-/// acknowledged `key value`.
+/// The child of the kill test: writes until killed.
 #[test]
 fn child_role() {
     let Ok(spec) = std::env::var(CHILD) else {
         return;
     };
-    let mut parts = spec.split(' ');
-    let (Some(dir), Some(url), Some(table), Some(slot)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        panic!("`<dir> <url> <table> <slot>`");
-    };
-    let fixture = Fixture {
-        url: url.to_owned(),
-        table: table.to_owned(),
-        slot: slot.to_owned(),
-        dir: PathBuf::from(dir),
-    };
-    let adapter = Arc::new(fixture.adapter(Phase::DualWrite));
-    // A secondary slower than the primary, so records wait in the journal
-    // when the process dies.
-    adapter
-        .new_store()
-        .inner
-        .delay_micros
-        .store(1_000, std::sync::atomic::Ordering::SeqCst);
-    let writers: Vec<_> = (0..2_i64)
-        .map(|writer| {
-            let adapter = Arc::clone(&adapter);
-            std::thread::spawn(move || {
-                let mut value = 0;
-                loop {
-                    value += 1;
-                    for key in (writer..16).step_by(2) {
-                        adapter.put(key, value).expect("put");
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "ack {key} {value}").expect("stdout");
-                        out.flush().expect("stdout");
-                    }
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        let _ = writer.join();
-    }
+    let fixture = Fixture::from_spec(&spec);
+    cdc_support::write_until_killed(&fixture);
     // The fixture's table and slot belong to the parent.
     std::mem::forget(fixture);
-    unreachable!("the writers loop until the process is killed")
 }
 
 #[test]
 fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
-    let Some(url) = logical_server("kill_9_mid_stream_loses_nothing_and_keeps_key_order") else {
-        return;
-    };
-    let fixture = Fixture::new(url, "kill");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(
-            CHILD,
-            format!(
-                "{} {} {} {}",
-                fixture.dir.display(),
-                fixture.url,
-                fixture.table,
-                fixture.slot
-            ),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child");
-    let acked = kill_after_acks(&mut child, 600);
-
-    // The restart: a new adapter over the same journal, slot and stores.
-    let journal = fixture.journal();
-    let pending_at_restart = journal.counts().expect("counts").pending;
-    let adapter = LedgerDualWrite::new(
-        fixture.primary(),
-        fixture.secondary(),
-        Migration::new(Phase::DualWrite),
-    )
-    .with_cdc(journal.clone(), fixture.cdc(), outbox_config())
-    .expect("restart");
-    adapter
-        .flush(WAIT)
-        .expect("the follower catches up and the appliers drain");
-    check_after_kill(
-        &acked,
-        &journal,
-        pending_at_restart,
-        adapter.new_store(),
-        &adapter.core().cdc_status().expect("status"),
-        &fixture.primary_rows(),
-    );
-    assert!(adapter.shutdown(WAIT).complete);
+    if let Some(url) = logical_server("kill_9_mid_stream_loses_nothing_and_keeps_key_order") {
+        let fixture = Fixture::new(url, "kill");
+        let spec = format!(
+            "{} {} {} {}",
+            fixture.dir.display(),
+            fixture.url,
+            fixture.table,
+            fixture.slot
+        );
+        cdc_support::kill_9_mid_stream_loses_nothing_and_keeps_key_order(&fixture, CHILD, spec);
+    }
 }

@@ -1,21 +1,71 @@
 //! What the change-data-capture tests share: the SQLite secondary that
 //! counts applies per idempotency id, the mapping function, the outbox's
-//! settings and a stream of writes from several threads.
+//! settings, a stream of writes from several threads, and the tests every
+//! source must pass, over a [`CdcServer`] (a table, its change source and
+//! the primary store that writes it).
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dualwrite_runtime::cdc::{CdcStatus, ChangeKind, RowChange};
+use dualwrite_runtime::cdc::{Cdc, CdcConfig, CdcStatus, ChangeKind, ChangeSource, RowChange};
 use dualwrite_runtime::outbox::sqlite::SqliteJournal;
-use dualwrite_runtime::outbox::{OutboxConfig, Side, WriteContext};
+use dualwrite_runtime::outbox::{Durability, OutboxConfig, Side, WriteContext};
+use dualwrite_runtime::{Migration, Phase, WriteStrategy};
 
 use crate::outbox_support::{
     DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
+    kill_after_acks,
 };
+
+/// How long the tests wait for a flush or a catch-up.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// One server's side of the tests: a table written by the primary store,
+/// the change source that reads it, and a directory for the journal and
+/// the SQLite secondary.
+pub trait CdcServer {
+    type Primary: Ledger + Send + Sync + 'static;
+    type Source: ChangeSource;
+
+    /// A new connection to the table.
+    fn primary(&self) -> Self::Primary;
+    /// A new source, at the test's slot or position.
+    fn source(&self) -> Self::Source;
+    fn table(&self) -> &str;
+    fn dir(&self) -> &Path;
+    /// Every row of the table.
+    fn primary_rows(&self) -> BTreeMap<i64, Option<i64>>;
+
+    fn journal(&self) -> Arc<SqliteJournal> {
+        Arc::new(
+            SqliteJournal::open(self.dir().join("journal.db"), Durability::PerWrite)
+                .expect("journal"),
+        )
+    }
+
+    /// The source with the mapping function, polling every 5 ms.
+    fn cdc(&self) -> Cdc<LedgerWrite> {
+        let table = self.table().to_owned();
+        Cdc::new(self.source(), move |change: &RowChange| map(&table, change))
+            .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(5)))
+    }
+
+    fn adapter(&self, phase: Phase) -> LedgerDualWrite<Self::Primary, CountingStore> {
+        LedgerDualWrite::new(
+            self.primary(),
+            CountingStore::open(self.dir()),
+            Migration::new(phase),
+        )
+        .with_cdc(self.journal(), self.cdc(), outbox_config())
+        .expect("start change data capture")
+    }
+}
 
 pub fn on_runtime<T>(future: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -212,4 +262,249 @@ pub fn check_after_kill(
     assert_eq!(ids.len(), records.len(), "a change journaled twice");
     assert!(applies.values().all(|&n| n <= 2), "{applies:?}");
     assert!(twice <= 64, "{twice} records applied twice");
+}
+
+pub fn changes_reach_the_sqlite_secondary_in_key_order<S: CdcServer>(server: &S) {
+    let adapter = Arc::new(server.adapter(Phase::DualWrite));
+    assert!(matches!(adapter.core().strategy(), WriteStrategy::Cdc(_)));
+    write_stream(&adapter, 4, 16, 25, 0);
+    adapter
+        .flush(WAIT)
+        .expect("the follower catches up and the appliers drain");
+    assert_eq!(secondary_rows(adapter.new_store()), server.primary_rows());
+    assert_per_key_order(&adapter.new_store().inner.history());
+    let status = adapter.core().cdc_status().expect("cdc status");
+    assert_eq!(status.journaled, 16 * 25, "{status:?}");
+    assert_eq!(status.rejected, 0);
+    // Every record applied once.
+    let applies = adapter.new_store().applies();
+    assert_eq!(applies.len(), 16 * 25);
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+pub fn a_phase_change_catches_the_follower_up<S: CdcServer>(server: &S) {
+    let adapter = Arc::new(server.adapter(Phase::ShadowRead));
+    // A secondary slower than the primary: the follower and the appliers
+    // are behind when the phase changes.
+    adapter
+        .new_store()
+        .inner
+        .delay_micros
+        .store(2_000, std::sync::atomic::Ordering::SeqCst);
+    write_stream(&adapter, 2, 8, 20, 0);
+    // Moving to Cutover moves the write route: the fence waits for the
+    // follower to journal every change up to the WAL's head, and for the
+    // appliers to apply them.
+    adapter
+        .core()
+        .migration()
+        .set_phase(Phase::Cutover)
+        .expect("the phase change");
+    assert_eq!(secondary_rows(adapter.new_store()), server.primary_rows());
+    // From Cutover on, the new store is primary; the old store's copy goes
+    // through the journal, and the follower does not carry it back.
+    adapter.put(100, 7).expect("put");
+    adapter.flush(WAIT).expect("flush");
+    assert_eq!(adapter.new_store().get(100).expect("get"), Some(7));
+    assert_eq!(server.primary_rows().get(&100), Some(&Some(7)));
+    // The old store's copy is applied after the flush's catch-up: the
+    // follower reads (and skips) its change at a later round.
+    let deadline = Instant::now() + WAIT;
+    while adapter.core().cdc_status().expect("status").skipped == 0 {
+        assert!(Instant::now() < deadline, "the follower skipped nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+/// Under change data capture a write reaches the secondary's pending count
+/// only once the follower has read it from the WAL: a shadow read of its key
+/// before then is not a mismatch (the stores cannot agree yet), and once
+/// the follower caught up and the appliers applied it, reads compare again.
+pub fn shadow_reads_wait_for_the_follower_not_count_a_mismatch<S: CdcServer>(server: &S) {
+    // A follower that polls rarely: its lag is long and sure.
+    let table = server.table().to_owned();
+    let cdc = Cdc::new(server.source(), move |change: &RowChange| {
+        map(&table, change)
+    })
+    .with_config(CdcConfig::default().with_poll_interval(Duration::from_millis(400)));
+    let adapter = LedgerDualWrite::new(
+        server.primary(),
+        CountingStore::open(server.dir()),
+        Migration::new(Phase::ShadowRead),
+    )
+    .with_cdc(server.journal(), cdc, outbox_config())
+    .expect("start change data capture");
+    for key in 0..20 {
+        adapter.put(key, key * 10).expect("put");
+        assert_eq!(adapter.get(key).expect("get"), Some(key * 10));
+    }
+    let stats = adapter.stats();
+    assert_eq!(
+        stats.reads_mismatched, 0,
+        "reads made before the follower journaled the write are not mismatches"
+    );
+    assert!(stats.reads_skipped_pending > 0);
+    adapter.flush(WAIT).expect("flush");
+    for key in 0..20 {
+        assert_eq!(adapter.get(key).expect("get"), Some(key * 10));
+    }
+    let after = adapter.stats();
+    assert_eq!(after.reads_mismatched, 0);
+    assert_eq!(
+        after.reads_matched - stats.reads_matched,
+        20,
+        "compared once caught up"
+    );
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+pub fn a_restart_reads_nothing_twice<S: CdcServer>(server: &S) {
+    {
+        let adapter = Arc::new(server.adapter(Phase::DualWrite));
+        write_stream(&adapter, 2, 8, 10, 0);
+        adapter.flush(WAIT).expect("flush");
+        assert!(adapter.shutdown(WAIT).complete);
+    }
+    let adapter = Arc::new(server.adapter(Phase::DualWrite));
+    write_stream(&adapter, 2, 8, 5, 100);
+    adapter.flush(WAIT).expect("flush");
+    let status = adapter.core().cdc_status().expect("status");
+    assert_eq!(
+        status.journaled,
+        8 * 5,
+        "only the new changes are journaled: {status:?}"
+    );
+    assert_eq!(status.duplicates, 0);
+    let applies = adapter.new_store().applies();
+    assert_eq!(applies.len(), 8 * 15);
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
+    assert_eq!(secondary_rows(adapter.new_store()), server.primary_rows());
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+pub fn a_mapping_error_is_a_dead_letter_not_a_panic<S: CdcServer>(server: &S) {
+    let journal = server.journal();
+    let adapter = LedgerDualWrite::new(
+        server.primary(),
+        CountingStore::open(server.dir()),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(journal.clone(), server.cdc(), outbox_config())
+    .expect("start");
+    adapter.put(1, 10).expect("put");
+    adapter.put(2, -5).expect("the primary takes it");
+    adapter.put(3, 666).expect("the primary takes it");
+    adapter.put(1, 11).expect("put");
+    adapter.flush(WAIT).expect("flush");
+    let dead = journal.dead_letters().expect("dead letters");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let errors: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.last_error.as_deref())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("negative value -5 for account 2")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("the mapping function panicked")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| e.contains("the change: INSERT")),
+        "{errors:?}"
+    );
+    // The follower went on: later changes are applied.
+    assert_eq!(adapter.new_store().get(1).expect("get"), Some(11));
+    let status = adapter.core().cdc_status().expect("status");
+    assert_eq!(status.rejected, 2);
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+/// The child of a kill test (run as the test binary's `child_role` test):
+/// writes growing values to 16 keys from two threads until the process is
+/// killed, printing each acknowledged `ack key value`.
+pub fn write_until_killed<S: CdcServer>(server: &S) {
+    let adapter = Arc::new(server.adapter(Phase::DualWrite));
+    // A secondary slower than the primary, so records wait in the journal
+    // when the process dies.
+    adapter
+        .new_store()
+        .inner
+        .delay_micros
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let writers: Vec<_> = (0..2_i64)
+        .map(|writer| {
+            let adapter = Arc::clone(&adapter);
+            std::thread::spawn(move || {
+                let mut value = 0;
+                loop {
+                    value += 1;
+                    for key in (writer..16).step_by(2) {
+                        adapter.put(key, value).expect("put");
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "ack {key} {value}").expect("stdout");
+                        out.flush().expect("stdout");
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        let _ = writer.join();
+    }
+    unreachable!("the writers loop until the process is killed")
+}
+
+/// Runs this test binary's `child_role` test with `child_env` set to
+/// `spec`, kills it (SIGKILL) after 600 acknowledged writes, restarts an
+/// adapter over its journal, source and stores, and checks that nothing
+/// acknowledged was lost and per-key order held.
+pub fn kill_9_mid_stream_loses_nothing_and_keeps_key_order<S: CdcServer>(
+    server: &S,
+    child_env: &str,
+    spec: String,
+) {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_role",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(child_env, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    let acked = kill_after_acks(&mut child, 600);
+    // The restart: a new adapter over the same journal, source and stores.
+    let journal = server.journal();
+    let pending_at_restart = journal.counts().expect("counts").pending;
+    let adapter = LedgerDualWrite::new(
+        server.primary(),
+        CountingStore::open(server.dir()),
+        Migration::new(Phase::DualWrite),
+    )
+    .with_cdc(journal.clone(), server.cdc(), outbox_config())
+    .expect("restart");
+    adapter
+        .flush(WAIT)
+        .expect("the follower catches up and the appliers drain");
+    check_after_kill(
+        &acked,
+        &journal,
+        pending_at_restart,
+        adapter.new_store(),
+        &adapter.core().cdc_status().expect("status"),
+        &server.primary_rows(),
+    );
+    assert!(adapter.shutdown(WAIT).complete);
 }
