@@ -406,7 +406,8 @@ fn row_changes_carry_names_types_and_values() {
                 id BIGINT UNSIGNED PRIMARY KEY, small TINYINT, name VARCHAR(20),
                 bin VARBINARY(4), amount DECIMAL(10,2), at DATETIME(3), day DATE,
                 took TIME, ratio DOUBLE, doc JSON, kind ENUM('a','b','c'),
-                tags SET('x','y','z'), note TEXT, big BIGINT UNSIGNED
+                tags SET('x','y','z'), note TEXT, big BIGINT UNSIGNED,
+                stamp TIMESTAMP(3) NULL, yr YEAR
             ) ENGINE = InnoDB"
         ),
     );
@@ -417,7 +418,8 @@ fn row_changes_carry_names_types_and_values() {
         format!(
             "INSERT INTO {table} VALUES (1, -3, 'Ada ✓', 0x00ff, 12.50,
                 '2026-01-02 03:04:05.678', '2026-01-02', '-26:00:01', 1.5,
-                '{{\"a\": 1}}', 'b', 'x,z', NULL, 18446744073709551615)"
+                '{{\"a\": 1}}', 'b', 'x,z', NULL, 18446744073709551615,
+                FROM_UNIXTIME(1767323045.678), 2026)"
         ),
     );
     execute(
@@ -461,6 +463,9 @@ fn row_changes_carry_names_types_and_values() {
     assert_eq!(text("tags").as_deref(), Some("x,z"));
     assert_eq!(insert.value("note"), Some(&Value::Null));
     assert_eq!(insert.parse::<u64>("big"), Ok(u64::MAX));
+    // TIMESTAMP in UTC, whatever the session's time zone was.
+    assert_eq!(text("stamp").as_deref(), Some("2026-01-02 03:04:05.678"));
+    assert_eq!(text("yr").as_deref(), Some("2026"));
     let types: BTreeMap<&str, &str> = insert
         .columns
         .iter()

@@ -284,6 +284,20 @@ impl MariadbSource {
                 )));
             }
         }
+        for variable in ["log_bin_compress", "binlog_transaction_compression"] {
+            // MariaDB's and MySQL's; a server without one says so.
+            let value: Result<Option<Option<String>>, CdcError> = self
+                .with_conn("reading the compression setting", |conn| {
+                    conn.query_first(format!("SELECT @@GLOBAL.{variable}"))
+                });
+            if let Ok(Some(Some(value))) = value
+                && (value == "1" || value.eq_ignore_ascii_case("ON"))
+            {
+                return Err(self.setup(format!(
+                    "{variable} is on: compressed events are not read; `SET GLOBAL {variable} = OFF`"
+                )));
+            }
+        }
         let metadata: Result<Option<Option<String>>, CdcError> = self
             .with_conn("reading binlog_row_metadata", |conn| {
                 conn.query_first("SELECT @@GLOBAL.binlog_row_metadata")
@@ -301,6 +315,14 @@ impl MariadbSource {
     }
 
     fn ensure_table(&mut self) -> Result<(), CdcError> {
+        let database: Option<Option<String>> = self.with_conn("reading the database", |conn| {
+            conn.query_first("SELECT DATABASE()")
+        })?;
+        if database.flatten().is_none() {
+            return Err(self.setup(format!(
+                "the URL names no database: add one (`mysql://user@host/db`); the follower keeps its position in {POSITIONS} there"
+            )));
+        }
         self.with_conn("creating the positions table", |conn| {
             conn.query_drop(format!(
                 "CREATE TABLE IF NOT EXISTS {POSITIONS} (
@@ -316,7 +338,9 @@ impl MariadbSource {
     /// The log's end: `SHOW MASTER STATUS`.
     fn log_end(&mut self) -> Result<(String, u64), CdcError> {
         let row: Option<mysql::Row> = self.with_conn("reading the log's end", |conn| {
+            // `SHOW BINARY LOG STATUS` on MySQL 8.4, which removed the other.
             conn.query_first("SHOW MASTER STATUS")
+                .or_else(|_| conn.query_first("SHOW BINARY LOG STATUS"))
         })?;
         let Some(row) = row else {
             return Err(self.setup("`SHOW MASTER STATUS` is empty: the binary log is off"));
@@ -367,15 +391,30 @@ impl MariadbSource {
             Some((file, pos)) => (false, file, pos),
             None if create => {
                 let (file, pos) = (end_file.clone(), end_pos);
-                self.with_conn("creating the position", |conn| {
+                let inserted = self.with_conn("creating the position", |conn| {
                     conn.exec_drop(
                         format!(
                             "INSERT IGNORE INTO {POSITIONS} (name, file, pos) VALUES (?, ?, ?)"
                         ),
                         (name.clone(), file.clone(), pos),
                     )
+                    .map(|()| conn.affected_rows())
                 })?;
-                (true, file, pos)
+                if inserted == 0 {
+                    // Created meanwhile by another caller: theirs stands.
+                    let row: Option<(String, u64)> =
+                        self.with_conn("reading the position", |conn| {
+                            conn.exec_first(
+                                format!("SELECT file, pos FROM {POSITIONS} WHERE name = ?"),
+                                (name.clone(),),
+                            )
+                        })?;
+                    let (file, pos) =
+                        row.ok_or_else(|| self.setup("the position vanished as it was created"))?;
+                    (false, file, pos)
+                } else {
+                    (true, file, pos)
+                }
             }
             None => {
                 return Err(self.setup(format!(
@@ -436,7 +475,18 @@ impl MariadbSource {
         let thread_stop = Arc::clone(&stop);
         thread::Builder::new()
             .name("dualwrite-binlog".to_owned())
-            .spawn(move || follow(stream, from, &sender, &thread_stop))
+            .spawn(move || {
+                let run =
+                    std::panic::AssertUnwindSafe(|| follow(stream, from, &sender, &thread_stop));
+                if let Err(payload) = std::panic::catch_unwind(run) {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    let _ = sender.send(Message::Failed(format!("the reader panicked: {message}")));
+                }
+            })
             .map_err(|error| self.error("starting the reader thread", error))?;
         self.reader = Some(Reader { messages, stop });
         Ok(())
@@ -542,6 +592,10 @@ impl ChangeSource for MariadbSource {
     }
 
     fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
+        if through > self.confirmed {
+            self.save(through)?;
+            self.confirmed = through;
+        }
         while self
             .pending
             .front()
@@ -549,9 +603,17 @@ impl ChangeSource for MariadbSource {
         {
             self.pending.pop_front();
         }
-        if through <= self.confirmed {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("mariadb binlog position `{}`", self.name)
+    }
+}
+
+impl MariadbSource {
+    /// Writes `through` to the position's row.
+    fn save(&mut self, through: Position) -> Result<(), CdcError> {
         let (name, file, pos) = (
             self.name.clone(),
             self.file_name(through),
@@ -565,17 +627,19 @@ impl ChangeSource for MariadbSource {
             .map(|()| conn.affected_rows())
         })?;
         if saved == 0 {
-            return Err(self.setup(format!(
-                "the position `{}` was dropped from {POSITIONS} while the follower ran",
-                self.name
-            )));
+            // Unchanged (an earlier save whose answer was lost), or gone.
+            let name = self.name.clone();
+            let row: Option<u8> = self.with_conn("reading the position", |conn| {
+                conn.exec_first(format!("SELECT 1 FROM {POSITIONS} WHERE name = ?"), (name,))
+            })?;
+            if row.is_none() {
+                return Err(self.setup(format!(
+                    "the position `{}` was dropped from {POSITIONS} while the follower ran",
+                    self.name
+                )));
+            }
         }
-        self.confirmed = through;
         Ok(())
-    }
-
-    fn describe(&self) -> String {
-        format!("mariadb binlog position `{}`", self.name)
     }
 }
 
@@ -649,12 +713,27 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                 let text = query.query();
                 match statement(&text) {
                     Statement::Begin => {
+                        if open.is_some() {
+                            send(Message::Failed(format!(
+                                "a transaction begins at {} inside another",
+                                at(file, end)
+                            )));
+                            return;
+                        }
                         let start = at(file, end.saturating_sub(u64::from(header.event_size())));
                         open = Some(Open {
                             start,
                             changes: Vec::new(),
                         });
                         Step::None
+                    }
+                    Statement::Xa => {
+                        send(Message::Failed(format!(
+                            "an XA transaction at {} ({}): XA transactions are not read; the follower stops here",
+                            at(file, end),
+                            text.chars().take(120).collect::<String>()
+                        )));
+                        return;
                     }
                     Statement::Commit => Step::Commit(0),
                     Statement::Rollback => {
@@ -702,10 +781,21 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                 }
             }
             Some(EventData::XidEvent(xid)) => Step::Commit(xid.xid),
+            Some(EventData::TableMapEvent(_)) => {
+                // Rows that follow a statement without a `BEGIN` (MySQL's
+                // `CREATE TABLE .. SELECT`): a transaction from here on.
+                if open.is_none() {
+                    open = Some(Open {
+                        start: at(file, end.saturating_sub(u64::from(header.event_size()))),
+                        changes: Vec::new(),
+                    });
+                }
+                Step::None
+            }
             Some(EventData::RowsEvent(rows)) => {
                 let Some(transaction) = &mut open else {
                     send(Message::Failed(format!(
-                        "a row event at {} outside a transaction",
+                        "a row event at {} with no table map before it",
                         at(file, end)
                     )));
                     return;
@@ -729,7 +819,24 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                 }
                 Step::None
             }
-            _ => Step::Idle,
+            Some(EventData::TransactionPayloadEvent(_)) => {
+                send(Message::Failed(format!(
+                    "a compressed transaction at {}: turn binlog_transaction_compression off on the server; the follower cannot read it and stops here",
+                    at(file, end)
+                )));
+                return;
+            }
+            Some(_) => Step::Idle,
+            None => {
+                // An event type the decoder does not know could hold rows
+                // (MariaDB's compressed row events): stop, never skip.
+                send(Message::Failed(format!(
+                    "an event of unknown type {} at {}: the follower cannot read it and stops here (is log_bin_compress on?)",
+                    header.event_type_raw(),
+                    at(file, end)
+                )));
+                return;
+            }
         };
         let delivered = match outcome {
             Step::None => true,
@@ -779,23 +886,32 @@ enum Statement {
     /// A row change logged as a statement (a session with
     /// `binlog_format = STATEMENT`): its rows are not in the log.
     Dml,
+    /// `XA START ..` and the rest of an XA transaction.
+    Xa,
     Other,
 }
 
 fn statement(text: &str) -> Statement {
-    let text = text.trim();
-    let upper = |word: &str| text.eq_ignore_ascii_case(word);
-    if upper("BEGIN") || upper("START TRANSACTION") {
+    let text = strip_comments(text);
+    let is = |word: &str| text.eq_ignore_ascii_case(word);
+    // MySQL logs `CREATE TABLE .. SELECT` as `CREATE .. START TRANSACTION`.
+    let ends_with_begin = text.len() > 17
+        && text
+            .get(text.len() - 17..)
+            .is_some_and(|end| end.eq_ignore_ascii_case("START TRANSACTION"));
+    if is("BEGIN") || is("START TRANSACTION") || ends_with_begin {
         return Statement::Begin;
     }
-    if upper("COMMIT") {
+    if is("COMMIT") {
         return Statement::Commit;
     }
-    if upper("ROLLBACK") {
+    if is("ROLLBACK") {
         return Statement::Rollback;
     }
-    let mut words = text.split_ascii_whitespace();
-    let first = words.next().unwrap_or_default();
+    let (first, rest) = split_word(text);
+    if first.eq_ignore_ascii_case("XA") {
+        return Statement::Xa;
+    }
     if ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD"]
         .iter()
         .any(|verb| first.eq_ignore_ascii_case(verb))
@@ -805,24 +921,46 @@ fn statement(text: &str) -> Statement {
     if !first.eq_ignore_ascii_case("TRUNCATE") {
         return Statement::Other;
     }
-    let mut name = words.next();
-    if name.is_some_and(|word| word.eq_ignore_ascii_case("TABLE")) {
-        name = words.next();
-    }
-    let Some(name) = name else {
-        return Statement::Other;
+    let (word, after) = split_word(rest);
+    let name = if word.eq_ignore_ascii_case("TABLE") {
+        after
+    } else {
+        rest
     };
     let parts = split_name(name);
     match parts.as_slice() {
-        [table] => Statement::Truncate(None, table.clone()),
-        [schema, table] => Statement::Truncate(Some(schema.clone()), table.clone()),
+        [table] if !table.is_empty() => Statement::Truncate(None, table.clone()),
+        [schema, table] if !table.is_empty() => {
+            Statement::Truncate(Some(schema.clone()), table.clone())
+        }
         _ => Statement::Other,
     }
 }
 
-/// `db`.`t`, db.t, `a.b` as identifiers (backquotes doubled inside).
+/// `text` without leading blanks and `/* .. */` comments, and trailing
+/// blanks and `;`.
+fn strip_comments(text: &str) -> &str {
+    let mut text = text.trim();
+    while let Some(rest) = text.strip_prefix("/*") {
+        match rest.find("*/") {
+            Some(end) => text = rest[end + 2..].trim_start(),
+            None => break,
+        }
+    }
+    text.trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+/// The first word of `text` and what follows it (trimmed).
+fn split_word(text: &str) -> (&str, &str) {
+    match text.find(char::is_whitespace) {
+        Some(at) => (&text[..at], text[at..].trim_start()),
+        None => (text, ""),
+    }
+}
+
+/// `db`.`t`, db.t, `a.b`, `my t` as identifiers (backquotes doubled
+/// inside), up to the first blank outside backquotes.
 fn split_name(name: &str) -> Vec<String> {
-    let name = name.trim_end_matches(';');
     let mut parts = Vec::new();
     let mut current = String::new();
     let mut chars = name.chars().peekable();
@@ -835,6 +973,7 @@ fn split_name(name: &str) -> Vec<String> {
             }
             '`' => quoted = !quoted,
             '.' if !quoted => parts.push(std::mem::take(&mut current)),
+            c if c.is_whitespace() && !quoted => break,
             c => current.push(c),
         }
     }
@@ -910,10 +1049,19 @@ fn decode_rows(
         }
     };
     let labels = labels(table)?;
+    let width = usize::try_from(table.columns_count()).unwrap_or(usize::MAX);
     let schema = table.database_name().into_owned();
     let name = table.table_name().into_owned();
     for row in rows.rows(table) {
         let (before, after) = row.map_err(|error| error.to_string())?;
+        for image in [&before, &after].into_iter().flatten() {
+            if image.len() != width {
+                return Err(format!(
+                    "a row image with {} of the table's {width} columns: the writing session's binlog_row_image is not FULL",
+                    image.len()
+                ));
+            }
+        }
         let (columns, old_key) = match kind {
             ChangeKind::Insert => (columns(after.as_ref(), &labels)?, Vec::new()),
             ChangeKind::Delete => (columns(before.as_ref(), &labels)?, Vec::new()),
@@ -1078,10 +1226,20 @@ fn render(
             );
         }
     };
+    if matches!(
+        kind,
+        ColumnType::MYSQL_TYPE_TIMESTAMP | ColumnType::MYSQL_TYPE_TIMESTAMP2
+    ) && !matches!(value.as_ref(), My::NULL | My::Date(..))
+    {
+        // The log holds seconds since the epoch (with a fraction).
+        return timestamp(value.as_ref()).map(Value::Text);
+    }
     let text = match value.as_ref() {
         My::NULL => return Ok(Value::Null),
         My::Int(number) => match kind {
             ColumnType::MYSQL_TYPE_ENUM => label(labels, *number)?,
+            // The decoder reads the zero year as 1900, which YEAR cannot hold.
+            ColumnType::MYSQL_TYPE_YEAR if *number == 1900 => "0000".to_owned(),
             ColumnType::MYSQL_TYPE_SET => set_labels(labels, *number as u64)?,
             _ => number.to_string(),
         },
@@ -1128,6 +1286,55 @@ fn render(
         }
     };
     Ok(Value::Text(text))
+}
+
+/// A `TIMESTAMP` from the log (`1767322245`, `1767322245.678000`) as UTC
+/// text (`2026-01-02 03:04:05.678`); 0 is MariaDB's zero timestamp.
+fn timestamp(value: &mysql::Value) -> Result<String, String> {
+    let (seconds, micros) = match value {
+        mysql::Value::Int(seconds) => (*seconds, 0),
+        mysql::Value::UInt(seconds) => (
+            i64::try_from(*seconds).map_err(|_| format!("timestamp {seconds} out of range"))?,
+            0,
+        ),
+        mysql::Value::Bytes(bytes) => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| "a timestamp that is not text".to_owned())?;
+            let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+            let seconds: i64 = whole
+                .parse()
+                .map_err(|_| format!("timestamp {text:?} is not a number of seconds"))?;
+            let digits: String = fraction.chars().chain("000000".chars()).take(6).collect();
+            let micros: u32 = digits
+                .parse()
+                .map_err(|_| format!("timestamp {text:?} has a bad fraction"))?;
+            (seconds, micros)
+        }
+        other => return Err(format!("a timestamp as {other:?}")),
+    };
+    if seconds == 0 && micros == 0 {
+        return Ok("0000-00-00 00:00:00".to_owned());
+    }
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut text = format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        of_day / 3_600,
+        of_day % 3_600 / 60,
+        of_day % 60
+    );
+    fraction(&mut text, micros);
+    Ok(text)
 }
 
 fn label(labels: &[String], index: i64) -> Result<String, String> {
@@ -1180,6 +1387,16 @@ mod tests {
         );
         assert_eq!(statement("CREATE TABLE t (id INT)"), Statement::Other);
         assert_eq!(statement("insert into t values (1)"), Statement::Dml);
+        assert_eq!(
+            statement("/* app */ TRUNCATE TABLE `my t`;"),
+            Statement::Truncate(None, "my t".to_owned())
+        );
+        assert_eq!(
+            statement("CREATE TABLE t2 START TRANSACTION"),
+            Statement::Begin
+        );
+        assert_eq!(statement("XA START 'x'"), Statement::Xa);
+        assert_eq!(statement("COMMIT;"), Statement::Commit);
         assert_eq!(statement("UPDATE t SET a = 1"), Statement::Dml);
     }
 
@@ -1196,5 +1413,17 @@ mod tests {
         assert_eq!(set_labels(&labels, 0b101).as_deref(), Ok("a,c"));
         assert!(set_labels(&labels, 0b1000).is_err());
         assert_eq!(hex(&[0, 255]), "\\x00ff");
+        let at = |text: &str| timestamp(&mysql::Value::Bytes(text.as_bytes().to_vec()));
+        assert_eq!(
+            at("1767323045.678000").as_deref(),
+            Ok("2026-01-02 03:04:05.678")
+        );
+        assert_eq!(at("951782400").as_deref(), Ok("2000-02-29 00:00:00"));
+        assert_eq!(at("0").as_deref(), Ok("0000-00-00 00:00:00"));
+        assert_eq!(
+            timestamp(&mysql::Value::Int(4_102_444_799)).as_deref(),
+            Ok("2099-12-31 23:59:59")
+        );
+        assert!(at("soon").is_err());
     }
 }
