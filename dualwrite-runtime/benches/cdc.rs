@@ -21,17 +21,22 @@
 //!    gives the median and range of the per-round ratios. A CDC block is
 //!    timed once its follower has caught up with the slot (which holds the
 //!    other block's writes); `DW_CDC_CATCH_UP=0` times it from the start.
-//! 2. **End-to-end lag** (the primary's commit, as the caller's `put`
+//! 2. **The same at a steady load** of `DW_CDC_RATE` writes a second
+//!    (blocks of three seconds): the comfortable case beside the saturated
+//!    one.
+//! 3. **End-to-end lag** (the primary's commit, as the caller's `put`
 //!    returns, to the secondary's apply, as the applier's store call
-//!    returns), p50 / p99 / max, under a steady load of `DW_CDC_RATE`
-//!    writes a second for `DW_CDC_SECONDS` seconds.
+//!    returns), p50 / p99 / max, at `DW_CDC_RATE` writes a second for
+//!    `DW_CDC_SECONDS` seconds.
 //!
 //! Environment: `DUALWRITE_POSTGRES_URL` (skipped without it, or when its
 //! `wal_level` is not `logical`), `DW_CDC_CALLS` (calls per block, default
 //! 2 000), `DW_CDC_ROUNDS` (default 4), `DW_CDC_RATE` (default 500),
 //! `DW_CDC_SECONDS` (default 10), `DW_CDC_POLL_MS` (the follower's poll
 //! interval, default 10), `DW_CDC_SOURCE` (`postgres` or `mariadb`; the
-//! latter needs `DUALWRITE_MARIADB_URL`), `DW_CDC_RENICE` (a diagnostic:
+//! latter needs `DUALWRITE_MARIADB_URL`), `DW_CDC_MARK_MS` (how often the
+//! PostgreSQL follower moves its slot's restart point, default 1 000),
+//! `DW_CDC_RENICE` (a diagnostic:
 //! the follower's and appliers' threads at this nice level).
 
 use std::collections::HashMap;
@@ -300,7 +305,11 @@ impl Setup {
 
     fn source(&self) -> Box<dyn ChangeSource> {
         match self.server {
-            Server::Postgres => Box::new(PostgresSource::new(&self.url, &self.slot)),
+            Server::Postgres => Box::new(
+                PostgresSource::new(&self.url, &self.slot).with_restart_marks(Some(
+                    Duration::from_millis(env("DW_CDC_MARK_MS", 1_000)),
+                )),
+            ),
             Server::Mariadb => Box::new(MariadbSource::new(&self.url, &self.slot)),
         }
     }
@@ -384,23 +393,52 @@ fn renice_background(nice: &str) {
     }
 }
 
-/// Times `calls` puts; the latencies in nanoseconds.
-fn block(adapter: &KvDualWrite<PrimaryKv, SqlKv>, calls: u64, next: &mut i64) -> Vec<u64> {
+/// Times `calls` puts, back to back or `rate` a second; the latencies in
+/// nanoseconds.
+fn block(
+    adapter: &KvDualWrite<PrimaryKv, SqlKv>,
+    calls: u64,
+    rate: Option<u64>,
+    next: &mut i64,
+) -> Vec<u64> {
+    let interval = rate.map(|rate| Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    let mut due = Instant::now();
     (0..calls)
         .map(|_| {
             *next += 1;
             let started = Instant::now();
             adapter.put(*next % 1_000, *next).expect("put");
-            started.elapsed().as_nanos() as u64
+            let took = started.elapsed().as_nanos() as u64;
+            if let Some(interval) = interval {
+                due += interval;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            took
         })
         .collect()
 }
 
-fn caller_latency(setup: &Setup) {
-    let calls = env("DW_CDC_CALLS", 2_000);
+/// Caller latency, primary only against CDC in alternating blocks:
+/// back to back (`rate` `None`, the machine saturated) or at a steady
+/// `rate` a second (the comfortable case).
+fn caller_latency(setup: &Setup, rate: Option<u64>) {
+    let calls = match rate {
+        None => env("DW_CDC_CALLS", 2_000),
+        // Three seconds a block.
+        Some(rate) => rate * 3,
+    };
     let rounds = env("DW_CDC_ROUNDS", 4);
+    if rounds == 0 {
+        return;
+    }
+    let pace = match rate {
+        None => "back to back".to_owned(),
+        Some(rate) => format!("at {rate} writes/s"),
+    };
     println!(
-        "## Caller latency, {:?} primary, SQLite-file secondary ({calls} calls a block)",
+        "## Caller latency, {:?} primary, SQLite-file secondary ({calls} calls a block, {pace})",
         setup.server
     );
     println!();
@@ -411,7 +449,7 @@ fn caller_latency(setup: &Setup) {
     // Warm-up: connections, the slot's first decoding.
     {
         let adapter = setup.primary_only();
-        block(&adapter, 200, &mut next);
+        block(&adapter, 200, None, &mut next);
     }
     for round in 0..rounds {
         let mut plain = Vec::new();
@@ -430,12 +468,12 @@ fn caller_latency(setup: &Setup) {
                     // follower that runs all along would be.
                     adapter.flush(Duration::from_secs(120)).expect("catch up");
                 }
-                cdc = block(&adapter, calls, &mut next);
+                cdc = block(&adapter, calls, rate, &mut next);
                 adapter.flush(Duration::from_secs(120)).expect("flush");
                 let _ = adapter.shutdown(Duration::from_secs(60));
             } else {
                 let adapter = setup.primary_only();
-                plain = block(&adapter, calls, &mut next);
+                plain = block(&adapter, calls, rate, &mut next);
             }
         }
         plain.sort_unstable();
@@ -456,7 +494,7 @@ fn caller_latency(setup: &Setup) {
     ratios.sort_by(f64::total_cmp);
     println!();
     println!(
-        "CDC p99 / primary-only p99: median {:.3}, range {:.3} to {:.3} over {rounds} rounds",
+        "CDC p99 / primary-only p99 ({pace}): median {:.3}, range {:.3} to {:.3} over {rounds} rounds",
         ratios[ratios.len() / 2],
         ratios[0],
         ratios[ratios.len() - 1]
@@ -464,19 +502,22 @@ fn caller_latency(setup: &Setup) {
     println!();
 }
 
-fn lag(setup: &Setup) {
-    let rate = env("DW_CDC_RATE", 500).max(1);
-    let seconds = env("DW_CDC_SECONDS", 10);
-    let adapter = setup.with_cdc();
+/// Writes at `rate` a second for `seconds`: each write's key and value
+/// with the moment its `put` returned.
+fn paced(
+    adapter: &KvDualWrite<PrimaryKv, SqlKv>,
+    rate: u64,
+    seconds: u64,
+    value: &mut i64,
+) -> Vec<((i64, i64), Instant)> {
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let mut committed: Vec<((i64, i64), Instant)> = Vec::new();
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
-    let mut value = 1_000_000_000_i64;
     let mut due = start;
     while Instant::now() < end {
-        value += 1;
-        let key = (value % 1_000, value);
+        *value += 1;
+        let key = (*value % 1_000, *value);
         adapter.put(key.0, key.1).expect("put");
         committed.push((key, Instant::now()));
         due += interval;
@@ -484,6 +525,16 @@ fn lag(setup: &Setup) {
             std::thread::sleep(wait);
         }
     }
+    committed
+}
+
+fn lag(setup: &Setup) {
+    let rate = env("DW_CDC_RATE", 500).max(1);
+    let seconds = env("DW_CDC_SECONDS", 10);
+    let mut value = 1_000_000_000_i64;
+    let adapter = setup.with_cdc();
+    adapter.flush(Duration::from_secs(120)).expect("catch up");
+    let committed = paced(&adapter, rate, seconds, &mut value);
     adapter.flush(Duration::from_secs(120)).expect("flush");
     let applied = adapter
         .new_store()
@@ -548,6 +599,7 @@ fn main() {
             Setup::new(server, url)
         }
     };
-    caller_latency(&setup);
+    caller_latency(&setup, None);
+    caller_latency(&setup, Some(env("DW_CDC_RATE", 500).max(1)));
     lag(&setup);
 }
