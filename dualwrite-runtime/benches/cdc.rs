@@ -306,9 +306,8 @@ impl Setup {
     fn source(&self) -> Box<dyn ChangeSource> {
         match self.server {
             Server::Postgres => Box::new(
-                PostgresSource::new(&self.url, &self.slot).with_restart_marks(Some(
-                    Duration::from_millis(env("DW_CDC_MARK_MS", 1_000)),
-                )),
+                PostgresSource::new(&self.url, &self.slot)
+                    .with_restart_marks(Some(Duration::from_millis(env("DW_CDC_MARK_MS", 1_000)))),
             ),
             Server::Mariadb => Box::new(MariadbSource::new(&self.url, &self.slot)),
         }

@@ -19,10 +19,15 @@
 //! 3. **Drain throughput**: 20 000 pending records applied by 1, 2 and 4
 //!    appliers into a SQLite secondary and into an in-memory one.
 //!
+//! 4. **The caller latency of part 1 at a steady rate** (part `paced`):
+//!    `DW_OUTBOX_RATE` calls a second (default 500), `DW_OUTBOX_PACED_CALLS`
+//!    calls per mode (default 1 000): the comfortable case beside the
+//!    saturated one.
+//!
 //! Environment: `DW_OUTBOX_CALLS` (calls per mode, default 5 000),
 //! `DW_OUTBOX_ROUNDS` (rounds of part 1, default 3; a summary gives the
 //! median and range of the ratios),
-//! `DW_OUTBOX_PARTS` (e.g. `latency,append,drain`; default all),
+//! `DW_OUTBOX_PARTS` (e.g. `latency,paced,append,drain`; default all),
 //! `DW_OUTBOX_DRAIN` (records to drain, default 20 000).
 
 use std::collections::HashMap;
@@ -266,8 +271,18 @@ fn micros(nanos: u64) -> String {
 /// One mode's percentiles in one round: (p50, p99, p99.9), nanoseconds.
 type Percentiles = (u64, u64, u64);
 
-fn latency(synchronous: &str, round: usize, rounds: usize) -> Vec<(&'static str, Percentiles)> {
-    let calls = env_usize("DW_OUTBOX_CALLS", 5_000);
+fn latency(
+    synchronous: &str,
+    rate: Option<usize>,
+    round: usize,
+    rounds: usize,
+) -> Vec<(&'static str, Percentiles)> {
+    let calls = match rate {
+        None => env_usize("DW_OUTBOX_CALLS", 5_000),
+        Some(_) => env_usize("DW_OUTBOX_PACED_CALLS", 1_000),
+    };
+    let interval = rate.map(|rate| Duration::from_nanos(1_000_000_000 / rate.max(1) as u64));
+    let mut due = Instant::now();
     let block = 250;
     let dir = temp_dir(&format!("latency-{synchronous}"));
     let mut modes = latency_modes(&dir, synchronous);
@@ -293,6 +308,12 @@ fn latency(synchronous: &str, round: usize, rounds: usize) -> Vec<(&'static str,
                 (mode.call)(v % keys, v);
                 mode.samples
                     .push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                if let Some(interval) = interval {
+                    due = due.max(started) + interval;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
             }
         }
     }
@@ -300,8 +321,12 @@ fn latency(synchronous: &str, round: usize, rounds: usize) -> Vec<(&'static str,
         (mode.drain)();
     }
     println!();
+    let pace = rate.map_or_else(
+        || "back to back".to_owned(),
+        |rate| format!("{rate} calls/s"),
+    );
     println!(
-        "(1) caller latency, SQLite files, primary at synchronous={synchronous}, {calls} calls per mode, 1 caller, round {round}/{rounds}"
+        "(1) caller latency, SQLite files, primary at synchronous={synchronous}, {calls} calls per mode ({pace}), 1 caller, round {round}/{rounds}"
     );
     println!(
         "{:<44} {:>10} {:>10} {:>10} {:>9} {:>9}",
@@ -337,13 +362,13 @@ fn latency(synchronous: &str, round: usize, rounds: usize) -> Vec<(&'static str,
 
 /// The median and range of each mode's p50 and p99 ratios to the first
 /// mode's, over the rounds.
-fn summary(synchronous: &str, rounds: &[Vec<(&'static str, Percentiles)>]) {
+fn summary(synchronous: &str, pace: &str, rounds: &[Vec<(&'static str, Percentiles)>]) {
     let Some(first) = rounds.first() else {
         return;
     };
     println!();
     println!(
-        "(1) summary, primary at synchronous={synchronous}: median (range) over {} rounds",
+        "(1) summary, primary at synchronous={synchronous}, {pace}: median (range) over {} rounds",
         rounds.len()
     );
     println!(
@@ -500,18 +525,32 @@ fn drain_throughput() {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is read from the line.
-    let parts = std::env::var("DW_OUTBOX_PARTS").unwrap_or_else(|_| "latency,append,drain".into());
+    let parts =
+        std::env::var("DW_OUTBOX_PARTS").unwrap_or_else(|_| "latency,paced,append,drain".into());
     println!(
         "outbox benchmark (release build; {} CPUs)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let rounds = env_usize("DW_OUTBOX_ROUNDS", 3).max(1);
+    // Back to back (the machine saturated by one caller and the appliers),
+    // and at a steady rate (the comfortable case), side by side.
+    let mut paces = Vec::new();
     if parts.contains("latency") {
-        let rounds = env_usize("DW_OUTBOX_ROUNDS", 3).max(1);
+        paces.push(None);
+    }
+    if parts.contains("paced") {
+        paces.push(Some(env_usize("DW_OUTBOX_RATE", 500)));
+    }
+    for rate in paces {
+        let pace = rate.map_or_else(
+            || "back to back".to_owned(),
+            |rate| format!("{rate} calls/s"),
+        );
         for synchronous in ["FULL", "NORMAL"] {
             let results: Vec<_> = (1..=rounds)
-                .map(|round| latency(synchronous, round, rounds))
+                .map(|round| latency(synchronous, rate, round, rounds))
                 .collect();
-            summary(synchronous, &results);
+            summary(synchronous, &pace, &results);
         }
     }
     if parts.contains("append") {
