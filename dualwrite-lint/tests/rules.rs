@@ -405,6 +405,17 @@ fn receivers_patterns() {
     assert_eq!(found_lines(&found), marked_lines("receivers_patterns"));
 }
 
+/// The `mysql` and `mysql_async` clients: a write through their
+/// `Queryable` methods (`exec_drop`, `query_drop`, `exec_batch`, on a
+/// connection or a transaction, awaited or not) is reported; reads and
+/// `SET` are not.
+#[test]
+fn mysql_clients() {
+    let found = check("mysql_clients");
+    assert!(found.iter().all(|f| f.rule == RuleId::DW002));
+    assert_eq!(found_lines(&found), marked_lines("mysql_clients"));
+}
+
 /// A crate with its own `Transaction` type: a receiver whose type is
 /// written as rusqlite's (imported by name, returned qualified, a
 /// parameter) is still a client's, and the crate's own type stays clean.

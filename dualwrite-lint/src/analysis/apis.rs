@@ -133,8 +133,8 @@ pub const REDIS_WRITE_COMMANDS: &[&str] = &[
 ];
 
 impl ApiTable {
-    /// The built-in table: sqlx, rusqlite, postgres/tokio-postgres, diesel,
-    /// sea-orm, redis and mongodb.
+    /// The built-in table: sqlx, rusqlite, postgres/tokio-postgres, mysql/
+    /// mysql_async, diesel, sea-orm, redis and mongodb.
     pub fn default_table() -> ApiTable {
         use ApiKind::{Command, Sql, Write};
         use CallForm::{Function, Macro, Method};
@@ -165,6 +165,7 @@ impl ApiTable {
             "redis-async",
         ];
         const MONGODB: &[&str] = &["mongodb"];
+        const MYSQL: &[&str] = &["mysql", "mysql_async", "r2d2_mysql"];
         let mut specs = Vec::new();
         for name in [
             "sqlx::query",
@@ -212,6 +213,25 @@ impl ApiTable {
             "simple_query",
         ] {
             specs.push(ApiSpec::new(name, Sql, Method, "postgres").in_crates(POSTGRES));
+        }
+        // mysql / mysql_async `Queryable`: the statement is the first
+        // argument (`conn.exec_drop("UPDATE ..", params)`).
+        for name in [
+            "query_drop",
+            "query",
+            "query_iter",
+            "query_first",
+            "query_map",
+            "query_fold",
+            "exec_drop",
+            "exec",
+            "exec_iter",
+            "exec_first",
+            "exec_map",
+            "exec_fold",
+            "exec_batch",
+        ] {
+            specs.push(ApiSpec::new(name, Sql, Method, "mysql").in_crates(MYSQL));
         }
         for name in [
             "diesel::insert_into",

@@ -354,26 +354,44 @@ impl<'a> Index<'a> {
         self.chase(scope.type_name(path))
     }
 
-    /// The full path of the type a hint's value has, as written where it
-    /// was declared, when that is simple to tell: the base's type (through
-    /// the file's imports) or a free function's return type (through its
-    /// file's), unwrapped by `?`/`unwrap` steps only (`immediate(&conn)?`
-    /// -> `rusqlite::Transaction`). `None` for anything else.
+    /// The path of the type a hint's value has, as written where it was
+    /// declared (through that file's imports), when it can be followed: the
+    /// base's type, a function's or an associated function's return type
+    /// (or the owner of a constructor), then methods' return types, fields
+    /// and `?`/`unwrap` (`immediate(&conn)?` -> `rusqlite::Transaction`,
+    /// `journal::Transaction::default()` -> `journal::Transaction`). A path
+    /// without `::` is a name declared or imported without a path where it
+    /// was written. `None` when some step cannot be followed.
     pub fn hint_written_path(&self, scope: &FileScope<'_>, hint: &TypeHint) -> Option<String> {
         let mut ty = match &hint.base {
             HintBase::Type(written) => localize(scope, written),
             HintBase::Call(path) => self.fns.get(last_segment(path))?.clone()?,
-            HintBase::Assoc(..) => return None,
+            HintBase::Assoc(owner, name) => {
+                let owner_ty = self.resolve_type(scope, owner)?;
+                match self.methods.get(&(owner_ty, &**name)) {
+                    Some(Some(ret)) => ret.clone(),
+                    Some(None) => return None,
+                    None if is_constructor(name) => Ty::Named(scope.expand(owner), Vec::new()),
+                    None => return None,
+                }
+            }
         };
         for step in &hint.steps {
-            if !matches!(step, Step::Unwrap) {
-                return None;
-            }
-            ty = match ty {
-                Ty::Named(name, args) if is_option_like(last_segment(&name)) => {
+            ty = match (step, ty) {
+                (Step::Unwrap, Ty::Named(name, args)) if is_option_like(last_segment(&name)) => {
                     args.into_iter().next()?
                 }
-                other => other,
+                (Step::Unwrap, other) => other,
+                (Step::Method(method), Ty::Named(name, _)) => self
+                    .methods
+                    .get(&(last_segment(&name).to_owned(), &**method))?
+                    .clone()?,
+                (Step::Field(field), Ty::Named(name, _)) => self
+                    .structs
+                    .get(last_segment(&name))?
+                    .get(&**field)?
+                    .clone()?,
+                _ => return None,
             };
         }
         match ty {

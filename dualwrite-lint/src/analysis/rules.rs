@@ -313,7 +313,7 @@ fn raw_write(
     };
     if let Some((_, Some(resolved))) = &receiver_type
         && index.is_project_type(resolved)
-        && !receiver_from_dependency(index, scope, call, crate_deps)
+        && !receiver_from_dependency(index, scope, call, crate_deps, resolved)
     {
         return None;
     }
@@ -466,24 +466,29 @@ fn raw_write_help(index: &Index<'_>) -> String {
     RuleId::DW002.help().to_owned()
 }
 
-/// Whether the receiver's type is, as written, a dependency's
-/// (`rusqlite::Transaction`, or `Transaction` under `use
-/// rusqlite::Transaction;`): a type of the project elsewhere with the same
-/// name does not make it the project's.
+/// Whether the receiver's type is a dependency's although a type of the
+/// project has its name (`resolved`): by the path its type was written
+/// with where it was declared (`rusqlite::Transaction`, or `Transaction`
+/// under `use rusqlite::Transaction;`), or, when that cannot be followed,
+/// by this file importing the name from a dependency (`use mysql::Conn;`).
 fn receiver_from_dependency(
     index: &Index<'_>,
     scope: &FileScope<'_>,
     call: &CallSite,
     deps: Option<&CrateDeps>,
+    resolved: &str,
 ) -> bool {
-    let Some(path) = call
+    let written = call
         .receiver
         .as_ref()
-        .and_then(|hint| index.hint_written_path(scope, hint))
-    else {
-        return false;
+        .and_then(|hint| index.hint_written_path(scope, hint));
+    let path = match written {
+        Some(path) => path,
+        None if resolved.contains("::") => return false,
+        None => scope.expand(resolved),
     };
     let Some((first, _)) = path.split_once("::") else {
+        // Declared or imported without a path: the project's own.
         return false;
     };
     match deps {

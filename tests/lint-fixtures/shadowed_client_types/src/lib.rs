@@ -29,6 +29,21 @@ pub fn parameter(tx: &Transaction<'_>) -> rusqlite::Result<usize> {
     tx.execute("INSERT INTO users (id) VALUES (2)", []) // DW002: a parameter of the imported type
 }
 
+/// Holds a rusqlite connection; the crate also has a `journal::Connection`.
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub fn through_a_method(&mut self) -> rusqlite::Result<usize> {
+        self.conn().execute("DELETE FROM users", []) // DW002: a method returning the imported type
+    }
+}
+
 pub fn own_type() {
     let log = journal::Transaction::default();
     log.execute("DELETE FROM entries"); // the crate's own type: fine
