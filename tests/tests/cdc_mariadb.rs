@@ -533,9 +533,43 @@ fn a_missing_position_is_a_clear_error() {
     source.open().expect("created at the log's end");
     assert!(MariadbSource::drop_position(&url, &name).expect("drop"));
     assert!(!MariadbSource::drop_position(&url, &name).expect("drop again"));
-    // A URL that is not one.
+    // A URL that is not one, and one without a database.
     let error = MariadbSource::create_position("not a url", &name).expect_err("bad URL");
     assert!(error.to_string().contains("reading the URL"), "{error}");
+    let server = url
+        .rsplit_once('/')
+        .map_or(url.as_str(), |(server, _)| server);
+    let error = MariadbSource::create_position(server, &name).expect_err("no database");
+    assert!(error.to_string().contains("names no database"), "{error}");
+    // A position in a file the server no longer has (purged): the changes
+    // after it are gone, which open says rather than reading from elsewhere.
+    assert!(MariadbSource::create_position(&url, &name).expect("create"));
+    let (file,): (String,) = query(&url, |conn| {
+        Box::pin(async move {
+            sqlx::query_as("SELECT file FROM dualwrite_cdc_positions LIMIT 1")
+                .fetch_one(conn)
+                .await
+                .expect("a position")
+        })
+    });
+    let base = file
+        .rsplit_once('.')
+        .map_or(file.as_str(), |(base, _)| base);
+    execute(
+        &url,
+        format!(
+            "UPDATE dualwrite_cdc_positions SET file = '{base}.000000', pos = 4 WHERE name = '{name}'"
+        ),
+    );
+    let error = MariadbSource::new(&url, &name)
+        .open()
+        .expect_err("a purged position");
+    assert!(matches!(error, CdcError::Setup { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("no longer has (purged)"),
+        "{error}"
+    );
+    assert!(MariadbSource::drop_position(&url, &name).expect("drop"));
 }
 
 #[test]
