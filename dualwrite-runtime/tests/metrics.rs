@@ -619,6 +619,9 @@ mod follower {
         confirmed: Arc<Mutex<u64>>,
         /// While set, reads fail as a lost connection would.
         failing: Arc<std::sync::atomic::AtomicBool>,
+        /// Confirms that fail (after the changes were journaled) before
+        /// one succeeds.
+        failed_confirms: Arc<std::sync::atomic::AtomicU32>,
     }
 
     impl Feed {
@@ -661,18 +664,18 @@ mod follower {
                 });
             }
             let confirmed = *self.confirmed.lock().unwrap();
-            let changes: Vec<RowChange> = self
-                .changes
-                .lock()
-                .unwrap()
+            let all = self.changes.lock().unwrap();
+            let head = all.len() as u64 + 1;
+            let changes: Vec<RowChange> = all
                 .iter()
                 .filter(|change| change.position.0 >= confirmed)
                 .take(limit)
                 .cloned()
                 .collect();
+            // Nothing left: everything up to the head was read.
             let through = changes
                 .last()
-                .map_or(confirmed, |change| change.position.0 + 1);
+                .map_or(confirmed.max(head), |change| change.position.0 + 1);
             Ok(ChangeBatch {
                 changes,
                 through: Position(through),
@@ -680,6 +683,21 @@ mod follower {
         }
 
         fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
+            let failing = self
+                .failed_confirms
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+            if failing {
+                return Err(CdcError::Source {
+                    source: self.describe(),
+                    during: "advancing the slot",
+                    error: "connection reset".to_owned(),
+                });
+            }
             let mut confirmed = self.confirmed.lock().unwrap();
             *confirmed = (*confirmed).max(through.0);
             Ok(())
@@ -821,6 +839,55 @@ mod follower {
         feed.failing
             .store(false, std::sync::atomic::Ordering::SeqCst);
         adapter.flush(Duration::from_secs(30)).expect("flush");
+        assert!(adapter.shutdown(Duration::from_secs(30)).complete);
+    }
+
+    /// A confirm that fails after its changes were journaled: the next
+    /// round reads them again, finds them in the journal, and goes on (it
+    /// used to insert them again, fail on their ids, and stay there).
+    #[test]
+    fn a_failed_confirm_after_journaling_does_not_stop_the_follower() {
+        let dir = std::env::temp_dir().join(format!(
+            "dualwrite-cdc-confirm-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let journal =
+            Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap());
+        let feed = Feed::default();
+        let adapter = NotesDualWrite::new(
+            Mem::default(),
+            Mem::default(),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_cdc(
+            journal,
+            Cdc::new(feed.clone(), map).with_config(
+                CdcConfig::default()
+                    .with_poll_interval(Duration::from_millis(5))
+                    .with_retry_interval(Duration::from_millis(20)),
+            ),
+            OutboxConfig::default(),
+        )
+        .expect("start change data capture");
+        adapter.flush(Duration::from_secs(30)).expect("flush");
+        feed.failed_confirms
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        for key in 0..3 {
+            feed.push("notes", key, "8");
+        }
+        adapter
+            .flush(Duration::from_secs(10))
+            .expect("the follower gets past the failed confirms");
+        feed.push("notes", 9, "9");
+        adapter.flush(Duration::from_secs(10)).expect("and goes on");
+        assert_eq!(Kv::get(adapter.new_store(), 9), Ok(Some(9)));
+        let status = adapter.core().cdc_status().expect("status");
+        assert_eq!(status.journaled, 4, "{status:?}");
+        assert!(status.duplicates >= 3, "{status:?}");
         assert!(adapter.shutdown(Duration::from_secs(30)).complete);
     }
 }

@@ -215,23 +215,29 @@ impl ApiTable {
             specs.push(ApiSpec::new(name, Sql, Method, "postgres").in_crates(POSTGRES));
         }
         // mysql / mysql_async `Queryable`: the statement is the first
-        // argument (`conn.exec_drop("UPDATE ..", params)`).
+        // argument (`conn.exec_drop("UPDATE ..", params)`). Names only these
+        // clients use, on any receiver; names other clients use too, on a
+        // connection, pool or transaction.
+        for name in ["query_drop", "exec_drop", "exec_batch"] {
+            specs.push(ApiSpec::new(name, Sql, Method, "mysql").in_crates(MYSQL));
+        }
         for name in [
-            "query_drop",
             "query",
             "query_iter",
             "query_first",
             "query_map",
             "query_fold",
-            "exec_drop",
             "exec",
             "exec_iter",
             "exec_first",
             "exec_map",
             "exec_fold",
-            "exec_batch",
         ] {
-            specs.push(ApiSpec::new(name, Sql, Method, "mysql").in_crates(MYSQL));
+            specs.push(
+                ApiSpec::new(name, Sql, Method, "mysql")
+                    .on_receiver("Conn|conn|Pool|pool|Transaction|tx|Queryable")
+                    .in_crates(MYSQL),
+            );
         }
         for name in [
             "diesel::insert_into",

@@ -311,14 +311,25 @@ fn raw_write(
         }
         _ => None,
     };
-    if let Some((_, Some(resolved))) = &receiver_type
-        && index.is_project_type(resolved)
-        && !receiver_from_dependency(index, scope, call, crate_deps, resolved)
-    {
-        return None;
-    }
+    // A receiver of a type of the project's own is not a client, unless its
+    // type was written as a client's (a same-named type elsewhere).
+    let client_crate = match &receiver_type {
+        Some((_, Some(resolved))) if index.is_project_type(resolved) => {
+            match written_crate(index, scope, call, crate_deps, resolved) {
+                Some(first) => Some(first),
+                None => return None,
+            }
+        }
+        _ => None,
+    };
     for m in candidates {
         let spec = m.spec;
+        if let Some(first) = &client_crate
+            && !spec.crates.iter().any(|c| c.replace('-', "_") == *first)
+        {
+            // Written as another crate's type (or a sibling crate's).
+            continue;
+        }
         if !spec.crates.is_empty()
             && let Some(deps) = crate_deps
             && !spec.crates.iter().any(|c| deps.contains(c))
@@ -466,33 +477,35 @@ fn raw_write_help(index: &Index<'_>) -> String {
     RuleId::DW002.help().to_owned()
 }
 
-/// Whether the receiver's type is a dependency's although a type of the
-/// project has its name (`resolved`): by the path its type was written
-/// with where it was declared (`rusqlite::Transaction`, or `Transaction`
-/// under `use rusqlite::Transaction;`), or, when that cannot be followed,
-/// by this file importing the name from a dependency (`use mysql::Conn;`).
-fn receiver_from_dependency(
+/// The crate the receiver's type was written under, when a type of the
+/// project has its name (`resolved`): the first segment of the path the
+/// type was declared with (`rusqlite::Transaction`, or `Transaction` under
+/// `use rusqlite::Transaction;`, renamed dependencies by their package),
+/// or, when that cannot be followed, of this file's import of the name
+/// (`use mysql::Conn;`). `None` for a path in the crate (`crate::`, a
+/// module of its own, a bare name): the project's type. The caller holds
+/// it against the client specs' crates, so a sibling crate of the
+/// workspace is not taken for a client.
+fn written_crate(
     index: &Index<'_>,
     scope: &FileScope<'_>,
     call: &CallSite,
     deps: Option<&CrateDeps>,
     resolved: &str,
-) -> bool {
+) -> Option<String> {
     let written = call
         .receiver
         .as_ref()
         .and_then(|hint| index.hint_written_path(scope, hint));
     let path = match written {
         Some(path) => path,
-        None if resolved.contains("::") => return false,
+        None if resolved.contains("::") => return None,
         None => scope.expand(resolved),
     };
-    let Some((first, _)) = path.split_once("::") else {
-        // Declared or imported without a path: the project's own.
-        return false;
-    };
-    match deps {
-        Some(deps) => deps.contains(first),
-        None => !matches!(first, "crate" | "self" | "super" | "Self"),
+    let path = deps.and_then(|deps| deps.unrename(&path)).unwrap_or(path);
+    let (first, _) = path.split_once("::")?;
+    if matches!(first, "crate" | "self" | "super" | "Self") {
+        return None;
     }
+    Some(first.replace('-', "_"))
 }

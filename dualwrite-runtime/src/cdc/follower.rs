@@ -297,7 +297,15 @@ impl<C: WriteCommand> Runner<C> {
             // Short waits, so a stop is seen within 50 ms.
             match requests.recv_timeout(wait.min(Duration::from_millis(50))) {
                 Ok(Request::CatchUp(reply, deadline)) => {
-                    let result = self.catch_up_by(deadline);
+                    // A request whose asker gave up (queued behind a long
+                    // catch-up) is answered without reading.
+                    let result = if Instant::now() >= deadline {
+                        Err(CdcError::TimedOut {
+                            waiting_for: "the change-data-capture follower to catch up",
+                        })
+                    } else {
+                        self.catch_up_by(deadline)
+                    };
                     let _ = reply.send(result);
                     continue;
                 }
@@ -313,6 +321,10 @@ impl<C: WriteCommand> Runner<C> {
                 Ok(_) => self.config.poll_interval,
                 Err(error) => {
                     self.report(&error);
+                    // The failed round may have journaled what it read
+                    // (a confirm that failed after): the next one looks
+                    // its records up before inserting them again.
+                    self.check_duplicates = true;
                     self.config.retry_interval
                 }
             };
@@ -352,13 +364,19 @@ impl<C: WriteCommand> Runner<C> {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            let pause = self.config.retry_interval.min(Duration::from_millis(100));
+            self.report(&error);
+            self.check_duplicates = true;
+            let pause = self
+                .config
+                .retry_interval
+                .clamp(Duration::from_millis(10), Duration::from_millis(100));
+            // Faults of a connection or of the journal pass; what the
+            // source cannot decode, a missing slot or set-up does not.
             let transient = matches!(error, CdcError::Source { .. } | CdcError::Journal(_));
             if !transient || self.exit.load(Ordering::SeqCst) || Instant::now() + pause >= deadline
             {
                 return Err(error);
             }
-            self.report(&error);
             thread::sleep(pause);
         }
     }
@@ -408,15 +426,20 @@ impl<C: WriteCommand> Runner<C> {
         if !records.is_empty() {
             outbox.journal_external(&records)?;
         }
-        self.source.confirm(batch.through)?;
+        // Counted once journaled, whether or not the confirm below works
+        // (a round after a failed confirm finds them as duplicates).
         {
             let mut status = self.status();
-            status.confirmed = status.confirmed.max(batch.through);
             status.changes_read += read as u64;
             status.journaled += records.len() as u64;
             status.skipped += skipped;
             status.rejected += rejected;
             status.duplicates += duplicates;
+        }
+        self.source.confirm(batch.through)?;
+        {
+            let mut status = self.status();
+            status.confirmed = status.confirmed.max(batch.through);
             status.last_error = None;
         }
         self.reported = None;

@@ -126,7 +126,12 @@ enum Message {
     Transaction(Transaction),
     /// Everything before the position was sent: no transaction is open.
     Reached(Position),
+    /// The connection failed: reconnecting may help.
     Failed(String),
+    /// The log holds what the reader cannot read (an XA transaction, a
+    /// compressed event, rows logged as a statement): reading it again
+    /// finds it again.
+    Unreadable(String),
 }
 
 #[derive(Debug, Clone)]
@@ -531,6 +536,14 @@ impl MariadbSource {
                     self.pending.push_back(transaction);
                 }
                 Message::Reached(position) => self.received_to = self.received_to.max(position),
+                Message::Unreadable(error) => {
+                    self.reader = None;
+                    return Err(CdcError::Decode {
+                        source: self.describe(),
+                        text: format!("the binary log after {}", self.received_to),
+                        error,
+                    });
+                }
                 Message::Failed(error) => {
                     // Restarted from what was received whole (a transaction
                     // cut by the failure is read again): at once the first
@@ -693,7 +706,7 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
         let data = match event.read_data() {
             Ok(data) => data,
             Err(error) => {
-                send(Message::Failed(format!(
+                send(Message::Unreadable(format!(
                     "cannot decode an event at {}: {error}",
                     at(file, end)
                 )));
@@ -717,7 +730,7 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                 match statement(&text) {
                     Statement::Begin => {
                         if open.is_some() {
-                            send(Message::Failed(format!(
+                            send(Message::Unreadable(format!(
                                 "a transaction begins at {} inside another",
                                 at(file, end)
                             )));
@@ -731,7 +744,7 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                         Step::None
                     }
                     Statement::Xa => {
-                        send(Message::Failed(format!(
+                        send(Message::Unreadable(format!(
                             "an XA transaction at {} ({}): XA transactions are not read; the follower stops here",
                             at(file, end),
                             text.chars().take(120).collect::<String>()
@@ -773,7 +786,7 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                     Statement::Dml => {
                         // Its rows are not in the log: stop rather than
                         // let the stores drift without a record.
-                        send(Message::Failed(format!(
+                        send(Message::Unreadable(format!(
                             "the change at {} is logged as a statement, not as rows ({}): every session must write with binlog_format = ROW; the follower cannot carry it and stops here",
                             at(file, end),
                             text.chars().take(120).collect::<String>()
@@ -797,14 +810,14 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
             }
             Some(EventData::RowsEvent(rows)) => {
                 let Some(transaction) = &mut open else {
-                    send(Message::Failed(format!(
+                    send(Message::Unreadable(format!(
                         "a row event at {} with no table map before it",
                         at(file, end)
                     )));
                     return;
                 };
                 let Some(table) = stream.get_tme(rows.table_id()) else {
-                    send(Message::Failed(format!(
+                    send(Message::Unreadable(format!(
                         "a row event at {} names table id {} with no table map before it",
                         at(file, end),
                         rows.table_id()
@@ -812,7 +825,7 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                     return;
                 };
                 if let Err(error) = decode_rows(&rows, table, transaction) {
-                    send(Message::Failed(format!(
+                    send(Message::Unreadable(format!(
                         "cannot decode the row event at {} ({}.{}): {error}",
                         at(file, end),
                         table.database_name(),
@@ -823,7 +836,7 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
                 Step::None
             }
             Some(EventData::TransactionPayloadEvent(_)) => {
-                send(Message::Failed(format!(
+                send(Message::Unreadable(format!(
                     "a compressed transaction at {}: turn binlog_transaction_compression off on the server; the follower cannot read it and stops here",
                     at(file, end)
                 )));
@@ -833,7 +846,7 @@ fn follow(mut stream: BinlogStream, from: Position, sender: &Sender<Message>, st
             None => {
                 // An event type the decoder does not know could hold rows
                 // (MariaDB's compressed row events): stop, never skip.
-                send(Message::Failed(format!(
+                send(Message::Unreadable(format!(
                     "an event of unknown type {} at {}: the follower cannot read it and stops here (is log_bin_compress on?)",
                     header.event_type_raw(),
                     at(file, end)

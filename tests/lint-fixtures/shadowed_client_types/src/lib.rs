@@ -44,6 +44,12 @@ impl Db {
     }
 }
 
+/// A sibling crate's `Transaction` (a dependency, but not a client): the
+/// crate's own name for it stays clean too.
+pub fn sibling(log: &storage::Transaction) -> usize {
+    log.execute("DELETE FROM entries") // a sibling crate's type: fine
+}
+
 pub fn own_type() {
     let log = journal::Transaction::default();
     log.execute("DELETE FROM entries"); // the crate's own type: fine
