@@ -531,6 +531,7 @@ fn a_missing_position_is_a_clear_error() {
     // `creating_position()` creates it; dropping it twice says so.
     let mut source = MariadbSource::new(&url, &name).creating_position();
     source.open().expect("created at the log's end");
+    drop(source);
     assert!(MariadbSource::drop_position(&url, &name).expect("drop"));
     assert!(!MariadbSource::drop_position(&url, &name).expect("drop again"));
     // A URL that is not one, and one without a database.
@@ -590,6 +591,13 @@ fn a_mapping_error_is_a_dead_letter_not_a_panic() {
 }
 
 /// The child of the kill test: writes until killed.
+#[test]
+fn a_second_follower_is_refused() {
+    if let Some(url) = binlog_server("a_second_follower_is_refused") {
+        cdc_support::a_second_follower_is_refused(&Fixture::new(url, "second"));
+    }
+}
+
 #[test]
 fn child_role() {
     let Ok(spec) = std::env::var(CHILD) else {

@@ -420,6 +420,13 @@ fn a_server_without_logical_decoding_is_a_clear_error() {
 
 /// The child of the kill test: writes until killed.
 #[test]
+fn a_second_follower_is_refused() {
+    if let Some(url) = logical_server("a_second_follower_is_refused") {
+        cdc_support::a_second_follower_is_refused(&Fixture::new(url, "second"));
+    }
+}
+
+#[test]
 fn child_role() {
     let Ok(spec) = std::env::var(CHILD) else {
         return;

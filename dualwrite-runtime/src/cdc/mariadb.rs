@@ -72,7 +72,10 @@ use mysql::consts::{ColumnFlags, ColumnType};
 use mysql::prelude::Queryable;
 use mysql::{BinlogRequest, BinlogStream, Conn, Opts, OptsBuilder};
 
-use super::{CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, Position, RowChange, Value};
+use super::{
+    CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, FOLLOWER_LOCK_WAIT, Position,
+    RowChange, Value,
+};
 
 /// The table of confirmed positions, in the URL's database.
 const POSITIONS: &str = "dualwrite_cdc_positions";
@@ -95,6 +98,9 @@ pub struct MariadbSource {
     url: String,
     name: String,
     create: bool,
+    /// Set once the source is opened to follow the log: every control
+    /// connection then takes the position's follower lock first.
+    exclusive: bool,
     server_id: Option<u32>,
     conn: Option<Conn>,
     /// The log's file name without its number (`mariadb-bin`).
@@ -149,6 +155,7 @@ impl MariadbSource {
             url: url.into(),
             name: name.into(),
             create: false,
+            exclusive: false,
             server_id: None,
             conn: None,
             base: String::new(),
@@ -239,8 +246,49 @@ impl MariadbSource {
                 "`SET SESSION sql_log_bin = 0` failed ({error}): the user needs BINLOG ADMIN (or SUPER) so that the follower's position updates stay out of the log"
             ))
         })?;
+        if self.exclusive {
+            self.take_follower_lock(&mut conn)?;
+        }
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// One follower per position: a named lock (`GET_LOCK`) held by the
+    /// control connection (released when it closes, also when its process
+    /// is killed). Waits up to [`FOLLOWER_LOCK_WAIT`] for a follower that
+    /// is going away.
+    fn take_follower_lock(&self, conn: &mut Conn) -> Result<(), CdcError> {
+        let key = self.lock_name();
+        let taken: Option<Option<i64>> = conn
+            .exec_first(
+                "SELECT GET_LOCK(?, ?)",
+                (key.as_str(), FOLLOWER_LOCK_WAIT.as_secs()),
+            )
+            .map_err(|error| self.error("taking the follower lock", error))?;
+        if taken.flatten() == Some(1) {
+            return Ok(());
+        }
+        Err(CdcError::Setup {
+            source: self.describe(),
+            detail: format!(
+                "another follower reads the position `{}` (it holds the lock `{key}`, see IS_USED_LOCK('{key}')); one follower per position: the change-data-capture strategy serves one application instance",
+                self.name
+            ),
+        })
+    }
+
+    /// The follower lock's name (at most 64 characters).
+    fn lock_name(&self) -> String {
+        let name = format!("dualwrite_cdc:{}", self.name);
+        if name.len() <= 64 {
+            return name;
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.name.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("dualwrite_cdc:{hash:016x}")
     }
 
     fn conn(&mut self) -> Result<&mut Conn, CdcError> {
@@ -570,6 +618,7 @@ impl MariadbSource {
 
 impl ChangeSource for MariadbSource {
     fn open(&mut self) -> Result<Position, CdcError> {
+        self.exclusive = true;
         self.connect()?;
         self.check_setup()?;
         self.ensure_position(self.create)?;

@@ -543,6 +543,15 @@ impl From<OutboxError> for CdcError {
     }
 }
 
+/// How long a source's opening (or reconnecting) waits for another follower
+/// of its slot or position to let go of it (one follower per slot: each
+/// holds a lock on the source's server while it reads).
+#[cfg_attr(
+    not(any(feature = "cdc-postgres", feature = "cdc-mariadb")),
+    allow(dead_code)
+)]
+pub(crate) const FOLLOWER_LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// The payload of a journal record that holds a change the mapping
 /// function rejected starts with this; the applier dead-letters it with
 /// the text that follows.

@@ -48,7 +48,10 @@ use std::time::{Duration, Instant};
 use ::sqlx::Connection;
 use ::sqlx::postgres::PgConnection;
 
-use super::{CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, Position, RowChange, Value};
+use super::{
+    CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, FOLLOWER_LOCK_WAIT, Position,
+    RowChange, Value,
+};
 
 /// A PostgreSQL logical replication slot (`test_decoding`) as a
 /// [`ChangeSource`]; see the module docs.
@@ -56,6 +59,9 @@ pub struct PostgresSource {
     url: String,
     slot: String,
     create: bool,
+    /// Set once the source is opened to follow the slot: every connection
+    /// then takes the slot's follower lock first.
+    exclusive: bool,
     conn: Option<Connected>,
     /// The slot's confirmed position, as this source last set or read it.
     confirmed: Position,
@@ -97,6 +103,7 @@ impl PostgresSource {
             url: url.into(),
             slot: slot.into(),
             create: false,
+            exclusive: false,
             conn: None,
             confirmed: Position(0),
             read_to: None,
@@ -192,11 +199,49 @@ impl PostgresSource {
             .enable_all()
             .build()
             .map_err(|error| self.error("starting the connection's runtime", error))?;
-        let conn = runtime
+        let mut conn = runtime
             .block_on(PgConnection::connect(&self.url))
             .map_err(|error| self.error("connecting", error))?;
+        if self.exclusive {
+            self.take_follower_lock(&runtime, &mut conn)?;
+        }
         self.conn = Some(Connected { runtime, conn });
         Ok(())
+    }
+
+    /// One follower per slot: a session advisory lock keyed by the slot's
+    /// name, held by the connection that reads it (released when it
+    /// closes, also when its process is killed). Waits up to
+    /// [`FOLLOWER_LOCK_WAIT`] for a follower that is going away.
+    fn take_follower_lock(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        conn: &mut PgConnection,
+    ) -> Result<(), CdcError> {
+        let key = format!("dualwrite_cdc:{}", self.slot);
+        let deadline = Instant::now() + FOLLOWER_LOCK_WAIT;
+        loop {
+            let (taken,): (bool,) = runtime
+                .block_on(
+                    ::sqlx::query_as("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                        .bind(&key)
+                        .fetch_one(&mut *conn),
+                )
+                .map_err(|error| self.error("taking the follower lock", error))?;
+            if taken {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CdcError::Setup {
+                    source: self.describe(),
+                    detail: format!(
+                        "another follower reads the slot `{}` (it holds the advisory lock on hashtextextended('{key}', 0)); one follower per slot: the change-data-capture strategy serves one application instance",
+                        self.slot
+                    ),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs one query on the connection (reconnecting first if it was
@@ -372,6 +417,7 @@ impl PostgresSource {
 
 impl ChangeSource for PostgresSource {
     fn open(&mut self) -> Result<Position, CdcError> {
+        self.exclusive = true;
         self.connect()?;
         self.check_wal_level()?;
         self.ensure_slot(self.create)?;

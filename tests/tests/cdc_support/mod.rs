@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use dualwrite_runtime::cdc::{Cdc, CdcConfig, CdcStatus, ChangeKind, ChangeSource, RowChange};
+use dualwrite_runtime::cdc::{
+    Cdc, CdcConfig, CdcError, CdcStatus, ChangeKind, ChangeSource, RowChange,
+};
 use dualwrite_runtime::outbox::sqlite::SqliteJournal;
 use dualwrite_runtime::outbox::{Durability, OutboxConfig, Side, WriteContext};
 use dualwrite_runtime::{Migration, Phase, WriteStrategy};
@@ -425,6 +427,24 @@ pub fn a_mapping_error_is_a_dead_letter_not_a_panic<S: CdcServer>(server: &S) {
     let status = adapter.core().cdc_status().expect("status");
     assert_eq!(status.rejected, 2);
     assert!(adapter.shutdown(WAIT).complete);
+}
+
+/// One follower per slot or position: a second source opened on it while
+/// the first reads is refused with a clear error (two followers would split
+/// or fight over the stream), and opens once the first is gone.
+pub fn a_second_follower_is_refused<S: CdcServer>(server: &S) {
+    let mut first = server.source();
+    first.open().expect("the first follower");
+    let mut second = server.source();
+    let error = second
+        .open()
+        .expect_err("a second follower of the same slot or position");
+    assert!(matches!(error, CdcError::Setup { .. }), "{error:?}");
+    assert!(error.to_string().contains("another follower"), "{error}");
+    drop(first);
+    second
+        .open()
+        .expect("the second opens once the first is gone");
 }
 
 /// The child of a kill test (run as the test binary's `child_role` test):
