@@ -131,6 +131,25 @@ impl CdcServer for Fixture {
         &self.dir
     }
 
+    /// The backend that holds this slot's follower lock (the follower's
+    /// connection), by the lock's key.
+    fn kill_reader_connections(&self) -> usize {
+        let (url, key) = (self.url.clone(), format!("dualwrite_cdc:{}", self.slot));
+        on_runtime(async move {
+            let mut conn = PgConnection::connect(&url).await.expect("connect");
+            let killed: Vec<(bool,)> = sqlx::query_as(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                   AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0)",
+            )
+            .bind(key)
+            .fetch_all(&mut conn)
+            .await
+            .expect("terminate the follower's backend");
+            killed.len()
+        })
+    }
+
     /// Every row of the primary table.
     fn primary_rows(&self) -> BTreeMap<i64, Option<i64>> {
         let (url, table) = (self.url.clone(), self.table.clone());
@@ -419,6 +438,15 @@ fn a_server_without_logical_decoding_is_a_clear_error() {
 }
 
 /// The child of the kill test: writes until killed.
+#[test]
+fn a_killed_reader_connection_resumes_without_loss() {
+    if let Some(url) = logical_server("a_killed_reader_connection_resumes_without_loss") {
+        cdc_support::a_killed_reader_connection_resumes_without_loss(&Fixture::new(
+            url, "killconn",
+        ));
+    }
+}
+
 #[test]
 fn a_second_follower_is_refused() {
     if let Some(url) = logical_server("a_second_follower_is_refused") {

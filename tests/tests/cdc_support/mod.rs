@@ -43,6 +43,10 @@ pub trait CdcServer {
     fn dir(&self) -> &Path;
     /// Every row of the table.
     fn primary_rows(&self) -> BTreeMap<i64, Option<i64>>;
+    /// Has the server end the connection the test's follower reads the
+    /// stream on (as a restart or a network fault would); how many it
+    /// ended.
+    fn kill_reader_connections(&self) -> usize;
 
     fn journal(&self) -> Arc<SqliteJournal> {
         Arc::new(
@@ -426,6 +430,56 @@ pub fn a_mapping_error_is_a_dead_letter_not_a_panic<S: CdcServer>(server: &S) {
     assert_eq!(adapter.new_store().get(1).expect("get"), Some(11));
     let status = adapter.core().cdc_status().expect("status");
     assert_eq!(status.rejected, 2);
+    assert!(adapter.shutdown(WAIT).complete);
+}
+
+/// The server ends the follower's reading connection again and again while
+/// writes go on: the follower reconnects and goes on from what it had
+/// confirmed; nothing is lost, journaled twice or applied twice.
+pub fn a_killed_reader_connection_resumes_without_loss<S: CdcServer>(server: &S) {
+    let table = server.table().to_owned();
+    let cdc = Cdc::new(server.source(), move |change: &RowChange| {
+        map(&table, change)
+    })
+    .with_config(
+        CdcConfig::default()
+            .with_poll_interval(Duration::from_millis(5))
+            .with_retry_interval(Duration::from_millis(50)),
+    );
+    let adapter = Arc::new(
+        LedgerDualWrite::new(
+            server.primary(),
+            CountingStore::open(server.dir()),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_cdc(server.journal(), cdc, outbox_config())
+        .expect("start"),
+    );
+    for round in 0..5 {
+        write_stream(&adapter, 2, 8, 10, round * 100);
+        // Once the follower is connected again.
+        let deadline = Instant::now() + WAIT;
+        while server.kill_reader_connections() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the follower did not reconnect (round {round})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if let Err(error) = adapter.flush(WAIT) {
+        panic!(
+            "flush after the faults: {error:?}; {:?}",
+            adapter.core().cdc_status()
+        );
+    }
+    assert_eq!(secondary_rows(adapter.new_store()), server.primary_rows());
+    assert_per_key_order(&adapter.new_store().inner.history());
+    let status = adapter.core().cdc_status().expect("status");
+    assert_eq!(status.journaled, 5 * 8 * 10, "{status:?}");
+    let applies = adapter.new_store().applies();
+    assert_eq!(applies.len(), 5 * 8 * 10);
+    assert!(applies.values().all(|&n| n == 1), "{applies:?}");
     assert!(adapter.shutdown(WAIT).complete);
 }
 
