@@ -784,13 +784,11 @@ mod follower {
         });
     }
 
-    /// A flush while the source's reads fail (a connection the server
-    /// ended, a restart) waits for them to succeed again, up to its
-    /// deadline, instead of failing at the first failed read.
-    #[test]
-    fn a_flush_waits_out_a_source_fault() {
+    /// An adapter following `feed` into a journal in a new directory, with
+    /// quick polls and retries.
+    fn feed_adapter(feed: &Feed, tag: &str) -> NotesDualWrite<Mem, Mem> {
         let dir = std::env::temp_dir().join(format!(
-            "dualwrite-cdc-fault-{}-{}",
+            "dualwrite-cdc-{tag}-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -799,8 +797,7 @@ mod follower {
         std::fs::create_dir_all(&dir).unwrap();
         let journal =
             Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap());
-        let feed = Feed::default();
-        let adapter = NotesDualWrite::new(
+        NotesDualWrite::new(
             Mem::default(),
             Mem::default(),
             Migration::new(Phase::DualWrite),
@@ -814,7 +811,16 @@ mod follower {
             ),
             OutboxConfig::default(),
         )
-        .expect("start change data capture");
+        .expect("start change data capture")
+    }
+
+    /// A flush while the source's reads fail (a connection the server
+    /// ended, a restart) waits for them to succeed again, up to its
+    /// deadline, instead of failing at the first failed read.
+    #[test]
+    fn a_flush_waits_out_a_source_fault() {
+        let feed = Feed::default();
+        let adapter = feed_adapter(&feed, "fault");
         feed.failing
             .store(true, std::sync::atomic::Ordering::SeqCst);
         for key in 0..3 {
@@ -847,32 +853,8 @@ mod follower {
     /// used to insert them again, fail on their ids, and stay there).
     #[test]
     fn a_failed_confirm_after_journaling_does_not_stop_the_follower() {
-        let dir = std::env::temp_dir().join(format!(
-            "dualwrite-cdc-confirm-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let journal =
-            Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap());
         let feed = Feed::default();
-        let adapter = NotesDualWrite::new(
-            Mem::default(),
-            Mem::default(),
-            Migration::new(Phase::DualWrite),
-        )
-        .with_cdc(
-            journal,
-            Cdc::new(feed.clone(), map).with_config(
-                CdcConfig::default()
-                    .with_poll_interval(Duration::from_millis(5))
-                    .with_retry_interval(Duration::from_millis(20)),
-            ),
-            OutboxConfig::default(),
-        )
-        .expect("start change data capture");
+        let adapter = feed_adapter(&feed, "confirm");
         adapter.flush(Duration::from_secs(30)).expect("flush");
         feed.failed_confirms
             .store(2, std::sync::atomic::Ordering::SeqCst);
