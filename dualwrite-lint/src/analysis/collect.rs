@@ -570,6 +570,9 @@ impl<'i> Collector<'i> {
 
 impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_item_mod(&mut self, item: &'ast ItemMod) {
+        self.summary
+            .mods
+            .push(item.ident.to_string().into_boxed_str());
         let saved = self.enter(Some(format!("mod {}", item.ident)), &item.attrs);
         if let Some((_, items)) = &item.content {
             for item in items {

@@ -28,12 +28,17 @@ pub struct TraitInfo<'a> {
 pub struct FileScope<'a> {
     imports: HashMap<&'a str, &'a str>,
     globs: Vec<&'a str>,
+    /// Modules declared in the file.
+    mods: Vec<&'a str>,
 }
 
 impl<'a> FileScope<'a> {
     /// The imports of `file`.
     pub fn new(file: &'a FileSummary) -> Self {
-        let mut scope = FileScope::default();
+        let mut scope = FileScope {
+            mods: file.mods.iter().map(|name| &**name).collect(),
+            ..FileScope::default()
+        };
         for import in &file.imports {
             if &*import.local == "*" {
                 scope.globs.push(&import.path);
@@ -56,6 +61,11 @@ impl<'a> FileScope<'a> {
             (Some(full), None) => (*full).to_owned(),
             (None, _) => path.to_owned(),
         }
+    }
+
+    /// Whether the file declares a module named `name` (`mod name;`).
+    pub fn declares_module(&self, name: &str) -> bool {
+        self.mods.contains(&name)
     }
 
     /// The ways `path` may be spelled in full: expanded through the

@@ -504,7 +504,7 @@ fn written_crate(
     };
     let path = deps.and_then(|deps| deps.unrename(&path)).unwrap_or(path);
     let (first, _) = path.split_once("::")?;
-    if matches!(first, "crate" | "self" | "super" | "Self") {
+    if matches!(first, "crate" | "self" | "super" | "Self") || scope.declares_module(first) {
         return None;
     }
     Some(first.replace('-', "_"))

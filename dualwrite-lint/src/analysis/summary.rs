@@ -46,6 +46,10 @@ pub struct FileSummary {
     pub methods: Vec<(Box<str>, Box<str>, Box<str>)>,
     /// Associated types of `impl Trait for X`: (X, name, type).
     pub assoc_types: Vec<(Box<str>, Box<str>, Box<str>)>,
+    /// Modules declared in this file (`mod x;`, `mod x { .. }`): a path
+    /// starting with one of them names the crate's own module here, not
+    /// a dependency of the same name.
+    pub mods: Vec<Box<str>>,
 }
 
 /// A `#[dual_write]` trait as the macro reads it.

@@ -1,6 +1,7 @@
 //! A crate with types of its own named like a client's (`Transaction`,
 //! `Connection`): a receiver written as the client's type is still the
 //! client's, wherever the crate's own type of that name lives.
+pub mod backends;
 pub mod journal;
 
 use rusqlite::{Connection, Transaction};
