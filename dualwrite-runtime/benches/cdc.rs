@@ -36,7 +36,8 @@
 //! interval, default 10), `DW_CDC_SOURCE` (`postgres` or `mariadb`; the
 //! latter needs `DUALWRITE_MARIADB_URL`), `DW_CDC_MARK_MS` (how often the
 //! PostgreSQL follower moves its slot's restart point, default 1 000),
-//! `DW_CDC_RENICE` (a diagnostic:
+//! `DW_CDC_JOURNAL` (`perwrite`, the default, `grouped` or `none`: the
+//! journal's durability), `DW_CDC_RENICE` (a diagnostic:
 //! the follower's and appliers' threads at this nice level).
 
 use std::collections::HashMap;
@@ -340,8 +341,15 @@ impl Setup {
                 .with_poll_interval(Duration::from_millis(env("DW_CDC_POLL_MS", 10))),
         );
         let journal = Arc::new(
-            SqliteJournal::open(self.dir.join("journal.db"), Durability::PerWrite)
-                .expect("journal"),
+            SqliteJournal::open(
+                self.dir.join("journal.db"),
+                match std::env::var("DW_CDC_JOURNAL").as_deref() {
+                    Ok("none") => Durability::None,
+                    Ok("grouped") => Durability::Grouped,
+                    _ => Durability::PerWrite,
+                },
+            )
+            .expect("journal"),
         );
         let adapter = KvDualWrite::new(
             PrimaryKv::connect(self.server, &self.url, &self.cdc),
