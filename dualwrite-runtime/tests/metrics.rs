@@ -724,16 +724,7 @@ mod follower {
     fn the_followers_counts_and_lag_are_published() {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        let dir = std::env::temp_dir().join(format!(
-            "dualwrite-metrics-cdc-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let journal =
-            Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap());
+        let journal = temp_journal("metrics");
         let feed = Feed::default();
         for key in 0..3 {
             feed.push("notes", key, "7");
@@ -784,9 +775,8 @@ mod follower {
         });
     }
 
-    /// An adapter following `feed` into a journal in a new directory, with
-    /// quick polls and retries.
-    fn feed_adapter(feed: &Feed, tag: &str) -> NotesDualWrite<Mem, Mem> {
+    /// A journal without flushes in a new directory.
+    fn temp_journal(tag: &str) -> Arc<SqliteJournal> {
         let dir = std::env::temp_dir().join(format!(
             "dualwrite-cdc-{tag}-{}-{}",
             std::process::id(),
@@ -795,8 +785,13 @@ mod follower {
                 .map_or(0, |d| d.as_nanos())
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let journal =
-            Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap());
+        Arc::new(SqliteJournal::open(dir.join("journal.db"), Durability::None).unwrap())
+    }
+
+    /// An adapter following `feed` into a journal in a new directory, with
+    /// quick polls and retries.
+    fn feed_adapter(feed: &Feed, tag: &str) -> NotesDualWrite<Mem, Mem> {
+        let journal = temp_journal(tag);
         NotesDualWrite::new(
             Mem::default(),
             Mem::default(),

@@ -283,12 +283,7 @@ impl MariadbSource {
         if name.len() <= 64 {
             return name;
         }
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.name.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("dualwrite_cdc:{hash:016x}")
+        format!("dualwrite_cdc:{:016x}", super::fnv1a(&self.name))
     }
 
     fn conn(&mut self) -> Result<&mut Conn, CdcError> {
@@ -313,25 +308,32 @@ impl MariadbSource {
     }
 
     fn check_setup(&mut self) -> Result<(), CdcError> {
-        let row: Option<(Option<String>, Option<String>, Option<String>)> =
+        // One read of every setting; a server without one (MariaDB has no
+        // `binlog_transaction_compression`, MySQL no `log_bin_compress`)
+        // leaves it out.
+        let rows: Vec<(String, String)> =
             self.with_conn("reading the server's settings", |conn| {
-                conn.query_first(
-                    "SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image",
+                conn.query(
+                    "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', \
+                     'binlog_row_image', 'binlog_row_metadata', 'log_bin_compress', \
+                     'binlog_transaction_compression')",
                 )
             })?;
-        let (log_bin, format, image) = row.unwrap_or_default();
-        if log_bin.as_deref() != Some("1") {
+        let setting = |name: &str| {
+            rows.iter()
+                .find(|(variable, _)| variable.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str())
+        };
+        let on =
+            |value: Option<&str>| value.is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("ON"));
+        if !on(setting("log_bin")) {
             return Err(self.setup(
                 "the binary log is off: start the server with `--log-bin` (and `--binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL`)",
             ));
         }
-        for (variable, value) in [("binlog_format", format), ("binlog_row_image", image)] {
-            let expected = if variable == "binlog_format" {
-                "ROW"
-            } else {
-                "FULL"
-            };
-            if value.as_deref() != Some(expected) {
+        for (variable, expected) in [("binlog_format", "ROW"), ("binlog_row_image", "FULL")] {
+            let value = setting(variable);
+            if value != Some(expected) {
                 return Err(self.setup(format!(
                     "{variable} is `{}`, not `{expected}`: `SET GLOBAL {variable} = '{expected}'` (and in the server's options)",
                     value.unwrap_or_default()
@@ -339,32 +341,20 @@ impl MariadbSource {
             }
         }
         for variable in ["log_bin_compress", "binlog_transaction_compression"] {
-            // MariaDB's and MySQL's; a server without one says so.
-            let value: Result<Option<Option<String>>, CdcError> = self
-                .with_conn("reading the compression setting", |conn| {
-                    conn.query_first(format!("SELECT @@GLOBAL.{variable}"))
-                });
-            if let Ok(Some(Some(value))) = value
-                && (value == "1" || value.eq_ignore_ascii_case("ON"))
-            {
+            if on(setting(variable)) {
                 return Err(self.setup(format!(
                     "{variable} is on: compressed events are not read; `SET GLOBAL {variable} = OFF`"
                 )));
             }
         }
-        let metadata: Result<Option<Option<String>>, CdcError> = self
-            .with_conn("reading binlog_row_metadata", |conn| {
-                conn.query_first("SELECT @@GLOBAL.binlog_row_metadata")
-            });
-        match metadata {
-            Ok(Some(Some(value))) if value == "FULL" => Ok(()),
-            Ok(value) => Err(self.setup(format!(
-                "binlog_row_metadata is `{}`, not `FULL`: `SET GLOBAL binlog_row_metadata = 'FULL'` (the log then carries column names)",
-                value.flatten().unwrap_or_default()
+        match setting("binlog_row_metadata") {
+            Some("FULL") => Ok(()),
+            Some(value) => Err(self.setup(format!(
+                "binlog_row_metadata is `{value}`, not `FULL`: `SET GLOBAL binlog_row_metadata = 'FULL'` (the log then carries column names)"
             ))),
-            Err(error) => Err(self.setup(format!(
-                "the server has no binlog_row_metadata (MariaDB 10.5 or MySQL 8.0 is needed for column names in the log): {error}"
-            ))),
+            None => Err(self.setup(
+                "the server has no binlog_row_metadata (MariaDB 10.5 or MySQL 8.0 is needed for column names in the log)",
+            )),
         }
     }
 
@@ -502,14 +492,9 @@ impl MariadbSource {
     }
 
     fn server_id(&self) -> u32 {
-        self.server_id.unwrap_or_else(|| {
-            let mut hash: u32 = 0x811c_9dc5;
-            for byte in self.name.bytes() {
-                hash ^= u32::from(byte);
-                hash = hash.wrapping_mul(0x0100_0193);
-            }
-            hash | 0x8000_0000
-        })
+        // The high half of the name's hash, with the top bit set.
+        self.server_id
+            .unwrap_or_else(|| (super::fnv1a(&self.name) >> 32) as u32 | 0x8000_0000)
     }
 
     fn start_reader(&mut self) -> Result<(), CdcError> {
@@ -534,11 +519,7 @@ impl MariadbSource {
                 let run =
                     std::panic::AssertUnwindSafe(|| follow(stream, from, &sender, &thread_stop));
                 if let Err(payload) = std::panic::catch_unwind(run) {
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .map(|text| (*text).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".to_owned());
+                    let message = crate::helpers::panic_message(payload.as_ref());
                     let _ = sender.send(Message::Failed(format!("the reader panicked: {message}")));
                 }
             })

@@ -232,11 +232,7 @@ impl RowChange {
     /// (the position in the high 64 bits, the index in the transaction and
     /// a hash of the stream below).
     pub fn idempotency_id(&self, stream: &str) -> IdempotencyId {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in stream.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let hash = fnv1a(stream);
         IdempotencyId::from_u128(
             u128::from(self.position.0) << 64
                 | u128::from(self.index) << 32
@@ -267,6 +263,14 @@ impl fmt::Display for RowChange {
         }
         Ok(())
     }
+}
+
+/// FNV-1a (64-bit) of `text`: a fixed hash (the same in every process and
+/// build) for ids derived from names.
+pub(crate) fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Changes read from a source, and how far they reach.
