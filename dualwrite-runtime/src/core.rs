@@ -939,7 +939,10 @@ impl<C: Send + 'static> DualWriteCore<C> {
     /// journaled as under the outbox strategy. Phase changes and flushes
     /// have the follower catch up first. Fails, with the strategy
     /// unchanged, when the journal cannot be read or the source cannot be
-    /// opened (a missing slot, `wal_level` not `logical`).
+    /// opened (a missing slot, `wal_level` not `logical`, another
+    /// follower reading it while the journal is not shared). Over a shared
+    /// journal, a source another instance's follower reads makes this
+    /// adapter's follower a standby (see [`crate::cdc`]).
     pub fn start_cdc<F>(
         &mut self,
         journal: std::sync::Arc<dyn Journal>,
@@ -953,7 +956,12 @@ impl<C: Send + 'static> DualWriteCore<C> {
         F: Fn(&LaneContext, Store, &C) -> Result<(), String> + Send + Sync + 'static,
     {
         // The source first: a missing slot leaves the strategy as it was.
-        let follower = CdcFollower::open(cdc, self.migration.clone(), codec.encode)?;
+        let follower = CdcFollower::open(
+            cdc,
+            self.migration.clone(),
+            codec.encode,
+            journal.is_shared(),
+        )?;
         self.stop_lanes();
         self.stop_outbox();
         let runtime =

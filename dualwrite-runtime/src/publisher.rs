@@ -61,6 +61,7 @@
 //! | `dualwrite_cdc_changes_total` | counter | `outcome` | under change data capture, changes the follower read from its source: `read` (all), `journaled`, `skipped` (the mapping returned none, or the new store is primary), `rejected` (journaled as dead letters), `duplicate` (read again after a restart) |
 //! | `dualwrite_cdc_lag_seconds` | gauge | | how far the follower trails: the time since the moment before which it has journaled every change of its source |
 //! | `dualwrite_cdc_failing` | gauge | | 1 while the follower's last read or journal write failed, else 0 |
+//! | `dualwrite_cdc_standby` | gauge | | 1 while another instance's follower reads the source and this one stands by to take it over, else 0 |
 //!
 //! Success counts are per store and role, not per method: a per-method
 //! count of every write would put a shared counter on every call. Failures,
@@ -170,6 +171,9 @@ pub mod names {
     pub const CDC_LAG: &str = "dualwrite_cdc_lag_seconds";
     /// Whether the change-data-capture follower is failing.
     pub const CDC_FAILING: &str = "dualwrite_cdc_failing";
+    /// Whether the change-data-capture follower stands by (another
+    /// instance's reads the source).
+    pub const CDC_STANDBY: &str = "dualwrite_cdc_standby";
 }
 
 /// The most lag samples kept per lane; beyond it the newest replaces the
@@ -209,6 +213,7 @@ struct CdcHandles {
     changes: [Counter; 5],
     lag: Gauge,
     failing: Gauge,
+    standby: Gauge,
 }
 
 /// The gauges every adapter has.
@@ -353,6 +358,7 @@ impl MetricsPublisher {
             if let Some(cdc) = &state.cdc {
                 cdc.lag.set(0.0);
                 cdc.failing.set(0.0);
+                cdc.standby.set(0.0);
             }
             return;
         };
@@ -367,6 +373,7 @@ impl MetricsPublisher {
                 changes: ["read", "journaled", "skipped", "rejected", "duplicate"].map(with),
                 lag: metrics::gauge!(names::CDC_LAG, labels.clone()),
                 failing: metrics::gauge!(names::CDC_FAILING, labels.clone()),
+                standby: metrics::gauge!(names::CDC_STANDBY, labels.clone()),
             }
         });
         let counts = [
@@ -385,6 +392,7 @@ impl MetricsPublisher {
         } else {
             0.0
         });
+        cdc.standby.set(if status.standby { 1.0 } else { 0.0 });
     }
 
     /// Queue depth per lane and the lag of the oldest queued write.
@@ -893,6 +901,10 @@ fn describe() {
     describe_gauge!(
         names::CDC_FAILING,
         "1 while the change-data-capture follower's last round failed"
+    );
+    describe_gauge!(
+        names::CDC_STANDBY,
+        "1 while the change-data-capture follower stands by (another instance's reads the source)"
     );
 }
 

@@ -594,8 +594,8 @@ fn counts_are_split_exactly_at_a_phase_change_under_load() {
 mod follower {
     use super::*;
     use dualwrite_runtime::cdc::{
-        Cdc, CdcConfig, CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, Position,
-        RowChange, Value,
+        Cdc, CdcConfig, CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, Observed,
+        Position, RowChange, Value,
     };
     use dualwrite_runtime::outbox::sqlite::SqliteJournal;
     use dualwrite_runtime::outbox::{Durability, OutboxConfig};
@@ -622,6 +622,9 @@ mod follower {
         /// Confirms that fail (after the changes were journaled) before
         /// one succeeds.
         failed_confirms: Arc<std::sync::atomic::AtomicU32>,
+        /// While set, another follower holds the feed: opening it, and
+        /// every read of a follower that held it, fail with `Busy`.
+        elsewhere: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Feed {
@@ -646,16 +649,42 @@ mod follower {
         }
     }
 
+    impl Feed {
+        fn busy(&self) -> Result<(), CdcError> {
+            if self.elsewhere.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(CdcError::Busy {
+                    source: self.describe(),
+                    detail: "another follower holds the feed".to_owned(),
+                });
+            }
+            Ok(())
+        }
+
+        fn head_now(&self) -> Position {
+            Position(self.changes.lock().unwrap().len() as u64 + 1)
+        }
+    }
+
     impl ChangeSource for Feed {
         fn open(&mut self) -> Result<Position, CdcError> {
+            self.busy()?;
             Ok(Position(*self.confirmed.lock().unwrap()))
         }
 
         fn head(&mut self) -> Result<Position, CdcError> {
-            Ok(Position(self.changes.lock().unwrap().len() as u64 + 1))
+            self.busy()?;
+            Ok(self.head_now())
+        }
+
+        fn observe(&mut self) -> Result<Observed, CdcError> {
+            Ok(Observed {
+                head: self.head_now(),
+                confirmed: Position(*self.confirmed.lock().unwrap()),
+            })
         }
 
         fn read(&mut self, limit: usize) -> Result<ChangeBatch, CdcError> {
+            self.busy()?;
             if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(CdcError::Source {
                     source: self.describe(),
@@ -683,6 +712,7 @@ mod follower {
         }
 
         fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
+            self.busy()?;
             let failing = self
                 .failed_confirms
                 .fetch_update(
@@ -865,6 +895,184 @@ mod follower {
         let status = adapter.core().cdc_status().expect("status");
         assert_eq!(status.journaled, 4, "{status:?}");
         assert!(status.duplicates >= 3, "{status:?}");
+        assert!(adapter.shutdown(Duration::from_secs(30)).complete);
+    }
+
+    /// A journal that says it is shared by several instances (as
+    /// PostgreSQL's is), over a SQLite journal: lets one adapter's follower
+    /// stand by while the test plays the other instance's follower.
+    #[derive(Debug)]
+    struct Shared(Arc<SqliteJournal>);
+
+    impl dualwrite_runtime::outbox::Journal for Shared {
+        fn location(&self) -> &str {
+            self.0.location()
+        }
+        fn next_sequence(&self) -> u64 {
+            self.0.next_sequence()
+        }
+        fn append(
+            &self,
+            record: &dualwrite_runtime::outbox::NewRecord,
+        ) -> Result<(), dualwrite_runtime::outbox::OutboxError> {
+            self.0.append(record)
+        }
+        fn append_many(
+            &self,
+            records: &[dualwrite_runtime::outbox::NewRecord],
+        ) -> Result<(), dualwrite_runtime::outbox::OutboxError> {
+            self.0.append_many(records)
+        }
+        fn contains(
+            &self,
+            id: &dualwrite_runtime::outbox::IdempotencyId,
+        ) -> Result<bool, dualwrite_runtime::outbox::OutboxError> {
+            self.0.contains(id)
+        }
+        fn pending_keys(
+            &self,
+            stream: &str,
+        ) -> Result<Vec<(i64, Option<u64>)>, dualwrite_runtime::outbox::OutboxError> {
+            self.0.pending_keys(stream)
+        }
+        fn claim(
+            &self,
+            stream: &str,
+            after: i64,
+            limit: usize,
+        ) -> Result<dualwrite_runtime::outbox::Claimed, dualwrite_runtime::outbox::OutboxError>
+        {
+            self.0.claim(stream, after, limit)
+        }
+        fn record_outcomes(
+            &self,
+            outcomes: &[dualwrite_runtime::outbox::Outcome],
+        ) -> Result<(), dualwrite_runtime::outbox::OutboxError> {
+            self.0.record_outcomes(outcomes)
+        }
+        fn prune(
+            &self,
+            before: std::time::SystemTime,
+            limit: usize,
+        ) -> Result<u64, dualwrite_runtime::outbox::OutboxError> {
+            self.0.prune(before, limit)
+        }
+        fn attach(
+            &self,
+            stream: &str,
+            listener: std::sync::Weak<dyn dualwrite_runtime::outbox::JournalListener>,
+        ) -> Result<(), dualwrite_runtime::outbox::OutboxError> {
+            self.0.attach(stream, listener)
+        }
+        fn dead_letters(
+            &self,
+        ) -> Result<
+            Vec<dualwrite_runtime::outbox::JournalRecord>,
+            dualwrite_runtime::outbox::OutboxError,
+        > {
+            dualwrite_runtime::outbox::Journal::dead_letters(&*self.0)
+        }
+        fn replay(&self, id: i64) -> Result<i64, dualwrite_runtime::outbox::OutboxError> {
+            dualwrite_runtime::outbox::Journal::replay(&*self.0, id)
+        }
+        fn discard(&self, id: i64) -> Result<(), dualwrite_runtime::outbox::OutboxError> {
+            dualwrite_runtime::outbox::Journal::discard(&*self.0, id)
+        }
+        fn is_shared(&self) -> bool {
+            true
+        }
+    }
+
+    /// A follower over a shared journal whose source another follower
+    /// holds stands by: its flush waits for the other follower's confirmed
+    /// position to pass the head (and fails at its deadline while it does
+    /// not); it takes the source over once the other lets go, reading from
+    /// where that one confirmed; and it stands by again when it finds the
+    /// source taken from it. Over a journal only it drains, the held source
+    /// is an error instead.
+    #[test]
+    fn a_follower_stands_by_while_another_holds_the_source() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let feed = Feed::default();
+        feed.elsewhere.store(true, SeqCst);
+        let config = CdcConfig::default()
+            .with_poll_interval(Duration::from_millis(5))
+            .with_retry_interval(Duration::from_millis(20))
+            .with_standby_interval(Duration::from_millis(20));
+        let refused = NotesDualWrite::new(
+            Mem::default(),
+            Mem::default(),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_cdc(
+            temp_journal("refused"),
+            Cdc::new(feed.clone(), map).with_config(config.clone()),
+            OutboxConfig::default(),
+        );
+        assert!(
+            matches!(refused, Err(CdcError::Busy { .. })),
+            "a local journal cannot stand by"
+        );
+
+        let adapter = NotesDualWrite::new(
+            Mem::default(),
+            Mem::default(),
+            Migration::new(Phase::DualWrite),
+        )
+        .with_cdc(
+            Arc::new(Shared(temp_journal("standby"))),
+            Cdc::new(feed.clone(), map).with_config(config),
+            OutboxConfig::default(),
+        )
+        .expect("a standby");
+        let status = adapter.core().cdc_status().expect("status");
+        assert!(status.standby && status.takeovers == 0, "{status:?}");
+
+        // The other follower has not confirmed the new changes: the
+        // standby's flush cannot pass them.
+        for key in 0..3 {
+            feed.push("notes", key, "4");
+        }
+        assert!(adapter.flush(Duration::from_millis(300)).is_err());
+        // It confirms them (journaled in the shared journal, as far as
+        // this adapter knows): the flush passes, this follower read
+        // nothing.
+        *feed.confirmed.lock().unwrap() = feed.head_now().0;
+        adapter.flush(Duration::from_secs(10)).expect("flush");
+        let status = adapter.core().cdc_status().expect("status");
+        assert_eq!(
+            (status.changes_read, status.confirmed),
+            (0, feed.head_now())
+        );
+        assert_eq!(Kv::get(adapter.new_store(), 1), Ok(None));
+
+        // The other follower goes away with two changes read and not
+        // confirmed: this one takes over and reads them.
+        feed.push("notes", 5, "6");
+        feed.push("notes", 6, "7");
+        feed.elsewhere.store(false, SeqCst);
+        adapter.flush(Duration::from_secs(10)).expect("taken over");
+        let status = adapter.core().cdc_status().expect("status");
+        assert!(!status.standby && status.takeovers == 1, "{status:?}");
+        assert_eq!(status.journaled, 2, "{status:?}");
+        assert_eq!(Kv::get(adapter.new_store(), 6), Ok(Some(7)));
+
+        // The source is taken from it (its connection ended, another
+        // follower took the lock): it stands by again.
+        feed.elsewhere.store(true, SeqCst);
+        feed.push("notes", 8, "9");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !adapter.core().cdc_status().expect("status").standby {
+            assert!(std::time::Instant::now() < deadline, "still leading");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(adapter.flush(Duration::from_millis(200)).is_err());
+        feed.elsewhere.store(false, SeqCst);
+        adapter
+            .flush(Duration::from_secs(10))
+            .expect("taken over again");
+        assert_eq!(Kv::get(adapter.new_store(), 8), Ok(Some(9)));
+        assert_eq!(adapter.core().cdc_status().expect("status").takeovers, 2);
         assert!(adapter.shutdown(Duration::from_secs(30)).complete);
     }
 }

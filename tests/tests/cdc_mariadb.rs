@@ -572,3 +572,23 @@ fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
         cdc_support::kill_9_mid_stream_loses_nothing_and_keeps_key_order(&fixture, CHILD, spec);
     }
 }
+
+#[test]
+fn a_standby_takes_over_from_a_killed_leader() {
+    let test = "a_standby_takes_over_from_a_killed_leader";
+    let Some(url) = binlog_server(test) else {
+        return;
+    };
+    let Some(journal) = cdc_support::SharedJournal::new(test) else {
+        return;
+    };
+    let fixture = Fixture::new(url, "standby");
+    let spec = format!(
+        "{} {} {} {}",
+        fixture.dir.display(),
+        fixture.url,
+        fixture.table,
+        fixture.position
+    );
+    cdc_support::a_standby_takes_over_from_a_killed_leader(&fixture, CHILD, spec, &journal);
+}

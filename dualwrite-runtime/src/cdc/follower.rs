@@ -11,6 +11,11 @@
 //!     answer
 //!   else every poll interval: one round
 //! round: read -> map -> journal (counted pending first) -> confirm
+//!
+//! standby (another follower holds the source; shared journal only):
+//!   every standby interval: take the source over if its lock is free,
+//!     else observe (head, confirmed) -> shadow reads follow
+//!   catch-up: head now -> wait for confirmed >= head (or take over)
 //! ```
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -22,7 +27,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use super::{Cdc, CdcConfig, CdcError, CdcStatus, ChangeSource, MapFn, REJECTED_MARKER, RowChange};
+use super::{
+    Cdc, CdcConfig, CdcError, CdcStatus, ChangeSource, MapFn, Position, REJECTED_MARKER, RowChange,
+};
 use crate::command::WriteCommand;
 use crate::helpers::panic_message;
 use crate::key::RoutingKey;
@@ -51,11 +58,15 @@ pub(crate) struct CdcFollower {
 impl CdcFollower {
     /// Starts the follower thread and waits until its source is open;
     /// fails when it cannot be opened within the configured time. It reads
-    /// nothing until [`CdcFollower::run`] hands it the journal.
+    /// nothing until [`CdcFollower::run`] hands it the journal. With
+    /// `may_stand_by` (the journal is shared by every instance), a source
+    /// another follower reads makes this one a standby instead of an
+    /// error.
     pub(crate) fn open<C>(
         cdc: Cdc<C>,
         migration: Migration,
         encode: fn(&C) -> Result<String, String>,
+        may_stand_by: bool,
     ) -> Result<Self, CdcError>
     where
         C: WriteCommand + 'static,
@@ -83,6 +94,8 @@ impl CdcFollower {
             exit: Arc::clone(&exit),
             check_duplicates: true,
             reported: None,
+            leading: false,
+            watch: None,
         };
         let thread = thread::Builder::new()
             .name("dualwrite-cdc".to_owned())
@@ -97,7 +110,18 @@ impl CdcFollower {
                     });
                 let ok = match opened {
                     Ok(position) => {
+                        runner.leading = true;
                         runner.status().confirmed = position;
+                        let _ = opened_tx.send(Ok(()));
+                        true
+                    }
+                    Err(CdcError::Busy { detail, .. }) if may_stand_by => {
+                        tracing::info!(
+                            source = runner.source.describe(),
+                            detail,
+                            "change data capture: another instance's follower reads the source; standing by to take it over"
+                        );
+                        runner.status().standby = true;
                         let _ = opened_tx.send(Ok(()));
                         true
                     }
@@ -273,6 +297,11 @@ struct Runner<C> {
     check_duplicates: bool,
     /// The last error logged, so a failing source is logged once.
     reported: Option<String>,
+    /// This follower holds the source; otherwise it stands by.
+    leading: bool,
+    /// A standby's last observation not yet passed by the leading
+    /// follower: when it was made and the source's head then.
+    watch: Option<(Instant, Position)>,
 }
 
 /// What one round did.
@@ -316,9 +345,22 @@ impl<C: WriteCommand> Runner<C> {
                 wait -= Duration::from_millis(50);
                 continue;
             }
+            if !self.leading {
+                self.stand_by();
+                wait = if self.leading {
+                    Duration::ZERO
+                } else {
+                    self.config.standby_interval
+                };
+                continue;
+            }
             wait = match self.guarded(Runner::round) {
                 Ok(round) if round.full => Duration::ZERO,
                 Ok(_) => self.config.poll_interval,
+                Err(error @ CdcError::Busy { .. }) => {
+                    self.lose_lead(&error);
+                    self.config.standby_interval
+                }
                 Err(error) => {
                     self.report(&error);
                     // The failed round may have journaled what it read
@@ -354,14 +396,153 @@ impl<C: WriteCommand> Runner<C> {
         }
     }
 
+    /// The source was found taken by another follower: stand by.
+    fn lose_lead(&mut self, error: &CdcError) {
+        tracing::warn!(
+            %error,
+            "change data capture: another follower took the source over (this one's connection ended); standing by"
+        );
+        self.leading = false;
+        self.watch = None;
+        self.status().standby = true;
+    }
+
+    /// Takes the source over if the lock is free; whether this follower
+    /// leads now.
+    fn try_lead(&mut self) -> Result<bool, CdcError> {
+        match self.source.open() {
+            Ok(position) => {
+                tracing::info!(
+                    source = self.source.describe(),
+                    %position,
+                    "change data capture: took the source over from the follower that held it"
+                );
+                self.leading = true;
+                self.watch = None;
+                // The last follower may have journaled changes it did not
+                // confirm.
+                self.check_duplicates = true;
+                let mut status = self.status();
+                status.standby = false;
+                status.takeovers += 1;
+                status.confirmed = position;
+                Ok(true)
+            }
+            Err(CdcError::Busy { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A standby's round: takes the source over if the follower that held
+    /// it is gone; else notes how far that follower has come, so shadow
+    /// reads and the lag follow it.
+    fn stand_by(&mut self) {
+        match self.guarded(Runner::try_lead) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(error) => {
+                self.report(&error);
+                return;
+            }
+        }
+        let asked = Instant::now();
+        let observed = match self.guarded(|runner| runner.source.observe()) {
+            Ok(observed) => observed,
+            Err(error) => {
+                self.report(&error);
+                return;
+            }
+        };
+        {
+            let mut status = self.status();
+            status.confirmed = observed.confirmed;
+            status.last_error = None;
+        }
+        self.reported = None;
+        // Every change committed before `at` is at or before `head`.
+        if let Some((at, head)) = self.watch
+            && observed.confirmed >= head
+        {
+            self.followed_until(at);
+            self.watch = None;
+        }
+        if self.watch.is_none() {
+            self.watch = Some((asked, observed.head));
+        }
+    }
+
+    fn followed_until(&self, as_of: Instant) {
+        if let Some(outbox) = &self.outbox {
+            outbox.stripes().followed_until(as_of);
+        }
+    }
+
+    /// A standby's catch-up: waits until the leading follower confirmed
+    /// the source's head as of the call (every change committed before it
+    /// is journaled, in the shared journal), taking the source over if
+    /// that follower goes away meanwhile; until `deadline`.
+    fn stand_by_until(&mut self, deadline: Instant) -> Result<(), CdcError> {
+        let asked = Instant::now();
+        let mut head = None;
+        let mut next_try = asked;
+        let pause = self
+            .config
+            .poll_interval
+            .clamp(Duration::from_millis(5), Duration::from_millis(50));
+        loop {
+            if Instant::now() >= next_try {
+                match self.guarded(Runner::try_lead) {
+                    Ok(true) => return self.catch_up_by(deadline),
+                    Ok(false) => {}
+                    Err(error @ CdcError::Source { .. }) => self.report(&error),
+                    Err(error) => return Err(error),
+                }
+                next_try = Instant::now() + self.config.standby_interval;
+            }
+            match self.guarded(|runner| runner.source.observe()) {
+                Ok(observed) => {
+                    self.status().confirmed = observed.confirmed;
+                    let head = *head.get_or_insert(observed.head);
+                    if observed.confirmed >= head {
+                        self.followed_until(asked);
+                        return Ok(());
+                    }
+                }
+                Err(error) => {
+                    self.report(&error);
+                    if !matches!(error, CdcError::Source { .. }) {
+                        return Err(error);
+                    }
+                }
+            }
+            if self.exit.load(Ordering::SeqCst) {
+                return Err(CdcError::Stopped);
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(CdcError::TimedOut {
+                    waiting_for: "the leading change-data-capture follower (another instance's) to catch up",
+                });
+            }
+            thread::sleep(pause);
+        }
+    }
+
     /// Reads until the source's current head is confirmed.
     /// Catches up, retrying failed reads of the source or the journal
     /// (a connection the server ended, a busy journal) until `deadline`:
-    /// a fence or a flush during a short fault waits for it to pass.
+    /// a fence or a flush during a short fault waits for it to pass. A
+    /// standby waits for the leading follower instead.
     fn catch_up_by(&mut self, deadline: Instant) -> Result<(), CdcError> {
+        if !self.leading {
+            return self.stand_by_until(deadline);
+        }
         loop {
             let error = match self.guarded(|runner| runner.catch_up()) {
                 Ok(()) => return Ok(()),
+                Err(error @ CdcError::Busy { .. }) => {
+                    self.lose_lead(&error);
+                    return self.stand_by_until(deadline);
+                }
                 Err(error) => error,
             };
             self.report(&error);
@@ -387,9 +568,7 @@ impl<C: WriteCommand> Runner<C> {
         loop {
             let round = self.round()?;
             if round.through >= head {
-                if let Some(outbox) = &self.outbox {
-                    outbox.stripes().followed_until(asked);
-                }
+                self.followed_until(asked);
                 return Ok(());
             }
             if self.exit.load(Ordering::SeqCst) {

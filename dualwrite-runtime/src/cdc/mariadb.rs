@@ -73,8 +73,8 @@ use mysql::prelude::Queryable;
 use mysql::{BinlogRequest, BinlogStream, Conn, Opts, OptsBuilder};
 
 use super::{
-    CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, FOLLOWER_LOCK_WAIT, Position,
-    RowChange, Value,
+    CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, FOLLOWER_LOCK_WAIT, Observed,
+    Position, RowChange, Value,
 };
 
 /// The table of confirmed positions, in the URL's database.
@@ -103,6 +103,12 @@ pub struct MariadbSource {
     exclusive: bool,
     server_id: Option<u32>,
     conn: Option<Conn>,
+    /// The control connection holds the position's follower lock.
+    locked: bool,
+    /// How long taking the follower lock waits for another follower to let
+    /// go: [`FOLLOWER_LOCK_WAIT`], none once the lock was found taken (a
+    /// standby tries again later).
+    lock_wait: Duration,
     /// The log's file name without its number (`mariadb-bin`).
     base: String,
     /// The position confirmed to the positions table.
@@ -158,6 +164,8 @@ impl MariadbSource {
             exclusive: false,
             server_id: None,
             conn: None,
+            locked: false,
+            lock_wait: FOLLOWER_LOCK_WAIT,
             base: String::new(),
             confirmed: Position(0),
             reader: None,
@@ -239,15 +247,42 @@ impl MariadbSource {
             .write_timeout(Some(SILENCE)))
     }
 
+    /// Connects the control connection (keeping one that is still there),
+    /// and takes the follower lock on it when the source follows the log.
     fn connect(&mut self) -> Result<(), CdcError> {
-        let mut conn = Conn::new(self.opts()?).map_err(|error| self.error("connecting", error))?;
-        conn.query_drop("SET SESSION sql_log_bin = 0").map_err(|error| {
-            self.setup(format!(
-                "`SET SESSION sql_log_bin = 0` failed ({error}): the user needs BINLOG ADMIN (or SUPER) so that the follower's position updates stay out of the log"
-            ))
-        })?;
-        if self.exclusive {
-            self.take_follower_lock(&mut conn)?;
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                self.locked = false;
+                let mut conn =
+                    Conn::new(self.opts()?).map_err(|error| self.error("connecting", error))?;
+                conn.query_drop("SET SESSION sql_log_bin = 0").map_err(|error| {
+                    self.setup(format!(
+                        "`SET SESSION sql_log_bin = 0` failed ({error}): the user needs BINLOG ADMIN (or SUPER) so that the follower's position updates stay out of the log"
+                    ))
+                })?;
+                conn
+            }
+        };
+        if self.exclusive && !self.locked {
+            match self.take_follower_lock(&mut conn) {
+                Ok(()) => {
+                    self.locked = true;
+                    self.lock_wait = FOLLOWER_LOCK_WAIT;
+                }
+                Err(error) => {
+                    if matches!(error, CdcError::Busy { .. }) {
+                        // Kept for a standby's observations; what was
+                        // received is another follower's now.
+                        self.conn = Some(conn);
+                        self.lock_wait = Duration::ZERO;
+                        self.reader = None;
+                        self.pending.clear();
+                        self.received_to = self.confirmed;
+                    }
+                    return Err(error);
+                }
+            }
         }
         self.conn = Some(conn);
         Ok(())
@@ -255,23 +290,23 @@ impl MariadbSource {
 
     /// One follower per position: a named lock (`GET_LOCK`) held by the
     /// control connection (released when it closes, also when its process
-    /// is killed). Waits up to [`FOLLOWER_LOCK_WAIT`] for a follower that
-    /// is going away.
+    /// is killed). Waits up to `lock_wait` for a follower that is going
+    /// away.
     fn take_follower_lock(&self, conn: &mut Conn) -> Result<(), CdcError> {
         let key = self.lock_name();
         let taken: Option<Option<i64>> = conn
             .exec_first(
                 "SELECT GET_LOCK(?, ?)",
-                (key.as_str(), FOLLOWER_LOCK_WAIT.as_secs()),
+                (key.as_str(), self.lock_wait.as_secs()),
             )
             .map_err(|error| self.error("taking the follower lock", error))?;
         if taken.flatten() == Some(1) {
             return Ok(());
         }
-        Err(CdcError::Setup {
+        Err(CdcError::Busy {
             source: self.describe(),
             detail: format!(
-                "another follower reads the position `{}` (it holds the lock `{key}`, see IS_USED_LOCK('{key}')); one follower per position: the change-data-capture strategy serves one application instance",
+                "another follower reads the position `{}` (it holds the lock `{key}`, see IS_USED_LOCK('{key}')); one follower per position: several application instances share a source through a shared journal (PostgreSQL), where the others stand by",
                 self.name
             ),
         })
@@ -287,7 +322,7 @@ impl MariadbSource {
     }
 
     fn conn(&mut self) -> Result<&mut Conn, CdcError> {
-        if self.conn.is_none() {
+        if self.conn.is_none() || (self.exclusive && !self.locked) {
             self.connect()?;
         }
         self.conn.as_mut().ok_or(CdcError::Stopped)
@@ -303,6 +338,7 @@ impl MariadbSource {
         let result = work(self.conn()?);
         result.map_err(|error| {
             self.conn = None;
+            self.locked = false;
             self.error(during, error)
         })
     }
@@ -653,6 +689,33 @@ impl ChangeSource for MariadbSource {
 
     fn describe(&self) -> String {
         format!("mariadb binlog position `{}`", self.name)
+    }
+
+    fn observe(&mut self) -> Result<Observed, CdcError> {
+        // Read without the follower lock (another follower holds it).
+        let exclusive = std::mem::replace(&mut self.exclusive, false);
+        let name = self.name.clone();
+        let read = self.log_end().and_then(|end| {
+            let row: Option<(String, u64)> = self.with_conn("reading the position", |conn| {
+                conn.exec_first(
+                    format!("SELECT file, pos FROM {POSITIONS} WHERE name = ?"),
+                    (name,),
+                )
+            })?;
+            Ok((end, row))
+        });
+        self.exclusive = exclusive;
+        let ((end_file, end_pos), row) = read?;
+        let Some((file, pos)) = row else {
+            return Err(self.setup(format!(
+                "no position `{}` in {POSITIONS} (dropped while the follower ran?)",
+                self.name
+            )));
+        };
+        Ok(Observed {
+            head: self.position_of(&end_file, end_pos)?,
+            confirmed: self.position_of(&file, pos)?,
+        })
     }
 }
 

@@ -45,6 +45,24 @@
 //! cannot reach the source (or the deadline passes): the fence fails and
 //! the phase stays.
 //!
+//! **Several instances.** One follower reads a source at a time: it holds a
+//! lock on the source's server while it does (see [`ChangeSource::open`]).
+//! With a journal that every instance drains (`PgJournal`, whose
+//! [`Journal::is_shared`](crate::outbox::Journal::is_shared) is true), the
+//! adapters of the other instances start as standbys: each checks every
+//! [`CdcConfig::standby_interval`] whether the lock is free and takes the
+//! source over when the leading follower is gone (its process died, its
+//! connection ended), reading again from the position that follower
+//! confirmed (changes it journaled and did not confirm are found in the
+//! journal and not journaled twice). A standby's fence or flush waits for
+//! the position the leading follower confirmed to pass the source's head
+//! as of the call, then for the shared journal as usual: no change
+//! committed before it is left behind, whichever instance journals it.
+//! With a journal only one instance drains (SQLite) a second follower is
+//! refused instead ([`CdcError::Busy`]): a standby taking over would apply
+//! newer changes while the first instance's unapplied records wait in its
+//! own file, to be applied after them when it restarts.
+//!
 //! A change the mapping function rejects (`Some(Err(..))`), or that panics
 //! in it, is journaled as a dead letter with the error and the change as
 //! text, so it is listed with the journal's dead letters; `None` skips a
@@ -283,16 +301,33 @@ pub struct ChangeBatch {
     pub through: Position,
 }
 
+/// Where a source stands, as a standby sees it ([`ChangeSource::observe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// The position of the newest change committed so far.
+    pub head: Position,
+    /// The position the leading follower confirmed: every change before it
+    /// is journaled.
+    pub confirmed: Position,
+}
+
 /// A database's change stream, read by the follower's thread (so its calls
 /// may block).
 ///
 /// The source keeps every change after its confirmed position until
 /// [`ChangeSource::confirm`] moves the position: reading does not consume.
 pub trait ChangeSource: Send + 'static {
-    /// Connects and checks that the stream can be read (for PostgreSQL:
-    /// `wal_level`, the slot and its plugin); called once, on the
-    /// follower's thread, before the adapter's `with_cdc` returns. Returns
-    /// the confirmed position.
+    /// Connects, takes the follower lock (one follower per source: a lock
+    /// on the source's server held while the follower reads) and checks
+    /// that the stream can be read (for PostgreSQL: `wal_level`, the slot
+    /// and its plugin); called on the follower's thread before the
+    /// adapter's `with_cdc` returns. Returns the confirmed position.
+    ///
+    /// Another follower holding the lock: [`CdcError::Busy`], after a short
+    /// wait for one that is going away. A standby calls `open` again to
+    /// take the source over (without the wait, then), and any call that
+    /// finds the lock lost (its connection ended and another follower took
+    /// it) fails with `Busy` too.
     fn open(&mut self) -> Result<Position, CdcError>;
     /// The position of the newest change committed so far: a catch-up reads
     /// until it is confirmed.
@@ -304,6 +339,17 @@ pub trait ChangeSource: Send + 'static {
     fn confirm(&mut self, through: Position) -> Result<(), CdcError>;
     /// The source, for messages (`postgres slot dualwrite_users`).
     fn describe(&self) -> String;
+    /// Where the source stands while another follower reads it: its head
+    /// and the position that follower confirmed, read without the
+    /// follower lock (PostgreSQL: the slot's `confirmed_flush_lsn`). A
+    /// standby's catch-up waits for the second to pass the first. The
+    /// default cannot tell: such a source cannot have standbys.
+    fn observe(&mut self) -> Result<Observed, CdcError> {
+        Err(CdcError::Setup {
+            source: self.describe(),
+            detail: "this source cannot be watched by a standby".to_owned(),
+        })
+    }
 }
 
 /// A source chosen at run time (one server or another, from the
@@ -327,6 +373,10 @@ impl ChangeSource for Box<dyn ChangeSource> {
 
     fn describe(&self) -> String {
         (**self).describe()
+    }
+
+    fn observe(&mut self) -> Result<Observed, CdcError> {
+        (**self).observe()
     }
 }
 
@@ -387,6 +437,10 @@ pub struct CdcConfig {
     pub retry_interval: Duration,
     /// How long `with_cdc` waits for the source to open; default 30 s.
     pub open_timeout: Duration,
+    /// How often a standby (another instance's follower reads the source)
+    /// checks whether it can take the source over, and how far the leading
+    /// follower has come; default 200 ms.
+    pub standby_interval: Duration,
 }
 
 impl Default for CdcConfig {
@@ -396,6 +450,7 @@ impl Default for CdcConfig {
             batch: 1000,
             retry_interval: Duration::from_secs(1),
             open_timeout: Duration::from_secs(30),
+            standby_interval: Duration::from_millis(200),
         }
     }
 }
@@ -428,6 +483,13 @@ impl CdcConfig {
         self.open_timeout = timeout;
         self
     }
+
+    /// Sets [`CdcConfig::standby_interval`].
+    #[must_use]
+    pub fn with_standby_interval(mut self, interval: Duration) -> Self {
+        self.standby_interval = interval;
+        self
+    }
 }
 
 /// What the follower has done so far; see
@@ -435,8 +497,13 @@ impl CdcConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CdcStatus {
     /// The position confirmed to the source: every change before it is
-    /// journaled.
+    /// journaled (on a standby, as the leading follower confirmed it).
     pub confirmed: Position,
+    /// Another instance's follower reads the source; this one stands by to
+    /// take it over.
+    pub standby: bool,
+    /// Times this follower took the source over from another one.
+    pub takeovers: u64,
     /// Changes read from the source.
     pub changes_read: u64,
     /// Records journaled (mapped changes, and rejected ones as dead
@@ -462,6 +529,14 @@ pub enum CdcError {
         /// The source.
         source: String,
         /// What is missing, and how to fix it.
+        detail: String,
+    },
+    /// Another follower reads the source (it holds the follower lock on
+    /// the source's server).
+    Busy {
+        /// The source.
+        source: String,
+        /// Which lock, and what to do.
         detail: String,
     },
     /// The replication slot (or the source's equivalent) does not exist.
@@ -508,6 +583,9 @@ impl fmt::Display for CdcError {
                     f,
                     "change data capture from {source} cannot start: {detail}"
                 )
+            }
+            CdcError::Busy { source, detail } => {
+                write!(f, "change data capture from {source}: {detail}")
             }
             CdcError::MissingSlot { source, slot } => write!(
                 f,

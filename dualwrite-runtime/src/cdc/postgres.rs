@@ -49,8 +49,8 @@ use ::sqlx::Connection;
 use ::sqlx::postgres::PgConnection;
 
 use super::{
-    CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, FOLLOWER_LOCK_WAIT, Position,
-    RowChange, Value,
+    CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, FOLLOWER_LOCK_WAIT, Observed,
+    Position, RowChange, Value,
 };
 
 /// A PostgreSQL logical replication slot (`test_decoding`) as a
@@ -63,6 +63,10 @@ pub struct PostgresSource {
     /// then takes the slot's follower lock first.
     exclusive: bool,
     conn: Option<Connected>,
+    /// How long taking the follower lock waits for another follower to let
+    /// go: [`FOLLOWER_LOCK_WAIT`], none once the lock was found taken (a
+    /// standby tries again later).
+    lock_wait: Duration,
     /// The slot's confirmed position, as this source last set or read it.
     confirmed: Position,
     /// The WAL position a complete read (nothing left out) reached, once
@@ -93,6 +97,8 @@ const RESTART_RETRY: Duration = Duration::from_secs(60);
 struct Connected {
     runtime: tokio::runtime::Runtime,
     conn: PgConnection,
+    /// The connection holds the slot's follower lock.
+    locked: bool,
 }
 
 impl PostgresSource {
@@ -105,6 +111,7 @@ impl PostgresSource {
             create: false,
             exclusive: false,
             conn: None,
+            lock_wait: FOLLOWER_LOCK_WAIT,
             confirmed: Position(0),
             read_to: None,
             complete_to: None,
@@ -194,32 +201,60 @@ impl PostgresSource {
         }
     }
 
+    /// Connects (keeping a connection that is still there), and takes the
+    /// follower lock on it when the source follows the slot.
     fn connect(&mut self) -> Result<(), CdcError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|error| self.error("starting the connection's runtime", error))?;
-        let mut conn = runtime
-            .block_on(PgConnection::connect(&self.url))
-            .map_err(|error| self.error("connecting", error))?;
-        if self.exclusive {
-            self.take_follower_lock(&runtime, &mut conn)?;
+        let mut connected = match self.conn.take() {
+            Some(connected) => connected,
+            None => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|error| self.error("starting the connection's runtime", error))?;
+                let conn = runtime
+                    .block_on(PgConnection::connect(&self.url))
+                    .map_err(|error| self.error("connecting", error))?;
+                Connected {
+                    runtime,
+                    conn,
+                    locked: false,
+                }
+            }
+        };
+        if self.exclusive && !connected.locked {
+            match self.take_follower_lock(&connected.runtime, &mut connected.conn) {
+                Ok(()) => {
+                    connected.locked = true;
+                    self.lock_wait = FOLLOWER_LOCK_WAIT;
+                }
+                Err(error) => {
+                    if matches!(error, CdcError::Busy { .. }) {
+                        // Kept for a standby's observations; what was
+                        // read is another follower's now.
+                        self.conn = Some(connected);
+                        self.lock_wait = Duration::ZERO;
+                        self.read_to = None;
+                        self.complete_to = None;
+                    }
+                    return Err(error);
+                }
+            }
         }
-        self.conn = Some(Connected { runtime, conn });
+        self.conn = Some(connected);
         Ok(())
     }
 
     /// One follower per slot: a session advisory lock keyed by the slot's
     /// name, held by the connection that reads it (released when it
     /// closes, also when its process is killed). Waits up to
-    /// [`FOLLOWER_LOCK_WAIT`] for a follower that is going away.
+    /// `lock_wait` for a follower that is going away.
     fn take_follower_lock(
         &self,
         runtime: &tokio::runtime::Runtime,
         conn: &mut PgConnection,
     ) -> Result<(), CdcError> {
         let key = format!("dualwrite_cdc:{}", self.slot);
-        let deadline = Instant::now() + FOLLOWER_LOCK_WAIT;
+        let deadline = Instant::now() + self.lock_wait;
         loop {
             let (taken,): (bool,) = runtime
                 .block_on(
@@ -232,10 +267,10 @@ impl PostgresSource {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(CdcError::Setup {
+                return Err(CdcError::Busy {
                     source: self.describe(),
                     detail: format!(
-                        "another follower reads the slot `{}` (it holds the advisory lock on hashtextextended('{key}', 0)); one follower per slot: the change-data-capture strategy serves one application instance",
+                        "another follower reads the slot `{}` (it holds the advisory lock on hashtextextended('{key}', 0)); one follower per slot: several application instances share a source through a shared journal (PostgreSQL), where the others stand by",
                         self.slot
                     ),
                 });
@@ -256,10 +291,14 @@ impl PostgresSource {
             Box<dyn std::future::Future<Output = Result<T, ::sqlx::Error>> + 'c>,
         >,
     ) -> Result<T, CdcError> {
-        if self.conn.is_none() {
+        let lock_lost = self
+            .conn
+            .as_ref()
+            .is_some_and(|connected| self.exclusive && !connected.locked);
+        if self.conn.is_none() || lock_lost {
             self.connect()?;
         }
-        let Some(Connected { runtime, conn }) = self.conn.as_mut() else {
+        let Some(Connected { runtime, conn, .. }) = self.conn.as_mut() else {
             return Err(self.error(during, "no connection"));
         };
         match runtime.block_on(query(conn)) {
@@ -531,6 +570,37 @@ impl ChangeSource for PostgresSource {
 
     fn describe(&self) -> String {
         format!("postgres slot `{}`", self.slot)
+    }
+
+    fn observe(&mut self) -> Result<Observed, CdcError> {
+        // Read without the follower lock (another follower holds it).
+        let exclusive = std::mem::replace(&mut self.exclusive, false);
+        let slot = self.slot.clone();
+        let found: Result<Option<(String, Option<String>)>, CdcError> =
+            self.run("reading the slot's position", |conn| {
+                Box::pin(
+                    ::sqlx::query_as(
+                        "SELECT pg_current_wal_lsn()::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    )
+                    .bind(slot)
+                    .fetch_optional(conn),
+                )
+            });
+        self.exclusive = exclusive;
+        let Some((head, confirmed)) = found? else {
+            return Err(CdcError::MissingSlot {
+                source: self.describe(),
+                slot: self.slot.clone(),
+            });
+        };
+        let confirmed = match confirmed {
+            Some(confirmed) => self.position(&confirmed)?,
+            None => Position(0),
+        };
+        Ok(Observed {
+            head: self.position(&head)?,
+            confirmed,
+        })
     }
 }
 

@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 use dualwrite_runtime::cdc::{
     Cdc, CdcConfig, CdcError, CdcStatus, ChangeKind, ChangeSource, RowChange,
 };
-use dualwrite_runtime::outbox::sqlite::SqliteJournal;
-use dualwrite_runtime::outbox::{Durability, OutboxConfig, Side, WriteContext};
+use dualwrite_runtime::outbox::postgres::{PgJournal, PgJournalOptions};
+use dualwrite_runtime::outbox::sqlite::{self, SqliteJournal};
+use dualwrite_runtime::outbox::{
+    Durability, Journal, JournalRecord, OutboxConfig, Side, WriteContext,
+};
 use dualwrite_runtime::{Migration, Phase, WriteStrategy};
 
 use crate::outbox_support::{
-    DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
+    Acks, DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
     kill_after_acks,
 };
 
@@ -63,14 +66,108 @@ pub trait CdcServer {
     }
 
     fn adapter(&self, phase: Phase) -> LedgerDualWrite<Self::Primary, CountingStore> {
+        self.adapter_over(self.journal(), phase, outbox_config())
+            .expect("start change data capture")
+    }
+
+    /// An adapter over `journal` (shared by the instances of a test).
+    fn adapter_over(
+        &self,
+        journal: Arc<dyn Journal>,
+        phase: Phase,
+        config: OutboxConfig,
+    ) -> Result<LedgerDualWrite<Self::Primary, CountingStore>, CdcError> {
         LedgerDualWrite::new(
             self.primary(),
             CountingStore::open(self.dir()),
             Migration::new(phase),
         )
-        .with_cdc(self.journal(), self.cdc(), outbox_config())
-        .expect("start change data capture")
+        .with_cdc(journal, self.cdc(), config)
     }
+}
+
+/// Set in the child of the standby test: `<url> <schema>` of the shared
+/// journal it journals into.
+pub const SHARED_JOURNAL: &str = "DUALWRITE_CDC_SHARED_JOURNAL";
+
+/// A journal every instance drains: a PostgreSQL journal in a schema of
+/// the test's own (dropped at the end), on the server at
+/// `DUALWRITE_POSTGRES_URL`.
+pub struct SharedJournal {
+    pub url: String,
+    pub schema: String,
+    owned: bool,
+}
+
+impl SharedJournal {
+    /// `None`, with a `skipped:` line, without `DUALWRITE_POSTGRES_URL`.
+    pub fn new(test: &str) -> Option<Self> {
+        let Ok(url) = std::env::var("DUALWRITE_POSTGRES_URL") else {
+            eprintln!(
+                "skipped: {test}: set DUALWRITE_POSTGRES_URL for the journal the instances share"
+            );
+            return None;
+        };
+        let schema = unique(test);
+        Self::execute(&url, format!("CREATE SCHEMA {schema}"));
+        Some(SharedJournal {
+            url,
+            schema,
+            owned: true,
+        })
+    }
+
+    /// The parent's journal, in a child (`<url> <schema>`).
+    pub fn from_spec(spec: &str) -> Self {
+        let (url, schema) = spec.split_once(' ').expect("`<url> <schema>`");
+        SharedJournal {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            owned: false,
+        }
+    }
+
+    pub fn spec(&self) -> String {
+        format!("{} {}", self.url, self.schema)
+    }
+
+    pub fn open(&self) -> Arc<PgJournal> {
+        let options = PgJournalOptions::new(Durability::PerWrite)
+            .with_schema(&self.schema)
+            .with_partitions(8)
+            .with_lease_ttl(Duration::from_secs(1));
+        Arc::new(PgJournal::open_with(&self.url, options).expect("shared journal"))
+    }
+
+    fn execute(url: &str, sql: String) {
+        let url = url.to_owned();
+        on_runtime(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .expect("schema");
+        });
+    }
+}
+
+impl Drop for SharedJournal {
+    fn drop(&mut self) {
+        if self.owned {
+            Self::execute(
+                &self.url,
+                format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+            );
+        }
+    }
+}
+
+/// The outbox settings of the instances sharing a journal: the secondary's
+/// SQLite file is written by two processes, so a busy file is retried
+/// rather than dead-lettered.
+pub fn shared_outbox_config() -> OutboxConfig {
+    outbox_config().with_max_attempts(10_000)
 }
 
 pub fn on_runtime<T>(future: impl Future<Output = T>) -> T {
@@ -129,7 +226,9 @@ pub struct CountingStore {
 
 impl CountingStore {
     pub fn open(dir: &Path) -> Self {
-        let applies = rusqlite::Connection::open(dir.join("applies.db")).expect("applies");
+        let mut applies = rusqlite::Connection::open(dir.join("applies.db")).expect("applies");
+        // Written by two processes in the standby test.
+        sqlite::short_busy_handler(&mut applies).expect("busy handler");
         applies
             .execute_batch(
                 "PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS applies (idempotency_id TEXT NOT NULL)",
@@ -221,7 +320,7 @@ pub fn write_stream<P: Ledger + Send + Sync + 'static>(
 /// and only records in flight at the kill were applied twice.
 pub fn check_after_kill(
     acked: &[(i64, i64)],
-    journal: &SqliteJournal,
+    (dead_letters, records): (&[JournalRecord], &[JournalRecord]),
     pending_at_restart: u64,
     store: &CountingStore,
     status: &CdcStatus,
@@ -229,7 +328,7 @@ pub fn check_after_kill(
 ) {
     let history = store.inner.history();
     let applied: HashSet<(i64, i64)> = history.iter().map(|&(k, v, _)| (k, v)).collect();
-    let dead = dead_puts(&journal.dead_letters().expect("dead letters"));
+    let dead = dead_puts(dead_letters);
     // The secondary's version guard skips an older value once a newer one
     // is applied, so an acknowledged write is there, or a later one of
     // its key is.
@@ -263,11 +362,14 @@ pub fn check_after_kill(
     assert_eq!(&secondary_rows(store), primary_rows);
     // Nothing journaled twice, nothing applied more than once beyond the
     // records in flight at the kill.
-    let records = journal.records("LedgerWrite").expect("records");
     let ids: HashSet<_> = records.iter().map(|r| r.record.idempotency_id).collect();
     assert_eq!(ids.len(), records.len(), "a change journaled twice");
     assert!(applies.values().all(|&n| n <= 2), "{applies:?}");
-    assert!(twice <= 64, "{twice} records applied twice");
+    // Only a record not marked done at the kill can be applied again.
+    assert!(
+        twice as u64 <= pending_at_restart,
+        "{twice} records applied twice, {pending_at_restart} pending at the restart"
+    );
 }
 
 pub fn changes_reach_the_sqlite_secondary_in_key_order<S: CdcServer>(server: &S) {
@@ -485,7 +587,9 @@ pub fn a_killed_reader_connection_resumes_without_loss<S: CdcServer>(server: &S)
 
 /// One follower per slot or position: a second source opened on it while
 /// the first reads is refused with a clear error (two followers would split
-/// or fight over the stream), and opens once the first is gone.
+/// or fight over the stream), and opens once the first is gone. An adapter
+/// over a journal only its instance drains (SQLite) cannot stand by: its
+/// `with_cdc` fails.
 pub fn a_second_follower_is_refused<S: CdcServer>(server: &S) {
     let mut first = server.source();
     first.open().expect("the first follower");
@@ -493,19 +597,37 @@ pub fn a_second_follower_is_refused<S: CdcServer>(server: &S) {
     let error = second
         .open()
         .expect_err("a second follower of the same slot or position");
-    assert!(matches!(error, CdcError::Setup { .. }), "{error:?}");
+    assert!(matches!(error, CdcError::Busy { .. }), "{error:?}");
     assert!(error.to_string().contains("another follower"), "{error}");
+    let Err(error) = server.adapter_over(server.journal(), Phase::DualWrite, outbox_config())
+    else {
+        panic!("an adapter over a local journal stood by");
+    };
+    assert!(matches!(error, CdcError::Busy { .. }), "{error:?}");
+    assert!(error.to_string().contains("shared journal"), "{error}");
     drop(first);
-    second
+    // A source found taken tries again without waiting (a standby's
+    // retry); a new one waits for the first's lock to be released.
+    server
+        .source()
         .open()
-        .expect("the second opens once the first is gone");
+        .expect("a follower opens once the first is gone");
 }
 
 /// The child of a kill test (run as the test binary's `child_role` test):
 /// writes growing values to 16 keys from two threads until the process is
 /// killed, printing each acknowledged `ack key value`.
 pub fn write_until_killed<S: CdcServer>(server: &S) {
-    let adapter = Arc::new(server.adapter(Phase::DualWrite));
+    let adapter = Arc::new(match std::env::var(SHARED_JOURNAL) {
+        Ok(spec) => server
+            .adapter_over(
+                SharedJournal::from_spec(&spec).open(),
+                Phase::DualWrite,
+                shared_outbox_config(),
+            )
+            .expect("the leading instance"),
+        Err(_) => server.adapter(Phase::DualWrite),
+    });
     // A secondary slower than the primary, so records wait in the journal
     // when the process dies.
     adapter
@@ -519,7 +641,8 @@ pub fn write_until_killed<S: CdcServer>(server: &S) {
             std::thread::spawn(move || {
                 let mut value = 0;
                 loop {
-                    value += 1;
+                    // 666 is the value the mapping function panics on.
+                    value += if value == 665 { 2 } else { 1 };
                     for key in (writer..16).step_by(2) {
                         adapter.put(key, value).expect("put");
                         let mut out = std::io::stdout().lock();
@@ -574,11 +697,107 @@ pub fn kill_9_mid_stream_loses_nothing_and_keeps_key_order<S: CdcServer>(
         .expect("the follower catches up and the appliers drain");
     check_after_kill(
         &acked,
-        &journal,
+        (
+            &journal.dead_letters().expect("dead letters"),
+            &journal.records("LedgerWrite").expect("records"),
+        ),
         pending_at_restart,
         adapter.new_store(),
         &adapter.core().cdc_status().expect("status"),
         &server.primary_rows(),
     );
     assert!(adapter.shutdown(WAIT).complete);
+}
+
+/// Two instances over one journal (PostgreSQL): a child process leads
+/// (its follower holds the source) and writes until it is killed; the
+/// test's adapter stands by. A flush on the standby waits for the leading
+/// follower (every write acknowledged before it is then applied); after
+/// SIGKILL of the leader the standby takes the source over, reads again
+/// from the position the leader confirmed (finding what it journaled and
+/// did not confirm), and its appliers finish the leader's claimed records
+/// once their leases expire: nothing acknowledged is lost, per-key order
+/// held, nothing journaled twice.
+pub fn a_standby_takes_over_from_a_killed_leader<S: CdcServer>(
+    server: &S,
+    child_env: &str,
+    spec: String,
+    journal: &SharedJournal,
+) {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_role",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(child_env, spec)
+        .env(SHARED_JOURNAL, journal.spec())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    let acks = Acks::new(&mut child);
+    // Writing: the child's follower holds the source.
+    assert!(acks.until(100), "the leader wrote {}", acks.acked().len());
+    let shared = journal.open();
+    let standby = server
+        .adapter_over(shared.clone(), Phase::DualWrite, shared_outbox_config())
+        .expect("a second instance over a shared journal stands by");
+    let status = standby.core().cdc_status().expect("status");
+    assert!(status.standby, "{status:?}");
+    assert_eq!(status.takeovers, 0);
+
+    // A standby's flush waits for the leader's follower, then the journal.
+    assert!(acks.until(300));
+    let before_flush = acks.acked();
+    standby
+        .flush(WAIT)
+        .expect("a standby's flush: the leading follower catches up");
+    let rows: HashMap<i64, i64> = standby.new_store().inner.rows().into_iter().collect();
+    let behind: Vec<_> = before_flush
+        .iter()
+        .filter(|(key, value)| rows.get(key).is_none_or(|v| v < value))
+        .collect();
+    assert!(
+        behind.is_empty(),
+        "acknowledged before the standby's flush and not applied after it: {behind:?}"
+    );
+    assert!(standby.core().cdc_status().expect("status").standby);
+
+    // Killed while it writes, with records in flight.
+    let count = acks.acked().len() + 600;
+    let acked = acks.kill_after(&mut child, count);
+    let pending_at_kill = shared.counts().expect("counts").pending;
+    let started = Instant::now();
+    while standby.core().cdc_status().expect("status").standby {
+        assert!(started.elapsed() < WAIT, "no takeover");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took_over = started.elapsed();
+    standby
+        .flush(WAIT)
+        .expect("the standby takes over, catches up and drains");
+    let status = standby.core().cdc_status().expect("status");
+    println!(
+        "cdc standby: took over {took_over:?} after the kill, caught up and drained {:?} later ({pending_at_kill} records pending at the kill)",
+        started.elapsed() - took_over,
+    );
+    assert!(!status.standby, "{status:?}");
+    assert_eq!(status.takeovers, 1, "{status:?}");
+    // Nothing pending in the shared journal, whoever journaled it.
+    assert_eq!(shared.counts().expect("counts").pending, 0);
+    check_after_kill(
+        &acked,
+        (
+            &shared.dead_letters().expect("dead letters"),
+            &shared.records("LedgerWrite").expect("records"),
+        ),
+        pending_at_kill,
+        standby.new_store(),
+        &status,
+        &server.primary_rows(),
+    );
+    assert!(standby.shutdown(WAIT).complete);
 }

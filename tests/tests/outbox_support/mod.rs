@@ -248,43 +248,91 @@ pub fn assert_per_key_order(history: &[(i64, i64, i64)]) {
     }
 }
 
-/// Reads a child's `ack <key> <value>` lines (one per write it saw
-/// acknowledged) and SIGKILLs it once `kill_after` came (or after two
-/// minutes): no destructor, no flush. The acknowledged writes; asserts the
-/// child was killed, not ended, and acknowledged `kill_after` at least.
-pub fn kill_after_acks(child: &mut std::process::Child, kill_after: usize) -> Vec<(i64, i64)> {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("the child's stdout is piped");
-    let mut reader = std::io::BufReader::new(stdout);
-    let mut acked = Vec::new();
-    let mut line = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut killed = false;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).expect("read the child") == 0 {
-            break;
-        }
-        // A line cut by the kill has no newline: not an acknowledgement.
-        if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
-            let (key, value) = ack.split_once(' ').expect("`ack key value`");
-            acked.push((key.parse().unwrap(), value.parse().unwrap()));
-        }
-        if !killed && (acked.len() >= kill_after || std::time::Instant::now() > deadline) {
-            // `Child::kill` sends SIGKILL on Unix.
-            child.kill().expect("SIGKILL");
-            killed = true;
+/// A child's `ack <key> <value>` lines (one per write it saw
+/// acknowledged), read by a thread of their own as they come (the child
+/// never waits on its output).
+pub struct Acks {
+    acked: std::sync::Arc<Mutex<Vec<(i64, i64)>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Acks {
+    pub fn new(child: &mut std::process::Child) -> Self {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("the child's stdout is piped");
+        let acked = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&acked);
+        let reader = std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                // A line cut by a kill has no newline: not an acknowledgement.
+                if let Some(ack) = line.strip_suffix('\n').and_then(|l| l.strip_prefix("ack ")) {
+                    let (key, value) = ack.split_once(' ').expect("`ack key value`");
+                    sink.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((key.parse().unwrap(), value.parse().unwrap()));
+                }
+            }
+        });
+        Acks { acked, reader }
+    }
+
+    /// The writes acknowledged so far.
+    pub fn acked(&self) -> Vec<(i64, i64)> {
+        self.acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until `count` writes were acknowledged in all (or two minutes
+    /// passed, or the child's output ended); whether it got that far.
+    pub fn until(&self, count: usize) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let seen = self
+                .acked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len();
+            if seen >= count {
+                return true;
+            }
+            if self.reader.is_finished() || std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
-    let status = child.wait().expect("wait for the child");
-    assert!(killed, "the child ended by itself: {status:?}");
-    assert!(!status.success(), "killed, not exited: {status:?}");
-    assert!(
-        acked.len() >= kill_after,
-        "only {} acknowledgements",
-        acked.len()
-    );
-    acked
+
+    /// SIGKILLs the child once `count` writes were acknowledged in all (or
+    /// after two minutes): no destructor, no flush; then takes what it
+    /// wrote before it died. The acknowledged writes; asserts the child was
+    /// killed, not ended, and acknowledged `count` at least.
+    pub fn kill_after(self, child: &mut std::process::Child, count: usize) -> Vec<(i64, i64)> {
+        let reached = self.until(count);
+        // `Child::kill` sends SIGKILL on Unix.
+        let killed = child.kill().is_ok();
+        let status = child.wait().expect("wait for the child");
+        let Acks { acked, reader } = self;
+        reader.join().expect("the reader of the child's output");
+        let acked = acked.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert!(killed, "the child ended by itself: {status:?}");
+        assert!(!status.success(), "killed, not exited: {status:?}");
+        assert!(reached, "only {} acknowledgements", acked.len());
+        acked
+    }
+}
+
+/// Reads a child's acknowledgements and SIGKILLs it once `kill_after`
+/// came ([`Acks::kill_after`]).
+pub fn kill_after_acks(child: &mut std::process::Child, kill_after: usize) -> Vec<(i64, i64)> {
+    Acks::new(child).kill_after(child, kill_after)
 }
 
 /// The `put` writes kept as dead letters (other commands are not puts).
