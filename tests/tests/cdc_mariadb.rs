@@ -163,6 +163,26 @@ impl CdcServer for Fixture {
         kill_dump_threads(&self.url)
     }
 
+    /// The follower's control connection, by the lock it holds.
+    fn kill_lock_holder(&self) -> usize {
+        let lock = format!("dualwrite_cdc:{}", self.position);
+        query(&self.url, move |conn| {
+            Box::pin(async move {
+                let (id,): (Option<i64>,) = sqlx::query_as("SELECT IS_USED_LOCK(?)")
+                    .bind(lock)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("IS_USED_LOCK");
+                let Some(id) = id else { return 0 };
+                sqlx::query(AssertSqlSafe(format!("KILL {id}")))
+                    .execute(&mut *conn)
+                    .await
+                    .expect("KILL");
+                1
+            })
+        })
+    }
+
     fn primary_rows(&self) -> BTreeMap<i64, Option<i64>> {
         let sql = format!("SELECT id, value FROM {}", self.table);
         query(&self.url, move |conn| {
@@ -591,4 +611,16 @@ fn a_standby_takes_over_from_a_killed_leader() {
         fixture.position
     );
     cdc_support::a_standby_takes_over_from_a_killed_leader(&fixture, CHILD, spec, &journal);
+}
+
+#[test]
+fn a_leader_that_loses_its_lock_stands_by() {
+    let test = "a_leader_that_loses_its_lock_stands_by";
+    let Some(url) = binlog_server(test) else {
+        return;
+    };
+    let Some(journal) = cdc_support::SharedJournal::new(test) else {
+        return;
+    };
+    cdc_support::a_leader_that_loses_its_lock_stands_by(&Fixture::new(url, "lostlock"), &journal);
 }

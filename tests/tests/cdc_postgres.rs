@@ -150,6 +150,11 @@ impl CdcServer for Fixture {
         })
     }
 
+    /// The follower reads on the connection that holds its lock.
+    fn kill_lock_holder(&self) -> usize {
+        self.kill_reader_connections()
+    }
+
     /// Every row of the primary table.
     fn primary_rows(&self) -> BTreeMap<i64, Option<i64>> {
         let (url, table) = (self.url.clone(), self.table.clone());
@@ -508,4 +513,16 @@ fn a_standby_takes_over_from_a_killed_leader() {
         fixture.slot
     );
     cdc_support::a_standby_takes_over_from_a_killed_leader(&fixture, CHILD, spec, &journal);
+}
+
+#[test]
+fn a_leader_that_loses_its_lock_stands_by() {
+    let test = "a_leader_that_loses_its_lock_stands_by";
+    let Some(url) = logical_server(test) else {
+        return;
+    };
+    let Some(journal) = cdc_support::SharedJournal::new(test) else {
+        return;
+    };
+    cdc_support::a_leader_that_loses_its_lock_stands_by(&Fixture::new(url, "lostlock"), &journal);
 }

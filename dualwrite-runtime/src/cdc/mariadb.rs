@@ -533,7 +533,29 @@ impl MariadbSource {
             .unwrap_or_else(|| (super::fnv1a(&self.name) >> 32) as u32 | 0x8000_0000)
     }
 
+    /// Fails with [`CdcError::Busy`] unless the control connection still
+    /// holds the follower lock. A stream registers the position's server
+    /// id, and a second stream with that id ends the first: a follower
+    /// whose lock was taken over (its control connection ended) must not
+    /// start one, or it would end its successor's.
+    fn check_lead(&mut self) -> Result<(), CdcError> {
+        let key = self.lock_name();
+        let held: Option<Option<i64>> = self.with_conn("checking the follower lock", |conn| {
+            conn.exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (key,))
+        })?;
+        if held.flatten() == Some(1) {
+            return Ok(());
+        }
+        // Lost with the connection: taken again, or another follower has it.
+        self.conn = None;
+        self.locked = false;
+        self.conn().map(drop)
+    }
+
     fn start_reader(&mut self) -> Result<(), CdcError> {
+        if self.exclusive {
+            self.check_lead()?;
+        }
         let from = self.received_to;
         let mut conn =
             Conn::new(self.opts()?).map_err(|error| self.error("connecting the reader", error))?;

@@ -50,6 +50,9 @@ pub trait CdcServer {
     /// stream on (as a restart or a network fault would); how many it
     /// ended.
     fn kill_reader_connections(&self) -> usize;
+    /// Has the server end the connection that holds the follower lock;
+    /// how many it ended.
+    fn kill_lock_holder(&self) -> usize;
 
     fn journal(&self) -> Arc<SqliteJournal> {
         Arc::new(
@@ -132,7 +135,13 @@ impl SharedJournal {
     }
 
     pub fn open(&self) -> Arc<PgJournal> {
+        self.open_as(&format!("instance-{}", std::process::id()))
+    }
+
+    /// A handle of its own (an instance's name in the journal's leases).
+    pub fn open_as(&self, owner: &str) -> Arc<PgJournal> {
         let options = PgJournalOptions::new(Durability::PerWrite)
+            .with_owner(owner)
             .with_schema(&self.schema)
             .with_partitions(8)
             .with_lease_ttl(Duration::from_secs(1));
@@ -800,4 +809,95 @@ pub fn a_standby_takes_over_from_a_killed_leader<S: CdcServer>(
         &server.primary_rows(),
     );
     assert!(standby.shutdown(WAIT).complete);
+}
+
+/// Two instances in one process over one journal (PostgreSQL): the server
+/// ends the leading follower's lock connection while both write. The
+/// standby takes the source over (or the leader takes its lock again
+/// first); the one that lost it stands by, and on MariaDB starts no stream
+/// of its own (a second stream with the position's server id would end
+/// its successor's). At the end exactly one leads, and after flushes on
+/// both every write is on the secondary, per-key order held, nothing
+/// journaled twice.
+pub fn a_leader_that_loses_its_lock_stands_by<S: CdcServer>(server: &S, journal: &SharedJournal) {
+    let a = Arc::new(
+        server
+            .adapter_over(
+                journal.open_as("a"),
+                Phase::DualWrite,
+                shared_outbox_config(),
+            )
+            .expect("the first instance leads"),
+    );
+    let b = Arc::new(
+        server
+            .adapter_over(
+                journal.open_as("b"),
+                Phase::DualWrite,
+                shared_outbox_config(),
+            )
+            .expect("the second stands by"),
+    );
+    let standby = |adapter: &LedgerDualWrite<S::Primary, CountingStore>| {
+        adapter.core().cdc_status().expect("status").standby
+    };
+    assert!(!standby(&a) && standby(&b));
+    write_stream(&a, 2, 16, 20, 0);
+    let (a_writes, b_writes) = (Arc::clone(&a), Arc::clone(&b));
+    let writers = [
+        std::thread::spawn(move || write_stream(&a_writes, 2, 8, 40, 100)),
+        std::thread::spawn(move || {
+            // Keys 8..16 from the second instance.
+            for round in 1..=40 {
+                for key in 8..16 {
+                    b_writes.put(key, 100 + round).expect("put");
+                }
+            }
+        }),
+    ];
+    assert_eq!(server.kill_lock_holder(), 1, "the lock's connection");
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    // One of them leads again: the standby within its interval, or the
+    // leader when it reconnects first.
+    let deadline = Instant::now() + WAIT;
+    while standby(&a) == standby(&b) {
+        assert!(
+            Instant::now() < deadline,
+            "both {}",
+            if standby(&a) { "stand by" } else { "lead" }
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b_took_over = b.core().cdc_status().expect("status").takeovers;
+    println!(
+        "cdc lock lost: {} leads ({b_took_over} takeover by the standby)",
+        if standby(&a) {
+            "the standby"
+        } else {
+            "the first leader"
+        },
+    );
+    a.flush(WAIT).expect("flush the first");
+    b.flush(WAIT).expect("flush the second");
+    assert!(standby(&a) != standby(&b), "exactly one leads");
+    let shared = journal.open_as("check");
+    assert_eq!(shared.counts().expect("counts").pending, 0);
+    let records = shared.records("LedgerWrite").expect("records");
+    let ids: HashSet<_> = records.iter().map(|r| r.record.idempotency_id).collect();
+    assert_eq!(ids.len(), records.len(), "a change journaled twice");
+    assert!(shared.dead_letters().expect("dead letters").is_empty());
+    let store = a.new_store();
+    assert_per_key_order(&store.inner.history());
+    assert_eq!(secondary_rows(store), server.primary_rows());
+    assert!(
+        (0..16).all(|key| store.inner.rows().contains(&(key, 140))),
+        "{:?}",
+        store.inner.rows()
+    );
+    for adapter in [a, b] {
+        let adapter = Arc::into_inner(adapter).expect("writers joined");
+        assert!(adapter.shutdown(WAIT).complete);
+    }
 }
