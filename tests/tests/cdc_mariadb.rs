@@ -137,6 +137,19 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// What the child of a kill test is given (see `Fixture::from_spec`).
+    fn child_spec(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.dir.display(),
+            self.url,
+            self.table,
+            self.position
+        )
+    }
+}
+
 impl CdcServer for Fixture {
     type Primary = MyLedger;
     type Source = MariadbSource;
@@ -582,45 +595,36 @@ fn child_role() {
 fn kill_9_mid_stream_loses_nothing_and_keeps_key_order() {
     if let Some(url) = binlog_server("kill_9_mid_stream_loses_nothing_and_keeps_key_order") {
         let fixture = Fixture::new(url, "kill");
-        let spec = format!(
-            "{} {} {} {}",
-            fixture.dir.display(),
-            fixture.url,
-            fixture.table,
-            fixture.position
-        );
+        let spec = fixture.child_spec();
         cdc_support::kill_9_mid_stream_loses_nothing_and_keeps_key_order(&fixture, CHILD, spec);
     }
 }
 
 #[test]
 fn a_standby_takes_over_from_a_killed_leader() {
-    let test = "a_standby_takes_over_from_a_killed_leader";
-    let Some(url) = binlog_server(test) else {
+    let Some((fixture, journal)) =
+        with_shared_journal("a_standby_takes_over_from_a_killed_leader", "standby")
+    else {
         return;
     };
-    let Some(journal) = cdc_support::SharedJournal::new(test) else {
-        return;
-    };
-    let fixture = Fixture::new(url, "standby");
-    let spec = format!(
-        "{} {} {} {}",
-        fixture.dir.display(),
-        fixture.url,
-        fixture.table,
-        fixture.position
-    );
+    let spec = fixture.child_spec();
     cdc_support::a_standby_takes_over_from_a_killed_leader(&fixture, CHILD, spec, &journal);
 }
 
 #[test]
 fn a_leader_that_loses_its_lock_stands_by() {
-    let test = "a_leader_that_loses_its_lock_stands_by";
-    let Some(url) = binlog_server(test) else {
+    let Some((fixture, journal)) =
+        with_shared_journal("a_leader_that_loses_its_lock_stands_by", "lostlock")
+    else {
         return;
     };
-    let Some(journal) = cdc_support::SharedJournal::new(test) else {
-        return;
-    };
-    cdc_support::a_leader_that_loses_its_lock_stands_by(&Fixture::new(url, "lostlock"), &journal);
+    cdc_support::a_leader_that_loses_its_lock_stands_by(&fixture, &journal);
+}
+
+/// A fixture and a journal on PostgreSQL that two instances share; `None`
+/// (a `skipped:` line) without either server.
+fn with_shared_journal(test: &str, tag: &str) -> Option<(Fixture, cdc_support::SharedJournal)> {
+    let url = binlog_server(test)?;
+    let journal = cdc_support::SharedJournal::new(test, tag)?;
+    Some((Fixture::new(url, tag), journal))
 }

@@ -15,7 +15,6 @@ mod outbox_support;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,8 +23,8 @@ use dualwrite_runtime::outbox::sqlite::{SqliteJournal, SqliteJournalOptions};
 use dualwrite_runtime::outbox::{Durability, OutboxConfig};
 use dualwrite_runtime::{LaneConfig, Migration, Phase};
 use outbox_support::{
-    Ledger, LedgerDualWrite, SqlStore, assert_per_key_order, dead_puts, kill_after_acks, temp_dir,
-    unaccounted,
+    Ledger, LedgerDualWrite, SqlStore, assert_per_key_order, dead_puts, kill_after_acks,
+    spawn_child_role, temp_dir, unaccounted,
 };
 
 /// Set in the child: `<mode> <directory>`.
@@ -168,19 +167,7 @@ fn run_child(mode: Mode, dir: &Path) -> ! {
 /// Runs the child in `mode`, kills it with SIGKILL after `KILL_AFTER`
 /// acknowledgements, and returns every acknowledged `(key, value)`.
 fn run_and_kill(mode: Mode, dir: &Path) -> Vec<(i64, i64)> {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, format!("{} {}", mode.name(), dir.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child");
+    let mut child = spawn_child_role(&[(CHILD, format!("{} {}", mode.name(), dir.display()))]);
     kill_after_acks(&mut child, KILL_AFTER)
 }
 

@@ -28,7 +28,7 @@ use dualwrite_runtime::outbox::{Durability, OutboxConfig, WriteContext};
 use dualwrite_runtime::{Migration, Phase};
 use outbox_support::{
     DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
-    kill_after_acks, temp_dir, unaccounted,
+    kill_after_acks, spawn_child_role, temp_dir, unaccounted,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -499,19 +499,7 @@ fn kill_9_mid_stream_loses_no_acknowledged_write() {
     let Some(url) = nats_url() else { return };
     let stream = unique_stream("crash");
     let dir = temp_dir("nats-crash");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, format!("{} {url} {stream}", dir.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child");
+    let mut child = spawn_child_role(&[(CHILD, format!("{} {url} {stream}", dir.display()))]);
     let acked = kill_after_acks(&mut child, 400);
 
     let journal = Arc::new(

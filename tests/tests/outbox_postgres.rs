@@ -26,7 +26,7 @@ use dualwrite_runtime::outbox::{
 use dualwrite_runtime::{Migration, Phase, Store};
 use outbox_support::{
     DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
-    kill_after_acks, temp_dir, unaccounted,
+    kill_after_acks, spawn_child_role, temp_dir, unaccounted,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions};
@@ -441,19 +441,7 @@ fn drain_until_killed(schema: &str, url: &str) -> ! {
 }
 
 fn spawn_child(spec: String) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, spec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child")
+    spawn_child_role(&[(CHILD, spec)])
 }
 
 // ------------------------------------------------------------- 1. kill -9

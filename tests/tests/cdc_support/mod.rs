@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use dualwrite_runtime::{Migration, Phase, WriteStrategy};
 
 use crate::outbox_support::{
     Acks, DbError, Ledger, LedgerDualWrite, LedgerWrite, SqlStore, assert_per_key_order, dead_puts,
-    kill_after_acks,
+    kill_after_acks, spawn_child_role,
 };
 
 /// How long the tests wait for a flush or a catch-up.
@@ -103,15 +102,16 @@ pub struct SharedJournal {
 }
 
 impl SharedJournal {
-    /// `None`, with a `skipped:` line, without `DUALWRITE_POSTGRES_URL`.
-    pub fn new(test: &str) -> Option<Self> {
+    /// `None`, with a `skipped:` line naming `test`, without
+    /// `DUALWRITE_POSTGRES_URL`; the schema's name starts with `tag`.
+    pub fn new(test: &str, tag: &str) -> Option<Self> {
         let Ok(url) = std::env::var("DUALWRITE_POSTGRES_URL") else {
             eprintln!(
                 "skipped: {test}: set DUALWRITE_POSTGRES_URL for the journal the instances share"
             );
             return None;
         };
-        let schema = unique(test);
+        let schema = unique(tag);
         Self::execute(&url, format!("CREATE SCHEMA {schema}"));
         Some(SharedJournal {
             url,
@@ -677,19 +677,7 @@ pub fn kill_9_mid_stream_loses_nothing_and_keeps_key_order<S: CdcServer>(
     child_env: &str,
     spec: String,
 ) {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(child_env, spec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child");
+    let mut child = spawn_child_role(&[(child_env, spec)]);
     let acked = kill_after_acks(&mut child, 600);
     // The restart: a new adapter over the same journal, source and stores.
     let journal = server.journal();
@@ -733,20 +721,7 @@ pub fn a_standby_takes_over_from_a_killed_leader<S: CdcServer>(
     spec: String,
     journal: &SharedJournal,
 ) {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(child_env, spec)
-        .env(SHARED_JOURNAL, journal.spec())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child");
+    let mut child = spawn_child_role(&[(child_env, spec), (SHARED_JOURNAL, journal.spec())]);
     let acks = Acks::new(&mut child);
     // Writing: the child's follower holds the source.
     assert!(acks.until(100), "the leader wrote {}", acks.acked().len());

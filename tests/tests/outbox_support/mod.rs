@@ -248,6 +248,25 @@ pub fn assert_per_key_order(history: &[(i64, i64, i64)]) {
     }
 }
 
+/// Runs this test binary's `child_role` test alone in a child process,
+/// with `envs` set (the role and its settings), its stdout piped (its
+/// acknowledgements, read with [`Acks`]) and its stderr dropped.
+pub fn spawn_child_role(envs: &[(&str, String)]) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_role",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .envs(envs.iter().map(|(name, value)| (name, value)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the child")
+}
+
 /// A child's `ack <key> <value>` lines (one per write it saw
 /// acknowledged), read by a thread of their own as they come (the child
 /// never waits on its output).
