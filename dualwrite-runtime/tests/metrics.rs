@@ -593,12 +593,13 @@ fn counts_are_split_exactly_at_a_phase_change_under_load() {
 #[cfg(feature = "outbox-sqlite")]
 mod follower {
     use super::*;
+    use dualwrite_runtime::Store;
     use dualwrite_runtime::cdc::{
         Cdc, CdcConfig, CdcError, ChangeBatch, ChangeKind, ChangeSource, Column, Observed,
         Position, RowChange, Value,
     };
     use dualwrite_runtime::outbox::sqlite::SqliteJournal;
-    use dualwrite_runtime::outbox::{Durability, OutboxConfig};
+    use dualwrite_runtime::outbox::{Durability, Journal, JournalCommand, NewRecord, OutboxConfig};
 
     #[dual_write(serde)]
     pub trait Notes {
@@ -625,6 +626,9 @@ mod follower {
         /// While set, another follower holds the feed: opening it, and
         /// every read of a follower that held it, fail with `Busy`.
         elsewhere: Arc<std::sync::atomic::AtomicBool>,
+        /// While set, the follower's lock is gone with its connection: its
+        /// reads fail with `LockLost` (opening again works).
+        lock_lost: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Feed {
@@ -651,6 +655,11 @@ mod follower {
 
     impl Feed {
         fn busy(&self) -> Result<(), CdcError> {
+            if self.lock_lost.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(CdcError::LockLost {
+                    source: self.describe(),
+                });
+            }
             if self.elsewhere.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(CdcError::Busy {
                     source: self.describe(),
@@ -667,6 +676,8 @@ mod follower {
 
     impl ChangeSource for Feed {
         fn open(&mut self) -> Result<Position, CdcError> {
+            self.lock_lost
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             self.busy()?;
             Ok(Position(*self.confirmed.lock().unwrap()))
         }
@@ -1014,15 +1025,16 @@ mod follower {
             "a local journal cannot stand by"
         );
 
+        let journal = Arc::new(Shared(temp_journal("standby")));
         let adapter = NotesDualWrite::new(
             Mem::default(),
             Mem::default(),
             Migration::new(Phase::DualWrite),
         )
         .with_cdc(
-            Arc::new(Shared(temp_journal("standby"))),
+            journal.clone(),
             Cdc::new(feed.clone(), map).with_config(config),
-            OutboxConfig::default(),
+            OutboxConfig::default().with_stream("notes"),
         )
         .expect("a standby");
         let status = adapter.core().cdc_status().expect("status");
@@ -1046,16 +1058,47 @@ mod follower {
         );
         assert_eq!(Kv::get(adapter.new_store(), 1), Ok(None));
 
-        // The other follower goes away with two changes read and not
-        // confirmed: this one takes over and reads them.
+        // The other follower goes away with three changes read and not
+        // confirmed, two of them journaled: this one takes over, reads the
+        // three, finds two in the journal and journals the third.
         feed.push("notes", 5, "6");
         feed.push("notes", 6, "7");
+        feed.push("notes", 7, "8");
+        let records: Vec<NewRecord> = feed.changes.lock().unwrap()[3..5]
+            .iter()
+            .map(|change| {
+                let command = map(change).expect("a note").expect("mapped");
+                NewRecord {
+                    stream: "notes".to_owned(),
+                    idempotency_id: change.idempotency_id("notes"),
+                    sequence: journal.next_sequence(),
+                    key_text: command.key_text(),
+                    key_hash: command.key_hash(),
+                    method: command.method().to_owned(),
+                    target: Store::New,
+                    payload: JournalCommand::encode(&command).expect("encode"),
+                }
+            })
+            .collect();
+        journal.append_many(&records).expect("the other follower's");
         feed.elsewhere.store(false, SeqCst);
         adapter.flush(Duration::from_secs(10)).expect("taken over");
         let status = adapter.core().cdc_status().expect("status");
         assert!(!status.standby && status.takeovers == 1, "{status:?}");
-        assert_eq!(status.journaled, 2, "{status:?}");
+        assert_eq!((status.duplicates, status.journaled), (2, 1), "{status:?}");
         assert_eq!(Kv::get(adapter.new_store(), 6), Ok(Some(7)));
+        assert_eq!(Kv::get(adapter.new_store(), 7), Ok(Some(8)));
+
+        // Its lock goes with its connection: it stands by and opens the
+        // source again rather than reading on without the lock.
+        feed.lock_lost.store(true, SeqCst);
+        feed.push("notes", 9, "1");
+        adapter
+            .flush(Duration::from_secs(10))
+            .expect("opened again");
+        let status = adapter.core().cdc_status().expect("status");
+        assert!(!status.standby && status.takeovers == 2, "{status:?}");
+        assert_eq!(Kv::get(adapter.new_store(), 9), Ok(Some(1)));
 
         // The source is taken from it (its connection ended, another
         // follower took the lock): it stands by again.
@@ -1072,7 +1115,7 @@ mod follower {
             .flush(Duration::from_secs(10))
             .expect("taken over again");
         assert_eq!(Kv::get(adapter.new_store(), 8), Ok(Some(9)));
-        assert_eq!(adapter.core().cdc_status().expect("status").takeovers, 2);
+        assert_eq!(adapter.core().cdc_status().expect("status").takeovers, 3);
         assert!(adapter.shutdown(Duration::from_secs(30)).complete);
     }
 }

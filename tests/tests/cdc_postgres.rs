@@ -385,7 +385,7 @@ fn the_restart_point_follows_what_the_follower_confirmed() {
     insert(1_000);
     let batch = source.read(100_000).expect("read");
     assert_eq!(ours(&batch).len(), 50);
-    assert!(batch.changes.iter().all(|c| c.position > confirmed[1]));
+    assert!(ours(&batch).iter().all(|c| c.position > confirmed[1]));
 }
 
 #[test]

@@ -357,7 +357,7 @@ impl<C: WriteCommand> Runner<C> {
             wait = match self.guarded(Runner::round) {
                 Ok(round) if round.full => Duration::ZERO,
                 Ok(_) => self.config.poll_interval,
-                Err(error @ CdcError::Busy { .. }) => {
+                Err(error @ (CdcError::Busy { .. } | CdcError::LockLost { .. })) => {
                     self.lose_lead(&error);
                     self.config.standby_interval
                 }
@@ -396,11 +396,12 @@ impl<C: WriteCommand> Runner<C> {
         }
     }
 
-    /// The source was found taken by another follower: stand by.
+    /// The lock on the source was found lost (or taken by another
+    /// follower): stand by, and open the source again when it is free.
     fn lose_lead(&mut self, error: &CdcError) {
         tracing::warn!(
             %error,
-            "change data capture: another follower took the source over (this one's connection ended); standing by"
+            "change data capture: this follower no longer holds the source; standing by until it can open it again"
         );
         self.leading = false;
         self.watch = None;
@@ -539,7 +540,7 @@ impl<C: WriteCommand> Runner<C> {
         loop {
             let error = match self.guarded(|runner| runner.catch_up()) {
                 Ok(()) => return Ok(()),
-                Err(error @ CdcError::Busy { .. }) => {
+                Err(error @ (CdcError::Busy { .. } | CdcError::LockLost { .. })) => {
                     self.lose_lead(&error);
                     return self.stand_by_until(deadline);
                 }

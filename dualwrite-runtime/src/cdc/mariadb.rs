@@ -266,19 +266,13 @@ impl MariadbSource {
         };
         if self.exclusive && !self.locked {
             match self.take_follower_lock(&mut conn) {
-                Ok(()) => {
-                    self.locked = true;
-                    self.lock_wait = FOLLOWER_LOCK_WAIT;
-                }
+                Ok(()) => self.locked = true,
                 Err(error) => {
                     if matches!(error, CdcError::Busy { .. }) {
                         // Kept for a standby's observations; what was
                         // received is another follower's now.
                         self.conn = Some(conn);
-                        self.lock_wait = Duration::ZERO;
-                        self.reader = None;
-                        self.pending.clear();
-                        self.received_to = self.confirmed;
+                        self.stand_down();
                     }
                     return Err(error);
                 }
@@ -286,6 +280,26 @@ impl MariadbSource {
         }
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// Forgets what was received and stops the stream (another follower
+    /// reads the log now, or may have): the next lock attempt does not
+    /// wait.
+    fn stand_down(&mut self) {
+        self.lock_wait = Duration::ZERO;
+        self.reader = None;
+        self.pending.clear();
+        self.received_to = self.confirmed;
+    }
+
+    /// The connection that held the lock is gone: open again.
+    fn lock_lost(&mut self) -> CdcError {
+        self.conn = None;
+        self.locked = false;
+        self.stand_down();
+        CdcError::LockLost {
+            source: self.describe(),
+        }
     }
 
     /// One follower per position: a named lock (`GET_LOCK`) held by the
@@ -322,7 +336,10 @@ impl MariadbSource {
     }
 
     fn conn(&mut self) -> Result<&mut Conn, CdcError> {
-        if self.conn.is_none() || (self.exclusive && !self.locked) {
+        if self.exclusive && !(self.locked && self.conn.is_some()) {
+            return Err(self.lock_lost());
+        }
+        if self.conn.is_none() {
             self.connect()?;
         }
         self.conn.as_mut().ok_or(CdcError::Stopped)
@@ -546,10 +563,7 @@ impl MariadbSource {
         if held.flatten() == Some(1) {
             return Ok(());
         }
-        // Lost with the connection: taken again, or another follower has it.
-        self.conn = None;
-        self.locked = false;
-        self.conn().map(drop)
+        Err(self.lock_lost())
     }
 
     fn start_reader(&mut self) -> Result<(), CdcError> {
@@ -659,9 +673,23 @@ impl ChangeSource for MariadbSource {
     fn open(&mut self) -> Result<Position, CdcError> {
         self.exclusive = true;
         self.connect()?;
-        self.check_setup()?;
-        self.ensure_position(self.create)?;
-        Ok(self.confirmed)
+        match self
+            .check_setup()
+            .and_then(|()| self.ensure_position(self.create))
+        {
+            Ok(_) => {
+                self.lock_wait = FOLLOWER_LOCK_WAIT;
+                Ok(self.confirmed)
+            }
+            Err(error) => {
+                // Not followed after all: the lock is released, for an
+                // instance that can open it.
+                self.conn = None;
+                self.locked = false;
+                self.exclusive = false;
+                Err(error)
+            }
+        }
     }
 
     fn head(&mut self) -> Result<Position, CdcError> {
@@ -688,6 +716,12 @@ impl ChangeSource for MariadbSource {
         } else {
             through.unwrap_or(self.confirmed)
         };
+        // The stream reads on without the control connection: before its
+        // changes are journaled, the lock is checked (a follower that lost
+        // it would journal beside its successor).
+        if !changes.is_empty() {
+            self.check_lead()?;
+        }
         Ok(ChangeBatch {
             changes,
             through: through.max(self.confirmed),

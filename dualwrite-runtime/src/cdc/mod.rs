@@ -325,9 +325,12 @@ pub trait ChangeSource: Send + 'static {
     ///
     /// Another follower holding the lock: [`CdcError::Busy`], after a short
     /// wait for one that is going away. A standby calls `open` again to
-    /// take the source over (without the wait, then), and any call that
-    /// finds the lock lost (its connection ended and another follower took
-    /// it) fails with `Busy` too.
+    /// take the source over (without the wait, then). A call that needs
+    /// the server once the connection holding the lock is gone fails with
+    /// [`CdcError::LockLost`] rather than taking the lock again on a new
+    /// connection: another follower may have read the source meanwhile, so
+    /// the follower opens it again. `open` releases the lock when it fails
+    /// after taking it.
     fn open(&mut self) -> Result<Position, CdcError>;
     /// The position of the newest change committed so far: a catch-up reads
     /// until it is confirmed.
@@ -539,6 +542,13 @@ pub enum CdcError {
         /// Which lock, and what to do.
         detail: String,
     },
+    /// The connection that held the follower lock ended (the server ended
+    /// it, a network fault): another follower may have taken the source
+    /// over, so this one opens it again before it reads on.
+    LockLost {
+        /// The source.
+        source: String,
+    },
     /// The replication slot (or the source's equivalent) does not exist.
     MissingSlot {
         /// The source.
@@ -587,6 +597,10 @@ impl fmt::Display for CdcError {
             CdcError::Busy { source, detail } => {
                 write!(f, "change data capture from {source}: {detail}")
             }
+            CdcError::LockLost { source } => write!(
+                f,
+                "change data capture from {source}: the connection holding the follower lock ended; the follower opens the source again (another follower may have taken it over)"
+            ),
             CdcError::MissingSlot { source, slot } => write!(
                 f,
                 "change data capture from {source}: the replication slot `{slot}` does not exist; create it first (`SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')`, or `PostgresSource::create_slot`)"

@@ -223,18 +223,13 @@ impl PostgresSource {
         };
         if self.exclusive && !connected.locked {
             match self.take_follower_lock(&connected.runtime, &mut connected.conn) {
-                Ok(()) => {
-                    connected.locked = true;
-                    self.lock_wait = FOLLOWER_LOCK_WAIT;
-                }
+                Ok(()) => connected.locked = true,
                 Err(error) => {
                     if matches!(error, CdcError::Busy { .. }) {
                         // Kept for a standby's observations; what was
                         // read is another follower's now.
                         self.conn = Some(connected);
-                        self.lock_wait = Duration::ZERO;
-                        self.read_to = None;
-                        self.complete_to = None;
+                        self.stand_down();
                     }
                     return Err(error);
                 }
@@ -242,6 +237,14 @@ impl PostgresSource {
         }
         self.conn = Some(connected);
         Ok(())
+    }
+
+    /// Forgets what was read (another follower reads the slot now, or may
+    /// have): the next lock attempt does not wait.
+    fn stand_down(&mut self) {
+        self.lock_wait = Duration::ZERO;
+        self.read_to = None;
+        self.complete_to = None;
     }
 
     /// One follower per slot: a session advisory lock keyed by the slot's
@@ -291,11 +294,16 @@ impl PostgresSource {
             Box<dyn std::future::Future<Output = Result<T, ::sqlx::Error>> + 'c>,
         >,
     ) -> Result<T, CdcError> {
-        let lock_lost = self
-            .conn
-            .as_ref()
-            .is_some_and(|connected| self.exclusive && !connected.locked);
-        if self.conn.is_none() || lock_lost {
+        let locked = self.conn.as_ref().is_some_and(|connected| connected.locked);
+        if self.exclusive && !locked {
+            // The connection that held the lock is gone: open again.
+            self.conn = None;
+            self.stand_down();
+            return Err(CdcError::LockLost {
+                source: self.describe(),
+            });
+        }
+        if self.conn.is_none() {
             self.connect()?;
         }
         let Some(Connected { runtime, conn, .. }) = self.conn.as_mut() else {
@@ -452,22 +460,49 @@ impl PostgresSource {
         })?;
         self.position(&lsn)
     }
+
+    /// How far the WAL is flushed: logical decoding reads up to there, and
+    /// the slot cannot be advanced past it. A commit acknowledged to its
+    /// client is before it (with `synchronous_commit = off` only once the
+    /// WAL writer flushed it, which a catch-up to the write position waits
+    /// for).
+    fn flushed_lsn(&mut self) -> Result<Position, CdcError> {
+        let (lsn,): (String,) = self.run("reading the WAL position", |conn| {
+            Box::pin(::sqlx::query_as("SELECT pg_current_wal_flush_lsn()::text").fetch_one(conn))
+        })?;
+        self.position(&lsn)
+    }
 }
 
 impl ChangeSource for PostgresSource {
     fn open(&mut self) -> Result<Position, CdcError> {
         self.exclusive = true;
         self.connect()?;
-        self.check_wal_level()?;
-        self.ensure_slot(self.create)?;
-        let (version,): (i32,) = self.run("reading the server's version", |conn| {
-            Box::pin(
-                ::sqlx::query_as("SELECT current_setting('server_version_num')::int")
+        let checked = self.check_wal_level().and_then(|()| {
+            self.ensure_slot(self.create)?;
+            self.run("reading the server's version", |conn| {
+                Box::pin(
+                    ::sqlx::query_as::<_, (i32,)>(
+                        "SELECT current_setting('server_version_num')::int",
+                    )
                     .fetch_one(conn),
-            )
-        })?;
-        self.server_version = u32::try_from(version).unwrap_or(0);
-        Ok(self.confirmed)
+                )
+            })
+        });
+        match checked {
+            Ok((version,)) => {
+                self.server_version = u32::try_from(version).unwrap_or(0);
+                self.lock_wait = FOLLOWER_LOCK_WAIT;
+                Ok(self.confirmed)
+            }
+            Err(error) => {
+                // Not followed after all: the lock is released, for an
+                // instance that can open it.
+                self.conn = None;
+                self.exclusive = false;
+                Err(error)
+            }
+        }
     }
 
     fn head(&mut self) -> Result<Position, CdcError> {
@@ -475,7 +510,7 @@ impl ChangeSource for PostgresSource {
     }
 
     fn read(&mut self, limit: usize) -> Result<ChangeBatch, CdcError> {
-        let upto = self.current_lsn()?;
+        let upto = self.flushed_lsn()?;
         if self.read_to == Some(upto) {
             // No WAL since the last complete read: skip the decoding.
             return Ok(ChangeBatch {
@@ -555,15 +590,18 @@ impl ChangeSource for PostgresSource {
         }
         let slot = self.slot.clone();
         let to = through.to_string();
-        self.run("advancing the slot", |conn| {
+        let (end,): (String,) = self.run("advancing the slot", |conn| {
             Box::pin(
-                ::sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
-                    .bind(slot)
-                    .bind(to)
-                    .execute(conn),
+                ::sqlx::query_as(
+                    "SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::pg_lsn)",
+                )
+                .bind(slot)
+                .bind(to)
+                .fetch_one(conn),
             )
         })?;
-        self.confirmed = through;
+        // The server does not advance past the flushed WAL.
+        self.confirmed = self.confirmed.max(self.position(&end)?.min(through));
         self.mark_restart_point_if_due();
         Ok(())
     }
