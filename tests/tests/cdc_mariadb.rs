@@ -510,6 +510,13 @@ fn a_missing_position_is_a_clear_error() {
         message.contains(&name) && message.contains("create it before the backfill"),
         "{message}"
     );
+    // A source that failed to open does not keep the follower lock: a
+    // second one gets the same error, not `Busy`.
+    let mut failed = MariadbSource::new(&url, &name);
+    assert!(matches!(failed.open(), Err(CdcError::Setup { .. })));
+    let again = MariadbSource::new(&url, &name).open();
+    assert!(matches!(again, Err(CdcError::Setup { .. })), "{again:?}");
+    drop(failed);
     // `creating_position()` creates it; dropping it twice says so.
     let mut source = MariadbSource::new(&url, &name).creating_position();
     source.open().expect("created at the log's end");

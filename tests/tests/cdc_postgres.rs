@@ -418,6 +418,17 @@ fn a_missing_slot_is_a_clear_error() {
         message.contains(&slot) && message.contains("does not exist"),
         "{message}"
     );
+    // A source that failed to open does not keep the follower lock: a
+    // second one gets the same error, not `Busy`.
+    use dualwrite_runtime::cdc::ChangeSource;
+    let mut failed = PostgresSource::new(&url, &slot);
+    assert!(matches!(failed.open(), Err(CdcError::MissingSlot { .. })));
+    let again = PostgresSource::new(&url, &slot).open();
+    assert!(
+        matches!(again, Err(CdcError::MissingSlot { .. })),
+        "{again:?}"
+    );
+    drop(failed);
 }
 
 #[test]
