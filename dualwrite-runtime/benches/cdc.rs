@@ -38,7 +38,12 @@
 //! PostgreSQL follower moves its slot's restart point, default 1 000),
 //! `DW_CDC_JOURNAL` (`perwrite`, the default, `grouped` or `none`: the
 //! journal's durability), `DW_CDC_RENICE` (a diagnostic:
-//! the follower's and appliers' threads at this nice level).
+//! the follower's and appliers' threads at this nice level), `DW_CDC_PIN=1`
+//! (a diagnostic, with the server on this machine and `taskset`: the
+//! caller's thread and the server task serving its connection on CPU 0,
+//! everything else of the server's and the bench's on the other CPUs, in
+//! both modes: the caller's latency without the CPU the CDC pipeline takes
+//! from it, as on a machine with cores to spare).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -140,6 +145,67 @@ impl Kv for PrimaryKv {
                 .map_err(|error| BenchError(error.to_string())),
         }
     }
+}
+
+impl PrimaryKv {
+    /// The OS task of the server serving this connection: PostgreSQL's
+    /// backend process, MariaDB's connection thread.
+    fn server_task(&self) -> u32 {
+        match self {
+            PrimaryKv::Postgres { runtime, conn, .. } => {
+                let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                let (pid,): (i32,) = runtime
+                    .block_on(sqlx::query_as("SELECT pg_backend_pid()").fetch_one(&mut *conn))
+                    .expect("pg_backend_pid");
+                pid.unsigned_abs()
+            }
+            PrimaryKv::Mariadb { conn, .. } => conn
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .query_first(
+                    "SELECT TID FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()",
+                )
+                .expect("the connection's thread")
+                .expect("a thread id"),
+        }
+    }
+}
+
+/// Sets the CPU affinity of OS tasks with `taskset` (`-a`: every thread
+/// of the process).
+fn taskset(all_threads: bool, cpus: &str, tasks: &[String]) {
+    for task in tasks {
+        let mut command = std::process::Command::new("taskset");
+        if all_threads {
+            command.arg("-a");
+        }
+        let status = command
+            .args(["-p", "-c", cpus, task])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !status.is_ok_and(|status| status.success()) {
+            eprintln!("taskset -p -c {cpus} {task} failed");
+        }
+    }
+}
+
+/// The server's processes on this machine.
+fn server_processes(server: Server) -> Vec<String> {
+    let name = match server {
+        Server::Postgres => "postgres",
+        Server::Mariadb => "mariadbd",
+    };
+    std::process::Command::new("pgrep")
+        .args(["-x", name])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn mysql_conn(url: &str) -> mysql::Conn {
@@ -272,6 +338,8 @@ struct Setup {
     cdc: String,
     slot: String,
     dir: PathBuf,
+    /// CPUs on the machine, when `DW_CDC_PIN` is set.
+    pin: Option<usize>,
 }
 
 impl Setup {
@@ -284,6 +352,9 @@ impl Setup {
             slot: format!("dw_bench_cdc_{tag}"),
             dir: temp_dir(),
             url,
+            pin: (env("DW_CDC_PIN", 0) == 1)
+                .then(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .filter(|&cpus| cpus > 1),
         };
         for table in [&setup.plain, &setup.cdc] {
             sql(
@@ -315,11 +386,33 @@ impl Setup {
     }
 
     fn primary_only(&self) -> KvDualWrite<PrimaryKv, SqlKv> {
+        let primary = PrimaryKv::connect(self.server, &self.url, &self.plain);
+        self.pin(&primary);
         KvDualWrite::new(
-            PrimaryKv::connect(self.server, &self.url, &self.plain),
+            primary,
             SqlKv::open(&self.dir.join("plain.db")),
             Migration::new(Phase::Prepare),
         )
+    }
+
+    /// `DW_CDC_PIN`: the caller (this thread) and `primary`'s server task
+    /// on CPU 0, the rest of the server and of this process (the follower,
+    /// the appliers) on the other CPUs.
+    fn pin(&self, primary: &PrimaryKv) {
+        if self.pin.is_some() {
+            self.pin_tasks(primary.server_task());
+        }
+    }
+
+    /// The same, with the server task given.
+    fn pin_tasks(&self, server_task: u32) {
+        let Some(cpus) = self.pin else { return };
+        let rest = format!("1-{}", cpus - 1);
+        taskset(true, &rest, &server_processes(self.server));
+        let own = std::process::id().to_string();
+        taskset(true, &rest, std::slice::from_ref(&own));
+        // The bench calls from its main thread, whose id is the process's.
+        taskset(false, "0", &[own, server_task.to_string()]);
     }
 
     fn with_cdc(&self) -> KvDualWrite<PrimaryKv, SqlKv> {
@@ -351,13 +444,17 @@ impl Setup {
             )
             .expect("journal"),
         );
+        let primary = PrimaryKv::connect(self.server, &self.url, &self.cdc);
+        let server_task = primary.server_task();
         let adapter = KvDualWrite::new(
-            PrimaryKv::connect(self.server, &self.url, &self.cdc),
+            primary,
             SqlKv::open(&self.dir.join("cdc.db")),
             Migration::new(Phase::DualWrite),
         )
         .with_cdc(journal, cdc, OutboxConfig::default())
         .expect("start change data capture");
+        // After the follower's and appliers' threads started.
+        self.pin_tasks(server_task);
         if let Ok(nice) = std::env::var("DW_CDC_RENICE") {
             renice_background(&nice);
         }
@@ -367,6 +464,10 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        if let Some(cpus) = self.pin {
+            let all = format!("0-{}", cpus - 1);
+            taskset(true, &all, &server_processes(self.server));
+        }
         let _ = match self.server {
             Server::Postgres => PostgresSource::drop_slot(&self.url, &self.slot),
             Server::Mariadb => MariadbSource::drop_position(&self.url, &self.slot),
@@ -452,6 +553,7 @@ fn caller_latency(setup: &Setup, rate: Option<u64>) {
     println!("| round | mode | p50 | p99 | p99.9 | p99 ratio |");
     println!("|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
+    let (mut all_plain, mut all_cdc) = (Vec::new(), Vec::new());
     let mut next = 0_i64;
     // Warm-up: connections, the slot's first decoding.
     {
@@ -485,6 +587,8 @@ fn caller_latency(setup: &Setup, rate: Option<u64>) {
         }
         plain.sort_unstable();
         cdc.sort_unstable();
+        all_plain.extend_from_slice(&plain);
+        all_cdc.extend_from_slice(&cdc);
         let base = percentile(&plain, 99.0).max(1);
         let ratio = percentile(&cdc, 99.0) as f64 / base as f64;
         ratios.push(ratio);
@@ -499,12 +603,17 @@ fn caller_latency(setup: &Setup, rate: Option<u64>) {
         }
     }
     ratios.sort_by(f64::total_cmp);
+    all_plain.sort_unstable();
+    all_cdc.sort_unstable();
     println!();
     println!(
-        "CDC p99 / primary-only p99 ({pace}): median {:.3}, range {:.3} to {:.3} over {rounds} rounds",
+        "CDC p99 / primary-only p99 ({pace}): median {:.3}, range {:.3} to {:.3} over {rounds} rounds; all rounds' calls pooled: {:.3} ({} against {})",
         ratios[ratios.len() / 2],
         ratios[0],
-        ratios[ratios.len() - 1]
+        ratios[ratios.len() - 1],
+        percentile(&all_cdc, 99.0) as f64 / percentile(&all_plain, 99.0).max(1) as f64,
+        micros(percentile(&all_cdc, 99.0)),
+        micros(percentile(&all_plain, 99.0)),
     );
     println!();
 }
