@@ -903,6 +903,47 @@ fn the_secondary_cut_off_and_restarted_mid_run() {
     assert_per_key_order(&adapter.new_store().history());
 }
 
+/// A batch appended at once (the change-data-capture follower's) is
+/// journaled whole or not at all: one record already in the journal (the
+/// same idempotency id) fails the batch and leaves the others out, so the
+/// follower's next round finds the journal as it was.
+#[test]
+fn a_batch_is_appended_whole_or_not_at_all() {
+    let Some(url) = server("a_batch_is_appended_whole_or_not_at_all") else {
+        return;
+    };
+    let schema = Schema::new(&url, "batch");
+    let journal = PgJournal::open_with(&url, journal_options(&schema.name, Durability::PerWrite))
+        .expect("journal");
+    let record = |key: i64| NewRecord {
+        stream: STREAM.to_owned(),
+        idempotency_id: IdempotencyId::generate(),
+        sequence: journal.next_sequence(),
+        key_text: Some(key.to_string()),
+        key_hash: Some(key as u64),
+        method: "put".to_owned(),
+        target: Store::New,
+        payload: serde_json::to_string(&LedgerWrite::Put { id: key, value: 1 })
+            .expect("encode the command"),
+    };
+    let first = record(1);
+    journal.append(&first).expect("append");
+    let fresh = record(2);
+    let again = NewRecord {
+        idempotency_id: first.idempotency_id,
+        ..record(3)
+    };
+    assert!(journal.append_many(&[fresh.clone(), again]).is_err());
+    assert!(
+        !journal.contains(&fresh.idempotency_id).expect("look up"),
+        "a record of a failed batch was journaled"
+    );
+    journal
+        .append_many(&[fresh.clone(), record(4)])
+        .expect("a batch");
+    assert_eq!(journal.records(STREAM).expect("records").len(), 3);
+}
+
 // ------------------------------------------------------ 4. replay twice
 
 #[test]

@@ -1027,6 +1027,22 @@ impl Journal for PgJournal {
         })
     }
 
+    /// One statement, so one commit: the records are journaled together
+    /// or not at all (the change-data-capture follower journals a batch of
+    /// changes at a time).
+    fn append_many(&self, records: &[NewRecord]) -> Result<(), OutboxError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let records = records.to_vec();
+        self.run(move |inner| async move {
+            let records: Vec<&NewRecord> = records.iter().collect();
+            insert_many(&inner, &records)
+                .await
+                .map_err(storage("appending records"))
+        })
+    }
+
     fn contains(&self, id: &IdempotencyId) -> Result<bool, OutboxError> {
         let id = id.to_string();
         self.run(move |inner| async move {
