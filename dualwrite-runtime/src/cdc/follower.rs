@@ -575,6 +575,12 @@ impl<C: WriteCommand> Runner<C> {
             if self.exit.load(Ordering::SeqCst) {
                 return Err(CdcError::Stopped);
             }
+            if !round.full {
+                // The source has not reached the head yet (PostgreSQL's
+                // WAL written and not flushed, events on their way): a
+                // short pause rather than a spin.
+                thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
