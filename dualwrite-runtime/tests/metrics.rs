@@ -1118,4 +1118,46 @@ mod follower {
         assert_eq!(adapter.core().cdc_status().expect("status").takeovers, 3);
         assert!(adapter.shutdown(Duration::from_secs(30)).complete);
     }
+
+    /// The standby gauge is 1 while another follower holds the source, 0
+    /// once this one took it over.
+    #[test]
+    fn the_standby_gauge_is_published() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let feed = Feed::default();
+        feed.elsewhere.store(true, SeqCst);
+        metrics::with_local_recorder(&recorder, || {
+            let adapter = NotesDualWrite::new(
+                Mem::default(),
+                Mem::default(),
+                Migration::new(Phase::DualWrite),
+            )
+            .with_cdc(
+                Arc::new(Shared(temp_journal("gauge"))),
+                Cdc::new(feed.clone(), map).with_config(
+                    CdcConfig::default()
+                        .with_poll_interval(Duration::from_millis(5))
+                        .with_standby_interval(Duration::from_millis(20)),
+                ),
+                OutboxConfig::default(),
+            )
+            .expect("a standby");
+            let publisher = adapter.core().metrics_publisher();
+            let standby = || {
+                publisher.publish();
+                gauge(
+                    &take(&snapshotter),
+                    names::CDC_STANDBY,
+                    &[("trait", "Notes")],
+                )
+            };
+            assert_eq!(standby(), 1.0);
+            feed.elsewhere.store(false, SeqCst);
+            adapter.flush(Duration::from_secs(10)).expect("taken over");
+            assert_eq!(standby(), 0.0);
+            assert!(adapter.shutdown(Duration::from_secs(30)).complete);
+        });
+    }
 }
