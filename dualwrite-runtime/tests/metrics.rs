@@ -716,9 +716,11 @@ mod follower {
             let through = changes
                 .last()
                 .map_or(confirmed.max(head), |change| change.position.0 + 1);
+            let more = changes.len() >= limit;
             Ok(ChangeBatch {
                 changes,
                 through: Position(through),
+                more,
             })
         }
 

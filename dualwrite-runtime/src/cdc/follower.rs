@@ -95,6 +95,7 @@ impl CdcFollower {
             check_duplicates: true,
             reported: None,
             leading: false,
+            may_stand_by,
             watch: None,
         };
         let thread = thread::Builder::new()
@@ -299,6 +300,11 @@ struct Runner<C> {
     reported: Option<String>,
     /// This follower holds the source; otherwise it stands by.
     leading: bool,
+    /// The journal is shared: while another follower holds the source,
+    /// its progress counts (it journals where this adapter's appliers
+    /// read). Otherwise a follower that lost the source only tries to open
+    /// it again, and its catch-ups fail meanwhile.
+    may_stand_by: bool,
     /// A standby's last observation not yet passed by the leading
     /// follower: when it was made and the source's head then.
     watch: Option<(Instant, Position)>,
@@ -308,7 +314,8 @@ struct Runner<C> {
 struct Round {
     /// The position confirmed after it.
     through: crate::cdc::Position,
-    /// It read a full batch: more changes may be waiting.
+    /// The source said more changes may be waiting (the read stopped at
+    /// its limit).
     full: bool,
 }
 
@@ -429,7 +436,7 @@ impl<C: WriteCommand> Runner<C> {
                 status.confirmed = position;
                 Ok(true)
             }
-            Err(CdcError::Busy { .. }) => Ok(false),
+            Err(CdcError::Busy { .. }) if self.may_stand_by => Ok(false),
             Err(error) => Err(error),
         }
     }
@@ -480,9 +487,10 @@ impl<C: WriteCommand> Runner<C> {
 
     /// A standby's catch-up: waits until the leading follower confirmed
     /// the source's head as of the call (every change committed before it
-    /// is journaled, in the shared journal), taking the source over if
-    /// that follower goes away meanwhile; until `deadline`.
-    fn stand_by_until(&mut self, deadline: Instant) -> Result<(), CdcError> {
+    /// is journaled, in the shared journal), until `deadline`; `Ok(true)`
+    /// when this follower took the source over meanwhile (it catches up
+    /// itself then).
+    fn stand_by_until(&mut self, deadline: Instant) -> Result<bool, CdcError> {
         let asked = Instant::now();
         let mut head = None;
         let mut next_try = asked;
@@ -493,7 +501,7 @@ impl<C: WriteCommand> Runner<C> {
         loop {
             if Instant::now() >= next_try {
                 match self.guarded(Runner::try_lead) {
-                    Ok(true) => return self.catch_up_by(deadline),
+                    Ok(true) => return Ok(true),
                     Ok(false) => {}
                     Err(error @ CdcError::Source { .. }) => self.report(&error),
                     Err(error) => return Err(error),
@@ -506,7 +514,7 @@ impl<C: WriteCommand> Runner<C> {
                     let head = *head.get_or_insert(observed.head);
                     if observed.confirmed >= head {
                         self.followed_until(asked);
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 Err(error) => {
@@ -534,15 +542,18 @@ impl<C: WriteCommand> Runner<C> {
     /// a fence or a flush during a short fault waits for it to pass. A
     /// standby waits for the leading follower instead.
     fn catch_up_by(&mut self, deadline: Instant) -> Result<(), CdcError> {
-        if !self.leading {
-            return self.stand_by_until(deadline);
-        }
         loop {
+            if !self.leading && !self.stand_by_until(deadline)? {
+                return Ok(());
+            }
             let error = match self.guarded(|runner| runner.catch_up()) {
                 Ok(()) => return Ok(()),
                 Err(error @ (CdcError::Busy { .. } | CdcError::LockLost { .. })) => {
                     self.lose_lead(&error);
-                    return self.stand_by_until(deadline);
+                    if self.exit.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    continue;
                 }
                 Err(error) => error,
             };
@@ -576,9 +587,9 @@ impl<C: WriteCommand> Runner<C> {
                 return Err(CdcError::Stopped);
             }
             if !round.full {
-                // The source has not reached the head yet (PostgreSQL's
-                // WAL written and not flushed, events on their way): a
-                // short pause rather than a spin.
+                // The read reached the source's end and not the head yet
+                // (PostgreSQL's WAL written and not flushed, events on
+                // their way): a short pause rather than a spin.
                 thread::sleep(Duration::from_millis(1));
             }
         }
@@ -629,7 +640,7 @@ impl<C: WriteCommand> Runner<C> {
             status.last_error = None;
         }
         self.reported = None;
-        let full = read >= limit;
+        let full = batch.more;
         if !full {
             // A batch short of the limit reached the source's end as of the
             // read: every change committed before it is journaled now (for

@@ -98,8 +98,9 @@ pub struct MariadbSource {
     url: String,
     name: String,
     create: bool,
-    /// Set once the source is opened to follow the log: every control
-    /// connection then takes the position's follower lock first.
+    /// Set once the source is opened to follow the log: `open` takes the
+    /// position's follower lock on the control connection, and a call
+    /// after that connection is gone fails with [`CdcError::LockLost`].
     exclusive: bool,
     server_id: Option<u32>,
     conn: Option<Conn>,
@@ -345,8 +346,11 @@ impl MariadbSource {
         self.conn.as_mut().ok_or(CdcError::Stopped)
     }
 
-    /// Runs `work` on the connection; a failure drops the connection, so
-    /// the next call reconnects.
+    /// Runs `work` on the connection. A failure with the connection (I/O,
+    /// the server ending the session) drops it: the next call reconnects,
+    /// or, for a source that follows the log, fails with
+    /// [`CdcError::LockLost`] (the lock went with it). A statement the
+    /// server refused keeps the connection and its lock.
     fn with_conn<T>(
         &mut self,
         during: &'static str,
@@ -354,8 +358,13 @@ impl MariadbSource {
     ) -> Result<T, CdcError> {
         let result = work(self.conn()?);
         result.map_err(|error| {
-            self.conn = None;
-            self.locked = false;
+            // ER_SERVER_SHUTDOWN, ER_ABORTING_CONNECTION, ER_CONNECTION_KILLED.
+            let lost = !matches!(&error, mysql::Error::MySqlError(server)
+                if !matches!(server.code, 1053 | 1152 | 1927));
+            if lost {
+                self.conn = None;
+                self.locked = false;
+            }
             self.error(during, error)
         })
     }
@@ -550,8 +559,8 @@ impl MariadbSource {
             .unwrap_or_else(|| (super::fnv1a(&self.name) >> 32) as u32 | 0x8000_0000)
     }
 
-    /// Fails with [`CdcError::Busy`] unless the control connection still
-    /// holds the follower lock. A stream registers the position's server
+    /// Fails with [`CdcError::LockLost`] unless the control connection
+    /// still holds the follower lock. A stream registers the position's server
     /// id, and a second stream with that id ends the first: a follower
     /// whose lock was taken over (its control connection ended) must not
     /// start one, or it would end its successor's.
@@ -722,9 +731,11 @@ impl ChangeSource for MariadbSource {
         if !changes.is_empty() {
             self.check_lead()?;
         }
+        let more = taken < self.pending.len() || changes.len() >= limit;
         Ok(ChangeBatch {
             changes,
             through: through.max(self.confirmed),
+            more,
         })
     }
 

@@ -299,6 +299,10 @@ pub struct ChangeBatch {
     /// Every change before this position is in `changes` or was confirmed
     /// before: once they are journaled, the source can be confirmed to it.
     pub through: Position,
+    /// The read stopped at its limit: more changes may be waiting, so the
+    /// follower reads again at once and does not take the batch as the
+    /// source's end (shadow reads wait until a read reached the end).
+    pub more: bool,
 }
 
 /// Where a source stands, as a standby sees it ([`ChangeSource::observe`]).
@@ -542,9 +546,10 @@ pub enum CdcError {
         /// Which lock, and what to do.
         detail: String,
     },
-    /// The connection that held the follower lock ended (the server ended
-    /// it, a network fault): another follower may have taken the source
-    /// over, so this one opens it again before it reads on.
+    /// The connection that held the follower lock was lost (the server
+    /// ended it, a network fault, an error that broke it): another
+    /// follower may have taken the source over, so this one opens it again
+    /// before it reads on.
     LockLost {
         /// The source.
         source: String,

@@ -59,8 +59,9 @@ pub struct PostgresSource {
     url: String,
     slot: String,
     create: bool,
-    /// Set once the source is opened to follow the slot: every connection
-    /// then takes the slot's follower lock first.
+    /// Set once the source is opened to follow the slot: `open` takes the
+    /// slot's follower lock on its connection, and a call after that
+    /// connection is gone fails with [`CdcError::LockLost`].
     exclusive: bool,
     conn: Option<Connected>,
     /// How long taking the follower lock waits for another follower to let
@@ -282,9 +283,11 @@ impl PostgresSource {
         }
     }
 
-    /// Runs one query on the connection (reconnecting first if it was
-    /// lost); a failed query drops the connection, so the next call
-    /// reconnects.
+    /// Runs one query on the connection. A query that failed with the
+    /// connection (I/O, protocol, the server ending the session) drops it:
+    /// the next call reconnects, or, for a source that follows the slot,
+    /// fails with [`CdcError::LockLost`] (the lock went with it). A
+    /// statement the server refused keeps the connection and its lock.
     fn run<T>(
         &mut self,
         during: &'static str,
@@ -312,7 +315,9 @@ impl PostgresSource {
         match runtime.block_on(query(conn)) {
             Ok(value) => Ok(value),
             Err(error) => {
-                self.conn = None;
+                if connection_lost(&error) {
+                    self.conn = None;
+                }
                 Err(self.error(during, error))
             }
         }
@@ -463,9 +468,9 @@ impl PostgresSource {
 
     /// How far the WAL is flushed: logical decoding reads up to there, and
     /// the slot cannot be advanced past it. A commit acknowledged to its
-    /// client is before it (with `synchronous_commit = off` only once the
-    /// WAL writer flushed it, which a catch-up to the write position waits
-    /// for).
+    /// client is before it (with `synchronous_commit = off`, once the WAL
+    /// writer flushed it: a catch-up waits for the write position as of
+    /// its start, which such a commit may not have reached yet).
     fn flushed_lsn(&mut self) -> Result<Position, CdcError> {
         let (lsn,): (String,) = self.run("reading the WAL position", |conn| {
             Box::pin(::sqlx::query_as("SELECT pg_current_wal_flush_lsn()::text").fetch_one(conn))
@@ -516,6 +521,7 @@ impl ChangeSource for PostgresSource {
             return Ok(ChangeBatch {
                 changes: Vec::new(),
                 through: upto,
+                more: false,
             });
         }
         let slot = self.slot.clone();
@@ -577,7 +583,13 @@ impl ChangeSource for PostgresSource {
         } else {
             last_commit.unwrap_or(self.confirmed)
         };
-        Ok(ChangeBatch { changes, through })
+        // The limit counts the slot's rows (BEGIN and COMMIT among them),
+        // so an incomplete read may hold fewer changes than the limit.
+        Ok(ChangeBatch {
+            changes,
+            through,
+            more: !complete,
+        })
     }
 
     fn confirm(&mut self, through: Position) -> Result<(), CdcError> {
@@ -649,6 +661,18 @@ impl fmt::Debug for PostgresSource {
             .field("slot", &self.slot)
             .field("confirmed", &self.confirmed)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether `error` ended the connection: anything but a statement the
+/// server refused, and of those the connection exceptions (class 08) and
+/// operator interventions (class 57: `pg_terminate_backend`, a shutdown).
+fn connection_lost(error: &::sqlx::Error) -> bool {
+    match error.as_database_error() {
+        Some(database) => database
+            .code()
+            .is_none_or(|code| code.starts_with("08") || code.starts_with("57")),
+        None => true,
     }
 }
 
