@@ -371,10 +371,11 @@ fn the_restart_point_follows_what_the_follower_confirmed() {
     let mut confirmed = Vec::new();
     for round in 0..2 {
         insert(round * 100);
-        // A read cut at its limit says more is waiting (the limit counts
-        // the slot's rows, BEGIN and COMMIT among them).
+        // A read cut at its limit (of the slot's rows, BEGIN and COMMIT
+        // among them; whole transactions, so tests running beside this
+        // one may add more) says more is waiting.
         let cut = source.read(10).expect("read");
-        assert!(cut.more && cut.changes.len() < 10, "{}", cut.changes.len());
+        assert!(cut.more, "{} changes, not cut", cut.changes.len());
         let batch = source.read(100_000).expect("read");
         assert_eq!(ours(&batch).len(), 50, "round {round}");
         source.confirm(batch.through).expect("confirm");
